@@ -296,7 +296,7 @@ def load_tokenizer_config(path_or_dict: str | Path | dict, overrides: dict | Non
     for section, values in (overrides or {}).items():
         if section not in SECTIONS:
             raise ConfigError(f"override: unknown section '{section}'")
-        raw[section] = {**(raw.get(section) or {}), **values}
+        raw[section] = None if values is None else {**(raw.get(section) or {}), **values}
     model = from_dict(ModelConfig, raw.get("model"), f"{source}: model")
     data_raw = {"frames": model.frames, "size": model.size, **(raw.get("data") or {})}
     if "data" not in raw:

@@ -167,7 +167,7 @@ def ode(
 
     def fn(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         bar.update(1)
-        return velocity(x, _batch_t(float(t), x))
+        return velocity(x, t.to(dtype=x.dtype, device=x.device).expand(x.shape[0]))
 
     dtype = noise.dtype if noise.dtype in (torch.float32, torch.float64) else torch.float32
     if method in FIXED_GRID_METHODS:

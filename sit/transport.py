@@ -132,7 +132,7 @@ def training_loss(
     generator: torch.Generator | None = None,
     path: AffinePath | None = None,
     t: torch.Tensor | None = None,
-    x0: torch.Tensor | None = None,
+    x0: torch.Tensor | Triplane | None = None,
     t_eps: float = 0.0,
 ) -> tuple[torch.Tensor, dict]:
     """Flow-matching (velocity) loss for a batch of data ``x1``.
@@ -144,7 +144,7 @@ def training_loss(
         generator: drives ``t`` and ``x0`` when they are not given.
         path: the interpolant (default :class:`LinearPath`).
         t: ``(B,)`` times; default ``t ~ U(t_eps, 1 - t_eps)``.
-        x0: noise like ``x1``; default ``N(0, I)``.
+        x0: noise like ``x1`` (a :class:`Triplane` is flattened too); default ``N(0, I)``.
         t_eps: optional clipping of the training times away from 0 and 1. The paper (linear path,
             velocity prediction) uses 0: the velocity target is finite at both ends.
 
@@ -157,6 +157,8 @@ def training_loss(
     path = path if path is not None else LinearPath()
     if isinstance(x1, Triplane):
         x1 = x1.flatten()
+    if isinstance(x0, Triplane):
+        x0 = x0.flatten()
     batch = x1.shape[0]
     if t is None:
         device = generator.device if generator is not None else x1.device

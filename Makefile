@@ -1,0 +1,33 @@
+# `make demo` and `make test` install into .venv when needed, then run.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: here that is the local CPU build, on a GPU machine the normal build.
+	# Everything after it accepts the installed torch, so nothing pulls CUDA packages on top.
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[test]"
+	# lpips only for its calibrated linear heads (weights/v0.1/vgg.pth); --no-deps keeps
+	# torchvision out (it cannot load next to the CPU torch build).
+	$(PY) -m pip install -q --no-deps "lpips==0.1.4"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/coordtok demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/tokenizer_step.py
+	$(PY) bench/reconstruct.py
+
+clean:
+	rm -rf $(VENV) demo_out runs .pytest_cache

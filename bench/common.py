@@ -1,0 +1,47 @@
+"""Shared helpers for the benchmarks: machine matmul rate, child-process peak memory."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def matmul_rate(dtype=torch.float32, n: int = 2048, seconds: float = 3.0) -> float:
+    """Sustained GEMM rate of this machine in FLOP/s (square ``n x n`` matmuls, all threads)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    count, tic = 0, time.perf_counter()
+    while time.perf_counter() - tic < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - tic)
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (GB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def run_child(script: str, *args: str) -> dict:
+    """Run ``script --child args...`` in a fresh process (its own peak RSS) and parse its JSON line."""
+    out = subprocess.run([sys.executable, script, "--child", *args], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{script} {' '.join(args)} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])

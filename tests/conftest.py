@@ -1,0 +1,13 @@
+import os
+
+import pytest
+import torch
+
+# Keep tests deterministic and within the 2-core budget.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Never touch ~/.cache: the probe cache goes to a per-session temporary folder."""
+    monkeypatch.setenv("COORDTOK_CACHE", str(tmp_path_factory.getbasetemp() / "coordtok-cache"))
