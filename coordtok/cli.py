@@ -94,6 +94,60 @@ def cmd_demo(args) -> None:
     run_demo(out_dir=args.out, fresh=args.fresh, quick=args.quick)
 
 
+# ---------------------------------------------------------------------------- encode / sit-train / sample
+
+
+def cmd_encode(args) -> None:
+    from sit.latents import encode_dataset
+
+    data = Path(args.data)
+    kind = args.kind or ("ucf101" if (data / "ucfTrainTestlist").is_dir() else "folder")
+    if kind == "samples":
+        spec = {"kind": "samples", "names": [n for n in args.data.split(",") if n]}
+    else:
+        if not data.is_dir():
+            raise UserError(f"--data {data}: folder not found")
+        spec = {"kind": kind, "root": str(data)}
+        if kind == "ucf101":
+            spec["fold"] = args.fold
+    if args.split:
+        spec["split"] = args.split
+    if args.num_workers is not None:
+        spec["num_workers"] = args.num_workers
+    index = encode_dataset(args.tokenizer_ckpt, spec, args.out, clips_per_video=args.clips_per_video, seed=args.seed,
+                           shard_size=args.shard_size, batch_size=args.batch_size,
+                           mixed_precision=args.mixed_precision, stats_num=args.stats_num,
+                           progress=not args.no_progress)
+    print(json.dumps({k: index[k] for k in ("num_latents", "grid", "channels", "tokenizer_ckpt")}
+                     | {"out": str(args.out), "shards": len(index["shards"])}, indent=2))
+
+
+def cmd_sit_train(args) -> None:
+    from sit.config import load_sit_run_config
+    from sit.train import train_sit
+
+    overrides = _parse_overrides(args.set)
+    for flag, key in {"out_dir": "out_dir", "max_steps": "max_steps"}.items():
+        if getattr(args, flag) is not None:
+            overrides.setdefault("train", {})[key] = getattr(args, flag)
+    cfg = load_sit_run_config(args.config, overrides)
+    resume = args.resume if args.resume not in (None, "latest") else (args.resume == "latest")
+    text = Path(args.config).read_text() if Path(args.config).is_file() else None
+    result = train_sit(cfg, args.latents, resume=resume, progress=not args.no_progress, config_text=text)
+    print(json.dumps(result, indent=2))
+
+
+def cmd_sample(args) -> None:
+    from sit.sample import sample_videos
+
+    result = sample_videos(args.sit_ckpt, args.tokenizer_ckpt, args.num, args.out, sampler=args.sampler,
+                           steps=args.steps, seed=args.seed, batch_size=args.batch_size, fmt=args.format,
+                           device=args.device, frames_per_chunk=args.frames_per_chunk, fps=args.fps,
+                           progress=not args.no_progress)
+    files = result.pop("files")
+    print(json.dumps({**result, "written": len(files), "first": files[0] if files else None}, indent=2))
+
+
 # ---------------------------------------------------------------------------- wiring
 
 
@@ -130,6 +184,54 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fresh", action="store_true", help="redo every stage instead of reusing finished ones")
     d.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     d.set_defaults(fn=cmd_demo)
+
+    e = sub.add_parser("encode", help="encode random 128-frame clips into a latent cache (+ normalization stats)")
+    e.add_argument("--tokenizer-ckpt", required=True, help="CoordTok checkpoint (or its run folder)")
+    e.add_argument("--data", required=True,
+                   help="a video folder or a UCF-101 root (with ucfTrainTestlist/); for --kind samples: names, e.g. bikes")
+    e.add_argument("--out", required=True, help="cache folder (shards, index.json, stats.json)")
+    e.add_argument("--clips-per-video", type=int, default=1, help="K random windows per video")
+    e.add_argument("--kind", choices=("folder", "ucf101", "samples"), default=None,
+                   help="default: ucf101 when --data holds ucfTrainTestlist/, else folder")
+    e.add_argument("--split", default=None, help="ucf101: train | test (default train); folder: a subfolder")
+    e.add_argument("--fold", type=int, default=1, help="UCF-101 split fold (1-3)")
+    e.add_argument("--seed", type=int, default=0, help="seeds the random windows and the statistics' subset")
+    e.add_argument("--batch-size", type=int, default=8, help="clips per encoder call (per process)")
+    e.add_argument("--shard-size", type=int, default=256, help="latents per shard file")
+    e.add_argument("--stats-num", type=int, default=2048, help="random latents for the normalization statistics")
+    e.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no", help="encoder autocast on CUDA")
+    e.add_argument("--num-workers", type=int, default=None, help="DataLoader workers decoding videos (default 2)")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(fn=cmd_encode)
+
+    st = sub.add_parser("sit-train", help="train CoordTok-SiT on a latent cache")
+    st.add_argument("--config", required=True, help="YAML, e.g. configs/sit/L2-1280.yaml")
+    st.add_argument("--latents", required=True, help="latent cache folder from `coordtok encode`")
+    st.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    st.add_argument("--resume", nargs="?", const="latest", default=None,
+                    help="continue from the newest good checkpoint in out_dir, or from the given file")
+    st.add_argument("--out-dir", default=None)
+    st.add_argument("--max-steps", type=int, default=None)
+    st.add_argument("--no-progress", action="store_true")
+    st.set_defaults(fn=cmd_sit_train)
+
+    sa = sub.add_parser("sample", help="generate 128-frame videos with CoordTok-SiT + CoordTok")
+    sa.add_argument("--sit-ckpt", required=True, help="SiT checkpoint (or its run folder); EMA weights are used")
+    sa.add_argument("--tokenizer-ckpt", required=True, help="the CoordTok checkpoint the latents came from")
+    sa.add_argument("--num", type=int, required=True, help="number of videos")
+    sa.add_argument("--sampler", choices=("sde", "ode", "heun_sde"), default="sde",
+                    help="sde: the paper's Euler-Maruyama; ode: torchdiffeq dopri5")
+    sa.add_argument("--steps", type=int, default=250)
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--out", required=True, help="output folder")
+    sa.add_argument("--format", choices=("mp4", "npz"), default="mp4",
+                    help="mp4 files, or samples.npz with uint8 videos (N, T, H, W, 3) for FVD")
+    sa.add_argument("--batch-size", type=int, default=8)
+    sa.add_argument("--frames-per-chunk", type=int, default=None, help="decode this many frames at a time")
+    sa.add_argument("--fps", type=float, default=25)
+    sa.add_argument("--device", default=None)
+    sa.add_argument("--no-progress", action="store_true")
+    sa.set_defaults(fn=cmd_sample)
     return p
 
 
@@ -146,6 +248,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         pass
     from .lpips import LPIPSWeightsError, LPIPSWeightsMissing
     errors += [LPIPSWeightsError, LPIPSWeightsMissing]
+    from sit.latents import LatentCacheError
+    from sit.sample import SamplingError
+    errors += [LatentCacheError, SamplingError]
     return tuple(errors)
 
 

@@ -172,3 +172,27 @@ def test_config_errors_name_the_key(override, key):
         load_tokenizer_config("configs/tokenizer/tiny.yaml", override)
     assert "\n" not in str(info.value)
     assert "tiny.yaml" in str(info.value) or "override" in str(info.value)
+
+
+def test_full_clip_decoding_never_holds_the_attention_matrix():
+    """8192 coordinates x 4 heads: an N x N score matrix alone would be 1.07 GB; we stay far below."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import resource, torch
+        from coordtok import CoordTok
+        torch.manual_seed(0)
+        m = CoordTok.from_config("configs/tokenizer/tiny.yaml").eval()
+        tri = m.encode(torch.rand(1, 3, 128, 64, 64) * 2 - 1)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out = m.decode_video(tri)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert out.shape == (1, 3, 128, 64, 64)
+        print((after - before) / 1e6)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    grew_gb = float(res.stdout.strip().splitlines()[-1])
+    assert grew_gb < 0.35, grew_gb

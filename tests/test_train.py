@@ -103,4 +103,4 @@ def test_tiny_model_overfits_a_real_128_frame_clip(tmp_path):
     assert validate(model, clip, 1, "cpu") >= 28.0
 
 
-OVERFIT_STEPS, OVERFIT_LR, OVERFIT_COORDS = 600, 3e-3, 2048
+OVERFIT_STEPS, OVERFIT_LR, OVERFIT_COORDS = 900, 2e-3, 2048  # ~30 dB on this machine

@@ -1,0 +1,61 @@
+"""The command line as a user runs it: reconstruct and the quick demo."""
+import json
+
+import decord
+import pytest
+
+from coordtok.cli import main
+from coordtok.config import load_tokenizer_config
+from coordtok.train import train
+from coordtok.video_io import sample_video_paths
+
+
+@pytest.fixture(scope="module")
+def tokenizer_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok")
+    cfg = load_tokenizer_config("configs/tokenizer/tiny.yaml", {
+        "train": {"max_steps": 2, "out_dir": str(out), "batch_size": 1, "num_coords": 256, "ckpt_every": 2,
+                  "val_every": 10 ** 9},
+        "data": {"names": ["bikes"], "frame_range": [0, 140]}, "val_data": None})
+    train(cfg, progress=False)
+    return out / "ckpt-0000002.pt"
+
+
+def test_reconstruct_writes_side_by_side_and_metrics(tokenizer_ckpt, tmp_path, capsys):
+    out = tmp_path / "rec.mp4"
+    assert main(["reconstruct", "--ckpt", str(tokenizer_ckpt), "--video", str(sample_video_paths()["bikes"]),
+                 "--start", "100", "--out", str(out)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["start"] == 100 and metrics["frames"] == 128
+    assert 0 < metrics["psnr"] < 100 and -1 <= metrics["ssim"] <= 1
+    reader = decord.VideoReader(str(out))
+    assert len(reader) == 128 and reader[0].shape[0] == 64 and reader[0].shape[1] > 2 * 64  # gt | recon
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["reconstruct", "--ckpt", "missing.pt", "--video", "x.mp4"], "missing.pt: checkpoint not found"),
+    (["train", "--config", "configs/tokenizer/nope.yaml"], "config file not found"),
+    (["train", "--config", "configs/tokenizer/tiny.yaml", "--set", "model.size=60"], "not divisible"),
+    (["train", "--config", "configs/tokenizer/tiny.yaml", "--set", "data.root"], "section.key=value"),
+])
+def test_bad_input_is_one_line(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("coordtok: error:") and needle in err and "\n" not in err
+
+
+def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "ckpt-0000001.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["reconstruct", "--ckpt", str(bad), "--video", str(sample_video_paths()["bikes"])]) == 2
+    assert "unreadable checkpoint" in capsys.readouterr().err
+
+
+def test_quick_demo_writes_summary_and_video(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    summary = (out / "summary.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "Held-out reconstruction" in summary
+    assert metrics["reconstruction_heldout"]["frames"] == 128
+    assert len(decord.VideoReader(str(out / "reconstruction_heldout.mp4"))) == 128
