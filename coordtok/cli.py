@@ -114,6 +114,8 @@ def cmd_encode(args) -> None:
         spec["split"] = args.split
     if args.num_workers is not None:
         spec["num_workers"] = args.num_workers
+    if args.min_frames is not None:
+        spec["min_frames"] = args.min_frames
     index = encode_dataset(args.tokenizer_ckpt, spec, args.out, clips_per_video=args.clips_per_video, seed=args.seed,
                            shard_size=args.shard_size, batch_size=args.batch_size,
                            mixed_precision=args.mixed_precision, stats_num=args.stats_num,
@@ -201,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--stats-num", type=int, default=2048, help="random latents for the normalization statistics")
     e.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no", help="encoder autocast on CUDA")
     e.add_argument("--num-workers", type=int, default=None, help="DataLoader workers decoding videos (default 2)")
+    e.add_argument("--min-frames", type=int, default=None,
+                   help="keep videos with at least this many frames, zero-padding shorter clips "
+                        "(default: a whole window, i.e. shorter videos are skipped)")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(fn=cmd_encode)
 

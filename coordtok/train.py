@@ -340,9 +340,10 @@ def train(cfg: TokenizerRunConfig, resume: bool | str | None = None, progress: b
             batch = next(batches)
             video = batch["video"].to(accelerator.device, non_blocking=True)
             num_frames = batch["num_frames"].to(accelerator.device)
-            micro_step = step * t.grad_accum + micro
-            first = rank * local_batch
-            seeds = [mix_seed(t.seed, micro_step, first + b, 7) for b in range(video.shape[0])]
+            # Coordinates of a clip depend on (step, its position in the global batch) only, so
+            # the same global batch gives the same targets for any processes x grad_accum split.
+            first = micro * global_micro + rank * local_batch
+            seeds = [mix_seed(t.seed, step, first + b, 7) for b in range(video.shape[0])]
             coords, fpc = sample_targets(core, video, num_frames.cpu(), t.stage, n_per_clip, seeds)
             sync = contextlib.nullcontext() if micro == t.grad_accum - 1 else accelerator.no_sync(model)
             with sync:

@@ -101,6 +101,9 @@ def test_encode_cli_one_line_errors(root, tmp_path, capsys):
     assert main(["encode", "--tokenizer-ckpt", str(tmp_path / "missing.pt"), "--kind", "samples", "--data", "bikes",
                  "--out", str(tmp_path / "out")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+    # By default only whole 128-frame windows are encoded: a 100-frame video is skipped, not zero-padded.
+    with pytest.raises(LatentCacheError, match="no usable videos.*too short"):
+        encode_dataset(tiny_tokenizer(root), {**DATA, "frame_range": [0, 100]}, tmp_path / "short", progress=False)
 
 
 # ---------------------------------------------------------------------------- statistics

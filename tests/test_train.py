@@ -104,3 +104,14 @@ def test_tiny_model_overfits_a_real_128_frame_clip(tmp_path):
 
 
 OVERFIT_STEPS, OVERFIT_LR, OVERFIT_COORDS = 900, 2e-3, 2048  # ~30 dB on this machine
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    """batch 2 as 2 micro-batches of 1 == batch 2 at once (same clips, same coordinates, mean loss)."""
+    a = train(small_run(tmp_path / "a", 2), progress=False)
+    b = train(small_run(tmp_path / "b", 2, grad_accum=2), progress=False)
+    assert abs(a["loss"] - b["loss"]) < 1e-5
+    wa = ckpt.load(tmp_path / "a" / "ckpt-0000002.pt")["model"]
+    wb = ckpt.load(tmp_path / "b" / "ckpt-0000002.pt")["model"]
+    for name in wa:
+        assert torch.allclose(wa[name], wb[name], atol=1e-5), name
