@@ -1,4 +1,11 @@
-"""CoordTok-SiT: a Scalable Interpolant Transformer generating CoordTok triplane latents."""
+"""CoordTok-SiT: a Scalable Interpolant Transformer generating CoordTok triplane latents.
+
+Modules: ``config`` (YAML sections), ``models`` (TriplaneSiT), ``transport`` / ``samplers`` (flow
+matching, Euler-Maruyama, ODE), ``ema``, ``latents`` (latent cache + normalization statistics),
+``train`` (``coordtok sit-train``), ``sample`` (``coordtok sample``). The last three are imported
+on demand (they pull in accelerate, safetensors, the tokenizer).
+"""
+from .config import SiTRunConfig, load_sit_run_config
 from .ema import create_ema, update_ema
 from .models import (
     FinalLayer,
@@ -24,6 +31,7 @@ __all__ = [
     "SampleConfig",
     "SiTBlock",
     "SiTConfig",
+    "SiTRunConfig",
     "SiTTrainConfig",
     "TimestepEmbedder",
     "TriplaneSiT",
@@ -31,6 +39,7 @@ __all__ = [
     "euler_maruyama",
     "heun_sde",
     "load_sit_configs",
+    "load_sit_run_config",
     "make_path",
     "ode",
     "training_loss",

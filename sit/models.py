@@ -8,7 +8,8 @@ One readable file of blocks, in the style of DiT/SiT ``models.py``:
 * :class:`TriplaneSiT` -- per-plane patch embedding, one token sequence over the three planes,
   per-plane final layers;
 * :class:`SiTConfig` (and the ``train:``/``sample:`` sections :class:`SiTTrainConfig`,
-  :class:`SampleConfig`) -- plain dataclasses read strictly from YAML.
+  :class:`SampleConfig`) -- plain dataclasses read strictly from YAML, defined in
+  :mod:`sit.config` and re-exported here.
 
 The parameter names (``x_embedder_xy.proj``, ``pos_embed_t``, ``type_embed``,
 ``blocks.N.attn.qkv``, ``final_layer_xy.linear``, ...) follow the public reference so that a
@@ -19,17 +20,16 @@ The mapping between the triplane and tokens lives only here, through :class:`Tri
 from __future__ import annotations
 
 import math
-import typing
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
 from einops import rearrange
 
 from coordtok.triplane import Triplane
+
+from .config import SampleConfig, SiTConfig, SiTTrainConfig, load_sit_configs  # noqa: F401 (re-exported)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -184,178 +184,6 @@ class PatchEmbed(nn.Module):
 
     def forward(self, plane: torch.Tensor) -> torch.Tensor:
         return rearrange(self.proj(plane), "b d r s -> b (r s) d")
-
-
-#################################################################################
-#                                  Configs                                      #
-#################################################################################
-
-
-def _check_and_coerce(cls, values: dict, source: str, section: str) -> dict:
-    """Strictly map a YAML section onto dataclass ``cls``: unknown keys and bad types raise."""
-    if not isinstance(values, dict):
-        raise ValueError(f"section '{section}' in {source} must be a mapping, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    out = {}
-    for key, value in values.items():
-        if key not in known:
-            raise ValueError(
-                f"unknown key '{section}.{key}' in {source}; known keys: {', '.join(sorted(known))}"
-            )
-        kind = hints[key]
-        bad = ValueError(f"key '{section}.{key}' in {source} must be {kind}, got {value!r}")
-        if kind is bool:
-            if not isinstance(value, bool):
-                raise bad
-        elif kind is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise bad
-        elif kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise bad
-            value = float(value)
-        elif kind is str:
-            if not isinstance(value, str):
-                raise bad
-        elif typing.get_origin(kind) is tuple:
-            args = typing.get_args(kind)
-            if not isinstance(value, (list, tuple)) or len(value) != len(args):
-                raise bad
-            if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
-                raise bad
-            value = tuple(value)
-        out[key] = value
-    return out
-
-
-def _read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a YAML mapping at the top level")
-    return data
-
-
-class _SectionConfig:
-    """Mixin: build a dataclass from a dict or from one section of a YAML file, strictly."""
-
-    SECTION: typing.ClassVar[str] = ""
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str = "<dict>"):
-        try:
-            return cls(**_check_and_coerce(cls, values, source, cls.SECTION))
-        except ValueError as e:
-            if source in str(e):
-                raise
-            raise ValueError(f"{e} (in {source})") from None
-
-    @classmethod
-    def from_yaml(cls, path: str | Path):
-        data = _read_yaml(path)
-        if cls.SECTION not in data:
-            raise ValueError(f"{path} has no '{cls.SECTION}:' section")
-        return cls.from_dict(data[cls.SECTION] or {}, source=str(path))
-
-
-@dataclass
-class SiTConfig(_SectionConfig):
-    """Every hyper-parameter of :class:`TriplaneSiT` (the ``model:`` section). Defaults: SiT-L/2
-    over the paper's 1280-token triplane (grid ``(Tl, Hl, Wl) = (32, 16, 16)``, C = 8)."""
-
-    SECTION: typing.ClassVar[str] = "model"
-
-    hidden: int = 1024
-    depth: int = 24
-    heads: int = 16
-    mlp_ratio: float = 4.0
-    patch: int = 2
-    grid: tuple[int, int, int] = (32, 16, 16)  # latent (Tl, Hl, Wl)
-    channels: int = 8
-    learn_sigma: bool = False  # reference: True, with the second half of the output unused
-
-    def __post_init__(self):
-        self.grid = tuple(self.grid)
-        for name in ("hidden", "depth", "heads", "patch", "channels"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
-        if len(self.grid) != 3 or any(g <= 0 for g in self.grid):
-            raise ValueError(f"model.grid must be three positive ints (Tl, Hl, Wl), got {self.grid}")
-        if self.hidden % self.heads:
-            raise ValueError(f"model.hidden ({self.hidden}) must be divisible by model.heads ({self.heads})")
-        if self.hidden % 4:
-            raise ValueError(f"model.hidden ({self.hidden}) must be divisible by 4 (2D sin-cos embedding)")
-        if any(g % self.patch for g in self.grid):
-            raise ValueError(f"model.grid {self.grid} must be divisible by model.patch ({self.patch})")
-        tl, hl, wl = self.grid
-        if hl != wl:
-            # yt is (Tl, Wl) and xt is (Tl, Hl); they share one learnable positional embedding.
-            raise ValueError(f"model.grid needs Hl == Wl (yt and xt share a positional embedding), got {self.grid}")
-
-
-@dataclass
-class SiTTrainConfig(_SectionConfig):
-    """The ``train:`` section: the paper's SiT training settings."""
-
-    SECTION: typing.ClassVar[str] = "train"
-
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    ema: float = 0.9999
-    iterations: int = 600_000
-    path: str = "linear"  # "linear" | "gvp"
-    prediction: str = "velocity"
-
-    def __post_init__(self):
-        if self.path not in ("linear", "gvp"):
-            raise ValueError(f"train.path must be 'linear' or 'gvp', got {self.path!r}")
-        if self.prediction != "velocity":
-            raise ValueError(f"train.prediction must be 'velocity', got {self.prediction!r}")
-        if not 0.0 <= self.ema <= 1.0:
-            raise ValueError(f"train.ema must be in [0, 1], got {self.ema}")
-
-
-@dataclass
-class SampleConfig(_SectionConfig):
-    """The ``sample:`` section: the paper's sampler (Euler-Maruyama SDE, 250 steps)."""
-
-    SECTION: typing.ClassVar[str] = "sample"
-
-    sampler: str = "sde"  # "sde" (Euler-Maruyama) | "heun_sde" | "ode"
-    steps: int = 250
-    diffusion_norm: float = 1.0
-    last_step_size: float = 0.04
-    ode_method: str = "dopri5"
-    atol: float = 1e-6
-    rtol: float = 1e-3
-
-    def __post_init__(self):
-        if self.sampler not in ("sde", "heun_sde", "ode"):
-            raise ValueError(f"sample.sampler must be 'sde', 'heun_sde' or 'ode', got {self.sampler!r}")
-        if self.steps < 2:
-            raise ValueError(f"sample.steps must be >= 2, got {self.steps}")
-        if not 0.0 <= self.last_step_size < 1.0:
-            raise ValueError(f"sample.last_step_size must be in [0, 1), got {self.last_step_size}")
-
-
-def load_sit_configs(path: str | Path) -> tuple[SiTConfig, SiTTrainConfig, SampleConfig]:
-    """Read all three sections of a SiT YAML file; unknown sections or keys raise ``ValueError``.
-
-    A missing ``train:`` or ``sample:`` section gives the paper defaults; ``model:`` is required.
-    """
-    data = _read_yaml(path)
-    sections = {"model": SiTConfig, "train": SiTTrainConfig, "sample": SampleConfig}
-    for key in data:
-        if key not in sections:
-            raise ValueError(f"unknown section '{key}' in {path}; known sections: {', '.join(sections)}")
-    if "model" not in data:
-        raise ValueError(f"{path} has no 'model:' section")
-    return tuple(cls.from_dict(data.get(name) or {}, source=str(path)) for name, cls in sections.items())
 
 
 #################################################################################

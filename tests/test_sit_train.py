@@ -69,6 +69,17 @@ def test_resume_is_bit_exact_model_and_ema(cache, tmp_path):
     assert other["loss"] != straight["loss"]
 
 
+def test_gradient_accumulation_matches_one_big_batch(cache, tmp_path):
+    """batch 4 as 2 micro-batches of 2 == batch 4 at once (same latents, times and noise; mean loss)."""
+    a = train_sit(sit_run(tmp_path / "a", 2, sample_every=0), cache, progress=False)
+    b = train_sit(sit_run(tmp_path / "b", 2, sample_every=0, grad_accum=2), cache, progress=False)
+    assert abs(a["loss"] - b["loss"]) < 1e-5
+    wa, wb = (ckpt.load(tmp_path / run / "ckpt-0000002.pt") for run in ("a", "b"))
+    for part in ("model", "ema"):
+        for name in wa[part]:
+            assert torch.allclose(wa[part][name], wb[part][name], atol=1e-5), (part, name)
+
+
 def test_ema_follows_the_decay(cache, tmp_path):
     """One step: EMA = decay * init + (1 - decay) * model, for every parameter; buffers copied."""
     decay = 0.75

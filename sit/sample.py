@@ -1,0 +1,236 @@
+"""Sampling long videos: ``coordtok sample --sit-ckpt S --tokenizer-ckpt C --num N --out DIR``.
+
+noise ``(B, tokens, C)`` -> SiT (EMA weights) + sampler -> normalized flat triplane ->
+denormalize with the statistics stored in the SiT checkpoint (never the cache, never a log) ->
+``Triplane.unflatten`` -> ``CoordTok.decode_video`` (all coordinates of a clip at once by
+default) -> uint8 frames -> ``sample_XXXX.mp4`` files or one ``samples.npz`` (key ``videos``,
+uint8 ``(N, T, H, W, 3)``, the input of FVD), plus one ``contact_sheet.png``.
+
+Randomness: the initial noise of sample ``i`` comes from its own generator seeded by
+``(seed, i)``; the SDE's Brownian increments from one generator per batch seeded by
+``(seed, batch index, batch size)``. So a seed gives identical videos for a given batch size;
+the ODE sampler with a fixed-grid method is independent of the batch size too (up to float
+rounding).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from coordtok import checkpoint as ckpt
+from coordtok.train import mix_seed
+from coordtok.triplane import Triplane
+
+from .config import load_sit_run_config
+from .latents import LatentStats, _file_mode
+from .models import TriplaneSiT
+from .samplers import SAMPLERS
+from .transport import make_path
+
+_NOISE_TAG, _SDE_TAG = 31, 37
+
+
+class SamplingError(ValueError):
+    """Bad sampling arguments or checkpoints that do not fit together (one-line message)."""
+
+
+def load_sit(path: str | Path, map_location="cpu") -> tuple[TriplaneSiT, LatentStats, dict]:
+    """The EMA model of a SiT checkpoint (or of a run folder's newest good one), in eval mode.
+
+    Returns ``(ema_model, stats, configs)`` with ``configs = {"sit": SiTRunConfig, "tokenizer":
+    the tokenizer config dict the latents came from (or None), "tokenizer_ckpt": its path,
+    "step": int, "path": the checkpoint file}``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = ckpt.load_latest(path, map_location)
+        if found is None:
+            raise ckpt.CheckpointError(f"{path}: no readable checkpoint in this folder")
+        state, path = found
+    else:
+        state = ckpt.load(path, map_location)
+    if state.get("kind") != "sit":
+        raise ckpt.CheckpointError(f"{path}: not a CoordTok-SiT checkpoint (kind={state.get('kind')!r})")
+    missing = [k for k in ("ema", "stats", "config") if k not in state]
+    if missing:
+        raise ckpt.CheckpointError(f"{path}: SiT checkpoint without {', '.join(missing)}")
+    cfg = load_sit_run_config(state["config"])
+    model = TriplaneSiT(cfg.model)
+    model.load_state_dict(state["ema"])
+    model.eval().requires_grad_(False)
+    stats = LatentStats.from_dict(state["stats"])
+    configs = {"sit": cfg, "tokenizer": state.get("tokenizer_config"), "tokenizer_ckpt": state.get("tokenizer_ckpt"),
+               "step": int(state.get("step", 0)), "path": str(path)}
+    return model, stats, configs
+
+
+def _check_fit(sit_ckpt, tokenizer_ckpt, model: TriplaneSiT, stats: LatentStats, configs: dict, tokenizer) -> None:
+    tc = tokenizer.config
+    tok_grid, tok_c = tuple(tc.latent_grid), tc.latent_channels
+    if tuple(model.grid) != tok_grid or model.in_channels != tok_c or stats.grid != tok_grid:
+        trained_on = f" (its latents came from {configs['tokenizer_ckpt']})" if configs.get("tokenizer_ckpt") else ""
+        raise SamplingError(
+            f"the SiT checkpoint {sit_ckpt} generates triplanes of grid {list(model.grid)} with {model.in_channels} "
+            f"channels but the tokenizer {tokenizer_ckpt} uses grid {list(tok_grid)} with {tok_c} channels; pass the "
+            f"tokenizer the latents were encoded with{trained_on}")
+    trained = (configs.get("tokenizer") or {}).get("model")
+    if trained is not None and trained != dataclasses.asdict(tc):
+        diff = sorted(k for k in trained if trained.get(k) != getattr(tc, k, None))
+        warnings.warn(f"the tokenizer {tokenizer_ckpt} differs from the one the SiT latents were encoded with "
+                      f"(model keys {', '.join(diff)}); samples may decode poorly", stacklevel=2)
+
+
+def _initial_noise(seed: int, first: int, batch: int, shape) -> torch.Tensor:
+    """``(B, *shape)``: sample ``first + b``'s noise from its own generator ``(seed, first + b)``."""
+    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(mix_seed(seed, i, _NOISE_TAG)))
+                        for i in range(first, first + batch)])
+
+
+class _NpzWriter:
+    """``samples.npz`` (key ``videos``) filled batch by batch through a memory-mapped ``.npy``, so
+    2048 clips of 128 x 128 x 128 never sit in RAM at once; the final file appears atomically."""
+
+    def __init__(self, path: Path, shape: tuple):
+        self.path = path
+        fd, self.npy = tempfile.mkstemp(prefix=".videos.", suffix=".npy", dir=path.parent)
+        os.close(fd)
+        self.arr = np.lib.format.open_memmap(self.npy, mode="w+", dtype=np.uint8, shape=shape)
+
+    def put(self, first: int, videos: np.ndarray) -> None:
+        self.arr[first:first + len(videos)] = videos
+
+    def close(self) -> Path:
+        self.arr.flush()
+        del self.arr
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".tmp.npz", dir=self.path.parent)
+        os.fchmod(fd, _file_mode())  # mkstemp makes 0600 files
+        os.close(fd)
+        try:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+                zf.write(self.npy, arcname="videos.npy")
+            os.replace(tmp, self.path)
+        finally:
+            for p in (tmp, self.npy):
+                if os.path.exists(p):
+                    os.remove(p)
+        return self.path
+
+    def abort(self) -> None:
+        self.arr = None
+        if os.path.exists(self.npy):
+            os.remove(self.npy)
+
+
+def sample_videos(
+    sit_ckpt: str | Path,
+    tokenizer_ckpt: str | Path,
+    num: int,
+    out_dir: str | Path,
+    sampler: str = "sde",
+    steps: int = 250,
+    seed: int = 0,
+    batch_size: int = 8,
+    fmt: str = "mp4",
+    device: str | torch.device | None = None,
+    frames_per_chunk: int | None = None,
+    fps: float = 25,
+    contact_rows: int = 16,
+    progress: bool = True,
+) -> dict:
+    """Generate ``num`` videos and write them to ``out_dir``.
+
+    Args:
+        sit_ckpt: a SiT checkpoint (or run folder); its EMA weights and normalization stats are used.
+        tokenizer_ckpt: the CoordTok checkpoint whose latents the SiT was trained on (grid and
+            channels are checked against the SiT checkpoint).
+        sampler: ``sde`` (the paper's Euler-Maruyama), ``heun_sde`` or ``ode`` (torchdiffeq with
+            the checkpoint's ``sample.ode_method``, dopri5 by default: ``steps`` then only
+            matters for fixed-grid methods).
+        steps: sampler steps (velocity calls for ``sde``); the paper uses 250.
+        fmt: ``mp4`` -> ``sample_XXXX.mp4`` per video; ``npz`` -> ``samples.npz`` with ``videos``
+            uint8 ``(N, T, H, W, 3)``. Both write ``contact_sheet.png`` (first ``contact_rows`` videos).
+        frames_per_chunk: decode that many frames at a time (bounded memory) instead of the whole
+            clip's coordinates at once.
+
+    Returns ``{"num", "out_dir", "files", "contact_sheet", "sit_step", "sampler", "steps", "seed"}``.
+    """
+    from coordtok.train import load_tokenizer
+    from coordtok.video_io import contact_sheet, to_uint8, write_mp4, write_png
+
+    if num < 1 or batch_size < 1:
+        raise SamplingError(f"--num and --batch-size must be >= 1, got {num} and {batch_size}")
+    if fmt not in ("mp4", "npz"):
+        raise SamplingError(f"--format must be mp4 or npz, got {fmt!r}")
+    if sampler not in SAMPLERS:
+        raise SamplingError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if sampler != "ode" and steps < 2:
+        raise SamplingError(f"--steps must be >= 2 for the {sampler} sampler, got {steps}")
+    if frames_per_chunk is not None and frames_per_chunk < 1:
+        raise SamplingError(f"--frames-per-chunk must be >= 1, got {frames_per_chunk}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out_dir = Path(out_dir)
+
+    model, stats, configs = load_sit(sit_ckpt)
+    tokenizer, _ = load_tokenizer(tokenizer_ckpt)
+    _check_fit(sit_ckpt, tokenizer_ckpt, model, stats, configs, tokenizer)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SamplingError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
+    model.to(device)
+    tokenizer.to(device).eval().requires_grad_(False)
+    s = configs["sit"].sample
+    path = make_path(configs["sit"].train.path)
+    tc = tokenizer.config
+    shape = (stats.per_token()[0].shape[1], stats.channels)
+
+    def velocity(x, t):
+        return model(x, t)
+
+    def run_sampler(noise: torch.Tensor, g: torch.Generator, show: bool) -> torch.Tensor:
+        if sampler == "ode":
+            return SAMPLERS["ode"](velocity, noise, method=s.ode_method, atol=s.atol, rtol=s.rtol, num_steps=steps,
+                                   progress=show)
+        return SAMPLERS[sampler](velocity, noise, num_steps=steps, diffusion_norm=s.diffusion_norm,
+                                 last_step_size=s.last_step_size, generator=g, path=path, progress=show)
+
+    num_batches = (num + batch_size - 1) // batch_size
+    npz = _NpzWriter(out_dir / "samples.npz", (num, tc.frames, tc.size, tc.size, 3)) if fmt == "npz" else None
+    files, sheet_videos = [], []
+    bar = tqdm(total=num, disable=not progress, desc="sample", unit="video", dynamic_ncols=True, file=sys.stderr)
+    try:
+        with torch.no_grad():
+            for b in range(num_batches):
+                first = b * batch_size
+                n = min(batch_size, num - first)
+                noise = _initial_noise(seed, first, n, shape).to(device)
+                g = torch.Generator().manual_seed(mix_seed(seed, b, batch_size, _SDE_TAG))
+                x = run_sampler(noise, g, progress)
+                triplane = Triplane.unflatten(stats.denormalize(x.float()), tuple(stats.grid))
+                videos = to_uint8(tokenizer.decode_video(triplane, None, frames_per_chunk))  # (n, T, H, W, 3)
+                if npz is not None:
+                    npz.put(first, videos)
+                else:
+                    for k, frames in enumerate(videos):
+                        files.append(str(write_mp4(out_dir / f"sample_{first + k:04d}.mp4", frames, fps=fps)))
+                sheet_videos.extend(list(videos[: max(0, contact_rows - len(sheet_videos))]))
+                bar.update(n)
+        if npz is not None:
+            files.append(str(npz.close()))
+            npz = None
+    finally:
+        bar.close()
+        if npz is not None:
+            npz.abort()
+    sheet = write_png(out_dir / "contact_sheet.png", contact_sheet(sheet_videos))
+    return {"num": num, "out_dir": str(out_dir), "files": files, "contact_sheet": str(sheet),
+            "sit_step": configs["step"], "sampler": sampler, "steps": steps, "seed": seed}
