@@ -150,6 +150,26 @@ def cmd_sample(args) -> None:
     print(json.dumps({**result, "written": len(files), "first": files[0] if files else None}, indent=2))
 
 
+# ---------------------------------------------------------------------------- eval-fvd
+
+
+def cmd_eval_fvd(args) -> None:
+    from eval.fvd import compute_fvd
+    from eval.i3d import load_detector
+
+    if not Path(args.real).is_dir():
+        raise UserError(f"--real {args.real}: folder not found (a video folder or a UCF-101 root)")
+    if not Path(args.fake).exists():
+        raise UserError(f"--fake {args.fake}: not found (a folder of mp4 files or an .npz from `coordtok sample`)")
+    detector = load_detector(args.detector, args.detector_path, device=args.device)
+    result = compute_fvd(args.real, args.fake, frames=args.frames, num_videos=args.num_videos, detector=detector,
+                         seed=args.seed, repeats=args.repeats, clip_frames=args.clip_frames, size=args.size,
+                         kind=args.kind, split=args.split, fold=args.fold,
+                         cache_dir=False if args.no_cache else args.cache_dir, batch_size=args.batch_size,
+                         num_workers=args.num_workers, progress=not args.no_progress)
+    print(json.dumps(result, indent=2))
+
+
 # ---------------------------------------------------------------------------- wiring
 
 
@@ -237,6 +257,33 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--device", default=None)
     sa.add_argument("--no-progress", action="store_true")
     sa.set_defaults(fn=cmd_sample)
+
+    fv = sub.add_parser("eval-fvd", help="FVD of generated videos against random real clips (StyleGAN-V protocol)")
+    fv.add_argument("--real", required=True, help="a video folder or a UCF-101 root (with ucfTrainTestlist/)")
+    fv.add_argument("--fake", required=True, help="a folder of mp4 files or an .npz (videos: uint8 N,T,H,W,3)")
+    fv.add_argument("--frames", type=int, default=128, help="frames per clip")
+    fv.add_argument("--num-videos", type=int, default=2048, help="videos per side")
+    fv.add_argument("--detector", choices=("stylegan", "videogpt"), default="stylegan",
+                    help="stylegan: StyleGAN-V's i3d_torchscript.pt; videogpt: VideoGPT/PVDM's i3d_pretrained_400.pt")
+    fv.add_argument("--detector-path", default=None,
+                    help="the weight file or its folder (default: $COORDTOK_I3D_DIR or ~/.cache/coordtok/i3d)")
+    fv.add_argument("--seed", type=int, default=0, help="seeds the real clips (repeat r uses seed + r)")
+    fv.add_argument("--repeats", type=int, default=1, help="report mean and std over this many seeds")
+    fv.add_argument("--clip-frames", type=int, default=None,
+                    help="16: the 16-frame variant (each clip split into non-overlapping 16-frame clips)")
+    fv.add_argument("--kind", choices=("folder", "ucf101"), default=None,
+                    help="default: ucf101 when --real holds ucfTrainTestlist/, else folder")
+    fv.add_argument("--split", default=None, help="ucf101: train | test (default train); folder: a subfolder")
+    fv.add_argument("--fold", type=int, default=1, help="UCF-101 split fold (1-3)")
+    fv.add_argument("--size", type=int, default=None, help="real clip side (default: the fake videos' frame size)")
+    fv.add_argument("--cache-dir", default=None,
+                    help="cached real statistics (default: $COORDTOK_CACHE/fvd or ~/.cache/coordtok/fvd)")
+    fv.add_argument("--no-cache", action="store_true", help="neither read nor write cached real statistics")
+    fv.add_argument("--batch-size", type=int, default=4, help="clips per detector call")
+    fv.add_argument("--num-workers", type=int, default=2, help="DataLoader processes decoding real videos")
+    fv.add_argument("--device", default=None)
+    fv.add_argument("--no-progress", action="store_true")
+    fv.set_defaults(fn=cmd_eval_fvd)
     return p
 
 
@@ -256,6 +303,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from sit.latents import LatentCacheError
     from sit.sample import SamplingError
     errors += [LatentCacheError, SamplingError]
+    from eval.fvd import FVDInputError
+    from eval.i3d import DetectorWeightsError, DetectorWeightsMissing
+    errors += [FVDInputError, DetectorWeightsMissing, DetectorWeightsError]
     return tuple(errors)
 
 

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from coordtok.attention import attention
 from coordtok.triplane import Triplane
 
 from .config import SampleConfig, SiTConfig, SiTTrainConfig, load_sit_configs  # noqa: F401 (re-exported)
@@ -35,20 +36,6 @@ from .config import SampleConfig, SiTConfig, SiTTrainConfig, load_sit_configs  #
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation. ``x`` ``(B, N, D)``; ``shift, scale`` ``(B, D)``."""
     return x * (1 + rearrange(scale, "b d -> b 1 d")) + rearrange(shift, "b d -> b 1 d")
-
-
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Plain multi-head attention with PyTorch SDPA.
-
-    Args:
-        q, k, v: ``(B, N, heads, head_dim)``.
-
-    Returns:
-        ``(B, N, heads, head_dim)``. Same signature as ``coordtok.attention.attention``.
-    """
-    q, k, v = (rearrange(a, "b n h d -> b h n d") for a in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v)
-    return rearrange(out, "b h n d -> b n h d")
 
 
 #################################################################################
@@ -121,7 +108,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b n h d", three=3, h=self.num_heads)
-        out = sdpa_attention(q, k, v)  # (B, N, heads, head_dim); the one line to swap backends
+        out = attention(q, k, v)  # (B, N, heads, head_dim): xformers on CUDA when installed, else SDPA
         return self.proj(rearrange(out, "b n h d -> b n (h d)"))
 
 

@@ -1,0 +1,455 @@
+"""Frechet Video Distance (FVD) between real clips of a dataset and generated (or reconstructed) videos.
+
+FVD = ``||mu_r - mu_f||^2 + tr(S_r + S_f - 2 sqrtm(S_r S_f))`` between Gaussians fitted to I3D
+features (:mod:`eval.i3d`) of real and fake clips, real part (DESIGN.md, Sec. 2).
+
+Protocol (StyleGAN-V, as used for the paper's generation FVD): ``num_videos`` (2048) real clips of
+``frames`` (128) consecutive frames against as many fake videos. Real clips are *random*: a seeded
+choice of videos (without replacement; with replacement only when the dataset has fewer videos
+than ``num_videos``) and a seeded random window in each, read with the training transform
+(short side bicubic-resized to ``size``, center crop), videos shorter than ``frames`` skipped. The
+16-frame variant (``clip_frames=16``) splits every 128-frame clip into 8 non-overlapping 16-frame
+clips and fits the Gaussians to all of them (8 feature rows per video).
+
+Statistics are accumulated in float64. Real statistics are cached on disk (``cache_dir``, default
+``$COORDTOK_CACHE/fvd`` or ``~/.cache/coordtok/fvd``) in ``real-<detector>-<hash>.npz`` with a
+JSON sidecar listing what the hash covers: dataset kind/root/split/fold, frames, clip_frames,
+resolution, detector name and weight hash, number of videos and seed. The cache does not notice
+files added to or removed from the dataset folder: pass ``cache_dir=False`` (``--no-cache``) or
+delete the file after changing the data.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+from einops import rearrange
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+# Part of every cache key: bump it when the choice of real clips changes, so stale files miss.
+PROTOCOL = "coordtok-fvd-1"
+DEFAULT_FRAMES = 128
+DEFAULT_NUM_VIDEOS = 2048
+
+
+class FVDInputError(ValueError):
+    """Unusable real or fake input (missing path, too few or too short videos); one-line message."""
+
+
+def default_cache_dir() -> Path:
+    """``$COORDTOK_CACHE/fvd`` if the variable is set, else ``~/.cache/coordtok/fvd``."""
+    root = os.environ.get("COORDTOK_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "coordtok") / "fvd"
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(file_object)`` into a temporary file next to ``path``, then move it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------- statistics
+class FeatureStats:
+    """Running mean and covariance of feature rows, in float64.
+
+    Keeps ``n``, ``sum(x - shift)`` and ``sum((x - shift)(x - shift)^T)``, where ``shift`` is the
+    mean of the first batch: the raw second moment ``E[x x^T] - mu mu^T`` loses digits to
+    cancellation when features have a large mean compared with their spread; shifting first
+    keeps float64 accurate to ~1e-12 relative.
+    """
+
+    def __init__(self):
+        self.n = 0
+        self.shift: np.ndarray | None = None
+        self.sum: np.ndarray | None = None
+        self.outer: np.ndarray | None = None
+
+    @property
+    def dim(self) -> int | None:
+        return None if self.shift is None else self.shift.shape[0]
+
+    def update(self, feats) -> "FeatureStats":
+        """Add feature rows ``(N, D)`` (any float dtype, numpy or torch); returns self."""
+        if isinstance(feats, torch.Tensor):
+            feats = feats.detach().cpu().numpy()
+        x = np.asarray(feats, dtype=np.float64)
+        if x.ndim != 2 or x.shape[0] == 0:
+            raise ValueError(f"FeatureStats.update expects features (N >= 1, D), got {x.shape}")
+        if self.shift is None:
+            d = x.shape[1]
+            self.shift, self.sum, self.outer = x.mean(axis=0), np.zeros(d), np.zeros((d, d))
+        elif x.shape[1] != self.dim:
+            raise ValueError(f"feature dimension changed: {x.shape[1]} after {self.dim}")
+        x = x - self.shift
+        self.n += x.shape[0]
+        self.sum += x.sum(axis=0)
+        self.outer += x.T @ x
+        return self
+
+    @classmethod
+    def from_features(cls, feats) -> "FeatureStats":
+        return cls().update(feats)
+
+    def mean_cov(self, ddof: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """``(mu (D,), sigma (D, D))`` float64. ``ddof=1`` is ``np.cov``'s unbiased estimate (as
+        VideoGPT/PVDM); StyleGAN-V divides by N (``ddof=0``): a factor N / (N - 1) on sigma."""
+        if self.n <= ddof:
+            raise ValueError(f"need more than {ddof} feature rows for a covariance, have {self.n}")
+        mean_shifted = self.sum / self.n
+        cov = (self.outer - self.n * np.outer(mean_shifted, mean_shifted)) / (self.n - ddof)
+        return self.shift + mean_shifted, (cov + cov.T) / 2  # symmetric to the last bit
+
+    def save(self, path) -> Path:
+        """Write ``n, shift, sum, outer`` to an npz (atomically)."""
+        if self.n == 0:
+            raise ValueError("cannot save empty FeatureStats")
+        path = Path(path)
+        _atomic_write(path, lambda f: np.savez(f, n=np.int64(self.n), shift=self.shift, sum=self.sum, outer=self.outer))
+        return path
+
+    @classmethod
+    def load(cls, path) -> "FeatureStats":
+        with np.load(path) as z:
+            stats = cls()
+            stats.n = int(z["n"])
+            stats.shift, stats.sum, stats.outer = (z[k].astype(np.float64) for k in ("shift", "sum", "outer"))
+        return stats
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """``||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 sqrtm(sigma1 sigma2))``, real part.
+
+    ``mu: (D,)``, ``sigma: (D, D)``. ``scipy.linalg.sqrtm`` of the product; when that is not
+    finite (a singular product, e.g. fewer samples than dimensions) the covariances get ``eps``
+    added to their diagonals and the root is taken again, as pytorch-fid / TTUR do. A complex
+    root from round-off is reduced to its real part (StyleGAN-V's convention).
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    d = mu1.shape[0]
+    if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+        raise ValueError(f"shape mismatch: mu {mu1.shape}, {mu2.shape}; sigma {sigma1.shape}, {sigma2.shape}")
+    diff = mu1 - mu2
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        log.warning("frechet_distance: singular covariance product; adding %g to the diagonals", eps)
+        offset = np.eye(d) * eps
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    covmean = np.real(covmean)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def fvd_from_features(a, b, ddof: int = 1) -> float:
+    """Frechet distance between Gaussians fitted to feature rows ``a: (N, D)`` and ``b: (M, D)``."""
+    return frechet_distance(*FeatureStats.from_features(a).mean_cov(ddof), *FeatureStats.from_features(b).mean_cov(ddof))
+
+
+# ---------------------------------------------------------------------------- features of video batches
+def split_clips(videos: torch.Tensor, clip_frames: int | None) -> torch.Tensor:
+    """``(B, T, H, W, 3)`` -> ``(B * T / clip_frames, clip_frames, H, W, 3)``: non-overlapping
+    clips, each video's consecutive; ``None`` returns ``videos`` unchanged."""
+    if clip_frames is None:
+        return videos
+    return rearrange(videos, "b (k t) h w c -> (b k) t h w c", t=clip_frames)
+
+
+def _features(detector, batches, clip_frames: int | None, bar=None) -> np.ndarray:
+    """Detector features of uint8 video batches ``(B, T, H, W, 3)`` -> ``(N, K, D)`` float64,
+    K = T / clip_frames clips per video (1 without ``clip_frames``)."""
+    out = []
+    for videos in batches:
+        videos = torch.as_tensor(videos)
+        f = np.asarray(detector.features(split_clips(videos, clip_frames)), dtype=np.float64)
+        out.append(rearrange(f, "(b k) d -> b k d", b=videos.shape[0]))
+        if bar is not None:
+            bar.update(videos.shape[0])
+    return np.concatenate(out)
+
+
+# ---------------------------------------------------------------------------- real clips
+def dataset_spec(real, kind: str | None = None, split: str | None = None, fold: int = 1) -> dict:
+    """A ``coordtok.data.build_dataset`` spec for the real data: a dict is returned as is; a path
+    is a UCF-101 root when it holds ``ucfTrainTestlist/`` (split default ``train``), else a video
+    folder (``split`` = a subfolder, default the whole folder)."""
+    if isinstance(real, dict):
+        return dict(real)
+    root = Path(real).expanduser()
+    if not root.is_dir():
+        raise FVDInputError(f"real data folder not found: {root}")
+    kind = kind or ("ucf101" if (root / "ucfTrainTestlist").is_dir() else "folder")
+    spec = {"kind": kind, "root": str(root.resolve())}
+    if kind == "ucf101":
+        spec.update(split=split or "train", fold=fold)
+    elif kind == "folder":
+        if split:
+            spec["split"] = split
+    else:
+        raise FVDInputError(f"real data kind must be 'folder' or 'ucf101', got {kind!r}")
+    return spec
+
+
+class _UInt8Clips(Dataset):
+    """Items ``items`` of a ``VideoClipDataset`` as uint8 ``(T, H, W, 3)`` tensors."""
+
+    def __init__(self, base, items: list[int]):
+        self.base, self.items = base, items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, j: int) -> torch.Tensor:
+        video = self.base[self.items[j]]["video"]  # (3, T, S, S) in [-1, 1]
+        return rearrange(((video + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), "c t h w -> t h w c")
+
+
+def real_clips(spec: dict, frames: int, size: int, num_videos: int, seed: int) -> _UInt8Clips:
+    """``num_videos`` random clips of ``frames`` frames at ``size x size`` (see module docstring).
+
+    Videos are drawn with ``np.random.default_rng([seed, 0])``; the dataset is rebuilt with K clips
+    per video (K = the most times one video was drawn) so that every draw of a video gets its own
+    window, seeded by the dataset from ``(seed, item)``.
+    """
+    from coordtok.data import EmptyDatasetError, build_dataset
+
+    base_spec = {**spec, "num_frames": frames, "size": size, "seed": seed, "min_frames": frames}
+    try:
+        ds = build_dataset({**base_spec, "clips_per_video": 1})
+    except EmptyDatasetError:  # a ValueError too, but already a one-line user error of its own
+        raise
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:  # missing root / split file, bad kind
+        raise FVDInputError(str(e)) from e
+    n = len(ds.videos)
+    rng = np.random.default_rng([seed, 0])
+    picks = rng.choice(n, num_videos, replace=False) if num_videos <= n else rng.integers(n, size=num_videos)
+    if num_videos > n:
+        log.warning("%s has %d usable videos for %d clips: drawing videos with replacement", ds.name, n, num_videos)
+    k = int(np.bincount(picks).max())
+    if k > 1:  # the probe cache makes the second construction cheap
+        ds = build_dataset({**base_spec, "clips_per_video": k})
+    seen: dict[int, int] = {}
+    items = []
+    for v in picks.tolist():
+        items.append(v * k + seen.get(v, 0))
+        seen[v] = seen.get(v, 0) + 1
+    return _UInt8Clips(ds, items)
+
+
+def real_stats_key(spec: dict, frames: int, size: int, num_videos: int, detector, seed: int,
+                   clip_frames: int | None = None) -> dict:
+    """Everything the cached real statistics depend on (the sidecar JSON lists it)."""
+    return {
+        "protocol": PROTOCOL, **{k: spec[k] for k in sorted(spec)}, "frames": frames, "clip_frames": clip_frames,
+        "size": size, "detector": detector.name, "detector_weights_sha1": getattr(detector, "weights_sha1", None),
+        "num_videos": num_videos, "seed": seed,
+    }
+
+
+def real_stats(dataset_spec: dict, frames: int, size: int, num_videos: int, detector, seed: int = 0,
+               cache_dir=None, clip_frames: int | None = None, batch_size: int = 4, num_workers: int = 0,
+               progress: bool = True) -> FeatureStats:
+    """Feature statistics of ``num_videos`` random real clips, cached on disk.
+
+    Args:
+        dataset_spec: ``{"kind": "folder" | "ucf101", "root": ..., ["split": ..., "fold": ...]}``
+            (see :func:`dataset_spec`).
+        frames, size: clip length and side (frames are ``size x size`` after the data transform).
+        detector: an :class:`eval.i3d.Detector`.
+        cache_dir: folder of cached statistics (default :func:`default_cache_dir`); ``False``
+            neither reads nor writes the cache.
+        clip_frames: split each clip into ``frames / clip_frames`` clips (the 16-frame variant).
+        batch_size: clips per detector call; num_workers: DataLoader processes decoding videos.
+    """
+    key = real_stats_key(dataset_spec, frames, size, num_videos, detector, seed, clip_frames)
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    cache = None if cache_dir is False else Path(cache_dir or default_cache_dir()) / f"real-{detector.name}-{digest}.npz"
+    if cache is not None and cache.is_file():
+        try:
+            stats = FeatureStats.load(cache)
+            log.info("real FVD statistics from cache %s", cache)
+            return stats
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("ignoring unreadable FVD cache %s (%s); recomputing", cache, e)
+
+    clips = real_clips(dataset_spec, frames, size, num_videos, seed)
+    loader = DataLoader(clips, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    with tqdm(total=len(clips), desc=f"real clips (seed {seed})", unit="clip", disable=not progress) as bar:
+        feats = _features(detector, loader, clip_frames, bar)
+    stats = FeatureStats.from_features(rearrange(feats, "n k d -> (n k) d"))
+    if cache is not None:
+        try:
+            stats.save(cache)
+            _atomic_write(cache.with_suffix(".json"), lambda f: f.write(json.dumps(key, indent=2).encode()))
+        except OSError as e:  # a read-only cache costs a recomputation next time, nothing else
+            log.warning("could not write FVD cache %s: %s", cache, e)
+    return stats
+
+
+# ---------------------------------------------------------------------------- fake videos
+class FakeVideos:
+    """Generated videos: uint8 ``(T, H, W, 3)`` per index, from a folder of video files (sorted
+    paths, read with decord) or an array ``(N, T, H, W, 3)`` (an npz from ``coordtok sample``)."""
+
+    def __init__(self, source: str, files: list[Path] | None = None, array: np.ndarray | None = None):
+        self.source, self.files, self.array = source, files, array
+
+    def __len__(self) -> int:
+        return len(self.files) if self.files is not None else self.array.shape[0]
+
+    def get(self, i: int, frames: int | None = None) -> np.ndarray:
+        """Video ``i``, its first ``frames`` frames (an error names a video that is too short)."""
+        if self.array is not None:
+            video, name = self.array[i], f"{self.source}[{i}]"
+        else:
+            from coordtok.video_io import read_video
+
+            name = str(self.files[i])
+            try:
+                video = read_video(self.files[i], max_frames=frames)
+            except ValueError as e:
+                raise FVDInputError(str(e)) from e
+        if frames is not None and video.shape[0] < frames:
+            raise FVDInputError(f"fake video {name} has {video.shape[0]} frames, fewer than --frames {frames}")
+        return np.ascontiguousarray(video[:frames])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.get(i)
+
+
+def fake_videos(path) -> FakeVideos:
+    """Generated videos from a folder of video files (recursive, sorted) or an ``.npz`` whose
+    ``videos`` entry is uint8 ``(N, T, H, W, 3)``; an array ``(N, T, H, W, 3)`` is wrapped as is."""
+    if isinstance(path, FakeVideos):
+        return path
+    if isinstance(path, (np.ndarray, torch.Tensor)):
+        array, source = np.asarray(path), "array"
+    else:
+        p = Path(path).expanduser()
+        if p.is_dir():
+            from coordtok.data import VIDEO_EXTENSIONS, list_videos
+
+            files = list_videos(p)
+            if not files:
+                raise FVDInputError(f"no video files ({' '.join(VIDEO_EXTENSIONS)}) in fake folder {p}")
+            return FakeVideos(str(p), files=files)
+        if not p.is_file():
+            raise FVDInputError(f"fake videos not found: {p} (expected a folder of mp4 files or an .npz)")
+        if p.suffix.lower() != ".npz":
+            raise FVDInputError(f"{p}: expected a folder of mp4 files or an .npz with 'videos', not a {p.suffix} file")
+        try:
+            with np.load(p) as z:
+                if "videos" not in z.files:
+                    raise FVDInputError(f"{p}: no 'videos' array (it holds {z.files})")
+                array = z["videos"]
+        except (OSError, ValueError) as e:
+            if isinstance(e, FVDInputError):
+                raise
+            raise FVDInputError(f"{p}: unreadable npz ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+        source = str(p)
+    if array.dtype != np.uint8 or array.ndim != 5 or array.shape[-1] != 3 or array.shape[0] == 0:
+        raise FVDInputError(f"{source}: expected uint8 videos (N, T, H, W, 3), got {array.dtype} {array.shape}")
+    return FakeVideos(source, array=array)
+
+
+def _fake_batches(fakes: FakeVideos, indices, frames: int, batch_size: int):
+    """Stacks of up to ``batch_size`` videos; a change of frame size starts a new stack."""
+    batch: list[np.ndarray] = []
+    for i in indices:
+        video = fakes.get(int(i), frames)
+        if batch and video.shape != batch[0].shape:
+            yield np.stack(batch)
+            batch = []
+        batch.append(video)
+        if len(batch) == batch_size:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+# ---------------------------------------------------------------------------- FVD
+def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFAULT_NUM_VIDEOS, detector=None,
+                seed: int = 0, repeats: int = 1, clip_frames: int | None = None, size: int | None = None,
+                kind: str | None = None, split: str | None = None, fold: int = 1, cache_dir=None,
+                batch_size: int = 4, num_workers: int = 0, progress: bool = True) -> dict:
+    """FVD of ``fake`` against random clips of ``real``, over ``repeats`` seeds.
+
+    Args:
+        real: a video folder, a UCF-101 root, or a dataset spec dict (:func:`dataset_spec`).
+        fake: a folder of video files, an ``.npz`` with ``videos``, or a uint8 array
+            ``(N, T, H, W, 3)``; it must hold at least ``num_videos`` videos of at least
+            ``frames`` frames (the first ``frames`` are used). With more than ``num_videos``, each
+            repeat uses a seeded random subset.
+        frames: clip length (128 in the paper). num_videos: videos per side (2048).
+        detector: an :class:`eval.i3d.Detector` (default: StyleGAN-V's TorchScript I3D from the
+            weight cache).
+        seed: repeat r uses seed ``seed + r`` for the real clips (and the fake subset).
+        clip_frames: ``16`` for the 16-frame variant (``frames`` must be a multiple).
+        size: real clip side; default: the fake videos' (square) frame size.
+        cache_dir, batch_size, num_workers, progress: see :func:`real_stats`.
+
+    Returns:
+        ``{"mean", "std", "values", "seeds", ...}``: mean and sample std (ddof 1; 0 for one
+        repeat) of the per-seed FVDs, plus the settings used.
+    """
+    if frames < 1 or num_videos < 2 or repeats < 1:
+        raise FVDInputError(f"need frames >= 1, num_videos >= 2 and repeats >= 1; got {frames}, {num_videos}, {repeats}")
+    if clip_frames is not None and (clip_frames < 1 or frames % clip_frames):
+        raise FVDInputError(f"--clip-frames {clip_frames} must divide --frames {frames}")
+    if detector is None:
+        from .i3d import load_torchscript_i3d
+
+        detector = load_torchscript_i3d()
+    fakes = fake_videos(fake)
+    if len(fakes) < num_videos:
+        raise FVDInputError(f"{fakes.source} holds {len(fakes)} videos, fewer than --num-videos {num_videos}")
+    spec = dataset_spec(real, kind, split, fold)
+    if size is None:
+        h, w = fakes.get(0, frames).shape[1:3]
+        if h != w:
+            raise FVDInputError(f"fake frames are {h}x{w}, not square: pass the real clips' --size")
+        size = h
+    else:
+        h, w = fakes.get(0, frames).shape[1:3]
+        if (h, w) != (size, size):
+            log.warning("fake frames are %dx%d but real clips are %dx%d: the FVD then also measures the resize",
+                        h, w, size, size)
+
+    seeds = [seed + r for r in range(repeats)]
+    if len(fakes) == num_videos:
+        subsets = {s: np.arange(num_videos) for s in seeds}
+    else:
+        subsets = {s: np.sort(np.random.default_rng([s, 1]).choice(len(fakes), num_videos, replace=False)) for s in seeds}
+    needed = np.unique(np.concatenate(list(subsets.values())))
+    with tqdm(total=len(needed), desc="fake videos", unit="video", disable=not progress) as bar:
+        feats = _features(detector, _fake_batches(fakes, needed, frames, batch_size), clip_frames, bar)
+    row_of = {int(i): r for r, i in enumerate(needed)}
+
+    values = []
+    for s in seeds:
+        real_s = real_stats(spec, frames, size, num_videos, detector, seed=s, cache_dir=cache_dir,
+                            clip_frames=clip_frames, batch_size=batch_size, num_workers=num_workers, progress=progress)
+        fake_s = FeatureStats.from_features(rearrange(feats[[row_of[int(i)] for i in subsets[s]]], "n k d -> (n k) d"))
+        values.append(frechet_distance(*real_s.mean_cov(), *fake_s.mean_cov()))
+    return {
+        "mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+        "values": values, "seeds": seeds, "frames": frames, "clip_frames": clip_frames, "num_videos": num_videos,
+        "size": size, "detector": detector.name, "real": spec, "fake": fakes.source,
+    }
