@@ -124,3 +124,26 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_state(run_dir: str | Path, resume: bool | str | Path | None, kind: str, log=None) -> dict | None:
+    """The checkpoint a run continues from, or None to start from scratch.
+
+    ``resume``: falsy -> None; ``True`` -> the newest readable checkpoint of ``run_dir`` (None if it
+    has none); a path -> that file. The checkpoint must be of ``kind`` ("coordtok", "sit").
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if not resume:
+        return None
+    if resume is True:
+        found = load_latest(run_dir, log=log)
+        if found is None:
+            log(f"no checkpoint in {run_dir}; starting from scratch")
+            return None
+        state, where = found
+    else:
+        state, where = load(resume), resume
+    if state.get("kind") != kind:
+        raise CheckpointError(f"{where}: a {state.get('kind')!r} checkpoint cannot resume a {kind!r} run")
+    log(f"resuming from {where} (step {state.get('step')})")
+    return state

@@ -261,7 +261,8 @@ def train(cfg: TokenizerRunConfig, resume: bool | str | None = None, progress: b
 
     torch.manual_seed(t.seed)
     model = CoordTok(m)
-    if t.init_from and not resume:
+    resume_state = ckpt.resume_state(run_dir, resume, "coordtok", log)
+    if t.init_from and resume_state is None:
         init, _ = load_tokenizer(t.init_from)
         model.load_state_dict(init.state_dict())
         log(f"initialised from {t.init_from}")
@@ -270,23 +271,8 @@ def train(cfg: TokenizerRunConfig, resume: bool | str | None = None, progress: b
     dataset = dataset_from_config(cfg.data, t.seed)
     val_set = (dataset_from_config(cfg.val_data, t.seed, deterministic=True) if cfg.val_data is not None else None)
 
-    # ---- resume
     step = 0
-    resume_state = None
-    if resume:
-        if resume is True:
-            found = ckpt.load_latest(run_dir, log=log)
-            if found is not None:
-                resume_state, where = found
-                log(f"resuming from {where}")
-            else:
-                log(f"no checkpoint in {run_dir}; starting from scratch")
-        else:
-            resume_state = ckpt.load(resume)
-            log(f"resuming from {resume}")
     if resume_state is not None:
-        if resume_state.get("kind") != "coordtok":
-            raise ckpt.CheckpointError(f"cannot resume a tokenizer run from a {resume_state.get('kind')!r} checkpoint")
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         step = int(resume_state["step"])

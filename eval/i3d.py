@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -175,7 +176,9 @@ def load_torchscript_i3d(path_or_dir=None, device=None) -> TorchScriptI3D:
     """StyleGAN-V's ``i3d_torchscript.pt`` from a file, a folder or the cache (module docstring)."""
     path = find_weights(I3D_TORCHSCRIPT_FILE, path_or_dir)
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # TorchScript is deprecated in torch, but it is this file's format
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # TorchScript raises RuntimeError / ValueError / zipfile errors
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DetectorWeightsError(f"{path}: not a loadable TorchScript detector ({first})") from e

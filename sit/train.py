@@ -138,22 +138,9 @@ def train_sit(cfg: SiTRunConfig, latents_dir: str | Path, resume: bool | str | N
     path = make_path(t.path)
 
     # ---- resume
+    resume_state = ckpt.resume_state(run_dir, resume, "sit", log)
     step = 0
-    resume_state = None
-    if resume:
-        if resume is True:
-            found = ckpt.load_latest(run_dir, log=log)
-            if found is not None:
-                resume_state, where = found
-                log(f"resuming from {where}")
-            else:
-                log(f"no checkpoint in {run_dir}; starting from scratch")
-        else:
-            resume_state = ckpt.load(resume)
-            log(f"resuming from {resume}")
     if resume_state is not None:
-        if resume_state.get("kind") != "sit":
-            raise ckpt.CheckpointError(f"cannot resume a SiT run from a {resume_state.get('kind')!r} checkpoint")
         if resume_state["config"]["model"] != m.to_dict():
             raise ckpt.CheckpointError(f"cannot resume: the checkpoint's model config {resume_state['config']['model']} "
                                        f"differs from {cfg.source}'s")

@@ -115,3 +115,13 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     wb = ckpt.load(tmp_path / "b" / "ckpt-0000002.pt")["model"]
     for name in wa:
         assert torch.allclose(wa[name], wb[name], atol=1e-5), name
+
+
+def test_stage2_starts_from_the_stage1_weights(tmp_path):
+    train(small_run(tmp_path / "s1", 2), progress=False)
+    s1 = ckpt.load(tmp_path / "s1" / "ckpt-0000002.pt")["model"]
+    # lr 0: one stage-2 step leaves the weights as they were initialised
+    cfg = small_run(tmp_path / "s2", 1, stage=2, num_frames_stage2=2, init_from=str(tmp_path / "s1"), lr=0.0)
+    train(cfg, resume=True, progress=False)  # resume=True with no stage-2 checkpoint yet: still initialises
+    s2 = ckpt.load(tmp_path / "s2" / "ckpt-0000001.pt")["model"]
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
