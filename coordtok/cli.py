@@ -170,6 +170,45 @@ def cmd_eval_fvd(args) -> None:
     print(json.dumps(result, indent=2))
 
 
+# ---------------------------------------------------------------------------- evaluation and profiling
+
+
+def cmd_eval_recon(args, analysis: bool = False) -> None:
+    from eval.recon import eval_recon
+
+    if not Path(args.data).is_dir():
+        raise UserError(f"--data {args.data}: folder not found (a video folder or a UCF-101 root)")
+    detector = None if (analysis or args.no_fvd) else args.detector
+    result = eval_recon(args.ckpt, args.data, args.out, num_clips=args.num_clips, seed=args.seed, kind=args.kind,
+                        split=args.split, detector=detector, detector_path=getattr(args, "detector_path", None),
+                        batch_size=args.batch_size, frames_per_chunk=args.frames_per_chunk, vgg_path=args.vgg,
+                        write_videos=args.write_videos, analysis=analysis or args.analysis,
+                        progress=not args.no_progress)
+    if result:
+        result.pop("analysis", None)
+        print(json.dumps(result, indent=2))
+
+
+def cmd_analyze(args) -> None:
+    cmd_eval_recon(args, analysis=True)
+
+
+def cmd_profile(args) -> None:
+    from eval.profile import profile, write_report
+
+    try:
+        frames = [int(f) for f in args.frames.split(",")]
+    except ValueError:
+        raise UserError(f"--frames {args.frames!r}: expected comma-separated clip lengths, e.g. 16,32,64,128") from None
+    modes = ("coordtok", "full") if not args.no_full else ("coordtok",)
+    rows = profile(args.config, frames, num_coords=args.num_coords, device=args.device,
+                   measure_memory=not args.no_memory, budget_gb=args.budget_gb, modes=modes,
+                   max_batch_search=True if args.max_batch else None)
+    write_report(rows, args.out, f"{Path(args.config).stem}: training step vs clip length", args.device or
+                 ("cuda" if __import__("torch").cuda.is_available() else "cpu"))
+    print(f"wrote {Path(args.out) / 'profile.md'} and the plots")
+
+
 # ---------------------------------------------------------------------------- wiring
 
 
@@ -284,6 +323,43 @@ def build_parser() -> argparse.ArgumentParser:
     fv.add_argument("--device", default=None)
     fv.add_argument("--no-progress", action="store_true")
     fv.set_defaults(fn=cmd_eval_fvd)
+
+    for name, fn, help_ in (("eval-recon", cmd_eval_recon, "rFVD (128 and 16 frames), PSNR / SSIM / LPIPS of reconstructions"),
+                            ("analyze", cmd_analyze, "PSNR against dynamics and frequency magnitude, per video")):
+        ev = sub.add_parser(name, help=help_)
+        ev.add_argument("--ckpt", required=True, help="tokenizer checkpoint (or its run folder)")
+        ev.add_argument("--data", required=True, help="a video folder or a UCF-101 root")
+        ev.add_argument("--out", default=name.replace("-", "_") + "_out")
+        ev.add_argument("--num-clips", type=int, default=10000 if name == "eval-recon" else 256)
+        ev.add_argument("--frames", type=int, default=128, help="clip length (must equal the model's)")
+        ev.add_argument("--seed", type=int, default=0)
+        ev.add_argument("--kind", choices=("folder", "ucf101"), default=None)
+        ev.add_argument("--split", default="test", help="ucf101: train | test; folder: a subfolder")
+        ev.add_argument("--batch-size", type=int, default=1)
+        ev.add_argument("--frames-per-chunk", type=int, default=None)
+        ev.add_argument("--vgg", default=None, help="vgg16-397923af.pth for LPIPS")
+        ev.add_argument("--write-videos", type=int, default=4, help="side-by-side mp4s of the first clips")
+        ev.add_argument("--no-progress", action="store_true")
+        if name == "eval-recon":
+            ev.add_argument("--detector", choices=("stylegan", "videogpt"), default="videogpt")
+            ev.add_argument("--detector-path", default=None)
+            ev.add_argument("--no-fvd", action="store_true", help="skip rFVD (no detector weights needed)")
+            ev.add_argument("--analysis", action="store_true", help="also write the analysis table and plots")
+        else:
+            ev.set_defaults(no_fvd=True, analysis=True)
+        ev.set_defaults(fn=fn)
+
+    pr = sub.add_parser("profile", help="training FLOPs and memory against clip length (tables and plots)")
+    pr.add_argument("--config", required=True)
+    pr.add_argument("--frames", default="16,32,64,128")
+    pr.add_argument("--num-coords", type=int, default=1024)
+    pr.add_argument("--out", default="profile_out")
+    pr.add_argument("--device", default=None, help="where to measure memory (default: cuda if available)")
+    pr.add_argument("--no-memory", action="store_true", help="FLOPs only (meta device, instant)")
+    pr.add_argument("--no-full", action="store_true", help="skip the decode-every-patch comparison")
+    pr.add_argument("--max-batch", action="store_true", help="search the max batch at --budget-gb (GPU default)")
+    pr.add_argument("--budget-gb", type=float, default=24.0)
+    pr.set_defaults(fn=cmd_profile)
     return p
 
 

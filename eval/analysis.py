@@ -104,13 +104,19 @@ def analyze(items, out_dir, prefix: str = "analysis") -> dict:
         ``{"rows": [{"name", "psnr", "dynamics", "frequency"}], "correlation": {"dynamics",
         "frequency"}, "csv", "markdown", "plot"}`` (paths as strings).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, real, recon in items:
         value = float(recon) if isinstance(recon, numbers.Real) else video_psnr(real, recon)
         rows.append({"name": str(name), "psnr": value, "dynamics": dynamics_magnitude(real),
                      "frequency": frequency_magnitude(real)})
+    return write_analysis(rows, out_dir, prefix)
+
+
+def write_analysis(rows: list[dict], out_dir, prefix: str = "analysis") -> dict:
+    """The table, correlations and plots of :func:`analyze` from rows already measured
+    (``{"name", "psnr", "dynamics", "frequency"}`` each)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     if not rows:
         raise ValueError("analyze needs at least one video")
     psnrs = [r["psnr"] for r in rows]

@@ -140,7 +140,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     ``mu: (D,)``, ``sigma: (D, D)``. ``scipy.linalg.sqrtm`` of the product; when that is not
     finite (a singular product, e.g. fewer samples than dimensions) the covariances get ``eps``
     added to their diagonals and the root is taken again, as pytorch-fid / TTUR do. A complex
-    root from round-off is reduced to its real part (StyleGAN-V's convention).
+    root from round-off is reduced to its real part (StyleGAN-V's convention). For 400-d I3D
+    features, scipy >= 1.16 takes a few seconds per call on a CPU.
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
@@ -278,7 +279,7 @@ def real_stats(dataset_spec: dict, frames: int, size: int, num_videos: int, dete
         batch_size: clips per detector call; num_workers: DataLoader processes decoding videos.
     """
     key = real_stats_key(dataset_spec, frames, size, num_videos, detector, seed, clip_frames)
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     cache = None if cache_dir is False else Path(cache_dir or default_cache_dir()) / f"real-{detector.name}-{digest}.npz"
     if cache is not None and cache.is_file():
         try:
@@ -296,7 +297,7 @@ def real_stats(dataset_spec: dict, frames: int, size: int, num_videos: int, dete
     if cache is not None:
         try:
             stats.save(cache)
-            _atomic_write(cache.with_suffix(".json"), lambda f: f.write(json.dumps(key, indent=2).encode()))
+            _atomic_write(cache.with_suffix(".json"), lambda f: f.write(json.dumps(key, indent=2, default=str).encode()))
         except OSError as e:  # a read-only cache costs a recomputation next time, nothing else
             log.warning("could not write FVD cache %s: %s", cache, e)
     return stats

@@ -74,7 +74,9 @@ def _measure_step_memory(cfg_dict: dict, mode: str, num_coords: int, batch: int,
 
     cfg = ModelConfig(**cfg_dict)
     dev = torch.device(device)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # Baseline: the current RSS after imports (not ru_maxrss, which may hold an import-time peak).
+    with open("/proc/self/statm") as f:
+        rss0 = int(f.read().split()[1]) * resource.getpagesize()
     model = CoordTok(cfg).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     video = torch.rand(batch, 3, cfg.frames, cfg.size, cfg.size, device=dev) * 2 - 1
