@@ -179,8 +179,11 @@ def cmd_eval_recon(args, analysis: bool = False) -> None:
     if not Path(args.data).is_dir():
         raise UserError(f"--data {args.data}: folder not found (a video folder or a UCF-101 root)")
     detector = None if (analysis or args.no_fvd) else args.detector
+    split = args.split
+    if split is None and (args.kind == "ucf101" or (Path(args.data) / "ucfTrainTestlist").is_dir()):
+        split = "test"  # reconstruction is measured on held-out clips
     result = eval_recon(args.ckpt, args.data, args.out, num_clips=args.num_clips, seed=args.seed, kind=args.kind,
-                        split=args.split, detector=detector, detector_path=getattr(args, "detector_path", None),
+                        split=split, detector=detector, detector_path=getattr(args, "detector_path", None),
                         batch_size=args.batch_size, frames_per_chunk=args.frames_per_chunk, vgg_path=args.vgg,
                         write_videos=args.write_videos, analysis=analysis or args.analysis,
                         progress=not args.no_progress)
@@ -334,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         ev.add_argument("--frames", type=int, default=128, help="clip length (must equal the model's)")
         ev.add_argument("--seed", type=int, default=0)
         ev.add_argument("--kind", choices=("folder", "ucf101"), default=None)
-        ev.add_argument("--split", default="test", help="ucf101: train | test; folder: a subfolder")
+        ev.add_argument("--split", default=None, help="ucf101: train | test (default test); folder: a subfolder")
         ev.add_argument("--batch-size", type=int, default=1)
         ev.add_argument("--frames-per-chunk", type=int, default=None)
         ev.add_argument("--vgg", default=None, help="vgg16-397923af.pth for LPIPS")

@@ -36,7 +36,7 @@ def _to_model(clips_u8: torch.Tensor) -> torch.Tensor:
 
 
 def eval_recon(ckpt, real, out_dir, num_clips: int = 10000, seed: int = 0, kind: str | None = None,
-               split: str | None = "test", fold: int = 1, detector: str | None = "videogpt",
+               split: str | None = None, fold: int = 1, detector: str | None = "videogpt",
                detector_path=None, sub_clip_frames: int = 16, batch_size: int = 1,
                frames_per_chunk: int | None = None, vgg_path=None, write_videos: int = 4, analysis: bool = False,
                progress: bool = True) -> dict:

@@ -5,20 +5,13 @@ import decord
 import pytest
 
 from coordtok.cli import main
-from coordtok.config import load_tokenizer_config
-from coordtok.train import train
 from coordtok.video_io import sample_video_paths
+from sit_common import tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizer_ckpt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tok")
-    cfg = load_tokenizer_config("configs/tokenizer/tiny.yaml", {
-        "train": {"max_steps": 2, "out_dir": str(out), "batch_size": 1, "num_coords": 256, "ckpt_every": 2,
-                  "val_every": 10 ** 9},
-        "data": {"names": ["bikes"], "frame_range": [0, 140]}, "val_data": None})
-    train(cfg, progress=False)
-    return out / "ckpt-0000002.pt"
+    return tiny_tokenizer(str(tmp_path_factory.mktemp("tok")))
 
 
 def test_reconstruct_writes_side_by_side_and_metrics(tokenizer_ckpt, tmp_path, capsys):
