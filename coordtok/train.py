@@ -304,7 +304,7 @@ def train(cfg: TokenizerRunConfig, resume: bool | str | None = None, progress: b
             "kind": "coordtok", "version": 1, "step": step_,
             "model": core.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-            "rng": ckpt.rng_state(), "config": cfg.to_dict(), "config_text": config_text,
+            "rng": ckpt.rng_state(), "config": cfg.to_dict(), "config_text": config_text, "metrics": dict(last),
         }
         path = ckpt.checkpoint_path(run_dir, step_)
         ckpt.atomic_save(state, path)
@@ -316,6 +316,8 @@ def train(cfg: TokenizerRunConfig, resume: bool | str | None = None, progress: b
                dynamic_ncols=True, file=sys.stderr)
     bad_in_a_row = 0
     last = {"loss": float("nan"), "psnr": float("nan"), "val_psnr": float("nan")}
+    if resume_state is not None:  # a finished run reports what it last measured
+        last.update(resume_state.get("metrics") or {})
     last_ckpt = None
     model.train()
     tic, clips_seen = time.time(), 0

@@ -182,7 +182,7 @@ def train_sit(cfg: SiTRunConfig, latents_dir: str | Path, resume: bool | str | N
             "kind": "sit", "version": 1, "step": step_,
             "model": core.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-            "rng": ckpt.rng_state(), "stats": stats.to_dict(), "config": cfg.to_dict(), "config_text": config_text,
+            "rng": ckpt.rng_state(), "stats": stats.to_dict(), "config": cfg.to_dict(), "config_text": config_text, "metrics": dict(last),
             "tokenizer_config": dataset.tokenizer_config, "tokenizer_ckpt": dataset.index.get("tokenizer_ckpt"),
             "latents": str(latents_dir.resolve()),
         }
@@ -195,6 +195,8 @@ def train_sit(cfg: SiTRunConfig, latents_dir: str | Path, resume: bool | str | N
                dynamic_ncols=True, file=sys.stderr)
     bad_in_a_row = 0
     last = {"loss": float("nan")}
+    if resume_state is not None:  # a finished run reports what it last measured
+        last.update(resume_state.get("metrics") or {})
     last_ckpt = None
     model.train()
     tic, steps_done = time.time(), 0
