@@ -101,8 +101,10 @@ def load_latest(run_dir: str | Path, map_location="cpu", log=None) -> tuple[dict
 
 
 def prune(run_dir: str | Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints (never fewer than one)."""
-    for path in list_checkpoints(run_dir)[max(1, keep):]:
+    """Delete all but the newest ``keep`` checkpoints (never fewer than one), and the temporary
+    files of writes that a killed process left behind."""
+    stale = list(Path(run_dir).glob(".ckpt-*.pt.*.tmp")) if Path(run_dir).is_dir() else []
+    for path in list_checkpoints(run_dir)[max(1, keep):] + stale:
         try:
             path.unlink()
         except OSError:

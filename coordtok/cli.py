@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,8 +23,13 @@ def _parse_overrides(items: list[str]) -> dict:
     for item in items or []:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
+        if sep and not dot and value.strip() in ("null", "none", "None"):
+            out[section] = None  # `--set val_data=null` drops an optional section
+            continue
         if not sep or not dot or not name:
             raise UserError(f"--set {item!r}: expected section.key=value, e.g. train.max_steps=100")
+        if out.get(section, {}) is None:
+            out[section] = {}
         out.setdefault(section, {})[name] = yaml.safe_load(value)
     return out
 

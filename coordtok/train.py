@@ -13,11 +13,9 @@ the clips, their windows and their coordinates. So a resumed run continues exact
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +28,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import ConfigError, DataConfig, TokenizerRunConfig
+from .loop import NonFiniteGuard, TrainingDiverged, step_loader, tensorboard_writer  # noqa: F401 (re-exported)
 from .model import CoordTok, frame_coords, frames_from_patches, gather_patches, random_coords, random_frames
-
-
-class TrainingDiverged(RuntimeError):
-    """Too many consecutive non-finite losses; a checkpoint of the last good state was written."""
 
 
 # ---------------------------------------------------------------------------- data
@@ -223,7 +218,7 @@ def validate(core: CoordTok, dataset, n: int, device, frames_per_chunk: int | No
 
 
 def train(cfg: TokenizerRunConfig, resume: bool | str | None = None, progress: bool = True,
-          config_text: str | None = None) -> dict:
+          config_text: str | None = None, on_finish=None) -> dict:
     """Train a tokenizer; returns ``{"step", "loss", "psnr", "val_psnr", "run_dir", "checkpoint"}``.
 
     ``resume``: ``True`` continues from the newest good checkpoint of ``cfg.train.out_dir`` (if
@@ -285,17 +280,8 @@ def train(cfg: TokenizerRunConfig, resume: bool | str | None = None, progress: b
         ckpt.set_rng_state(resume_state["rng"])
 
     sampler = GlobalBatchSampler(len(dataset), global_micro, rank, world, t.seed, start=step * t.grad_accum)
-    loader = torch.utils.data.DataLoader(
-        EpochIndexed(dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
-        pin_memory=accelerator.device.type == "cuda", persistent_workers=False,
-        prefetch_factor=2 if cfg.data.num_workers > 0 else None,
-    )
-    batches = iter(loader)
-
-    writer = None
-    if is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(run_dir / "tb"))
+    batches = step_loader(EpochIndexed(dataset), sampler, cfg.data.num_workers, accelerator.device)
+    writer = tensorboard_writer(run_dir, is_main)
 
     def save(step_: int) -> Path | None:
         if not is_main:
@@ -314,7 +300,7 @@ def train(cfg: TokenizerRunConfig, resume: bool | str | None = None, progress: b
     n_per_clip = t.num_coords if t.stage == 1 else t.num_frames_stage2
     bar = tqdm(total=t.max_steps, initial=step, disable=not (progress and is_main), desc=f"stage {t.stage}",
                dynamic_ncols=True, file=sys.stderr)
-    bad_in_a_row = 0
+    guard = NonFiniteGuard(accelerator, t.max_bad_steps, "Lower train.lr or use bf16/fp32")
     last = {"loss": float("nan"), "psnr": float("nan"), "val_psnr": float("nan")}
     if resume_state is not None:  # a finished run reports what it last measured
         last.update(resume_state.get("metrics") or {})
@@ -341,20 +327,8 @@ def train(cfg: TokenizerRunConfig, resume: bool | str | None = None, progress: b
                     accelerator.backward(out["loss"] / t.grad_accum)
             for k, v in out.items():
                 losses[k] = losses.get(k, 0.0) + v.detach().float() / t.grad_accum
-        # Every rank must take the same decision, or DDP would deadlock on the next all-reduce.
-        flag = torch.tensor([0.0 if finite else 1.0], device=accelerator.device)
-        finite = bool(accelerator.reduce(flag, reduction="sum").item() == 0)
-        if not finite:
-            optimizer.zero_grad(set_to_none=True)
-            bad_in_a_row += 1
-            warnings.warn(f"step {step + 1}: non-finite loss, step skipped ({bad_in_a_row} in a row)", stacklevel=1)
-            if bad_in_a_row >= t.max_bad_steps:
-                path = save(step)
-                raise TrainingDiverged(
-                    f"{bad_in_a_row} consecutive non-finite losses at step {step + 1}; stopped. The last good "
-                    f"state is in {path or run_dir}. Lower train.lr or use bf16/fp32 and --resume.")
+        if not guard.step_ok(finite, step, optimizer, save):
             continue
-        bad_in_a_row = 0
         if t.max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
         optimizer.step()
@@ -385,4 +359,6 @@ def train(cfg: TokenizerRunConfig, resume: bool | str | None = None, progress: b
     bar.close()
     if writer is not None:
         writer.close()
+    if on_finish is not None:  # e.g. tests comparing the weights every process holds
+        on_finish(core, accelerator)
     return {"step": step, **last, "run_dir": str(run_dir), "checkpoint": str(last_ckpt) if last_ckpt else None}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -27,7 +26,8 @@ from tqdm.auto import tqdm
 
 from coordtok import checkpoint as ckpt
 from coordtok.config import ConfigError
-from coordtok.train import GlobalBatchSampler, TrainingDiverged, _resolve_precision, build_optimizer, mix_seed
+from coordtok.loop import NonFiniteGuard, step_loader, tensorboard_writer
+from coordtok.train import GlobalBatchSampler, _resolve_precision, build_optimizer, mix_seed
 from coordtok.triplane import PLANES
 
 from .config import SiTRunConfig
@@ -96,7 +96,7 @@ def sample_look(ema: TriplaneSiT, stats: LatentStats, cfg: SiTRunConfig, device)
 
 
 def train_sit(cfg: SiTRunConfig, latents_dir: str | Path, resume: bool | str | None = None, progress: bool = True,
-              config_text: str | None = None) -> dict:
+              config_text: str | None = None, on_finish=None) -> dict:
     """Train a TriplaneSiT on a latent cache; returns ``{"step", "loss", "run_dir", "checkpoint"}``.
 
     ``resume``: ``True`` continues from the newest good checkpoint of ``cfg.train.out_dir`` (if
@@ -164,16 +164,8 @@ def train_sit(cfg: SiTRunConfig, latents_dir: str | Path, resume: bool | str | N
         ckpt.set_rng_state(resume_state["rng"])
 
     sampler = GlobalBatchSampler(len(dataset), global_micro, rank, world, t.seed, start=step * t.grad_accum)
-    loader = torch.utils.data.DataLoader(
-        _Virtual(dataset), batch_sampler=sampler, num_workers=t.num_workers,
-        pin_memory=accelerator.device.type == "cuda", prefetch_factor=2 if t.num_workers > 0 else None,
-    )
-    batches = iter(loader)
-
-    writer = None
-    if is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(run_dir / "tb"))
+    batches = step_loader(_Virtual(dataset), sampler, t.num_workers, accelerator.device)
+    writer = tensorboard_writer(run_dir, is_main)
 
     def save(step_: int) -> Path | None:
         if not is_main:
@@ -193,7 +185,7 @@ def train_sit(cfg: SiTRunConfig, latents_dir: str | Path, resume: bool | str | N
 
     bar = tqdm(total=t.max_steps, initial=step, disable=not (progress and is_main), desc="sit",
                dynamic_ncols=True, file=sys.stderr)
-    bad_in_a_row = 0
+    guard = NonFiniteGuard(accelerator, t.max_bad_steps, "Lower train.lr, set train.max_grad_norm or use bf16/fp32")
     last = {"loss": float("nan")}
     if resume_state is not None:  # a finished run reports what it last measured
         last.update(resume_state.get("metrics") or {})
@@ -218,21 +210,8 @@ def train_sit(cfg: SiTRunConfig, latents_dir: str | Path, resume: bool | str | N
                 if finite:
                     accelerator.backward(loss / t.grad_accum)
             loss_sum += loss.detach().float() / t.grad_accum
-        # Every rank must take the same decision, or DDP would deadlock on the next all-reduce.
-        flag = torch.tensor([0.0 if finite else 1.0], device=accelerator.device)
-        finite = bool(accelerator.reduce(flag, reduction="sum").item() == 0)
-        if not finite:
-            optimizer.zero_grad(set_to_none=True)
-            bad_in_a_row += 1
-            warnings.warn(f"step {step + 1}: non-finite loss, step skipped ({bad_in_a_row} in a row)", stacklevel=1)
-            if bad_in_a_row >= t.max_bad_steps:
-                where = save(step)
-                raise TrainingDiverged(
-                    f"{bad_in_a_row} consecutive non-finite losses at step {step + 1}; stopped. The last good "
-                    f"state is in {where or run_dir}. Lower train.lr, set train.max_grad_norm or use bf16/fp32 "
-                    f"and --resume.")
+        if not guard.step_ok(finite, step, optimizer, save):
             continue
-        bad_in_a_row = 0
         grad_norm = None
         if t.max_grad_norm:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
@@ -267,4 +246,6 @@ def train_sit(cfg: SiTRunConfig, latents_dir: str | Path, resume: bool | str | N
     bar.close()
     if writer is not None:
         writer.close()
+    if on_finish is not None:  # e.g. tests comparing the weights every process holds
+        on_finish(core, accelerator)
     return {"step": step, **last, "run_dir": str(run_dir), "checkpoint": str(last_ckpt) if last_ckpt else None}

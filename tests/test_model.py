@@ -6,7 +6,7 @@ import torch
 
 from coordtok import CoordTok, Triplane
 from coordtok.attention import attention
-from coordtok.config import ConfigError, ModelConfig, load_model_config, load_tokenizer_config
+from coordtok.config import ConfigError, load_model_config, load_tokenizer_config
 from coordtok.model import frame_coords, gather_patches, random_coords, frames_from_patches
 
 REFERENCE_PARAMS = {  # DESIGN.md, paper Table 5

@@ -1,0 +1,55 @@
+"""Pieces shared by the training loops (tokenizer and SiT): the data loader over a
+:class:`~coordtok.train.GlobalBatchSampler`, the TensorBoard writer, and the non-finite-loss guard."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite losses; a checkpoint of the last good state was written."""
+
+
+def step_loader(dataset, batch_sampler, num_workers: int, device: torch.device):
+    """An iterator of this rank's micro-batches, in the sampler's (resumable) order."""
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=batch_sampler, num_workers=num_workers, pin_memory=device.type == "cuda",
+        prefetch_factor=2 if num_workers > 0 else None,
+    )
+    return iter(loader)
+
+
+def tensorboard_writer(run_dir: Path, is_main: bool):
+    """A SummaryWriter in ``run_dir/tb`` on the main process, None elsewhere."""
+    if not is_main:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(Path(run_dir) / "tb"))
+
+
+class NonFiniteGuard:
+    """Skips optimizer steps whose loss is NaN/inf on any rank; stops after ``max_bad`` in a row."""
+
+    def __init__(self, accelerator, max_bad: int, hint: str):
+        self.accelerator, self.max_bad, self.hint = accelerator, max_bad, hint
+        self.in_a_row = 0
+
+    def step_ok(self, finite: bool, step: int, optimizer, save) -> bool:
+        """True when the step may be applied. ``save(step)`` writes the last good state before stopping."""
+        # Every rank must take the same decision, or DDP would deadlock on the next all-reduce.
+        flag = torch.tensor([0.0 if finite else 1.0], device=self.accelerator.device)
+        if bool(self.accelerator.reduce(flag, reduction="sum").item() == 0):
+            self.in_a_row = 0
+            return True
+        optimizer.zero_grad(set_to_none=True)
+        self.in_a_row += 1
+        warnings.warn(f"step {step + 1}: non-finite loss, step skipped ({self.in_a_row} in a row)", stacklevel=2)
+        if self.in_a_row >= self.max_bad:
+            where = save(step)
+            raise TrainingDiverged(
+                f"{self.in_a_row} consecutive non-finite losses at step {step + 1}; stopped. The last good state is "
+                f"in {where}. {self.hint} and --resume.")
+        return False

@@ -1,0 +1,44 @@
+"""Run a few tokenizer or SiT steps, then save the weights this process holds (rank<r>.pt).
+
+Launched by tests/test_multiprocess.py either plainly (one process) or through
+``accelerate launch --cpu --num_processes 2`` (two processes over gloo).
+"""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def save_weights(out: Path):
+    def hook(model, accelerator):
+        torch.save(model.state_dict(), out / f"rank{accelerator.process_index}.pt")
+    return hook
+
+
+def main(kind: str, out: str, steps: int, latents: str | None = None) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if kind == "tokenizer":
+        from coordtok.config import load_tokenizer_config
+        from coordtok.train import train
+
+        cfg = load_tokenizer_config("configs/tokenizer/tiny.yaml", {
+            "train": {"max_steps": steps, "out_dir": str(out / "run"), "batch_size": 4, "num_coords": 256,
+                      "log_every": 1, "ckpt_every": 10 ** 9, "val_every": 10 ** 9},
+            "data": {"names": ["bikes"], "frame_range": [0, 140]}, "val_data": None})
+        train(cfg, progress=False, on_finish=save_weights(out))
+    else:
+        from sit.config import load_sit_run_config
+        from sit.train import train_sit
+
+        cfg = load_sit_run_config("configs/sit/tiny.yaml", {"train": {
+            "max_steps": steps, "out_dir": str(out / "run"), "batch_size": 4, "ckpt_every": 10 ** 9,
+            "sample_every": 0, "log_every": 1}})
+        train_sit(cfg, latents, progress=False, on_finish=save_weights(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)

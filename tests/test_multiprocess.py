@@ -1,0 +1,53 @@
+"""Two CPU processes through `accelerate launch` (gloo) train exactly what one process trains."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sit_common import tiny_cache
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(ROOT / "tests" / "mp_train.py")
+
+
+def _accelerate():
+    exe = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    if exe is None:
+        pytest.fail("the accelerate launcher is not installed")
+    return exe
+
+
+def _run(cmd, env=None):
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("kind", ["tokenizer", "sit"])
+def test_two_processes_match_one_with_the_same_global_batch(kind, tmp_path):
+    latents = str(tiny_cache(str(tmp_path / "cache"))) if kind == "sit" else ""
+    args = [kind, None, "3", latents] if latents else [kind, None, "3"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    # --multi_gpu picks torchrun; ACCELERATE_USE_CPU makes the ranks CPU processes over gloo
+    # (`--cpu` alone would start a single process).
+    _run([_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+          "no", "--dynamo_backend", "no", SCRIPT, *[str(two) if a is None else a for a in args]],
+         env={"ACCELERATE_USE_CPU": "1"})
+    _run([sys.executable, SCRIPT, *[str(one) if a is None else a for a in args]])
+    assert sorted(p.name for p in two.glob("rank*.pt")) == ["rank0.pt", "rank1.pt"], "expected two ranks"
+    r0, r1, single = (torch.load(p) for p in (two / "rank0.pt", two / "rank1.pt", one / "rank0.pt"))
+    torch.manual_seed(0)  # the trainers build their model right after seeding with train.seed (0)
+    if kind == "tokenizer":
+        from coordtok import CoordTok
+        init = CoordTok.from_config("configs/tokenizer/tiny.yaml").state_dict()
+    else:
+        from sit.models import TriplaneSiT
+        init = TriplaneSiT.from_config("configs/sit/tiny.yaml").state_dict()
+    assert any(not torch.equal(init[k], single[k]) for k in single), "training did not move the weights"
+    for name, w in single.items():
+        assert torch.equal(r0[name], r1[name]), f"ranks disagree on {name}"
+        assert torch.allclose(r0[name], w, atol=1e-5, rtol=1e-4), f"2 processes != 1 process on {name}"
