@@ -49,6 +49,14 @@ def test_quick_demo_writes_summary_and_video(tmp_path):
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     summary = (out / "summary.md").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert "Held-out reconstruction" in summary
+    assert "128-frame reconstruction" in summary and "CoordTok-SiT" in summary
     assert metrics["reconstruction_heldout"]["frames"] == 128
     assert len(decord.VideoReader(str(out / "reconstruction_heldout.mp4"))) == 128
+    samples = sorted((out / "samples").glob("sample_*.mp4"))
+    assert len(samples) == 2 and all(len(decord.VideoReader(str(p))) == 128 for p in samples)
+    for name in ("samples/contact_sheet.png", "analysis.png", "profile_flops.png", "profile_memory.png"):
+        assert (out / name).stat().st_size > 0, name
+    # a second run reuses every finished stage and reports the same tokenizer metrics
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["tokenizer"] == metrics["tokenizer"]
