@@ -32,6 +32,8 @@ looked for and where the file comes from.
 """
 from __future__ import annotations
 
+import abc
+
 import hashlib
 import math
 import os
@@ -127,7 +129,7 @@ def as_uint8_videos(videos) -> torch.Tensor:
     return x.cpu()
 
 
-class Detector:
+class Detector(abc.ABC):
     """A video feature extractor for FVD.
 
     ``features(videos)``: uint8 ``(B, T, H, W, 3)`` numpy or torch (0..255, RGB) -> ``(B, 400)``
@@ -140,8 +142,9 @@ class Detector:
     weights_path: Path | None = None
     weights_sha1: str | None = None
 
+    @abc.abstractmethod
     def features(self, videos) -> np.ndarray:
-        raise NotImplementedError
+        """uint8 ``(B, T, H, W, 3)`` -> ``(B, feature_dim)`` float64."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name}, weights={self.weights_path})"

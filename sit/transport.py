@@ -24,6 +24,8 @@ Times ``t`` are ``(B,)`` tensors (or python floats / 0-d tensors, broadcast over
 """
 from __future__ import annotations
 
+import abc
+
 import math
 
 import torch
@@ -46,20 +48,24 @@ def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
 
-class AffinePath:
+class AffinePath(abc.ABC):
     """``x_t = alpha_t x1 + sigma_t x0``; subclasses define the four coefficient functions."""
 
+    @abc.abstractmethod
     def alpha_t(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def sigma_t(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def d_alpha_t(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def d_sigma_t(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
     def plan(self, t, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x_t, u_t)`` for noise ``x0`` and data ``x1`` (same shape ``(B, ...)``), ``t`` ``(B,)``."""
