@@ -25,8 +25,13 @@ def matmul_rate(dtype=torch.float32, n: int = 2048, seconds: float = 3.0) -> flo
 
 
 def peak_rss_gb() -> float:
-    """Peak resident memory of this process so far (GB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    """Peak resident memory of this process so far (GB), from /proc (VmHWM): unlike ru_maxrss it
+    does not carry a parent's peak across exec."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024 / 1e9
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 def machine() -> str:

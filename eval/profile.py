@@ -70,13 +70,11 @@ def step_flops(cfg: ModelConfig, mode: str, num_coords: int = 1024, batch: int =
 
 def _measure_step_memory(cfg_dict: dict, mode: str, num_coords: int, batch: int, device: str) -> dict:
     """Run in the measuring process: one warm-up step then one measured step."""
-    import resource
-
     cfg = ModelConfig(**cfg_dict)
     dev = torch.device(device)
-    # Baseline: the current RSS after imports (not ru_maxrss, which may hold an import-time peak).
-    with open("/proc/self/statm") as f:
-        rss0 = int(f.read().split()[1]) * resource.getpagesize()
+    # Baseline: the current RSS after imports. Peaks come from /proc (VmHWM): ru_maxrss survives
+    # exec, so a child of a large process would report its parent's peak.
+    rss0 = _proc_status_bytes("VmRSS")
     model = CoordTok(cfg).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     video = torch.rand(batch, 3, cfg.frames, cfg.size, cfg.size, device=dev) * 2 - 1
@@ -87,7 +85,16 @@ def _measure_step_memory(cfg_dict: dict, mode: str, num_coords: int, batch: int,
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         return {"peak_bytes": int(torch.cuda.max_memory_allocated(dev))}
-    return {"peak_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0)}
+    return {"peak_bytes": _proc_status_bytes("VmHWM") - rss0}
+
+
+def _proc_status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def step_memory(cfg: ModelConfig, mode: str, num_coords: int, batch: int, device: str, timeout: int = 3600) -> dict:

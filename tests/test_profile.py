@@ -85,3 +85,15 @@ def test_profile_report_with_memory(tmp_path):
     assert json.loads((tmp_path / "profile.json").read_text())["rows"] == rows
     for name in ("profile.md", "profile_flops.png", "profile_memory.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_cpu_step_memory_is_the_child_s_own_not_its_parent_s():
+    """ru_maxrss survives exec: a child of a big process would report the parent's peak."""
+    from eval.profile import step_memory
+
+    big = torch.ones(200_000_000)  # this process now holds 0.8 GB
+    cfg = model_for_frames(load_model_config("configs/tokenizer/tiny.yaml"), 32)
+    coord = step_memory(cfg, "coordtok", 1024, 1, "cpu")["peak_bytes"]
+    full = step_memory(cfg, "full", 1024, 1, "cpu")["peak_bytes"]
+    assert 0 < coord < 0.5e9 and full > coord  # decoding 8192 coordinates needs more than 1024
+    del big
