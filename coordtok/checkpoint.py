@@ -1,6 +1,6 @@
 """Atomic checkpoints with fall-back to the previous good one.
 
-A checkpoint is one ``torch.save`` file ``ckpt-XXXXXXX.pt`` (step number) in the run folder. It is
+A checkpoint is one ``torch.save`` file ``ckpt-<step as 7 digits>.pt`` (e.g. ``ckpt-0005000.pt``) in the run folder. It is
 written to a temporary file in the same folder, flushed to disk, then renamed over its final name,
 so a crash, a ``kill -9`` or a full disk never leaves a half-written file under a checkpoint name:
 the previous checkpoint stays intact. Loading the latest tries the newest file first and falls

@@ -53,3 +53,13 @@ class NonFiniteGuard:
                 f"{self.in_a_row} consecutive non-finite losses at step {step + 1}; stopped. The last good state is "
                 f"in {where}. {self.hint} and --resume.")
         return False
+
+
+def close_run(bar, writer, on_finish, model, accelerator) -> None:
+    """End of a training loop: close the progress bar and TensorBoard, then call
+    ``on_finish(model, accelerator)`` on every process (tests compare the weights each one holds)."""
+    bar.close()
+    if writer is not None:
+        writer.close()
+    if on_finish is not None:
+        on_finish(model, accelerator)

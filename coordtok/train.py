@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import ConfigError, DataConfig, TokenizerRunConfig
-from .loop import NonFiniteGuard, TrainingDiverged, step_loader, tensorboard_writer  # noqa: F401 (re-exported)
+from .loop import NonFiniteGuard, TrainingDiverged, close_run, step_loader, tensorboard_writer  # noqa: F401 (re-exported)
 from .model import CoordTok, frame_coords, frames_from_patches, gather_patches, random_coords, random_frames
 
 
@@ -356,9 +356,5 @@ def train(cfg: TokenizerRunConfig, resume: bool | str | None = None, progress: b
         if step % max(1, t.ckpt_every) == 0 or step == t.max_steps:
             last_ckpt = save(step)
         accelerator.wait_for_everyone()
-    bar.close()
-    if writer is not None:
-        writer.close()
-    if on_finish is not None:  # e.g. tests comparing the weights every process holds
-        on_finish(core, accelerator)
+    close_run(bar, writer, on_finish, core, accelerator)
     return {"step": step, **last, "run_dir": str(run_dir), "checkpoint": str(last_ckpt) if last_ckpt else None}

@@ -3,7 +3,7 @@
 noise ``(B, tokens, C)`` -> SiT (EMA weights) + sampler -> normalized flat triplane ->
 denormalize with the statistics stored in the SiT checkpoint (never the cache, never a log) ->
 ``Triplane.unflatten`` -> ``CoordTok.decode_video`` (all coordinates of a clip at once by
-default) -> uint8 frames -> ``sample_XXXX.mp4`` files or one ``samples.npz`` (key ``videos``,
+default) -> uint8 frames -> ``sample_<index>.mp4`` files or one ``samples.npz`` (key ``videos``,
 uint8 ``(N, T, H, W, 3)``, the input of FVD), plus one ``contact_sheet.png``.
 
 Randomness: the initial noise of sample ``i`` comes from its own generator seeded by
@@ -156,7 +156,7 @@ def sample_videos(
             the checkpoint's ``sample.ode_method``, dopri5 by default: ``steps`` then only
             matters for fixed-grid methods).
         steps: sampler steps (velocity calls for ``sde``); the paper uses 250.
-        fmt: ``mp4`` -> ``sample_XXXX.mp4`` per video; ``npz`` -> ``samples.npz`` with ``videos``
+        fmt: ``mp4`` -> ``sample_<index>.mp4`` per video; ``npz`` -> ``samples.npz`` with ``videos``
             uint8 ``(N, T, H, W, 3)``. Both write ``contact_sheet.png`` (first ``contact_rows`` videos).
         frames_per_chunk: decode that many frames at a time (bounded memory) instead of the whole
             clip's coordinates at once.

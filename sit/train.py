@@ -9,7 +9,7 @@ one process would. After every optimizer step the EMA (decay ``train.ema``, 0.99
 is stepped over parameters and buffers; sampling uses it.
 
 Loss: :func:`sit.transport.training_loss` (velocity MSE, averaged) on latents normalized with the
-cache's per-plane, per-channel statistics. Checkpoints (``ckpt-XXXXXXX.pt``, atomic, with
+cache's per-plane, per-channel statistics. Checkpoints (``ckpt-<step>.pt``, atomic, with
 fall-back) hold model, EMA, optimizer, scaler, step, RNG, the normalization statistics, the SiT
 config and the tokenizer config the latents came from, so sampling needs nothing else.
 """
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from coordtok import checkpoint as ckpt
 from coordtok.config import ConfigError
-from coordtok.loop import NonFiniteGuard, step_loader, tensorboard_writer
+from coordtok.loop import NonFiniteGuard, close_run, step_loader, tensorboard_writer
 from coordtok.train import GlobalBatchSampler, _resolve_precision, build_optimizer, mix_seed
 from coordtok.triplane import PLANES
 
@@ -243,9 +243,5 @@ def train_sit(cfg: SiTRunConfig, latents_dir: str | Path, resume: bool | str | N
         if step % max(1, t.ckpt_every) == 0 or step == t.max_steps:
             last_ckpt = save(step)
         accelerator.wait_for_everyone()
-    bar.close()
-    if writer is not None:
-        writer.close()
-    if on_finish is not None:  # e.g. tests comparing the weights every process holds
-        on_finish(core, accelerator)
+    close_run(bar, writer, on_finish, core, accelerator)
     return {"step": step, **last, "run_dir": str(run_dir), "checkpoint": str(last_ckpt) if last_ckpt else None}

@@ -11,3 +11,16 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never touch ~/.cache: the probe cache goes to a per-session temporary folder."""
     monkeypatch.setenv("COORDTOK_CACHE", str(tmp_path_factory.getbasetemp() / "coordtok-cache"))
+
+
+@pytest.fixture(scope="session")
+def root(tmp_path_factory):
+    """A session folder for the shared tiny tokenizer and latent cache (tests/sit_common.py)."""
+    return str(tmp_path_factory.getbasetemp() / "sit-shared")
+
+
+@pytest.fixture(scope="session")
+def cache(root):
+    from sit_common import tiny_cache
+
+    return tiny_cache(root)

@@ -10,8 +10,8 @@ from sit_common import tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
-def tokenizer_ckpt(tmp_path_factory):
-    return tiny_tokenizer(str(tmp_path_factory.mktemp("tok")))
+def tokenizer_ckpt(root):
+    return tiny_tokenizer(root)
 
 
 def test_reconstruct_writes_side_by_side_and_metrics(tokenizer_ckpt, tmp_path, capsys):

@@ -12,7 +12,8 @@ from test_fvd import _FakeStyleGANI3D, _script
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, root):
+    ckpt = tiny_tokenizer(root)
     root = tmp_path_factory.mktemp("eval_recon")
     frames = decord.VideoReader(str(sample_video_paths()["bikes"]), width=80, height=64,
                                 num_threads=1).get_batch(list(range(250))).asnumpy()
@@ -21,7 +22,7 @@ def setup(tmp_path_factory):
     detector = root / "i3d" / "i3d_torchscript.pt"
     detector.parent.mkdir()
     _script(_FakeStyleGANI3D(dim=16)).save(str(detector))
-    return root, tiny_tokenizer(str(root)), detector
+    return root, ckpt, detector
 
 
 def test_eval_recon_reports_rfvd_at_both_lengths_and_frame_metrics(setup, tmp_path, capsys):

@@ -19,20 +19,11 @@ from sit.latents import (
     encode_dataset,
     read_index,
 )
-from sit_common import CLIPS_PER_VIDEO, DATA, SHARD_SIZE, tiny_cache, tiny_tokenizer
+from sit_common import CLIPS_PER_VIDEO, DATA, SHARD_SIZE, tiny_tokenizer
 
 GRID, C = (16, 8, 8), 4  # the tiny tokenizer's triplane
 TOKENS = 8 * 8 + 16 * 8 + 16 * 8
 
-
-@pytest.fixture(scope="session")
-def root(tmp_path_factory):
-    return str(tmp_path_factory.getbasetemp() / "sit-shared")
-
-
-@pytest.fixture(scope="session")
-def cache(root):
-    return tiny_cache(root)
 
 
 def _files(folder):

@@ -15,17 +15,8 @@ from sit.latents import LatentStats, read_index
 from sit.models import SiTConfig, TriplaneSiT
 from sit.sample import load_sit
 from sit.train import train_sit
-from sit_common import SIT_CONFIG, tiny_cache, tiny_tokenizer
+from sit_common import SIT_CONFIG, tiny_tokenizer
 
-
-@pytest.fixture(scope="session")
-def root(tmp_path_factory):
-    return str(tmp_path_factory.getbasetemp() / "sit-shared")
-
-
-@pytest.fixture(scope="session")
-def cache(root):
-    return tiny_cache(root)
 
 
 @pytest.fixture(scope="session")
