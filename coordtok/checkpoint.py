@@ -149,3 +149,21 @@ def resume_state(run_dir: str | Path, resume: bool | str | Path | None, kind: st
         raise CheckpointError(f"{where}: a {state.get('kind')!r} checkpoint cannot resume a {kind!r} run")
     log(f"resuming from {where} (step {state.get('step')})")
     return state
+
+
+def load_run(path: str | Path, kind: str, what: str, map_location="cpu") -> tuple[dict, Path]:
+    """A checkpoint of ``kind`` from a file or a run folder (its newest readable one).
+
+    ``what`` names the kind in messages ("CoordTok tokenizer", "CoordTok-SiT").
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = load_latest(path, map_location)
+        if found is None:
+            raise CheckpointError(f"{path}: no readable checkpoint in this folder")
+        state, path = found
+    else:
+        state = load(path, map_location)
+    if state.get("kind") != kind:
+        raise CheckpointError(f"{path}: not a {what} checkpoint (kind={state.get('kind')!r})")
+    return state, path

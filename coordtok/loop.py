@@ -8,6 +8,29 @@ from pathlib import Path
 import torch
 
 
+def split_global_batch(batch_size: int, grad_accum: int, world: int, source: str) -> tuple[int, int]:
+    """``(per-process micro-batch, global micro-batch)`` of a global batch split over processes and
+    accumulation steps; a batch that does not divide is a one-line config error."""
+    from .config import ConfigError
+
+    if batch_size % (world * grad_accum):
+        raise ConfigError(f"{source}: train.batch_size ({batch_size}) is not divisible by processes ({world}) "
+                          f"x grad_accum ({grad_accum})")
+    return batch_size // (world * grad_accum), batch_size // grad_accum
+
+
+def make_run_dir(run_dir: Path, is_main: bool) -> None:
+    """Create the run folder on the main process; a folder that cannot be made is a one-line error."""
+    if not is_main:
+        return
+    from .checkpoint import CheckpointError
+
+    try:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"{run_dir}: cannot create the output folder ({e.strerror})") from None
+
+
 class TrainingDiverged(RuntimeError):
     """Too many consecutive non-finite losses; a checkpoint of the last good state was written."""
 

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import ConfigError, DataConfig, TokenizerRunConfig
-from .loop import NonFiniteGuard, TrainingDiverged, close_run, step_loader, tensorboard_writer  # noqa: F401 (re-exported)
+from .loop import (NonFiniteGuard, TrainingDiverged, close_run, make_run_dir, split_global_batch,  # noqa: F401
+                   step_loader, tensorboard_writer)  # noqa: F401 (re-exported)
 from .model import CoordTok, frame_coords, frames_from_patches, gather_patches, random_coords, random_frames
 
 
@@ -181,16 +182,7 @@ def build_optimizer(model: torch.nn.Module, t) -> torch.optim.AdamW:
 
 def load_tokenizer(path: str | Path, map_location="cpu") -> tuple[CoordTok, dict]:
     """A :class:`CoordTok` from a training checkpoint (or a run folder: its newest good one)."""
-    path = Path(path)
-    if path.is_dir():
-        found = ckpt.load_latest(path, map_location)
-        if found is None:
-            raise ckpt.CheckpointError(f"{path}: no readable checkpoint in this folder")
-        state, _ = found
-    else:
-        state = ckpt.load(path, map_location)
-    if state.get("kind") != "coordtok":
-        raise ckpt.CheckpointError(f"{path}: not a CoordTok tokenizer checkpoint (kind={state.get('kind')!r})")
+    state, _ = ckpt.load_run(path, "coordtok", "CoordTok tokenizer", map_location)
     model = CoordTok.from_config(state["config"]["model"])
     model.load_state_dict(state["model"])
     return model.eval(), state
@@ -232,13 +224,8 @@ def train(cfg: TokenizerRunConfig, resume: bool | str | None = None, progress: b
         mixed_precision=precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
-    is_main = accelerator.is_main_process
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if t.batch_size % (world * t.grad_accum):
-        raise ConfigError(f"{cfg.source}: train.batch_size ({t.batch_size}) is not divisible by processes ({world}) "
-                          f"x grad_accum ({t.grad_accum})")
-    local_batch = t.batch_size // (world * t.grad_accum)
-    global_micro = t.batch_size // t.grad_accum
+    is_main, rank = accelerator.is_main_process, accelerator.process_index
+    local_batch, global_micro = split_global_batch(t.batch_size, t.grad_accum, accelerator.num_processes, cfg.source)
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -248,11 +235,7 @@ def train(cfg: TokenizerRunConfig, resume: bool | str | None = None, progress: b
     if t.lpips_weight > 0:
         from .lpips import LPIPS
         lpips = LPIPS.from_pretrained(t.lpips_vgg_path).to(accelerator.device)
-    if is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ckpt.CheckpointError(f"{run_dir}: cannot create the output folder ({e.strerror})") from None
+    make_run_dir(run_dir, is_main)
 
     torch.manual_seed(t.seed)
     model = CoordTok(m)
@@ -279,7 +262,7 @@ def train(cfg: TokenizerRunConfig, resume: bool | str | None = None, progress: b
             accelerator.scaler.load_state_dict(resume_state["scaler"])
         ckpt.set_rng_state(resume_state["rng"])
 
-    sampler = GlobalBatchSampler(len(dataset), global_micro, rank, world, t.seed, start=step * t.grad_accum)
+    sampler = GlobalBatchSampler(len(dataset), global_micro, rank, accelerator.num_processes, t.seed, start=step * t.grad_accum)
     batches = step_loader(EpochIndexed(dataset), sampler, cfg.data.num_workers, accelerator.device)
     writer = tensorboard_writer(run_dir, is_main)
 

@@ -50,16 +50,7 @@ def load_sit(path: str | Path, map_location="cpu") -> tuple[TriplaneSiT, LatentS
     the tokenizer config dict the latents came from (or None), "tokenizer_ckpt": its path,
     "step": int, "path": the checkpoint file}``.
     """
-    path = Path(path)
-    if path.is_dir():
-        found = ckpt.load_latest(path, map_location)
-        if found is None:
-            raise ckpt.CheckpointError(f"{path}: no readable checkpoint in this folder")
-        state, path = found
-    else:
-        state = ckpt.load(path, map_location)
-    if state.get("kind") != "sit":
-        raise ckpt.CheckpointError(f"{path}: not a CoordTok-SiT checkpoint (kind={state.get('kind')!r})")
+    state, path = ckpt.load_run(path, "sit", "CoordTok-SiT", map_location)
     missing = [k for k in ("ema", "stats", "config") if k not in state]
     if missing:
         raise ckpt.CheckpointError(f"{path}: SiT checkpoint without {', '.join(missing)}")

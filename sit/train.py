@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from coordtok import checkpoint as ckpt
 from coordtok.config import ConfigError
-from coordtok.loop import NonFiniteGuard, close_run, step_loader, tensorboard_writer
+from coordtok.loop import NonFiniteGuard, close_run, make_run_dir, split_global_batch, step_loader, tensorboard_writer
 from coordtok.train import GlobalBatchSampler, _resolve_precision, build_optimizer, mix_seed
 from coordtok.triplane import PLANES
 
@@ -108,13 +108,8 @@ def train_sit(cfg: SiTRunConfig, latents_dir: str | Path, resume: bool | str | N
     log = lambda msg: tqdm.write(msg, file=sys.stderr)
     precision = _resolve_precision(t.mixed_precision, log)
     accelerator = Accelerator(mixed_precision=precision)
-    is_main = accelerator.is_main_process
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if t.batch_size % (world * t.grad_accum):
-        raise ConfigError(f"{cfg.source}: train.batch_size ({t.batch_size}) is not divisible by processes ({world}) "
-                          f"x grad_accum ({t.grad_accum})")
-    local_batch = t.batch_size // (world * t.grad_accum)
-    global_micro = t.batch_size // t.grad_accum
+    is_main, rank = accelerator.is_main_process, accelerator.process_index
+    local_batch, global_micro = split_global_batch(t.batch_size, t.grad_accum, accelerator.num_processes, cfg.source)
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = t.allow_tf32
         torch.backends.cudnn.allow_tf32 = t.allow_tf32
@@ -125,11 +120,7 @@ def train_sit(cfg: SiTRunConfig, latents_dir: str | Path, resume: bool | str | N
         raise ConfigError(
             f"{cfg.source}: model.grid {list(m.grid)} with model.channels {m.channels} does not fit the latents in "
             f"{latents_dir} (grid {list(dataset.grid)}, {dataset.channels} channels); set them to the tokenizer's")
-    if is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ckpt.CheckpointError(f"{run_dir}: cannot create the output folder ({e.strerror})") from None
+    make_run_dir(run_dir, is_main)
 
     torch.manual_seed(t.seed)
     model = TriplaneSiT(m)
@@ -163,7 +154,7 @@ def train_sit(cfg: SiTRunConfig, latents_dir: str | Path, resume: bool | str | N
             accelerator.scaler.load_state_dict(resume_state["scaler"])
         ckpt.set_rng_state(resume_state["rng"])
 
-    sampler = GlobalBatchSampler(len(dataset), global_micro, rank, world, t.seed, start=step * t.grad_accum)
+    sampler = GlobalBatchSampler(len(dataset), global_micro, rank, accelerator.num_processes, t.seed, start=step * t.grad_accum)
     batches = step_loader(_Virtual(dataset), sampler, t.num_workers, accelerator.device)
     writer = tensorboard_writer(run_dir, is_main)
 
