@@ -8,22 +8,24 @@ back to older ones, with a one-line message per unreadable file.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import random
 import re
+import socket
 import sys
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .errors import CheckpointError
+from .fileio import OutputError, atomic_path
+
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or no readable checkpoint was found."""
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
@@ -40,51 +42,93 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically; on failure the old file (if any) is untouched."""
-    path = Path(path)
+    """``torch.save`` to ``path`` atomically (:func:`coordtok.fileio.atomic_path`); on any failure,
+    a full disk included, the old file (if any) is untouched and the error is one line."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise CheckpointError(f"{path.parent}: cannot write checkpoints here ({e.strerror or e}); "
-                              f"choose a writable output folder") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise CheckpointError(f"{path}: writing the checkpoint failed ({e.strerror or e}); "
-                                  f"the previous checkpoint is intact") from None
-        raise
-    # Make the rename itself durable.
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+        with atomic_path(path, "checkpoint") as tmp:
+            torch.save(obj, tmp)
+    except OutputError as e:
+        raise CheckpointError(str(e)) from None
 
 
-def load(path: str | Path, map_location="cpu") -> dict:
-    """Load one checkpoint file, turning any failure into a one-line :class:`CheckpointError`."""
+# The only pickled class a checkpoint may hold besides tensors and plain data (dict, list, tuple,
+# str, numbers, None): the reference SiT trainer stores its command line as an argparse.Namespace.
+SAFE_GLOBALS = (argparse.Namespace,)
+
+
+def _numpy_array_globals() -> dict[str, Any]:
+    """numpy's array reconstruction, which checkpoints of this project before format version 2
+    hold (numpy's RNG state was an array). It rebuilds an array from dtype, shape and bytes and
+    runs no other code: the same classes PyTorch documents for loading numpy arrays with
+    ``weights_only``. Allowed only when a file holds nothing else foreign."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    found = {f"{_reconstruct.__module__}._reconstruct": _reconstruct, "numpy.ndarray": np.ndarray,
+             "numpy.dtype": np.dtype}
+    for code in "?bBhHiIlLqQefdgFD":
+        cls = type(np.dtype(code))
+        found[f"{cls.__module__}.{cls.__name__}"] = cls
+    return found
+
+
+def load_any(path: str | Path, map_location="cpu") -> dict:
+    """Load any checkpoint file (this project's or the public reference implementation's) safely.
+
+    ``torch.load(weights_only=True)``: only tensors, plain data and :data:`SAFE_GLOBALS` are
+    unpickled, so a file from elsewhere cannot run code. A file that holds any other pickled
+    object is refused, as is anything unreadable, with a one-line :class:`CheckpointError`;
+    the only exception is numpy's data-only array reconstruction in this project's older
+    checkpoints (:func:`_numpy_array_globals`). Returns the file's dict as it is; :func:`load`
+    adds the checks for this project's files, ``coordtok.reference`` / ``sit.reference`` convert
+    the reference's.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    allowed = list(SAFE_GLOBALS)
+    for attempt in range(2):
+        try:
+            with torch.serialization.safe_globals(allowed):
+                obj = torch.load(path, map_location=map_location, weights_only=True)
+            break
+        except Exception as e:  # a refused global, truncated zip, bad pickle, ...
+            foreign = _foreign_globals(path, e)
+            numpy_globals = _numpy_array_globals()
+            if attempt == 0 and foreign and all(g in numpy_globals for g in foreign):
+                allowed += list(numpy_globals.values())  # dtype classes show up only while unpickling
+                continue
+            if foreign:
+                raise CheckpointError(
+                    f"{path}: holds a pickled object of type {foreign[0]} that could run code when loaded; "
+                    f"this project loads only tensors and plain data (save the tensors, e.g. a state dict, with "
+                    f"torch.save and load that)") from None
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{path}: unreadable checkpoint ({msg})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (it holds a {type(obj).__name__}, not a dict)")
+    return obj
+
+
+def _foreign_globals(path: Path, error: Exception) -> list[str]:
+    """The pickled globals of ``path`` that a weights-only load refuses (sorted; [] if none or unknown)."""
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated zip, bad pickle, ...
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: unreadable checkpoint ({msg})") from None
-    if not isinstance(obj, dict) or "model" not in obj:
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip checkpoint: the refusal names the global in its message
+        found = re.search(r"GLOBAL ([\w.]+) was not an allowed global", str(error))
+        return [found.group(1)] if found else []
+
+
+def load(path: str | Path, map_location="cpu") -> dict:
+    """Load one checkpoint of this project (safely, see :func:`load_any`).
+
+    A one-line :class:`CheckpointError` for anything unreadable, unsafe or without a ``model``
+    entry. Files of the reference implementation: :func:`load_any`, then ``coordtok.reference``.
+    """
+    obj = load_any(path, map_location)
+    if "model" not in obj:
         raise CheckpointError(f"{path}: not a checkpoint of this project (no 'model' entry)")
     return obj
 
@@ -100,59 +144,38 @@ def load_latest(run_dir: str | Path, map_location="cpu", log=None) -> tuple[dict
     return None
 
 
-def prune(run_dir: str | Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints (never fewer than one), and the temporary
-    files of writes that a killed process left behind."""
-    stale = list(Path(run_dir).glob(".ckpt-*.pt.*.tmp")) if Path(run_dir).is_dir() else []
-    for path in list_checkpoints(run_dir)[max(1, keep):] + stale:
-        try:
-            path.unlink()
-        except OSError:
-            pass
-
-
 def rng_state() -> dict:
+    """Every global RNG's state as tensors and plain data (loadable with ``weights_only``).
+
+    numpy's legacy state ``(name, keys uint32 (624,), pos, has_gauss, cached_gaussian)`` is
+    stored as a dict with ``keys`` an int64 tensor (a pickled numpy array would be refused).
+    """
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"bit_generator": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state` exactly; also takes numpy's tuple form (older in-memory states)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np_state = state["numpy"]
+    if isinstance(np_state, dict):
+        keys = np.asarray(np_state["keys"].cpu().numpy(), dtype=np.int64).astype(np.uint32)
+        np_state = (np_state["bit_generator"], keys, np_state["pos"], np_state["has_gauss"],
+                    np_state["cached_gaussian"])
+    np.random.set_state(np_state)
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resume_state(run_dir: str | Path, resume: bool | str | Path | None, kind: str, log=None) -> dict | None:
-    """The checkpoint a run continues from, or None to start from scratch.
-
-    ``resume``: falsy -> None; ``True`` -> the newest readable checkpoint of ``run_dir`` (None if it
-    has none); a path -> that file. The checkpoint must be of ``kind`` ("coordtok", "sit").
-    """
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    if not resume:
-        return None
-    if resume is True:
-        found = load_latest(run_dir, log=log)
-        if found is None:
-            log(f"no checkpoint in {run_dir}; starting from scratch")
-            return None
-        state, where = found
-    else:
-        state, where = load(resume), resume
-    if state.get("kind") != kind:
-        raise CheckpointError(f"{where}: a {state.get('kind')!r} checkpoint cannot resume a {kind!r} run")
-    log(f"resuming from {where} (step {state.get('step')})")
-    return state
-
-
-def load_run(path: str | Path, kind: str, what: str, map_location="cpu") -> tuple[dict, Path]:
-    """A checkpoint of ``kind`` from a file or a run folder (its newest readable one).
+def load_run(path: str | Path, kind: str | None, what: str, map_location="cpu") -> tuple[dict, Path]:
+    """A checkpoint of ``kind`` (None: any) from a file or a run folder (its newest readable one).
 
     ``what`` names the kind in messages ("CoordTok tokenizer", "CoordTok-SiT").
     """
@@ -164,6 +187,208 @@ def load_run(path: str | Path, kind: str, what: str, map_location="cpu") -> tupl
         state, path = found
     else:
         state = load(path, map_location)
-    if state.get("kind") != kind:
+    if kind is not None and state.get("kind") != kind:
         raise CheckpointError(f"{path}: not a {what} checkpoint (kind={state.get('kind')!r})")
     return state, path
+
+
+# ---------------------------------------------------------------------------- run folders
+
+# Checkpoint format version: 2 stores the RNG state as tensors and plain data (loadable with
+# weights_only), a run id, and (tokenizers) the LayerNorm epsilons in the model config.
+VERSION = 2
+
+
+def module_key(name: str) -> str:
+    """Checkpoint entry of a trained module: ``model`` for the main one, else its name (``disc``)."""
+    return name
+
+
+def optimizer_key(name: str) -> str:
+    """Checkpoint entry of a module's optimizer: ``optimizer`` for the main one, else ``<name>_optimizer``."""
+    return "optimizer" if name == "model" else f"{name}_optimizer"
+
+
+def peek(path: str | Path) -> dict | None:
+    """``{"kind", "step", "run_id"}`` of a checkpoint without reading its tensors (memory-mapped,
+    safe load); None when the file is unreadable or not a checkpoint of this project."""
+    try:
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    if not isinstance(obj, dict) or "model" not in obj:
+        return None
+    return {"kind": obj.get("kind"), "step": obj.get("step"), "run_id": obj.get("run_id")}
+
+
+LOCK_NAME = ".lock"
+
+
+class RunFolder:
+    """A training run's output folder: its checkpoints, its lock, and what may be deleted in it.
+
+    * While a run writes to the folder it holds an exclusive lock on ``<folder>/.lock``
+      (``fcntl.flock``, released by the OS if the process dies); a second run on the same folder
+      is a one-line error instead of two runs deleting each other's files.
+    * A fresh run (no ``--resume``) refuses a folder that already holds checkpoints: continuing
+      a run is explicit, and two runs' checkpoints never mix.
+    * Every checkpoint carries the run's id; pruning deletes only this run's own older
+      checkpoints, never an unreadable or foreign file, and never the newest readable one.
+      Temporary files of writes a killed run left behind are removed when the lock is taken.
+    """
+
+    def __init__(self, path: str | Path, kind: str, is_main: bool = True, log=None):
+        self.path, self.kind, self.is_main = Path(path), kind, is_main
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.run_id: str | None = None
+        self.resumed_from: Path | None = None
+        self._peeks: dict[tuple[str, int, int], dict | None] = {}
+
+    # -- lock
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the folder's lock (main process) for the duration of the block."""
+        if not self.is_main:
+            yield self
+            return
+        import fcntl
+
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path / LOCK_NAME, "a+")
+        except OSError as e:
+            raise CheckpointError(f"{self.path}: cannot create the output folder ({e.strerror or e}); "
+                                  f"choose a writable train.out_dir") from None
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise CheckpointError(f"{self.path}: another run ({holder}) is writing to this folder; wait for it "
+                                      f"to finish or choose another train.out_dir") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            handle.flush()
+            self._remove_stale_temporaries()
+            yield self
+        finally:
+            handle.close()  # releases the lock
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary checkpoint files of a killed write (only this project's naming, under the lock)."""
+        for pattern in (".ckpt-*.pt.*.tmp.pt", ".ckpt-*.pt.*.tmp"):
+            for path in self.path.glob(pattern):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+    # -- resume
+    def resume_state(self, resume: bool | str | Path | None) -> dict | None:
+        """The checkpoint this run continues from, or None for a fresh start.
+
+        ``resume``: falsy -> a fresh start, refused if the folder already holds checkpoints;
+        ``True`` -> the newest readable checkpoint of the folder (a fresh start if it has none);
+        a path -> that file. The checkpoint must be of this run's kind.
+        """
+        if not resume:
+            existing = list_checkpoints(self.path)
+            if existing:
+                raise CheckpointError(
+                    f"{self.path}: already holds checkpoints ({existing[0].name}, ...); continue that run with "
+                    f"--resume, or choose another train.out_dir (--out-dir) for a new one")
+            self.run_id = uuid.uuid4().hex[:12]
+            return None
+        if resume is True:
+            found = load_latest(self.path, log=self.log)
+            if found is None:
+                self.log(f"no checkpoint in {self.path}; starting from scratch")
+                self.run_id = uuid.uuid4().hex[:12]
+                return None
+            state, where = found
+        else:
+            where = Path(resume)
+            state = load(where)
+        if state.get("kind") != self.kind:
+            raise CheckpointError(f"{where}: a {state.get('kind')!r} checkpoint cannot resume a {self.kind!r} run")
+        self.resumed_from = Path(where)
+        # A run resumed from a checkpoint of an older format (no run id) starts a new id: its old
+        # files then count as another run's and are never pruned.
+        self.run_id = state.get("run_id") or uuid.uuid4().hex[:12]
+        self.log(f"resuming from {where} (step {state.get('step')})")
+        return state
+
+    # -- save and prune
+    def save(self, payload: dict, step: int, keep: int) -> Path:
+        """Write ``payload`` as ``ckpt-<step>.pt`` atomically, then prune this run's older ones."""
+        path = checkpoint_path(self.path, step)
+        atomic_save({**payload, "version": VERSION, "run_id": self.run_id}, path)
+        self.prune(keep)
+        return path
+
+    def _peek(self, path: Path) -> dict | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        key = (path.name, st.st_size, st.st_mtime_ns)
+        if key not in self._peeks:
+            self._peeks[key] = peek(path)
+        return self._peeks[key]
+
+    def prune(self, keep: int) -> list[Path]:
+        """Delete this run's checkpoints beyond its newest ``keep`` readable ones; returns them."""
+        own = [p for p in list_checkpoints(self.path)
+               if (info := self._peek(p)) is not None and info["run_id"] == self.run_id and info["kind"] == self.kind]
+        removed = []
+        for path in own[max(1, keep):]:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+        return removed
+
+
+# ---------------------------------------------------------------------------- model loaders
+
+
+def load_tokenizer(path: str | Path, map_location="cpu", with_info: bool = False, log=None, **hints):
+    """A :class:`coordtok.model.CoordTok` (eval mode) from a checkpoint file, a run folder (its
+    newest readable checkpoint), or a checkpoint of the public reference implementation.
+
+    A reference file is recognised by its keys and converted (:mod:`coordtok.reference`; ``hints``
+    such as ``heads`` go to :func:`coordtok.reference.convert_coordtok`); one line says what was
+    found. Returns ``(model, state)``, or ``(model, state, info)`` with ``with_info``.
+    """
+    from .config import model_config_from_checkpoint
+    from .model import CoordTok
+    from .reference import convert_coordtok, is_reference_coordtok, reference_step, to_project_checkpoint
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    path, info = Path(path), None
+    if path.is_dir():
+        state, path = load_run(path, "coordtok", "CoordTok tokenizer", map_location)
+    else:
+        raw = load_any(path, map_location)
+        if is_reference_coordtok(raw):
+            cfg, weights, info = convert_coordtok(raw, source=str(path), **hints)
+            log(f"{path}: {info}")
+            state = to_project_checkpoint(cfg, weights, info, step=reference_step(raw))
+        else:
+            if "model" not in raw:
+                raise CheckpointError(f"{path}: neither a checkpoint of this project nor of the reference CoordTok "
+                                      f"(no 'model' entry)")
+            state = raw
+            if state.get("kind") != "coordtok":
+                raise CheckpointError(f"{path}: not a CoordTok tokenizer checkpoint (kind={state.get('kind')!r})")
+    if not isinstance(state.get("config"), dict) or "model" not in state["config"]:
+        raise CheckpointError(f"{path}: the checkpoint has no model config, so the architecture is unknown; "
+                              f"it was not written by `coordtok train` or `coordtok convert`")
+    model = CoordTok(model_config_from_checkpoint(state["config"]["model"]))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the model config stored with them "
+                              f"({str(e).strip().splitlines()[-1].strip()})") from None
+    model.eval()
+    return (model, state, info or state.get("info")) if with_info else (model, state)

@@ -1,26 +1,41 @@
-"""Plain-dataclass configs with strict YAML loading.
+"""Plain-dataclass configs with one strict loader for every package.
 
-Every runnable setting is one YAML file with sections (``model``, ``train``, ``data``); each
-section maps onto a dataclass below. Unknown keys and wrong types are rejected with a one-line
-:class:`ConfigError` that names the file and the key, before any heavy work starts.
+Every runnable setting is one YAML file with sections (``model``, ``train``, ``data``, ...); each
+section maps onto a dataclass. :func:`read_sections` reads the file (or a dict), checks the section
+names and merges ``--set section.key=value`` overrides (:func:`parse_overrides`); :func:`from_dict`
+builds one section strictly. Every mistake is one :class:`ConfigError` line in one format::
+
+    configs/tokenizer/tiny.yaml: train.learning_rate: unknown key (known: stage, num_coords, ...)
+    configs/tokenizer/tiny.yaml: train.lr: must be a number, got 'fast'
+    configs/tokenizer/tiny.yaml: model: 'size' (60) is not divisible by 'enc_patch_xy' (16)
+
+all before any heavy work starts. The tokenizer's sections are defined here; the SiT's
+(:mod:`sit.config`) and the baselines' use the same loader.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
+from .errors import CoordTokError
 
-class ConfigError(ValueError):
+
+class ConfigError(CoordTokError, ValueError):
     """A config file or dict is malformed: unknown key, wrong type or impossible value."""
 
 
+# ---------------------------------------------------------------------------- reading
+
+
 def load_yaml(path: str | Path) -> dict:
+    """A YAML file's top-level mapping (``{}`` for an empty file); one-line errors otherwise."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -28,6 +43,8 @@ def load_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -35,8 +52,68 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def parse_overrides(items: Iterable[str] | None) -> dict:
+    """``["train.lr=3e-4", "data.root=/x", "val_data=null"]`` ->
+    ``{"train": {"lr": 0.0003}, "data": {"root": "/x"}, "val_data": None}``.
+
+    Values are read as YAML (``[0, 140]`` is a list, ``null`` is None). ``section=null`` drops an
+    optional section.
+    """
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if sep and not dot and value.strip() in ("null", "none", "None", "~"):
+            out[section] = None
+            continue
+        if not sep or not dot or not section or not name:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.max_steps=100")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+        if out.get(section, {}) is None:
+            out[section] = {}
+        out.setdefault(section, {})[name] = parsed
+    return out
+
+
+def read_sections(path_or_dict: str | Path | dict, known: Iterable[str], overrides: dict | None = None,
+                  required: Iterable[str] = ("model",)) -> tuple[dict, str]:
+    """The raw sections of a config file or dict with ``overrides`` merged in: ``(sections, source)``.
+
+    Section names are checked against ``known``; ``required`` sections must be present (an empty
+    file is an error, not a run with every default). An override section of None drops it.
+    """
+    known = tuple(known)
+    if isinstance(path_or_dict, dict):
+        raw, source = {k: (dict(v) if isinstance(v, dict) else v) for k, v in path_or_dict.items()}, "<dict>"
+    else:
+        raw, source = load_yaml(path_or_dict), str(path_or_dict)
+        if not raw:
+            raise ConfigError(f"{source}: the config file is empty; it needs at least a "
+                              f"{', '.join(repr(r + ':') for r in required) or 'section'} section")
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown section '{key}' (known: {', '.join(known)})")
+    for section, values in (overrides or {}).items():
+        if section not in known:
+            raise ConfigError(f"--set: unknown section '{section}' (known: {', '.join(known)})")
+        raw[section] = None if values is None else {**(raw.get(section) or {}), **values}
+    for section in required:
+        if raw.get(section) is None and section not in (overrides or {}):
+            raise ConfigError(f"{source}: no '{section}:' section")
+    return raw, source
+
+
+# ---------------------------------------------------------------------------- one section
+
+
+_TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+
+
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
-    """Validate (and lightly coerce) ``value`` against a dataclass field annotation."""
+    """Validate (and lightly coerce: int -> float, list -> tuple) ``value`` against a field annotation."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(annotation)
@@ -52,61 +129,129 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
     if origin in (list, tuple):
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        args = typing.get_args(annotation)
-        inner = args[0] if args else Any
-        items = [_check_type(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+            raise ConfigError(f"{where}: must be a list, got {value!r}")
+        if origin is tuple and len(args) > 1 and len(value) != len(args):
+            raise ConfigError(f"{where}: must be a list of {len(args)} values, got {value!r}")
+        inner = (lambda i: args[i]) if origin is tuple and len(args) > 1 else (lambda i: args[0] if args else Any)
+        items = [_check_type(v, inner(i), f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if annotation is Any:
         return value
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, (str, Path)):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    if annotation is dict or typing.get_origin(annotation) is dict:
+    if annotation is float and isinstance(value, str):
+        # YAML 1.1 reads 3e-4 (no dot) as a string; a number field means the number.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if annotation in (bool, int, float, str):
+        ok = {bool: isinstance(value, bool),
+              int: isinstance(value, int) and not isinstance(value, bool),
+              float: isinstance(value, (int, float)) and not isinstance(value, bool),
+              str: isinstance(value, (str, Path))}[annotation]
+        if not ok:
+            raise ConfigError(f"{where}: must be {_TYPE_NAMES[annotation]}, got {value!r}")
+        return float(value) if annotation is float else str(value) if annotation is str else value
+    if annotation is dict or origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: must be a mapping, got {value!r}")
         return value
     return value
 
 
 def from_dict(cls, data: dict | None, where: str):
-    """Build dataclass ``cls`` from ``data``; ``where`` prefixes error messages (``file: section``)."""
+    """Build dataclass ``cls`` from ``data`` strictly; ``where`` is ``"<file>: <section>"``.
+
+    Unknown keys and wrong types are errors naming ``<file>: <section>.<key>``; the dataclass's
+    ``validate()`` (if any) runs last and its message is prefixed with ``where``.
+    """
     data = data or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where}: must be a mapping of keys, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(names)})")
+            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(names)})")
         kwargs[key] = _check_type(value, hints[key], f"{where}.{key}")
-    obj = cls(**kwargs)
-    if hasattr(obj, "validate"):
-        try:
+    try:
+        obj = cls(**kwargs)
+        if hasattr(obj, "validate"):
             obj.validate()
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
     return obj
 
 
+def to_dict(obj) -> dict:
+    """A config dataclass as plain YAML/JSON data (tuples become lists)."""
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return {k: plain(v) for k, v in dataclasses.asdict(obj).items()}
+
+
+class Section:
+    """Mixin for a config section dataclass: validated on construction, read strictly.
+
+    ``SECTION`` names the YAML section (``model``, ``train``, ...). ``validate()`` raises a
+    one-line :class:`ConfigError` naming the field.
+    """
+
+    SECTION: typing.ClassVar[str] = ""
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks no single value's type can make (ranges, divisibility)."""
+
+    @classmethod
+    def from_dict(cls, values: dict | None, source: str = "<dict>"):
+        return from_dict(cls, values, f"{source}: {cls.SECTION}")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path):
+        """This section of a YAML file (``{}`` when the file has none: every default)."""
+        raw = load_yaml(path)
+        return cls.from_dict(raw.get(cls.SECTION), str(path))
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def positive(obj, *names: str, allow_zero: Iterable[str] = ()) -> None:
+    """Raise a one-line :class:`ConfigError` unless every named field of ``obj`` is > 0
+    (``>= 0`` for the names in ``allow_zero``)."""
+    zero_ok = set(allow_zero)
+    for name in names:
+        v = getattr(obj, name)
+        if v is None:
+            continue
+        if (v < 0) if name in zero_ok else (v <= 0):
+            raise ConfigError(f"'{name}' must be {'>= 0' if name in zero_ok else 'positive'}, got {v}")
+
+
 @dataclass
-class ModelConfig:
-    """CoordTok architecture (DESIGN.md section 2). Defaults are CoordTok-S, 1280 tokens."""
+class ModelConfig(Section):
+    """CoordTok architecture (paper section 3, Table 5). Defaults are CoordTok-S, 1280 tokens.
+
+    LayerNorm epsilons: ``vit_norm_eps`` (the 3D ViT's blocks and its final norm),
+    ``cross_norm_eps`` (the cross-self blocks and their final norm) and ``dec_norm_eps`` (the
+    decoder's blocks and its final norm). The defaults are the public reference
+    implementation's (1e-5 / 1e-6 / 1e-5: timm <= 1.0.15 builds its ``Block`` with a plain
+    ``nn.LayerNorm``), so its released checkpoints compute what it computes. Checkpoints this
+    project wrote before these keys existed were trained with 1e-6 everywhere: read a
+    checkpoint's ``config["model"]`` with :func:`model_config_from_checkpoint`, which fills a
+    missing epsilon with 1e-6, while YAML files (:func:`load_model_config`) get the defaults.
+    """
+
+    SECTION: typing.ClassVar[str] = "model"
 
     frames: int = 128  # T: clip length the model is built for
     size: int = 128  # H = W
@@ -131,6 +276,10 @@ class ModelConfig:
     dec_patch_xy: int = 8
     dec_patch_t: int = 1
     mlp_ratio: float = 4.0
+    # LayerNorm epsilons (see the class docstring)
+    vit_norm_eps: float = 1e-5
+    cross_norm_eps: float = 1e-6
+    dec_norm_eps: float = 1e-5
 
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -138,7 +287,10 @@ class ModelConfig:
                 raise ConfigError(msg)
 
         for name in ("frames", "size", "enc_dim", "enc_layers", "enc_heads", "cross_layers", "latent_xy",
-                     "latent_t", "latent_channels", "dec_dim", "dec_layers", "dec_heads"):
+                     "latent_t", "latent_channels", "dec_dim", "dec_layers", "dec_heads", "enc_patch_t", "enc_patch_xy",
+                     "latent_patch_xy", "latent_patch_t", "dec_patch_xy", "dec_patch_t", "mlp_ratio"):
+            need(getattr(self, name) > 0, f"'{name}' must be positive, got {getattr(self, name)}")
+        for name in ("vit_norm_eps", "cross_norm_eps", "dec_norm_eps"):
             need(getattr(self, name) > 0, f"'{name}' must be positive, got {getattr(self, name)}")
         need(self.frames % self.enc_patch_t == 0,
              f"'frames' ({self.frames}) is not divisible by 'enc_patch_t' ({self.enc_patch_t})")
@@ -178,9 +330,26 @@ class ModelConfig:
         return hl * wl + tl * wl + tl * hl
 
 
+# The LayerNorm epsilon of every norm in checkpoints written before the epsilon keys existed.
+LEGACY_NORM_EPS = 1e-6
+
+
+def model_config_from_checkpoint(d: dict) -> ModelConfig:
+    """The :class:`ModelConfig` of a checkpoint's ``config["model"]`` dict, read strictly.
+
+    A dict without the epsilon keys comes from a checkpoint written before they existed, whose
+    model was built and trained with 1e-6 in every LayerNorm: the missing keys are filled with
+    that, not with the defaults (which a YAML file gets).
+    """
+    eps = {k: LEGACY_NORM_EPS for k in ("vit_norm_eps", "cross_norm_eps", "dec_norm_eps")}
+    return from_dict(ModelConfig, {**eps, **(d or {})}, "checkpoint: model")
+
+
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     """Where clips come from; see :func:`coordtok.data.build_dataset`."""
+
+    SECTION: typing.ClassVar[str] = "data"
 
     kind: str = "folder"  # folder | ucf101 | samples
     root: str | None = None
@@ -199,14 +368,90 @@ class DataConfig:
         if self.kind not in ("folder", "ucf101", "samples"):
             raise ConfigError(f"'kind' must be folder, ucf101 or samples, got {self.kind!r}")
         if self.kind != "samples" and not self.root:
-            raise ConfigError(f"'root' is required for kind={self.kind}")
-        if self.frame_range is not None and (len(self.frame_range) != 2 or self.frame_range[0] >= self.frame_range[1]):
-            raise ConfigError(f"'frame_range' must be [lo, hi) with lo < hi, got {self.frame_range}")
+            raise ConfigError(f"'root' is required for kind={self.kind} (the folder holding the videos)")
+        positive(self, "frames", "size", "stride", "min_frames", "clips_per_video")
+        positive(self, "num_workers", allow_zero=("num_workers",))
+        if self.kind == "ucf101" and self.fold not in (1, 2, 3):
+            raise ConfigError(f"'fold' must be 1, 2 or 3 for UCF-101, got {self.fold}")
+        if self.frame_range is not None and (len(self.frame_range) != 2 or self.frame_range[0] < 0
+                                             or self.frame_range[0] >= self.frame_range[1]):
+            raise ConfigError(f"'frame_range' must be [lo, hi) with 0 <= lo < hi, got {self.frame_range}")
+
+    @classmethod
+    def for_root(cls, root: str | Path, kind: str | None = None, **kw) -> "DataConfig":
+        """A data section for a folder given on the command line. ``kind`` defaults to ``ucf101``
+        when ``root`` holds the official split lists (``ucfTrainTestlist/``), else ``folder``:
+        the one place UCF-101 is recognised."""
+        if kind is None:
+            kind = "ucf101" if (Path(root) / "ucfTrainTestlist").is_dir() else "folder"
+        obj = cls(kind=kind, root=str(root), **{k: v for k, v in kw.items() if v is not None})
+        obj.validate()
+        return obj
 
 
 @dataclass
-class TrainConfig:
-    """Tokenizer training (DESIGN.md section 2, 'Tokenizer training'); defaults are the paper's."""
+class LoopConfig(Section):
+    """What every trainer on :func:`coordtok.loop.fit` shares (the ``train:`` section's common keys).
+
+    Defaults are the CoordTok paper's tokenizer recipe; each trainer's section overrides what
+    differs (SiT: batch 64, no weight decay, fp32 with TF32).
+    """
+
+    SECTION: typing.ClassVar[str] = "train"
+
+    lr: float = 1e-4  # peak learning rate (constant unless lr_schedule says otherwise)
+    lr_schedule: str = "constant"  # constant | cosine: linear warm-up, then cosine decay to min_lr_ratio * lr
+    warmup_steps: int = 0  # linear warm-up from 0 to lr over this many steps (both schedules)
+    min_lr_ratio: float = 0.0  # cosine: the lr at max_steps, as a fraction of lr
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 1e-3  # not applied to biases and norm gains
+    batch_size: int = 256  # global batch: per-process batch x processes x grad_accum
+    grad_accum: int = 1
+    max_grad_norm: float | None = None
+    max_steps: int = 1_000_000
+    # auto: bf16 autocast on a CPU with native bf16 (avx512_bf16 / AMX) and on CUDA GPUs that
+    # support it (fp16 on older ones), fp32 elsewhere. no | fp16 | bf16 force one.
+    mixed_precision: str = "auto"
+    seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 5000
+    keep_checkpoints: int = 2  # this run's newest checkpoints kept; nothing else is ever deleted
+    max_bad_steps: int = 10  # consecutive skipped (non-finite) steps before the run stops
+    init_from: str | None = None  # weights to start from (a checkpoint or run folder)
+    out_dir: str = "runs/run"
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0 for the first): a pure function of the
+        step, so a resumed run follows the same schedule."""
+        scale = 1.0
+        if self.warmup_steps and step < self.warmup_steps:
+            scale = (step + 1) / self.warmup_steps
+        elif self.lr_schedule == "cosine":
+            span = max(1, self.max_steps - self.warmup_steps)
+            progress = min(1.0, (step - self.warmup_steps) / span)
+            scale = self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.lr * scale
+
+    def validate(self) -> None:
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"'lr_schedule' must be constant or cosine, got {self.lr_schedule!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"'min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
+        positive(self, "warmup_steps", allow_zero=("warmup_steps",))
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise ConfigError(f"'mixed_precision' must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
+        positive(self, "batch_size", "grad_accum", "max_steps", "log_every", "ckpt_every", "keep_checkpoints",
+                 "max_bad_steps", "max_grad_norm", "lr", "weight_decay", "seed",
+                 allow_zero=("max_steps", "lr", "weight_decay", "seed"))
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"'betas' must be two values in [0, 1), got {self.betas}")
+        if not self.out_dir:
+            raise ConfigError("'out_dir' must name a folder")
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """Tokenizer training (CoordTok paper, section 3.3 and appendix A); defaults are the paper's."""
 
     stage: int = 1  # 1: N random coordinates, L2. 2: whole random frames, L2 + LPIPS
     num_coords: int = 1024  # stage 1: coordinates per clip
@@ -216,33 +461,18 @@ class TrainConfig:
     stage2_lpips_weight: float = 1.0  # what `coordtok train --stage 2` sets lpips_weight to
     stage2_max_steps: int = 50_000  # what `coordtok train --stage 2` sets max_steps to
     lpips_vgg_path: str | None = None  # vgg16-397923af.pth; default: $COORDTOK_VGG16 or the torch hub cache
-    init_from: str | None = None  # stage 2: a stage-1 checkpoint to take the weights from
-    lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 1e-3
-    batch_size: int = 256  # global batch: per-process batch x processes x grad_accum
-    grad_accum: int = 1
-    max_grad_norm: float | None = None
-    max_steps: int = 1_000_000
-    mixed_precision: str = "fp16"  # no | fp16 | bf16
-    seed: int = 0
-    log_every: int = 50
+    mixed_precision: str = "fp16"  # the paper trains in fp16 on GPUs
     val_every: int = 5000
     val_clips: int = 8
-    ckpt_every: int = 5000
-    keep_checkpoints: int = 2
-    max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
     out_dir: str = "runs/tokenizer"
 
     def validate(self) -> None:
+        super().validate()
         if self.stage not in (1, 2):
             raise ConfigError(f"'stage' must be 1 or 2, got {self.stage}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ConfigError(f"'mixed_precision' must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        if self.batch_size < 1 or self.grad_accum < 1 or self.num_coords < 1:
-            raise ConfigError("'batch_size', 'grad_accum' and 'num_coords' must be positive")
-        if len(self.betas) != 2:
-            raise ConfigError(f"'betas' must have two values, got {self.betas}")
+        positive(self, "num_coords", "num_frames_stage2", "val_every", "stage2_max_steps", "l2_weight",
+                 "lpips_weight", "stage2_lpips_weight", "val_clips",
+                 allow_zero=("l2_weight", "lpips_weight", "stage2_lpips_weight", "val_clips"))
 
 
 @dataclass
@@ -271,42 +501,39 @@ class TokenizerRunConfig:
                     f"{m.frames}x{m.size}x{m.size} (model.frames, model.size)")
 
     def to_dict(self) -> dict:
-        out = {"model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train),
-               "data": dataclasses.asdict(self.data)}
+        out = {"model": to_dict(self.model), "train": to_dict(self.train), "data": to_dict(self.data)}
         if self.val_data is not None:
-            out["val_data"] = dataclasses.asdict(self.val_data)
+            out["val_data"] = to_dict(self.val_data)
         return out
 
 
 SECTIONS = ("model", "train", "data", "val_data")
 
 
+def data_section(raw: dict | None, frames: int, size: int, where: str, default_kind: str | None = None) -> DataConfig:
+    """A ``data``-like section whose clip shape defaults to the model's (``frames``, ``size``)."""
+    values = {"frames": frames, "size": size, **(raw or {})}
+    if raw is None and default_kind:
+        values["kind"] = default_kind
+    return from_dict(DataConfig, values, where)
+
+
 def load_tokenizer_config(path_or_dict: str | Path | dict, overrides: dict | None = None) -> TokenizerRunConfig:
     """Read a tokenizer YAML (or dict) with sections model/train/data/val_data, strictly.
 
-    ``overrides`` is a nested dict applied on top, e.g. ``{"train": {"max_steps": 10}}``.
+    ``overrides`` is a nested dict applied on top, e.g. ``{"train": {"max_steps": 10}}``
+    (:func:`parse_overrides` turns ``--set`` arguments into one). A file needs ``model:`` and
+    ``train:``; a missing ``data:`` trains on the bundled sample clips.
     """
-    if isinstance(path_or_dict, dict):
-        raw, source = dict(path_or_dict), "<dict>"
-    else:
-        raw, source = load_yaml(path_or_dict), str(path_or_dict)
-    for key in raw:
-        if key not in SECTIONS:
-            raise ConfigError(f"{source}: unknown section '{key}' (known: {', '.join(SECTIONS)})")
-    for section, values in (overrides or {}).items():
-        if section not in SECTIONS:
-            raise ConfigError(f"override: unknown section '{section}'")
-        raw[section] = None if values is None else {**(raw.get(section) or {}), **values}
+    required = ("model",) if isinstance(path_or_dict, dict) else ("model", "train")
+    raw, source = read_sections(path_or_dict, SECTIONS, overrides, required)
     model = from_dict(ModelConfig, raw.get("model"), f"{source}: model")
-    data_raw = {"frames": model.frames, "size": model.size, **(raw.get("data") or {})}
-    if "data" not in raw:
-        data_raw.setdefault("kind", "samples")
     cfg = TokenizerRunConfig(
         model=model,
         train=from_dict(TrainConfig, raw.get("train"), f"{source}: train"),
-        data=from_dict(DataConfig, data_raw, f"{source}: data"),
-        val_data=(from_dict(DataConfig, {"frames": model.frames, "size": model.size, **raw["val_data"]},
-                            f"{source}: val_data") if raw.get("val_data") else None),
+        data=data_section(raw.get("data"), model.frames, model.size, f"{source}: data", default_kind="samples"),
+        val_data=(data_section(raw["val_data"], model.frames, model.size, f"{source}: val_data")
+                  if raw.get("val_data") else None),
         source=source,
     )
     cfg.validate()
@@ -321,6 +548,4 @@ def load_model_config(path_or_dict: str | Path | dict | ModelConfig) -> ModelCon
         raw, source = path_or_dict, "<dict>"
     else:
         raw, source = load_yaml(path_or_dict), str(path_or_dict)
-    if "model" in raw:
-        return from_dict(ModelConfig, raw["model"], f"{source}: model")
-    return from_dict(ModelConfig, raw, f"{source}: model")
+    return from_dict(ModelConfig, raw["model"] if "model" in raw else raw, f"{source}: model")

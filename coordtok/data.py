@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +39,9 @@ import torch
 from einops import rearrange
 from torch.utils.data import Dataset
 
+from .config import DataConfig
+from .errors import CoordTokError
+from .fileio import write_json
 from .video_io import resize_center_crop, sample_video_paths
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,15 @@ log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 
 
-class EmptyDatasetError(ValueError):
+class DataError(CoordTokError, ValueError):
+    """Data that cannot be used: a missing folder or split file, unknown sample names (one line)."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A video folder, UCF-101 root or split file does not exist."""
+
+
+class EmptyDatasetError(DataError):
     """No usable video was found (the message names where and why)."""
 
 
@@ -136,10 +146,7 @@ class _ProbeCache:
             self.dir.mkdir(parents=True, exist_ok=True)
             for folder, entries in by_folder.items():
                 data = {"folder": folder, "files": {**self._load(folder), **entries}}
-                fd, tmp = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=self.dir)
-                with os.fdopen(fd, "w") as f:
-                    json.dump(data, f)
-                os.replace(tmp, self._shard(folder))
+                write_json(self._shard(folder), data, indent=None, what="probe cache")
         except OSError as e:  # a read-only cache costs a re-probe next time, nothing else
             log.debug("could not write probe cache %s: %s", self.dir, e)
 
@@ -158,7 +165,7 @@ def probe_videos(paths: list[str], cache_dir: Path | None, workers: int = 8) -> 
         try:
             st = os.stat(p)
         except OSError:
-            results[p] = {"error": "missing"}
+            results[p] = {"error": "a broken or looping symbolic link" if os.path.islink(p) else "missing"}
             continue
         if st.st_size == 0:
             results[p] = {"error": "empty file"}
@@ -314,6 +321,30 @@ class VideoClipDataset(Dataset):
             f"T={self.num_frames}, size={self.size}, stride={self.stride}, skipped={len(self.skipped)})"
         )
 
+    def _first_to_report(self, path: str, reason: str) -> bool:
+        """Whether this process is the first to find ``path`` unreadable at read time.
+
+        Every DataLoader worker and every DDP rank holds its own copy of the dataset; without a
+        shared record each would report the same file. The first to create a marker file in the
+        probe cache reports it, and the file's failure goes into the probe cache so the next run
+        skips it at the probe. Without a cache each process reports once.
+        """
+        if self.cache_dir is None:
+            return True
+        try:
+            st = os.stat(path)
+            key = sha1(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:24]
+            marks = self.cache_dir / "read-failures"
+            marks.mkdir(parents=True, exist_ok=True)
+            fd = os.open(marks / key, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.close(fd)
+            _ProbeCache(self.cache_dir).put({path: {"error": reason}}, {path: st})
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # unreadable cache or vanished file: report rather than stay silent
+            return True
+
     # ------------------------------------------------------------------ windows
     def _usable(self, frames: int) -> tuple[int, int]:
         """``(lo, n)``: first usable frame and number of usable frames of a video."""
@@ -393,18 +424,21 @@ class VideoClipDataset(Dataset):
             except Exception as e:  # decord errors come as RuntimeError / DECORDError / others
                 self._bad.add(path)
                 self.skipped.append((path, f"unreadable at read time: {_first_line(e)}"))
-                log.warning("skipping %s from now on: unreadable at read time: %s", path, _first_line(e))
-        raise RuntimeError(f"every video of {self.name} failed to read; see the warnings above")
+                if self._first_to_report(path, f"unreadable at read time: {_first_line(e)}"):
+                    log.warning("skipping %s from now on: unreadable at read time: %s", path, _first_line(e))
+        raise DataError(f"every video of {self.name} failed to read; see the warnings above")
 
 
 # ---------------------------------------------------------------------------- constructors
 def list_videos(root) -> list[Path]:
     """All video files (``VIDEO_EXTENSIONS``, any case) under ``root``, recursive, sorted.
-    Hidden files (``.name``, e.g. macOS ``._clip.mp4`` resource forks) are ignored."""
+    Hidden files (``.name``, e.g. macOS ``._clip.mp4`` resource forks) are ignored.
+    Symbolic links to folders are not followed (no loops); a video-named link that leads nowhere
+    (broken, or a loop) is listed, so the probe reports it instead of it vanishing silently."""
     root = Path(root)
     return sorted(
         p for p in root.rglob("*")
-        if p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        if p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".") and (p.is_file() or p.is_symlink())
     )
 
 
@@ -412,9 +446,9 @@ def video_folder(root, **kw) -> VideoClipDataset:
     """A ``VideoClipDataset`` over every video file under ``root`` (see ``list_videos``)."""
     root = Path(root).expanduser()
     if not root.exists():
-        raise FileNotFoundError(f"video folder does not exist: {root}")
+        raise DataNotFoundError(f"{root}: video folder does not exist; check data.root / --data")
     if not root.is_dir():
-        raise NotADirectoryError(f"not a folder: {root}")
+        raise DataError(f"{root}: not a folder; data.root / --data must name the folder holding the videos")
     paths = list_videos(root)
     if not paths:
         others = [p for p in root.rglob("*") if p.is_file()]
@@ -427,9 +461,9 @@ def video_folder(root, **kw) -> VideoClipDataset:
 def ucf101_split_file(root, split: str = "train", fold: int = 1, split_dir=None) -> Path:
     """Path of the official split list, e.g. ``root/ucfTrainTestlist/trainlist01.txt``."""
     if split not in ("train", "test"):
-        raise ValueError(f"UCF-101 split must be 'train' or 'test', got {split!r}")
+        raise DataError(f"UCF-101 split must be 'train' or 'test', got {split!r}")
     if fold not in (1, 2, 3):
-        raise ValueError(f"UCF-101 fold must be 1, 2 or 3, got {fold!r}")
+        raise DataError(f"UCF-101 fold must be 1, 2 or 3, got {fold!r}")
     folder = Path(split_dir).expanduser() if split_dir else Path(root).expanduser() / "ucfTrainTestlist"
     return folder / f"{split}list{fold:02d}.txt"
 
@@ -445,12 +479,12 @@ def ucf101(root, split: str = "train", fold: int = 1, split_dir=None, **kw) -> V
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"UCF-101 root folder does not exist: {root}")
+        raise DataNotFoundError(f"{root}: UCF-101 root folder does not exist; check data.root / --data")
     split_file = ucf101_split_file(root, split, fold, split_dir)
     if not split_file.is_file():
-        raise FileNotFoundError(
-            f"UCF-101 split file not found: {split_file} (pass split_dir= for the folder holding "
-            f"{split_file.name})"
+        raise DataNotFoundError(
+            f"{split_file}: UCF-101 split file not found (put ucfTrainTestlist/ from the official archive "
+            f"under the root, or pass split_dir= for the folder holding {split_file.name})"
         )
     video_root = root / "UCF-101" if (root / "UCF-101").is_dir() else root
     rel_paths = []
@@ -477,45 +511,31 @@ def sample_videos(names=("bikes", "bigbuckbunny"), **kw) -> VideoClipDataset:
     available = sample_video_paths()
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise ValueError(f"unknown sample video(s) {unknown}; available: {sorted(available)}")
+        raise DataError(f"unknown sample video(s) {unknown}; available: {sorted(available)}")
     kw.setdefault("name", f"sample videos {list(names)}")
     return VideoClipDataset([available[n] for n in names], **kw)
 
 
-_DATASET_ARGS = {
-    "num_frames", "size", "stride", "seed", "min_frames", "clips_per_video", "frame_range",
-    "deterministic_start", "cache_dir", "probe_workers", "name", "preload",
-}
-_KIND_ARGS = {"folder": {"root", "split"}, "ucf101": {"root", "split", "fold", "split_dir"},
-              "samples": {"names", "split"}}
-
-
-def build_dataset(spec: dict) -> VideoClipDataset:
-    """Build a dataset from a plain dict (a config section).
+def build_dataset(d: DataConfig, seed: int = 0, deterministic: bool | int = False, **kw) -> VideoClipDataset:
+    """The dataset a ``data`` config section describes.
 
     ``kind``: ``"folder"`` (every video under ``root``, or under ``root/split`` when ``split``
-    is given), ``"ucf101"`` (``root``, ``split``, ``fold``, ``split_dir``) or ``"samples"``
-    (``names``, default bikes + bigbuckbunny; ``split`` is accepted but every split uses the
-    same files, so hold frames out with ``frame_range``). All other keys go to
-    ``VideoClipDataset``; unknown keys are an error.
+    is given), ``"ucf101"`` (``root``, ``split``, ``fold``) or ``"samples"`` (``names``; every
+    split uses the same files, so hold frames out with ``frame_range``). ``deterministic``:
+    fixed windows (validation, evaluation) instead of random ones; ``kw`` goes to
+    :class:`VideoClipDataset` (e.g. ``cache_dir``, ``probe_workers``).
     """
-    spec = dict(spec)
-    kind = spec.pop("kind", "folder")
-    if kind not in _KIND_ARGS:
-        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {sorted(_KIND_ARGS)}")
-    unknown = sorted(set(spec) - _DATASET_ARGS - _KIND_ARGS[kind])
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) {unknown} for a {kind!r} dataset; allowed: {sorted(_DATASET_ARGS | _KIND_ARGS[kind])}"
-        )
-    if spec.get("frame_range") is not None:
-        spec["frame_range"] = tuple(spec["frame_range"])  # YAML gives a list
-    if kind in ("folder", "ucf101") and not spec.get("root"):
-        raise ValueError(f"a {kind!r} dataset needs 'root'")
-    if kind == "folder":
-        root, split = Path(spec.pop("root")), spec.pop("split", None)
-        return video_folder(root / split if split else root, **spec)
-    if kind == "ucf101":
-        return ucf101(spec.pop("root"), **spec)
-    spec.pop("split", None)
-    return sample_videos(spec.pop("names", ("bikes", "bigbuckbunny")), **spec)
+    if not isinstance(d, DataConfig):
+        raise TypeError(f"build_dataset takes a coordtok.config.DataConfig, got {type(d).__name__}")
+    d.validate()
+    common = {"num_frames": d.frames, "size": d.size, "stride": d.stride, "seed": seed,
+              "min_frames": min(d.min_frames, d.frames), "clips_per_video": d.clips_per_video,
+              "frame_range": tuple(d.frame_range) if d.frame_range is not None else None,
+              "deterministic_start": deterministic, **kw}
+    if d.kind == "folder":
+        root = Path(d.root)
+        return video_folder(root / d.split if d.split else root, **common)
+    if d.kind == "ucf101":
+        return ucf101(d.root, split=d.split or "train", fold=d.fold, **common)
+    # The sample clips are a handful of short videos: decode them once and keep them in memory.
+    return sample_videos(tuple(d.names), **{"preload": True, **common})

@@ -1,38 +1,385 @@
-"""Pieces shared by the training loops (tokenizer and SiT): the data loader over a
-:class:`~coordtok.train.GlobalBatchSampler`, the TensorBoard writer, and the non-finite-loss guard."""
+"""The one training skeleton: :func:`fit` runs every trainer of the project.
+
+A trainer (the tokenizer's, the SiT's, the baselines') is a :class:`Task`: the modules it
+trains, the loss of one micro-batch, and small hooks for what else it does (an EMA after each
+step, a validation now and then, extra checkpoint state). :func:`fit` owns everything else, once:
+
+* ``accelerate`` (devices, DDP, mixed precision resolved by :func:`resolve_precision`);
+* the run folder (:class:`coordtok.checkpoint.RunFolder`: locked while the run writes to it, a
+  fresh run refuses a folder holding another run's checkpoints, pruning removes only this run's
+  own older checkpoints);
+* restore (``--resume`` continues from the newest readable checkpoint and applies the config's
+  optimizer hyper-parameters, saying what changed) and atomic saves;
+* the data order: a :class:`GlobalBatchSampler` over virtual indices, so every draw is a pure
+  function of ``(seed, step, position in the global batch)`` and N processes x K accumulation
+  steps see exactly the batches of one process;
+* the micro-batch loop (``no_sync`` until the last micro-batch), the non-finite guard (a step
+  whose loss or gradient is not finite is never applied; too many in a row stop the run with a
+  checkpoint of the last good state), gradient clipping, logging, checkpoint cadence.
+
+Seeds: :func:`mix_seed` makes independent streams from integers; :class:`SeedTag` names every
+stream the project draws from, in one place.
+"""
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
+import platform
+import sys
+import time
 import warnings
+from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
+from typing import Any, Callable
 
+import numpy as np
 import torch
+
+from . import checkpoint as ckpt
+from .config import ConfigError, LoopConfig
+from .errors import CoordTokError
+
+
+# ---------------------------------------------------------------------------- seeds
+
+
+class SeedTag(IntEnum):
+    """The streams of :func:`mix_seed`; a draw is ``mix_seed(seed, ..., tag)``. The values are part
+    of the checkpoint format (a resumed run must draw what it drew before): never renumber."""
+
+    COORDS = 7  # tokenizer: the coordinates (or stage-2 frames) of a clip
+    SIT_NOISE = 11  # SiT training: t and x0 of a latent
+    SIT_LOOK = 23  # SiT training: the periodic EMA sample
+    SAMPLE_NOISE = 31  # `coordtok sample`: the initial noise of a sample
+    SAMPLE_SDE = 37  # `coordtok sample`: the Brownian increments of a batch
+    BASELINE = 41  # baseline tokenizers: per-clip randomness (KL sample, quantizer dropout, ...)
+    BASELINE_GAN = 43  # baseline tokenizers: discriminator-side randomness
+    REGEN = 47  # REGEN decoder training: t and noise of a chunk
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers; stable across processes and Python runs."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+# ---------------------------------------------------------------------------- data order
+
+
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """Yields this rank's slice of every global micro-batch, forever, from micro-step ``start``.
+
+    The stream of items is a new permutation of the dataset each epoch (seeded by ``(seed,
+    epoch)``); an index is encoded as ``epoch * len(dataset) + i`` so the dataset knows which
+    epoch's random window to draw, also inside DataLoader workers (:class:`EpochIndexed`).
+    """
+
+    def __init__(self, n: int, global_micro_batch: int, rank: int, world: int, seed: int, start: int = 0):
+        self.n, self.gmb, self.rank, self.world, self.seed, self.start = n, global_micro_batch, rank, world, seed, start
+        self.local = global_micro_batch // world
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def indices(self, micro_step: int) -> list[int]:
+        """Global (virtual) indices of global micro-batch ``micro_step``."""
+        first = micro_step * self.gmb
+        out = []
+        for pos in range(first, first + self.gmb):
+            epoch, k = divmod(pos, self.n)
+            out.append(epoch * self.n + int(self._perm(epoch)[k]))
+        return out
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            if len(self._perms) > 2:
+                self._perms.clear()
+            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+            self._perms[epoch] = torch.randperm(self.n, generator=g)
+        return self._perms[epoch]
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            idx = self.indices(step)
+            yield idx[self.rank * self.local:(self.rank + 1) * self.local]
+            step += 1
+
+
+class EpochIndexed(torch.utils.data.Dataset):
+    """Decodes the sampler's ``epoch * n + i`` into ``dataset.set_epoch(epoch); pick(dataset[i])``
+    (``set_epoch`` only where the dataset draws per-epoch randomness, e.g. random windows)."""
+
+    def __init__(self, dataset, pick: Callable[[Any], Any] | None = None):
+        self.dataset, self.pick = dataset, pick
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, virtual: int):
+        epoch, i = divmod(int(virtual), len(self.dataset))
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        item = self.dataset[i]
+        return self.pick(item) if self.pick is not None else item
 
 
 def split_global_batch(batch_size: int, grad_accum: int, world: int, source: str) -> tuple[int, int]:
     """``(per-process micro-batch, global micro-batch)`` of a global batch split over processes and
     accumulation steps; a batch that does not divide is a one-line config error."""
-    from .config import ConfigError
-
     if batch_size % (world * grad_accum):
         raise ConfigError(f"{source}: train.batch_size ({batch_size}) is not divisible by processes ({world}) "
                           f"x grad_accum ({grad_accum})")
     return batch_size // (world * grad_accum), batch_size // grad_accum
 
 
-def make_run_dir(run_dir: Path, is_main: bool) -> None:
-    """Create the run folder on the main process; a folder that cannot be made is a one-line error."""
-    if not is_main:
-        return
-    from .checkpoint import CheckpointError
+# ---------------------------------------------------------------------------- optimizer and precision
 
+
+def build_optimizer(model: torch.nn.Module, t: LoopConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; no weight decay on biases and norm gains (1-D
+    parameters), as nanoGPT / timm. Group 0 decays, group 1 does not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    # The fused kernel updates every parameter in one pass instead of a Python loop of per-tensor
+    # ops (70 ms per CoordTok-S step on the 2-core CPU, BENCHMARKS.md). Meta tensors (FLOP
+    # counting) have no fused kernel.
+    fused = all(p.device.type in ("cpu", "cuda") for p in params) and bool(params)
+    return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), fused=fused)
+
+
+def apply_hyperparameters(optimizer: torch.optim.Optimizer, t: LoopConfig) -> list[str]:
+    """Set the config's lr, betas and weight decay on a (restored) optimizer; what changed, as text.
+
+    A resumed optimizer state carries the hyper-parameters it was saved with; the config is what
+    the user asks for now (e.g. a lower lr after a divergence), so it wins.
+    """
+    changes = []
+    for k, group in enumerate(optimizer.param_groups):
+        want = {"lr": t.lr, "betas": tuple(t.betas), "weight_decay": t.weight_decay if k == 0 else 0.0}
+        for key, value in want.items():
+            old = tuple(group[key]) if key == "betas" else group[key]
+            if old != value:
+                if k == 0 or key != "weight_decay":
+                    changes.append(f"{key} {_fmt_hp(old)} -> {_fmt_hp(value)}")
+                group[key] = value
+    return list(dict.fromkeys(changes))
+
+
+def _fmt_hp(v) -> str:
+    return "(" + ", ".join(f"{x:g}" for x in v) + ")" if isinstance(v, tuple) else f"{v:g}"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> dict:
+    """The CPU model and the instruction sets that decide CPU precision and speed."""
+    model, flags = platform.processor() or platform.machine(), set()
     try:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CheckpointError(f"{run_dir}: cannot create the output folder ({e.strerror})") from None
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key in ("flags", "Features"):
+                    flags |= set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve")
+    return {"model": model, "instruction_sets": [w for w in wanted if w in flags],
+            "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"})}
 
 
-class TrainingDiverged(RuntimeError):
-    """Too many consecutive non-finite losses; a checkpoint of the last good state was written."""
+def resolve_precision(requested: str, device_type: str, log=None) -> str:
+    """The mixed precision a run uses: ``"no"``, ``"fp16"`` or ``"bf16"``.
+
+    ``auto``: on CUDA bf16 where the GPU supports it, else fp16; on a CPU bf16 autocast only with
+    native bf16 instructions (avx512_bf16 or AMX: 1.6x faster than fp32 there), fp32 otherwise
+    (emulated bf16 is ~3.5x slower than fp32). fp16 on a CPU falls back to fp32.
+    """
+    log = log or (lambda msg: None)
+    cuda = device_type == "cuda"
+    if requested == "auto":
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_info()["native_bf16"] else "no"
+    if requested == "fp16" and not cuda:
+        log("note: mixed_precision=fp16 needs a GPU; training in fp32 on the CPU")
+        return "no"
+    if requested == "bf16":
+        if cuda and not torch.cuda.is_bf16_supported():
+            raise ConfigError("train.mixed_precision=bf16: this GPU does not support bf16; use fp16 or auto")
+        if not cuda and not cpu_info()["native_bf16"]:
+            log("note: this CPU has no native bf16 (avx512_bf16/AMX): bf16 autocast is emulated and slower "
+                "than fp32; mixed_precision=auto would pick fp32")
+    return requested
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` (default: ``cuda`` when available, else ``cpu``), checked: asking for a GPU that
+    is not there is a one-line error, not a traceback from deep inside torch."""
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device {device!r}: not a device (cpu, cuda, cuda:0, ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA GPU is available here (torch {torch.__version__}); "
+                              f"use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type not in ("cpu", "meta") and dev.type != "mps":
+        raise ConfigError(f"--device {device}: unsupported device type {dev.type!r} (cpu or cuda)")
+    return dev
+
+
+# ---------------------------------------------------------------------------- the task interface
+
+
+@dataclass
+class StepContext:
+    """Where a micro-batch sits: what a loss needs to draw its randomness reproducibly."""
+
+    step: int  # index of the optimizer step being made (0 for the first)
+    micro: int  # micro-batch index within the step
+    first: int  # position in the global batch of this rank's first item in this micro-batch
+    seed: int  # train.seed
+    device: torch.device
+
+    def item_seeds(self, batch: int, tag: SeedTag, *extra: int) -> list[int]:
+        """One seed per item of the micro-batch: ``mix_seed(seed, step, position, *extra, tag)``."""
+        return [mix_seed(self.seed, self.step, self.first + b, *extra, int(tag)) for b in range(batch)]
+
+
+class Task:
+    """What a trainer tells :func:`fit`. Override :meth:`loss`; the other hooks are optional.
+
+    Attributes set by the trainer before :func:`fit`:
+        kind: the checkpoint kind (``"coordtok"``, ``"sit"``, ``"magvit2"``, ...).
+        modules: ``{name: module}`` trained by the run; ``"model"`` is the main one. Each gets an
+            AdamW (:meth:`optimizer`); DDP wraps each.
+        phases: the order in which modules are updated within a step (a GAN: the generator,
+            then the discriminator); one backward and one optimizer step per phase.
+        config: the whole run config (``to_dict()`` goes into every checkpoint).
+    """
+
+    kind: str = "model"
+    phases: tuple[str, ...] = ("model",)
+    hint: str = "Lower train.lr (e.g. --set train.lr=...) or set train.max_grad_norm"
+
+    def __init__(self):
+        self.modules: dict[str, torch.nn.Module] = {}
+        self.wrapped: dict[str, torch.nn.Module] = {}  # filled by fit(): the DDP-wrapped modules
+        self.accelerator = None
+
+    # -- data
+    def dataset(self) -> torch.utils.data.Dataset:
+        """The training set, indexed by the sampler's virtual index (wrap in :class:`EpochIndexed`)."""
+        raise NotImplementedError
+
+    def collate_to(self, batch, device: torch.device):
+        """Move a DataLoader batch to ``device`` (tensors and dicts of tensors by default)."""
+        if isinstance(batch, dict):
+            return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return batch.to(device, non_blocking=True)
+
+    # -- the step
+    def loss(self, phase: str, batch, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Losses of one micro-batch for ``phase``; ``"loss"`` is what is backpropagated (a mean
+        over the micro-batch, so the accumulated gradient is that of the global batch's mean)."""
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        """After the modules are on their device (``self.accelerator`` is set): move helpers
+        that are not trained (a loss network, statistics) there too."""
+
+    def optimizer(self, name: str, module: torch.nn.Module, t: LoopConfig) -> torch.optim.Optimizer:
+        return build_optimizer(module, t)
+
+    def lr_at(self, step: int, phase: str = "model") -> float:
+        """The learning rate of ``phase``'s optimizer at step ``step`` (``train.lr`` with its
+        warm-up and schedule; a discriminator may have its own)."""
+        return self.config.train.lr_at(step)
+
+    def after_step(self, step: int) -> None:
+        """After every applied optimizer step (e.g. the EMA update); ``step`` counts applied steps."""
+
+    def summarize(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Derived figures from the step's averaged metrics (e.g. PSNR from the MSE)."""
+        return metrics
+
+    def periodic(self, step: int, log) -> dict[str, float]:
+        """Main process only, at the task's own cadence (validation, a sample look): figures to log."""
+        return {}
+
+    # -- state
+    def init_from(self, path: str, log) -> None:
+        """Take starting weights from ``path`` (``train.init_from``) when the run starts fresh."""
+        raise ConfigError(f"train.init_from is not supported for {self.kind} runs")
+
+    def check_resume(self, state: dict, where: Path) -> None:
+        """Refuse a checkpoint that cannot continue this run (e.g. another architecture)."""
+        old = (state.get("config") or {}).get("model")
+        new = self.config.to_dict().get("model")
+        if old is not None and new is not None:
+            diff = [k for k in new if k in old and old[k] != new[k]] + [k for k in new if k not in old]
+            if diff:
+                k = diff[0]
+                raise ckpt.CheckpointError(
+                    f"{where}: cannot resume: the checkpoint's model differs from the config's (model.{k}: "
+                    f"{old.get(k, 'absent')!r} in the checkpoint, {new[k]!r} in the config); use the run's own "
+                    f"config, or another out_dir for a new run")
+
+    def extra_state(self) -> dict:
+        """Checkpoint entries beyond modules, optimizers and RNG (EMA weights, statistics, ...)."""
+        return {}
+
+    def load_extra_state(self, state: dict, log) -> None:
+        """Restore :meth:`extra_state` from a resumed checkpoint."""
+
+
+# ---------------------------------------------------------------------------- pieces of the loop
+
+
+class TrainingDiverged(CoordTokError, RuntimeError):
+    """Too many consecutive non-finite steps; a checkpoint of the last good state was written."""
+
+
+class NonFiniteGuard:
+    """Skips optimizer steps whose loss or gradient is NaN/inf on any rank; stops after ``max_bad``
+    in a row. A skipped step changes nothing, so the weights are always those of the last step
+    whose loss and gradient were finite."""
+
+    def __init__(self, accelerator, max_bad: int, hint: str):
+        self.accelerator, self.max_bad, self.hint = accelerator, max_bad, hint
+        self.in_a_row = 0
+
+    def step_ok(self, finite: bool, step: int, what: str, save) -> bool:
+        """True when the step may be applied. ``save(step)`` writes the last good state before stopping."""
+        # Every rank must take the same decision, or DDP would deadlock on the next all-reduce.
+        flag = torch.tensor([0.0 if finite else 1.0], device=self.accelerator.device)
+        if bool(self.accelerator.reduce(flag, reduction="sum").item() == 0):
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        warnings.warn(f"step {step + 1}: non-finite {what}, step skipped ({self.in_a_row} in a row)", stacklevel=2)
+        if self.in_a_row >= self.max_bad:
+            where = save(step)
+            raise TrainingDiverged(
+                f"{self.in_a_row} consecutive non-finite steps at step {step + 1}; stopped. The last good state "
+                f"(step {step}, no bad update applied) is in {where}. {self.hint}, then --resume: a resumed run "
+                f"takes the config's optimizer settings.")
+        return False
+
+
+def grads_finite(module: torch.nn.Module) -> bool:
+    """Whether every gradient of ``module`` is finite (one fused norm over all of them)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=2.0)))
 
 
 def step_loader(dataset, batch_sampler, num_workers: int, device: torch.device):
@@ -53,36 +400,180 @@ def tensorboard_writer(run_dir: Path, is_main: bool):
     return SummaryWriter(str(Path(run_dir) / "tb"))
 
 
-class NonFiniteGuard:
-    """Skips optimizer steps whose loss is NaN/inf on any rank; stops after ``max_bad`` in a row."""
-
-    def __init__(self, accelerator, max_bad: int, hint: str):
-        self.accelerator, self.max_bad, self.hint = accelerator, max_bad, hint
-        self.in_a_row = 0
-
-    def step_ok(self, finite: bool, step: int, optimizer, save) -> bool:
-        """True when the step may be applied. ``save(step)`` writes the last good state before stopping."""
-        # Every rank must take the same decision, or DDP would deadlock on the next all-reduce.
-        flag = torch.tensor([0.0 if finite else 1.0], device=self.accelerator.device)
-        if bool(self.accelerator.reduce(flag, reduction="sum").item() == 0):
-            self.in_a_row = 0
-            return True
-        optimizer.zero_grad(set_to_none=True)
-        self.in_a_row += 1
-        warnings.warn(f"step {step + 1}: non-finite loss, step skipped ({self.in_a_row} in a row)", stacklevel=2)
-        if self.in_a_row >= self.max_bad:
-            where = save(step)
-            raise TrainingDiverged(
-                f"{self.in_a_row} consecutive non-finite losses at step {step + 1}; stopped. The last good state is "
-                f"in {where}. {self.hint} and --resume.")
-        return False
+def _mean_over_ranks(accelerator, sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: accelerator.reduce(v, reduction="mean").item() for k, v in sums.items()}
 
 
-def close_run(bar, writer, on_finish, model, accelerator) -> None:
-    """End of a training loop: close the progress bar and TensorBoard, then call
-    ``on_finish(model, accelerator)`` on every process (tests compare the weights each one holds)."""
-    bar.close()
-    if writer is not None:
-        writer.close()
-    if on_finish is not None:
-        on_finish(model, accelerator)
+# ---------------------------------------------------------------------------- fit
+
+
+def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, progress: bool = True,
+        num_workers: int = 0, source: str = "<config>", config_text: str | None = None,
+        periodic_every: int | None = None, on_gradients=None, on_finish=None, log=None) -> dict:
+    """Train ``task`` as ``t`` says; returns ``{"step", <last metrics>, "run_dir", "checkpoint"}``.
+
+    Args:
+        resume: ``True`` continues from the newest readable checkpoint of ``t.out_dir`` (a fresh
+            start when there is none), a path continues from that file; falsy starts fresh, which
+            an ``out_dir`` holding checkpoints refuses.
+        periodic_every: steps between :meth:`Task.periodic` calls (and at the last step); None: never.
+        on_gradients: ``fn(step, modules)`` after the backward of every step, before clipping and
+            the optimizer (tests compare gradients, which an optimizer would amplify).
+        on_finish: ``fn(module, accelerator)`` on every process at the end (tests compare weights).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+    from tqdm.auto import tqdm
+
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(t.mixed_precision, device_type, log)
+    # Autocast and the fp16 loss scaler are ours, not accelerate's: its mixed-precision setting is
+    # process-wide state that cannot change between runs, and a demo or a test suite trains
+    # several models in one process (e.g. an fp32 tokenizer, then a bf16 SiT).
+    accelerator = Accelerator(mixed_precision="no",
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    autocast = functools.partial(torch.autocast, accelerator.device.type,
+                                 dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
+                                 enabled=precision != "no")
+    scaler = torch.amp.GradScaler(accelerator.device.type, enabled=precision == "fp16")
+    task.accelerator = accelerator
+    is_main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    local_batch, global_micro = split_global_batch(t.batch_size, t.grad_accum, world, source)
+    if torch.cuda.is_available():
+        tf32 = getattr(t, "allow_tf32", True)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+
+    folder = ckpt.RunFolder(t.out_dir, task.kind, is_main, log)
+    with folder.lock():
+        state = folder.resume_state(resume)
+        if state is not None:
+            task.check_resume(state, folder.resumed_from)
+        elif t.init_from:
+            task.init_from(t.init_from, log)
+        optimizers = {name: task.optimizer(name, task.modules[name], t) for name in task.phases}
+        step = 0
+        if state is not None:
+            for name, module in task.modules.items():
+                module.load_state_dict(state[ckpt.module_key(name)])
+            for name, opt in optimizers.items():
+                opt.load_state_dict(state[ckpt.optimizer_key(name)])
+                changes = apply_hyperparameters(opt, t)
+                if changes and is_main:
+                    log(f"resume: {name} optimizer takes the config's {', '.join(changes)}")
+            task.load_extra_state(state, log)
+            step = int(state["step"])
+        if is_main:
+            log(f"precision: {precision} ({'CUDA' if device_type == 'cuda' else cpu_info()['model']})")
+
+        names = list(task.modules)
+        prepared = accelerator.prepare(*[task.modules[n] for n in names], *[optimizers[n] for n in task.phases])
+        prepared = prepared if isinstance(prepared, (list, tuple)) else [prepared]
+        task.wrapped = dict(zip(names, prepared[:len(names)]))
+        optimizers = dict(zip(task.phases, prepared[len(names):]))
+        task.setup()
+        if state is not None:
+            if state.get("scaler") is not None and scaler.is_enabled():
+                scaler.load_state_dict(state["scaler"])
+            ckpt.set_rng_state(state["rng"])
+
+        dataset = task.dataset()
+        sampler = GlobalBatchSampler(len(dataset), global_micro, rank, world, t.seed, start=step * t.grad_accum)
+        batches = step_loader(dataset, sampler, num_workers, accelerator.device)
+        writer = tensorboard_writer(folder.path, is_main)
+        last: dict[str, float] = dict((state or {}).get("metrics") or {})  # a finished run reports them
+        last_ckpt = None
+
+        def save(step_: int) -> Path | None:
+            if not is_main:
+                return None
+            payload = {
+                "kind": task.kind, "step": step_,
+                **{ckpt.module_key(n): accelerator.unwrap_model(task.wrapped[n]).state_dict() for n in names},
+                **{ckpt.optimizer_key(n): opt.state_dict() for n, opt in optimizers.items()},
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "rng": ckpt.rng_state(), "config": task.config.to_dict(), "config_text": config_text,
+                "metrics": dict(last), **task.extra_state(),
+            }
+            return folder.save(payload, step_, t.keep_checkpoints)
+
+        bar = tqdm(total=t.max_steps, initial=step, disable=not (progress and is_main), desc=task.kind,
+                   dynamic_ncols=True, file=sys.stderr)
+        guard = NonFiniteGuard(accelerator, t.max_bad_steps, task.hint)
+        for module in task.wrapped.values():
+            module.train()
+        check_grads = not scaler.is_enabled()  # with a loss scaler, skipped inf-gradient steps are routine
+        tic, done_since_log = time.time(), 0
+        while step < t.max_steps:
+            micro_batches = [next(batches) for _ in range(t.grad_accum)]
+            sums: dict[str, torch.Tensor] = {}
+            applied = True
+            for phase in task.phases:
+                module, opt = task.wrapped[phase], optimizers[phase]
+                opt.zero_grad(set_to_none=True)  # an earlier phase's backward may have reached this module
+                finite = True
+                for micro, batch in enumerate(micro_batches):
+                    ctx = StepContext(step, micro, micro * global_micro + rank * local_batch, t.seed,
+                                      accelerator.device)
+                    batch = task.collate_to(batch, accelerator.device)
+                    sync = contextlib.nullcontext() if micro == t.grad_accum - 1 else accelerator.no_sync(module)
+                    with sync:
+                        with autocast():
+                            out = task.loss(phase, batch, ctx)
+                        finite = finite and bool(torch.isfinite(out["loss"]))
+                        if finite:
+                            scaler.scale(out["loss"].float() / t.grad_accum).backward()
+                    for k, v in out.items():
+                        key = k if phase == task.phases[0] else f"{phase}_{k}"
+                        sums[key] = sums.get(key, 0.0) + v.detach().float() / t.grad_accum
+                grads_ok = not check_grads or not finite or grads_finite(module)
+                what = "loss" if not finite else "gradient"
+                if not guard.step_ok(finite and grads_ok, step, f"{phase} {what}", save):
+                    for o in optimizers.values():
+                        o.zero_grad(set_to_none=True)
+                    applied = False
+                    break
+                scaler.unscale_(opt)  # (a no-op without fp16) so clipping and the hook see true gradients
+                if on_gradients is not None:
+                    on_gradients(step, {phase: accelerator.unwrap_model(module)})
+                if t.max_grad_norm:
+                    sums[("" if phase == task.phases[0] else f"{phase}_") + "grad_norm"] = torch.nn.utils.clip_grad_norm_(
+                        module.parameters(), t.max_grad_norm).detach().float()
+                lr_now = task.lr_at(step, phase)
+                for group in opt.param_groups:  # the schedule is a function of the step: exact on resume
+                    group["lr"] = lr_now
+                scaler.step(opt)  # skips the update when an fp16 gradient overflowed
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+            if not applied:
+                continue
+            step += 1
+            done_since_log += 1
+            task.after_step(step)
+            last.update(task.summarize(_mean_over_ranks(accelerator, sums)))
+            bar.update(1)
+            if step % t.log_every == 0 or step == t.max_steps:
+                rate = done_since_log / max(time.time() - tic, 1e-9)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in list(last.items())[:3]} | {"steps_s": f"{rate:.2f}"})
+                if writer is not None:
+                    for k, v in last.items():
+                        if isinstance(v, float) and math.isfinite(v):
+                            writer.add_scalar(f"train/{k}", v, step)
+                    writer.add_scalar("train/steps_per_s", rate, step)
+                tic, done_since_log = time.time(), 0
+            if periodic_every and (step % periodic_every == 0 or step == t.max_steps) and is_main:
+                figures = task.periodic(step, log)
+                last.update(figures)
+                if writer is not None:
+                    for k, v in figures.items():
+                        writer.add_scalar(f"periodic/{k}", v, step)
+            if step % t.ckpt_every == 0 or step == t.max_steps:
+                last_ckpt = save(step)
+            accelerator.wait_for_everyone()
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if on_finish is not None:
+            on_finish(accelerator.unwrap_model(task.wrapped["model"]), accelerator)
+    return {"step": step, **last, "run_dir": str(folder.path), "checkpoint": str(last_ckpt) if last_ckpt else None}

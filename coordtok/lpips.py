@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .errors import CoordTokError
 
 VGG16_FILENAME = "vgg16-397923af.pth"
 VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILENAME}"
@@ -44,11 +45,11 @@ LPIPS_SCALE = (0.458, 0.448, 0.450)
 NORM_EPS = 1e-10
 
 
-class LPIPSWeightsError(ValueError):
+class LPIPSWeightsError(CoordTokError, ValueError):
     """A weight file exists but does not hold what it should (unexpected key, wrong shape)."""
 
 
-class LPIPSWeightsMissing(FileNotFoundError):
+class LPIPSWeightsMissing(CoordTokError, FileNotFoundError):
     """A weight file LPIPS needs is not on disk; the message says where to put it."""
 
 
@@ -279,3 +280,12 @@ class LPIPS(nn.Module):
                 diff = (normalize_channels(fx.float()) - normalize_channels(fy.float())).pow(2)  # (N, C, h, w)
                 dist = dist + F.conv2d(diff, lin.weight.float()).mean(dim=(2, 3), keepdim=True)
         return dist.flatten()
+
+
+def try_lpips(vgg_path: str | os.PathLike | None = None, device="cpu") -> tuple[LPIPS | None, str | None]:
+    """``(LPIPS on device, None)``, or ``(None, why)`` without the VGG16 weights: metrics then
+    report LPIPS as unavailable instead of failing."""
+    try:
+        return LPIPS.from_pretrained(vgg_path).to(device), None
+    except LPIPSWeightsMissing as e:
+        return None, str(e)

@@ -1,7 +1,7 @@
 """CoordTok: a 3D-ViT video encoder, a cross-self encoder that writes a factorized triplane, and
 a coordinate-based transformer decoder that reconstructs only the patches it is asked for.
 
-Shapes follow DESIGN.md section 2. For the paper setting (CoordTok-S, 1280 tokens):
+Shapes follow the CoordTok paper (section 3, appendix A). For the paper setting (CoordTok-S, 1280 tokens):
 
 * video ``(B, 3, 128, 128, 128)`` in [-1, 1] -> 16 x 8 x 8 = 1024 video tokens (+ CLS);
 * 12 learnable query tokens (4 per plane) cross-attend to them -> triplane
@@ -11,7 +11,27 @@ Shapes follow DESIGN.md section 2. For the paper setting (CoordTok-S, 1280 token
   coordinate of the clip -> a ``3 x 1 x 8 x 8`` RGB patch.
 
 The parameter layout follows the public reference implementation, so parameter counts match
-DESIGN.md's table exactly (tests/test_model.py).
+the paper's Table 5 exactly (README; tests/test_model.py).
+
+Differences from the reference implementation (github huiwon-jang/CoordTok, commit 8475272),
+on purpose; :mod:`coordtok.reference` loads its checkpoints and, on full-length clips, computes
+what it computes (float32 rounding apart):
+
+* LayerNorm epsilons are configuration (:class:`ModelConfig` ``vit_norm_eps``,
+  ``cross_norm_eps``, ``dec_norm_eps``); the defaults are the reference's: 1e-5 in the ViT and
+  the decoder (timm <= 1.0.15 ``Block`` with ``nn.LayerNorm``), 1e-6 in the cross-self encoder.
+* Short clips are masked: frames past ``num_frames`` are zeroed and the video tokens made only
+  of them are excluded from every attention (a boolean mask), so the triplane does not depend on
+  the padding. The reference pads with -3 (its loader appends frames of -1, then ``x * 2 - 1``;
+  ``tools/datasets.py``), runs its ViT over the padding unmasked, and passes a 0/1 float mask as
+  ``key_padding_mask``, which nn.MultiheadAttention adds to the cross-attention logits instead of
+  masking (``models/coordtok/encoder_modules.py``), so its triplane of a short clip depends on
+  what the padding holds. Only full-length clips give the same result in both.
+* The decoder's positional embedding is read at the integer patch index ``i`` of each axis. The
+  reference receives ``i / (n - 1)`` and reads row ``(i / (n - 1) * (n - 1)).long()`` computed in
+  float32 (``models/coordtok/coordtok_decoder.py``), which truncates to ``i - 1`` for some ``n``
+  that are not powers of two (``n = 24``: patch 7 reads row 6). For powers of two, which every
+  released configuration uses, both read row ``i``.
 """
 from __future__ import annotations
 
@@ -76,11 +96,11 @@ class CrossAttention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: ``x += Attn(LN(x)); x += MLP(LN(x))``."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, qkv_bias: bool):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qkv_bias: bool, eps: float = 1e-6):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = SelfAttention(dim, heads, qkv_bias=qkv_bias)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = MLP(dim, mlp_ratio)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -91,13 +111,13 @@ class Block(nn.Module):
 class CrossSelfBlock(nn.Module):
     """``x += CrossAttn(LN(x), context); x += SelfAttn(LN(x)); x += MLP(LN(x))`` (bias-free attention)."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, eps: float = 1e-6):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.cross_attn = CrossAttention(dim, heads, bias=False)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.self_attn = SelfAttention(dim, heads, qkv_bias=False, proj_bias=False)
-        self.norm3 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm3 = nn.LayerNorm(dim, eps=eps)
         self.mlp = MLP(dim, mlp_ratio)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
@@ -132,8 +152,9 @@ class VideoEncoder(nn.Module):
         # The CLS token takes part in attention and is dropped at the end (as the reference).
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, n, d))
-        self.blocks = nn.ModuleList(Block(d, cfg.enc_heads, cfg.mlp_ratio, qkv_bias=False) for _ in range(cfg.enc_layers))
-        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.blocks = nn.ModuleList(Block(d, cfg.enc_heads, cfg.mlp_ratio, qkv_bias=False, eps=cfg.vit_norm_eps)
+                                    for _ in range(cfg.enc_layers))
+        self.norm = nn.LayerNorm(d, eps=cfg.vit_norm_eps)
 
     def forward(self, video: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
         c = self.cfg
@@ -165,8 +186,9 @@ class TriplaneEncoder(nn.Module):
         self.embed_yt = nn.Conv2d(c, d, kernel_size=(pt, pxy), stride=(pt, pxy))
         self.embed_xt = nn.Conv2d(c, d, kernel_size=(pt, pxy), stride=(pt, pxy))
         self.cross_pos_embed = nn.Parameter(torch.zeros(1, num_video_tokens, d))
-        self.blocks = nn.ModuleList(CrossSelfBlock(d, cfg.enc_heads, cfg.mlp_ratio) for _ in range(cfg.cross_layers))
-        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.blocks = nn.ModuleList(CrossSelfBlock(d, cfg.enc_heads, cfg.mlp_ratio, eps=cfg.cross_norm_eps)
+                                    for _ in range(cfg.cross_layers))
+        self.norm = nn.LayerNorm(d, eps=cfg.cross_norm_eps)
         self.proj_xy = nn.Linear(d, pxy * pxy * c)
         self.proj_yt = nn.Linear(d, pt * pxy * c)
         self.proj_xt = nn.Linear(d, pt * pxy * c)
@@ -211,8 +233,9 @@ class CoordDecoder(nn.Module):
         # One learnable embedding per patch of the grid, indexed by integer (t, h, w): no float
         # round trip, so no off-by-one at the grid's edges.
         self.pos_embed = nn.Parameter(torch.randn(*self.patch_grid, d) * d**-0.5)
-        self.blocks = nn.ModuleList(Block(d, cfg.dec_heads, cfg.mlp_ratio, qkv_bias=True) for _ in range(cfg.dec_layers))
-        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.blocks = nn.ModuleList(Block(d, cfg.dec_heads, cfg.mlp_ratio, qkv_bias=True, eps=cfg.dec_norm_eps)
+                                    for _ in range(cfg.dec_layers))
+        self.norm = nn.LayerNorm(d, eps=cfg.dec_norm_eps)
         self.head = nn.Linear(d, cfg.dec_patch_t * cfg.dec_patch_xy**2 * 3)
 
     def forward(self, triplane: Triplane, coords: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -25,6 +25,12 @@ from einops import rearrange
 PLANES = ("xy", "yt", "xt")
 
 
+def num_tokens(grid: tuple[int, int, int]) -> int:
+    """Latent positions of a triplane of resolution ``(Tl, Hl, Wl)``: ``Hl*Wl + Tl*Wl + Tl*Hl``."""
+    tl, hl, wl = grid
+    return hl * wl + tl * wl + tl * hl
+
+
 @dataclass
 class Triplane:
     """Three feature planes; see the module docstring for shapes and axis conventions."""
@@ -60,8 +66,7 @@ class Triplane:
     @property
     def num_tokens(self) -> int:
         """Number of latent positions over the three planes (1280 for the paper's small grid)."""
-        tl, hl, wl = self.grid
-        return hl * wl + tl * wl + tl * hl
+        return num_tokens(self.grid)
 
     def planes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.xy, self.yt, self.xt

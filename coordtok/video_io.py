@@ -8,17 +8,16 @@ leaves a half-written mp4 or png behind under the final name.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+
+from .fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -83,23 +82,6 @@ def resize_center_crop(frames: torch.Tensor, size: int, max_chunk_bytes: int = 2
     return out
 
 
-# ---------------------------------------------------------------------------- atomic writes
-@contextlib.contextmanager
-def _atomic_path(path: Path):
-    """Yield a temporary path next to ``path`` (same suffix, so ffmpeg/Pillow infer the format);
-    move it over ``path`` on success, delete it on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
 def _check_frames(frames: np.ndarray) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
@@ -122,7 +104,7 @@ def write_mp4(path, frames: np.ndarray, fps: float = 25, crf: int = 10) -> Path:
     if pad_h or pad_w:
         log.info("padding %s frames from %dx%d by (%d, %d) px for yuv420p", path, *frames.shape[1:3], pad_h, pad_w)
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    with _atomic_path(path) as tmp:
+    with atomic_path(path, "video") as tmp:
         writer = imageio.get_writer(
             tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p",
             quality=None, ffmpeg_params=["-crf", str(int(crf))],
@@ -145,7 +127,7 @@ def write_png(path, image: np.ndarray) -> Path:
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"expected uint8 image (H, W, 3), got {image.dtype} {image.shape}")
-    with _atomic_path(path) as tmp:
+    with atomic_path(path, "image") as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
     return path
 

@@ -1,6 +1,6 @@
 """Per-video analysis: how reconstruction quality depends on motion and on spatial detail.
 
-Two properties of the *real* clip (DESIGN.md, Sec. 2), each against reconstruction PSNR:
+Two properties of the *real* clip (CoordTok paper, section 4.4 and Figure 6), each against reconstruction PSNR:
 
 * **Dynamics magnitude** (how much the clip moves): for each consecutive frame pair, the L2
   distance of the RGB vectors at each pixel, averaged over pixels; averaged over the pairs; then
@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+
+from coordtok.fileio import atomic_path, write_text, write_with
 
 DYNAMICS_EPS = 1e-6
 LUMA = (0.299, 0.587, 0.114)
@@ -116,23 +118,24 @@ def write_analysis(rows: list[dict], out_dir, prefix: str = "analysis") -> dict:
     """The table, correlations and plots of :func:`analyze` from rows already measured
     (``{"name", "psnr", "dynamics", "frequency"}`` each)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if not rows:
         raise ValueError("analyze needs at least one video")
     psnrs = [r["psnr"] for r in rows]
     corr = {m: _pearson([r[m] for r in rows], psnrs) for m in ("dynamics", "frequency")}
 
     paths = {"csv": out_dir / f"{prefix}.csv", "markdown": out_dir / f"{prefix}.md", "plot": out_dir / f"{prefix}.png"}
-    with open(paths["csv"], "w", newline="") as f:
+    def write_csv(f):
         writer = csv.DictWriter(f, fieldnames=["name", "psnr", "dynamics", "frequency"])
         writer.writeheader()
         writer.writerows(rows)
+
+    write_with(paths["csv"], write_csv, binary=False, what="analysis table")
     lines = ["| video | PSNR (dB) | dynamics magnitude (log) | frequency magnitude |", "|---|---:|---:|---:|"]
     lines += [f"| {r['name']} | {r['psnr']:.2f} | {r['dynamics']:.3f} | {r['frequency']:.4f} |" for r in rows]
     fmt = lambda c: "n/a" if c is None else f"{c:+.3f}"  # noqa: E731
     lines += ["", f"Pearson correlation with PSNR over {len(rows)} videos: dynamics {fmt(corr['dynamics'])}, "
                   f"frequency {fmt(corr['frequency'])}.", ""]
-    paths["markdown"].write_text("\n".join(lines))
+    write_text(paths["markdown"], "\n".join(lines), what="analysis table")
     _scatter(rows, corr, paths["plot"])
     return {"rows": rows, "correlation": corr, **{k: str(v) for k, v in paths.items()}}
 
@@ -156,4 +159,5 @@ def _scatter(rows: list[dict], corr: dict, path: Path) -> None:
         ax.set(xlabel=labels[metric], title=f"PSNR vs {metric} (Pearson r {r_text})")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("reconstruction PSNR (dB)")
-    fig.savefig(path, format="png")
+    with atomic_path(path, "plot") as tmp:
+        fig.savefig(tmp, format="png")

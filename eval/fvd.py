@@ -1,7 +1,7 @@
 """Frechet Video Distance (FVD) between real clips of a dataset and generated (or reconstructed) videos.
 
 FVD = ``||mu_r - mu_f||^2 + tr(S_r + S_f - 2 sqrtm(S_r S_f))`` between Gaussians fitted to I3D
-features (:mod:`eval.i3d`) of real and fake clips, real part (DESIGN.md, Sec. 2).
+features (:mod:`eval.i3d`) of real and fake clips, real part (:mod:`eval.frechet`).
 
 Protocol (StyleGAN-V, as used for the paper's generation FVD): ``num_videos`` (2048) real clips of
 ``frames`` (128) consecutive frames against as many fake videos. Real clips are *random*: a seeded
@@ -24,15 +24,19 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
 from einops import rearrange
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+
+from coordtok.config import DataConfig, to_dict
+from coordtok.errors import CoordTokError
+from coordtok.fileio import write_json
+
+from .frechet import FeatureStats, frechet_distance, fvd_from_features  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ DEFAULT_FRAMES = 128
 DEFAULT_NUM_VIDEOS = 2048
 
 
-class FVDInputError(ValueError):
+class FVDInputError(CoordTokError, ValueError):
     """Unusable real or fake input (missing path, too few or too short videos); one-line message."""
 
 
@@ -50,117 +54,6 @@ def default_cache_dir() -> Path:
     """``$COORDTOK_CACHE/fvd`` if the variable is set, else ``~/.cache/coordtok/fvd``."""
     root = os.environ.get("COORDTOK_CACHE")
     return (Path(root) if root else Path.home() / ".cache" / "coordtok") / "fvd"
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(file_object)`` into a temporary file next to ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-# ---------------------------------------------------------------------------- statistics
-class FeatureStats:
-    """Running mean and covariance of feature rows, in float64.
-
-    Keeps ``n``, ``sum(x - shift)`` and ``sum((x - shift)(x - shift)^T)``, where ``shift`` is the
-    mean of the first batch: the raw second moment ``E[x x^T] - mu mu^T`` loses digits to
-    cancellation when features have a large mean compared with their spread; shifting first
-    keeps float64 accurate to ~1e-12 relative.
-    """
-
-    def __init__(self):
-        self.n = 0
-        self.shift: np.ndarray | None = None
-        self.sum: np.ndarray | None = None
-        self.outer: np.ndarray | None = None
-
-    @property
-    def dim(self) -> int | None:
-        return None if self.shift is None else self.shift.shape[0]
-
-    def update(self, feats) -> "FeatureStats":
-        """Add feature rows ``(N, D)`` (any float dtype, numpy or torch); returns self."""
-        if isinstance(feats, torch.Tensor):
-            feats = feats.detach().cpu().numpy()
-        x = np.asarray(feats, dtype=np.float64)
-        if x.ndim != 2 or x.shape[0] == 0:
-            raise ValueError(f"FeatureStats.update expects features (N >= 1, D), got {x.shape}")
-        if self.shift is None:
-            d = x.shape[1]
-            self.shift, self.sum, self.outer = x.mean(axis=0), np.zeros(d), np.zeros((d, d))
-        elif x.shape[1] != self.dim:
-            raise ValueError(f"feature dimension changed: {x.shape[1]} after {self.dim}")
-        x = x - self.shift
-        self.n += x.shape[0]
-        self.sum += x.sum(axis=0)
-        self.outer += x.T @ x
-        return self
-
-    @classmethod
-    def from_features(cls, feats) -> "FeatureStats":
-        return cls().update(feats)
-
-    def mean_cov(self, ddof: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """``(mu (D,), sigma (D, D))`` float64. ``ddof=1`` is ``np.cov``'s unbiased estimate (as
-        VideoGPT/PVDM); StyleGAN-V divides by N (``ddof=0``): a factor N / (N - 1) on sigma."""
-        if self.n <= ddof:
-            raise ValueError(f"need more than {ddof} feature rows for a covariance, have {self.n}")
-        mean_shifted = self.sum / self.n
-        cov = (self.outer - self.n * np.outer(mean_shifted, mean_shifted)) / (self.n - ddof)
-        return self.shift + mean_shifted, (cov + cov.T) / 2  # symmetric to the last bit
-
-    def save(self, path) -> Path:
-        """Write ``n, shift, sum, outer`` to an npz (atomically)."""
-        if self.n == 0:
-            raise ValueError("cannot save empty FeatureStats")
-        path = Path(path)
-        _atomic_write(path, lambda f: np.savez(f, n=np.int64(self.n), shift=self.shift, sum=self.sum, outer=self.outer))
-        return path
-
-    @classmethod
-    def load(cls, path) -> "FeatureStats":
-        with np.load(path) as z:
-            stats = cls()
-            stats.n = int(z["n"])
-            stats.shift, stats.sum, stats.outer = (z[k].astype(np.float64) for k in ("shift", "sum", "outer"))
-        return stats
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-    """``||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 sqrtm(sigma1 sigma2))``, real part.
-
-    ``mu: (D,)``, ``sigma: (D, D)``. ``scipy.linalg.sqrtm`` of the product; when that is not
-    finite (a singular product, e.g. fewer samples than dimensions) the covariances get ``eps``
-    added to their diagonals and the root is taken again, as pytorch-fid / TTUR do. A complex
-    root from round-off is reduced to its real part (StyleGAN-V's convention). For 400-d I3D
-    features, scipy >= 1.16 takes a few seconds per call on a CPU.
-    """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    d = mu1.shape[0]
-    if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
-        raise ValueError(f"shape mismatch: mu {mu1.shape}, {mu2.shape}; sigma {sigma1.shape}, {sigma2.shape}")
-    diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        log.warning("frechet_distance: singular covariance product; adding %g to the diagonals", eps)
-        offset = np.eye(d) * eps
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    covmean = np.real(covmean)
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
-
-
-def fvd_from_features(a, b, ddof: int = 1) -> float:
-    """Frechet distance between Gaussians fitted to feature rows ``a: (N, D)`` and ``b: (M, D)``."""
-    return frechet_distance(*FeatureStats.from_features(a).mean_cov(ddof), *FeatureStats.from_features(b).mean_cov(ddof))
 
 
 # ---------------------------------------------------------------------------- features of video batches
@@ -186,25 +79,18 @@ def _features(detector, batches, clip_frames: int | None, bar=None) -> np.ndarra
 
 
 # ---------------------------------------------------------------------------- real clips
-def dataset_spec(real, kind: str | None = None, split: str | None = None, fold: int = 1) -> dict:
-    """A ``coordtok.data.build_dataset`` spec for the real data: a dict is returned as is; a path
-    is a UCF-101 root when it holds ``ucfTrainTestlist/`` (split default ``train``), else a video
-    folder (``split`` = a subfolder, default the whole folder)."""
-    if isinstance(real, dict):
-        return dict(real)
+def real_data(real, kind: str | None = None, split: str | None = None, fold: int = 1) -> DataConfig:
+    """The real videos as a data config: a :class:`DataConfig` as it is, or a folder, read as a
+    UCF-101 root when it holds ``ucfTrainTestlist/`` (split default ``train``), else a video folder
+    (``split`` = a subfolder, default the whole folder)."""
+    if isinstance(real, DataConfig):
+        return real
     root = Path(real).expanduser()
     if not root.is_dir():
-        raise FVDInputError(f"real data folder not found: {root}")
-    kind = kind or ("ucf101" if (root / "ucfTrainTestlist").is_dir() else "folder")
-    spec = {"kind": kind, "root": str(root.resolve())}
-    if kind == "ucf101":
-        spec.update(split=split or "train", fold=fold)
-    elif kind == "folder":
-        if split:
-            spec["split"] = split
-    else:
+        raise FVDInputError(f"{root}: real data folder not found (a video folder or a UCF-101 root)")
+    if kind not in (None, "folder", "ucf101"):
         raise FVDInputError(f"real data kind must be 'folder' or 'ucf101', got {kind!r}")
-    return spec
+    return DataConfig.for_root(root.resolve(), kind, split=split, fold=fold)
 
 
 class _UInt8Clips(Dataset):
@@ -221,22 +107,19 @@ class _UInt8Clips(Dataset):
         return rearrange(((video + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), "c t h w -> t h w c")
 
 
-def real_clips(spec: dict, frames: int, size: int, num_videos: int, seed: int) -> _UInt8Clips:
+def real_clips(data: DataConfig, frames: int, size: int, num_videos: int, seed: int) -> _UInt8Clips:
     """``num_videos`` random clips of ``frames`` frames at ``size x size`` (see module docstring).
 
     Videos are drawn with ``np.random.default_rng([seed, 0])``; the dataset is rebuilt with K clips
     per video (K = the most times one video was drawn) so that every draw of a video gets its own
     window, seeded by the dataset from ``(seed, item)``.
     """
-    from coordtok.data import EmptyDatasetError, build_dataset
+    import dataclasses
 
-    base_spec = {**spec, "num_frames": frames, "size": size, "seed": seed, "min_frames": frames}
-    try:
-        ds = build_dataset({**base_spec, "clips_per_video": 1})
-    except EmptyDatasetError:  # a ValueError too, but already a one-line user error of its own
-        raise
-    except (FileNotFoundError, NotADirectoryError, ValueError) as e:  # missing root / split file, bad kind
-        raise FVDInputError(str(e)) from e
+    from coordtok.data import build_dataset
+
+    base = dataclasses.replace(data, frames=frames, size=size, min_frames=frames, clips_per_video=1)
+    ds = build_dataset(base, seed)
     n = len(ds.videos)
     rng = np.random.default_rng([seed, 0])
     picks = rng.choice(n, num_videos, replace=False) if num_videos <= n else rng.integers(n, size=num_videos)
@@ -244,7 +127,7 @@ def real_clips(spec: dict, frames: int, size: int, num_videos: int, seed: int) -
         log.warning("%s has %d usable videos for %d clips: drawing videos with replacement", ds.name, n, num_videos)
     k = int(np.bincount(picks).max())
     if k > 1:  # the probe cache makes the second construction cheap
-        ds = build_dataset({**base_spec, "clips_per_video": k})
+        ds = build_dataset(dataclasses.replace(base, clips_per_video=k), seed)
     seen: dict[int, int] = {}
     items = []
     for v in picks.tolist():
@@ -253,24 +136,25 @@ def real_clips(spec: dict, frames: int, size: int, num_videos: int, seed: int) -
     return _UInt8Clips(ds, items)
 
 
-def real_stats_key(spec: dict, frames: int, size: int, num_videos: int, detector, seed: int,
+def real_stats_key(data: DataConfig, frames: int, size: int, num_videos: int, detector, seed: int,
                    clip_frames: int | None = None) -> dict:
     """Everything the cached real statistics depend on (the sidecar JSON lists it)."""
+    where = {k: v for k, v in to_dict(data).items() if k in ("kind", "root", "split", "fold", "names", "stride",
+                                                               "frame_range")}
     return {
-        "protocol": PROTOCOL, **{k: spec[k] for k in sorted(spec)}, "frames": frames, "clip_frames": clip_frames,
+        "protocol": PROTOCOL, **where, "frames": frames, "clip_frames": clip_frames,
         "size": size, "detector": detector.name, "detector_weights_sha1": getattr(detector, "weights_sha1", None),
         "num_videos": num_videos, "seed": seed,
     }
 
 
-def real_stats(dataset_spec: dict, frames: int, size: int, num_videos: int, detector, seed: int = 0,
+def real_stats(data: DataConfig, frames: int, size: int, num_videos: int, detector, seed: int = 0,
                cache_dir=None, clip_frames: int | None = None, batch_size: int = 4, num_workers: int = 0,
                progress: bool = True) -> FeatureStats:
     """Feature statistics of ``num_videos`` random real clips, cached on disk.
 
     Args:
-        dataset_spec: ``{"kind": "folder" | "ucf101", "root": ..., ["split": ..., "fold": ...]}``
-            (see :func:`dataset_spec`).
+        data: the real videos (:func:`real_data`).
         frames, size: clip length and side (frames are ``size x size`` after the data transform).
         detector: an :class:`eval.i3d.Detector`.
         cache_dir: folder of cached statistics (default :func:`default_cache_dir`); ``False``
@@ -278,7 +162,7 @@ def real_stats(dataset_spec: dict, frames: int, size: int, num_videos: int, dete
         clip_frames: split each clip into ``frames / clip_frames`` clips (the 16-frame variant).
         batch_size: clips per detector call; num_workers: DataLoader processes decoding videos.
     """
-    key = real_stats_key(dataset_spec, frames, size, num_videos, detector, seed, clip_frames)
+    key = real_stats_key(data, frames, size, num_videos, detector, seed, clip_frames)
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     cache = None if cache_dir is False else Path(cache_dir or default_cache_dir()) / f"real-{detector.name}-{digest}.npz"
     if cache is not None and cache.is_file():
@@ -289,7 +173,7 @@ def real_stats(dataset_spec: dict, frames: int, size: int, num_videos: int, dete
         except (OSError, ValueError, KeyError) as e:
             log.warning("ignoring unreadable FVD cache %s (%s); recomputing", cache, e)
 
-    clips = real_clips(dataset_spec, frames, size, num_videos, seed)
+    clips = real_clips(data, frames, size, num_videos, seed)
     loader = DataLoader(clips, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     with tqdm(total=len(clips), desc=f"real clips (seed {seed})", unit="clip", disable=not progress) as bar:
         feats = _features(detector, loader, clip_frames, bar)
@@ -297,7 +181,7 @@ def real_stats(dataset_spec: dict, frames: int, size: int, num_videos: int, dete
     if cache is not None:
         try:
             stats.save(cache)
-            _atomic_write(cache.with_suffix(".json"), lambda f: f.write(json.dumps(key, indent=2, default=str).encode()))
+            write_json(cache.with_suffix(".json"), json.loads(json.dumps(key, default=str)), what="FVD cache key")
         except OSError as e:  # a read-only cache costs a recomputation next time, nothing else
             log.warning("could not write FVD cache %s: %s", cache, e)
     return stats
@@ -393,7 +277,7 @@ def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFA
     """FVD of ``fake`` against random clips of ``real``, over ``repeats`` seeds.
 
     Args:
-        real: a video folder, a UCF-101 root, or a dataset spec dict (:func:`dataset_spec`).
+        real: a video folder, a UCF-101 root, or a :class:`DataConfig` (:func:`real_data`).
         fake: a folder of video files, an ``.npz`` with ``videos``, or a uint8 array
             ``(N, T, H, W, 3)``; it must hold at least ``num_videos`` videos of at least
             ``frames`` frames (the first ``frames`` are used). With more than ``num_videos``, each
@@ -421,7 +305,7 @@ def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFA
     fakes = fake_videos(fake)
     if len(fakes) < num_videos:
         raise FVDInputError(f"{fakes.source} holds {len(fakes)} videos, fewer than --num-videos {num_videos}")
-    spec = dataset_spec(real, kind, split, fold)
+    data = real_data(real, kind, split, fold)
     if size is None:
         h, w = fakes.get(0, frames).shape[1:3]
         if h != w:
@@ -445,12 +329,12 @@ def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFA
 
     values = []
     for s in seeds:
-        real_s = real_stats(spec, frames, size, num_videos, detector, seed=s, cache_dir=cache_dir,
+        real_s = real_stats(data, frames, size, num_videos, detector, seed=s, cache_dir=cache_dir,
                             clip_frames=clip_frames, batch_size=batch_size, num_workers=num_workers, progress=progress)
         fake_s = FeatureStats.from_features(rearrange(feats[[row_of[int(i)] for i in subsets[s]]], "n k d -> (n k) d"))
         values.append(frechet_distance(*real_s.mean_cov(), *fake_s.mean_cov()))
     return {
         "mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
         "values": values, "seeds": seeds, "frames": frames, "clip_frames": clip_frames, "num_videos": num_videos,
-        "size": size, "detector": detector.name, "real": spec, "fake": fakes.source,
+        "size": size, "detector": detector.name, "real": to_dict(data), "fake": fakes.source,
     }

@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from coordtok.errors import CoordTokError
 
 I3D_TORCHSCRIPT_FILE = "i3d_torchscript.pt"
 I3D_PRETRAINED_FILE = "i3d_pretrained_400.pt"
@@ -63,11 +64,11 @@ WEIGHT_SOURCES = {
 }
 
 
-class DetectorWeightsMissing(FileNotFoundError):
+class DetectorWeightsMissing(CoordTokError, FileNotFoundError):
     """The detector's weight file is not where it was looked for (message: one line)."""
 
 
-class DetectorWeightsError(RuntimeError):
+class DetectorWeightsError(CoordTokError, RuntimeError):
     """The weight file exists but cannot be used (unreadable, or the wrong network)."""
 
 

@@ -1,6 +1,6 @@
 """Frame-level reconstruction metrics for videos: PSNR, SSIM and LPIPS.
 
-Protocol (paper, Sec. 2 of DESIGN.md): each metric is computed per frame, averaged over the
+Protocol (CoordTok paper, section 4.1; README "Evaluation"): each metric is computed per frame, averaged over the
 frames of a clip, then (by the caller) over clips. :func:`video_metrics` returns the per-clip
 values ``(B,)`` so the caller can average over a whole dataset or report spreads.
 

@@ -6,7 +6,7 @@ matching, Euler-Maruyama, ODE), ``ema``, ``latents`` (latent cache + normalizati
 on demand (they pull in accelerate, safetensors, the tokenizer).
 """
 from .config import SiTRunConfig, load_sit_run_config
-from .ema import create_ema, update_ema
+from coordtok.ema import create_ema, update_ema
 from .models import (
     FinalLayer,
     LabelEmbedder,

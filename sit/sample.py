@@ -1,7 +1,8 @@
 """Sampling long videos: ``coordtok sample --sit-ckpt S --tokenizer-ckpt C --num N --out DIR``.
 
 noise ``(B, tokens, C)`` -> SiT (EMA weights) + sampler -> normalized flat triplane ->
-denormalize with the statistics stored in the SiT checkpoint (never the cache, never a log) ->
+denormalize with the statistics stored in the SiT checkpoint (or ``--latent-stats``: a
+``stats.json``, or the reference run's ``log.txt`` for a reference checkpoint) ->
 ``Triplane.unflatten`` -> ``CoordTok.decode_video`` (all coordinates of a clip at once by
 default) -> uint8 frames -> ``sample_<index>.mp4`` files or one ``samples.npz`` (key ``videos``,
 uint8 ``(N, T, H, W, 3)``, the input of FVD), plus one ``contact_sheet.png``.
@@ -15,6 +16,7 @@ rounding).
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import os
 import sys
 import tempfile
@@ -26,42 +28,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from coordtok import checkpoint as ckpt
-from coordtok.train import mix_seed
+from coordtok.errors import CoordTokError
+from coordtok.checkpoint import load_tokenizer
+from coordtok.errors import CoordTokError
+from coordtok.fileio import atomic_path, check_writable
+from coordtok.loop import SeedTag, mix_seed, resolve_device
 from coordtok.triplane import Triplane
 
-from .config import load_sit_run_config
-from .latents import LatentStats, _file_mode
-from .models import TriplaneSiT
+from .checkpoint import load_sit, require_stats
 from .samplers import SAMPLERS
+from .models import TriplaneSiT
+from .stats import LatentStats
 from .transport import make_path
 
-_NOISE_TAG, _SDE_TAG = 31, 37
 
-
-class SamplingError(ValueError):
+class SamplingError(CoordTokError, ValueError):
     """Bad sampling arguments or checkpoints that do not fit together (one-line message)."""
-
-
-def load_sit(path: str | Path, map_location="cpu") -> tuple[TriplaneSiT, LatentStats, dict]:
-    """The EMA model of a SiT checkpoint (or of a run folder's newest good one), in eval mode.
-
-    Returns ``(ema_model, stats, configs)`` with ``configs = {"sit": SiTRunConfig, "tokenizer":
-    the tokenizer config dict the latents came from (or None), "tokenizer_ckpt": its path,
-    "step": int, "path": the checkpoint file}``.
-    """
-    state, path = ckpt.load_run(path, "sit", "CoordTok-SiT", map_location)
-    missing = [k for k in ("ema", "stats", "config") if k not in state]
-    if missing:
-        raise ckpt.CheckpointError(f"{path}: SiT checkpoint without {', '.join(missing)}")
-    cfg = load_sit_run_config(state["config"])
-    model = TriplaneSiT(cfg.model)
-    model.load_state_dict(state["ema"])
-    model.eval().requires_grad_(False)
-    stats = LatentStats.from_dict(state["stats"])
-    configs = {"sit": cfg, "tokenizer": state.get("tokenizer_config"), "tokenizer_ckpt": state.get("tokenizer_ckpt"),
-               "step": int(state.get("step", 0)), "path": str(path)}
-    return model, stats, configs
 
 
 def _check_fit(sit_ckpt, tokenizer_ckpt, model: TriplaneSiT, stats: LatentStats, configs: dict, tokenizer) -> None:
@@ -82,18 +64,20 @@ def _check_fit(sit_ckpt, tokenizer_ckpt, model: TriplaneSiT, stats: LatentStats,
 
 def _initial_noise(seed: int, first: int, batch: int, shape) -> torch.Tensor:
     """``(B, *shape)``: sample ``first + b``'s noise from its own generator ``(seed, first + b)``."""
-    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(mix_seed(seed, i, _NOISE_TAG)))
+    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(mix_seed(seed, i, SeedTag.SAMPLE_NOISE)))
                         for i in range(first, first + batch)])
 
 
 class _NpzWriter:
-    """``samples.npz`` (key ``videos``) filled batch by batch through a memory-mapped ``.npy``, so
-    2048 clips of 128 x 128 x 128 never sit in RAM at once; the final file appears atomically."""
+    """``samples.npz`` (key ``videos``) filled batch by batch through a memory-mapped scratch
+    ``.npy``, so 2048 clips of 128 x 128 x 128 never sit in RAM at once; the final file appears
+    atomically (:func:`coordtok.fileio.atomic_path`) and the scratch file is removed."""
 
     def __init__(self, path: Path, shape: tuple):
         self.path = path
-        fd, self.npy = tempfile.mkstemp(prefix=".videos.", suffix=".npy", dir=path.parent)
+        fd, npy = tempfile.mkstemp(prefix=".videos.", suffix=".npy", dir=path.parent)
         os.close(fd)
+        self.npy = Path(npy)
         self.arr = np.lib.format.open_memmap(self.npy, mode="w+", dtype=np.uint8, shape=shape)
 
     def put(self, first: int, videos: np.ndarray) -> None:
@@ -102,23 +86,16 @@ class _NpzWriter:
     def close(self) -> Path:
         self.arr.flush()
         del self.arr
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".tmp.npz", dir=self.path.parent)
-        os.fchmod(fd, _file_mode())  # mkstemp makes 0600 files
-        os.close(fd)
-        try:
+        with atomic_path(self.path, "sample file") as tmp:
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
                 zf.write(self.npy, arcname="videos.npy")
-            os.replace(tmp, self.path)
-        finally:
-            for p in (tmp, self.npy):
-                if os.path.exists(p):
-                    os.remove(p)
+        self.abort()
         return self.path
 
     def abort(self) -> None:
         self.arr = None
-        if os.path.exists(self.npy):
-            os.remove(self.npy)
+        with contextlib.suppress(FileNotFoundError):
+            self.npy.unlink()
 
 
 def sample_videos(
@@ -136,6 +113,8 @@ def sample_videos(
     fps: float = 25,
     contact_rows: int = 16,
     progress: bool = True,
+    latent_stats: str | Path | None = None,
+    heads: int | None = None,
 ) -> dict:
     """Generate ``num`` videos and write them to ``out_dir``.
 
@@ -151,10 +130,12 @@ def sample_videos(
             uint8 ``(N, T, H, W, 3)``. Both write ``contact_sheet.png`` (first ``contact_rows`` videos).
         frames_per_chunk: decode that many frames at a time (bounded memory) instead of the whole
             clip's coordinates at once.
+        latent_stats: a ``stats.json`` or a reference run's ``log.txt`` with the latent
+            normalization statistics (needed for a reference SiT checkpoint, which holds none).
+        heads: attention heads of a reference SiT whose arguments do not name them.
 
     Returns ``{"num", "out_dir", "files", "contact_sheet", "sit_step", "sampler", "steps", "seed"}``.
     """
-    from coordtok.train import load_tokenizer
     from coordtok.video_io import contact_sheet, to_uint8, write_mp4, write_png
 
     if num < 1 or batch_size < 1:
@@ -167,16 +148,16 @@ def sample_videos(
         raise SamplingError(f"--steps must be >= 2 for the {sampler} sampler, got {steps}")
     if frames_per_chunk is not None and frames_per_chunk < 1:
         raise SamplingError(f"--frames-per-chunk must be >= 1, got {frames_per_chunk}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    out_dir = Path(out_dir)
+    if not fps > 0:
+        raise SamplingError(f"--fps must be positive, got {fps}")
+    device = resolve_device(device)
+    out_dir = check_writable(out_dir, "sample folder", create=False)
 
-    model, stats, configs = load_sit(sit_ckpt)
+    model, stats, configs = load_sit(sit_ckpt, latent_stats=latent_stats, heads=heads)
+    stats = require_stats(stats, sit_ckpt)
     tokenizer, _ = load_tokenizer(tokenizer_ckpt)
     _check_fit(sit_ckpt, tokenizer_ckpt, model, stats, configs, tokenizer)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SamplingError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
+    check_writable(out_dir, "sample folder")  # now create it: the inputs fit together
     model.to(device)
     tokenizer.to(device).eval().requires_grad_(False)
     s = configs["sit"].sample
@@ -204,7 +185,7 @@ def sample_videos(
                 first = b * batch_size
                 n = min(batch_size, num - first)
                 noise = _initial_noise(seed, first, n, shape).to(device)
-                g = torch.Generator().manual_seed(mix_seed(seed, b, batch_size, _SDE_TAG))
+                g = torch.Generator().manual_seed(mix_seed(seed, b, batch_size, SeedTag.SAMPLE_SDE))
                 x = run_sampler(noise, g, progress)
                 triplane = Triplane.unflatten(stats.denormalize(x.float()), tuple(stats.grid))
                 videos = to_uint8(tokenizer.decode_video(triplane, None, frames_per_chunk))  # (n, T, H, W, 3)

@@ -18,6 +18,18 @@ def save_weights(out: Path):
     return hook
 
 
+def save_first_gradients(out: Path):
+    """The first step's gradient, after DDP's all-reduce and before the optimizer (per rank)."""
+    import os
+
+    def hook(step, modules):
+        if step == 0:
+            rank = int(os.environ.get("RANK", 0))
+            grads = {n: p.grad.detach().clone() for n, p in modules["model"].named_parameters() if p.grad is not None}
+            torch.save(grads, out / f"grads{rank}.pt")
+    return hook
+
+
 def main(kind: str, out: str, steps: int, latents: str | None = None) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -27,17 +39,17 @@ def main(kind: str, out: str, steps: int, latents: str | None = None) -> None:
 
         cfg = load_tokenizer_config("configs/tokenizer/tiny.yaml", {
             "train": {"max_steps": steps, "out_dir": str(out / "run"), "batch_size": 4, "num_coords": 256,
-                      "log_every": 1, "ckpt_every": 10 ** 9, "val_every": 10 ** 9},
+                      "log_every": 1, "ckpt_every": 10 ** 9, "val_every": 10 ** 9, "mixed_precision": "no"},
             "data": {"names": ["bikes"], "frame_range": [0, 140]}, "val_data": None})
-        train(cfg, progress=False, on_finish=save_weights(out))
+        train(cfg, progress=False, on_finish=save_weights(out), on_gradients=save_first_gradients(out))
     else:
         from sit.config import load_sit_run_config
         from sit.train import train_sit
 
         cfg = load_sit_run_config("configs/sit/tiny.yaml", {"train": {
             "max_steps": steps, "out_dir": str(out / "run"), "batch_size": 4, "ckpt_every": 10 ** 9,
-            "sample_every": 0, "log_every": 1}})
-        train_sit(cfg, latents, progress=False, on_finish=save_weights(out))
+            "sample_every": 0, "log_every": 1, "mixed_precision": "no"}})
+        train_sit(cfg, latents, progress=False, on_finish=save_weights(out), on_gradients=save_first_gradients(out))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER_CONFIG = ROOT / "configs" / "tokenizer" / "tiny.yaml"
 SIT_CONFIG = ROOT / "configs" / "sit" / "tiny.yaml"
 # bikes, frames [0, 140): 13 possible 128-frame windows, so K random windows differ.
-DATA = {"kind": "samples", "names": ["bikes"], "frame_range": [0, 140], "num_workers": 0}
+DATA = {"kind": "samples", "names": ["bikes"], "frame_range": [0, 140], "num_workers": 0}  # a DataConfig's keys
 CLIPS_PER_VIDEO, SHARD_SIZE = 5, 2  # 5 latents in shards of 2, 2, 1
 
 
@@ -22,7 +22,8 @@ def tiny_tokenizer(root: str) -> Path:
     out = Path(root) / "tokenizer"
     cfg = load_tokenizer_config(TOKENIZER_CONFIG, {
         "train": {"max_steps": 3, "out_dir": str(out), "batch_size": 2, "num_coords": 256, "log_every": 1,
-                  "ckpt_every": 3, "val_every": 10 ** 9, "keep_checkpoints": 1},
+                  "ckpt_every": 3, "val_every": 10 ** 9, "keep_checkpoints": 1,
+                  "mixed_precision": "no"},
         "data": {"names": ["bikes"], "frame_range": [0, 140]}, "val_data": None})
     train(cfg, progress=False)
     return out / "ckpt-0000003.pt"
@@ -31,9 +32,10 @@ def tiny_tokenizer(root: str) -> Path:
 @functools.lru_cache(maxsize=None)
 def tiny_cache(root: str) -> Path:
     """Latents of ``CLIPS_PER_VIDEO`` random windows of bikes, encoded with :func:`tiny_tokenizer`."""
-    from sit.latents import encode_dataset
+    from coordtok.config import DataConfig
+    from sit.encode import encode_dataset
 
     out = Path(root) / "latents"
-    encode_dataset(tiny_tokenizer(root), DATA, out, clips_per_video=CLIPS_PER_VIDEO, seed=0, shard_size=SHARD_SIZE,
+    encode_dataset(tiny_tokenizer(root), DataConfig(**DATA), out, clips_per_video=CLIPS_PER_VIDEO, seed=0, shard_size=SHARD_SIZE,
                    batch_size=2, progress=False)
     return out

@@ -15,7 +15,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from coordtok import data as D
-from coordtok.data import EmptyDatasetError, VideoClipDataset, build_dataset, ucf101, video_folder
+from coordtok.config import ConfigError, DataConfig
+from coordtok.data import DataNotFoundError, EmptyDatasetError, VideoClipDataset, build_dataset, ucf101, video_folder
 from coordtok.video_io import (
     contact_sheet, read_video, resize_center_crop, sample_video_paths, side_by_side, to_uint8,
     write_mp4, write_png,
@@ -146,7 +147,12 @@ def test_determinism_across_instances_and_epochs(clips, tmp_path):
     assert starts(0) != starts(0, seed=1)
     ds = VideoClipDataset([clips["long"]], num_frames=4, size=16, clips_per_video=8, cache_dir=tmp_path / "c")
     assert [ds[i]["start"] for i in range(8)] == starts(0)
-    torch.testing.assert_close(ds[3]["video"], ds[3]["video"])
+    # Item 3 of a fresh instance (what a resumed run or a DataLoader worker builds) is the same clip,
+    # and it is the clip at the drawn window: frames start .. start + 3 of the file, resized.
+    fresh = VideoClipDataset([clips["long"]], num_frames=4, size=16, clips_per_video=8, cache_dir=tmp_path / "c")
+    torch.testing.assert_close(fresh[3]["video"], ds[3]["video"], rtol=0, atol=0)
+    at = VideoClipDataset([clips["long"]], num_frames=4, size=16, cache_dir=tmp_path / "c").eval(start=ds[3]["start"])
+    torch.testing.assert_close(at[0]["video"], ds[3]["video"], rtol=0, atol=0)
     # eval mode: K evenly spaced fixed windows (slack = 40 - 4 = 36 extra start positions)
     assert [ds.eval()[i]["start"] for i in range(8)] == [2, 6, 11, 15, 20, 24, 29, 33]
     single = VideoClipDataset([clips["long"]], num_frames=4, size=16, cache_dir=tmp_path / "c").eval()
@@ -199,7 +205,7 @@ def test_folders_empty_bad_and_missing(clips, tmp_path):
     with pytest.raises(EmptyDatasetError, match=r"folder .*bad.*skipped 2 of 2 files"):
         video_folder(tmp_path / "bad", cache_dir=tmp_path / "c")
     assert issubclass(EmptyDatasetError, ValueError)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(DataNotFoundError, match="does not exist"):
         video_folder(tmp_path / "nowhere")
     # recursive, case-insensitive extensions, sorted, non-videos ignored
     root = tmp_path / "mixed"
@@ -307,6 +313,39 @@ def test_file_unreadable_after_probe_does_not_crash(clips, tmp_path, caplog):
     assert ds.skipped[-1][0].endswith("b.mp4")
 
 
+def test_a_file_broken_after_the_probe_is_reported_once_across_workers(clips, tmp_path, caplog):
+    """Every DataLoader worker holds its own dataset copy; the failure is still reported once."""
+    root = tmp_path / "v"
+    root.mkdir()
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        shutil.copy(clips["long"], root / name)
+    ds = video_folder(root, num_frames=4, size=16, clips_per_video=2, cache_dir=tmp_path / "c")
+    (root / "b.mp4").write_bytes(b"\0" * 1000)
+    marks = tmp_path / "c" / "read-failures"
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, shuffle=False)
+    assert len(list(loader)) == 6  # the run goes on: b's items are replaced by readable ones
+    assert len(list(marks.iterdir())) == 1  # one report for the one broken file, from whichever worker was first
+    # The probe cache now knows: a new dataset skips b.mp4 at construction, reported once there.
+    with caplog.at_level(logging.WARNING, logger="coordtok.data"):
+        again = video_folder(root, num_frames=4, size=16, cache_dir=tmp_path / "c")
+    assert [v.path.endswith("b.mp4") for v in again.videos] == [False, False]
+    assert sum("b.mp4" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_looping_symlink_is_reported_not_dropped_silently(clips, tmp_path, caplog):
+    root = tmp_path / "v"
+    root.mkdir()
+    shutil.copy(clips["long"], root / "a.mp4")
+    (root / "loop.mp4").symlink_to(root / "loop.mp4")
+    (root / "sub").mkdir()
+    (root / "sub" / "back").symlink_to(root)  # a folder loop: not followed
+    with caplog.at_level(logging.WARNING, logger="coordtok.data"):
+        ds = video_folder(root, num_frames=4, size=16, cache_dir=tmp_path / "c")
+    assert len(ds.videos) == 1
+    assert dict(ds.skipped)[str(root / "loop.mp4")] == "a broken or looping symbolic link"
+    assert any("loop.mp4" in r.getMessage() for r in caplog.records)
+
+
 def test_dataloader_workers(clips, tmp_path):
     ds = VideoClipDataset([clips["long"], clips["short"]], num_frames=12, size=16, clips_per_video=2,
                           cache_dir=tmp_path / "c")
@@ -320,16 +359,29 @@ def test_dataloader_workers(clips, tmp_path):
 
 
 def test_build_dataset(clips, tmp_path):
-    ds = build_dataset({"kind": "samples", "num_frames": 4, "size": 32, "stride": 2,
-                        "cache_dir": str(tmp_path / "c")})
+    ds = build_dataset(DataConfig(kind="samples", frames=4, size=32, stride=2, min_frames=4), cache_dir=tmp_path / "c")
     assert len(ds) == 2 and ds[1]["video"].shape == (3, 4, 32, 32)
     assert ds[1]["path"].endswith("bigbuckbunny.mp4")
     (tmp_path / "root" / "train").mkdir(parents=True)
     shutil.copy(clips["long"], tmp_path / "root" / "train" / "a.mp4")
-    ds = build_dataset({"kind": "folder", "root": str(tmp_path / "root"), "split": "train", "num_frames": 4,
-                        "size": 16, "frame_range": [0, 20], "cache_dir": str(tmp_path / "c")})
+    ds = build_dataset(DataConfig(kind="folder", root=str(tmp_path / "root"), split="train", frames=4, size=16,
+                                  min_frames=4, frame_range=[0, 20]), cache_dir=tmp_path / "c")
     assert ds.frame_range == (0, 20) and len(ds) == 1
-    with pytest.raises(ValueError, match="unknown key"):
-        build_dataset({"kind": "folder", "root": str(tmp_path), "num_frame": 4})
-    with pytest.raises(ValueError, match="unknown dataset kind"):
-        build_dataset({"kind": "kinetics", "root": str(tmp_path)})
+    # The same window as the dataset built by hand: the config reaches VideoClipDataset unchanged.
+    by_hand = VideoClipDataset([tmp_path / "root" / "train" / "a.mp4"], num_frames=4, size=16, frame_range=(0, 20),
+                               min_frames=4, cache_dir=tmp_path / "c")
+    assert torch.equal(ds[0]["video"], by_hand[0]["video"]) and ds[0]["start"] == by_hand[0]["start"]
+    with pytest.raises(ConfigError, match="'kind' must be folder, ucf101 or samples"):
+        DataConfig(kind="kinetics", root=str(tmp_path))
+    with pytest.raises(ConfigError, match="'stride' must be positive"):
+        DataConfig(kind="samples", stride=0)
+    with pytest.raises(DataNotFoundError, match="does not exist"):
+        build_dataset(DataConfig(kind="folder", root=str(tmp_path / "nowhere")))
+
+
+def test_ucf101_is_recognised_in_one_place(tmp_path):
+    (tmp_path / "ucf" / "ucfTrainTestlist").mkdir(parents=True)
+    (tmp_path / "videos").mkdir()
+    assert DataConfig.for_root(tmp_path / "ucf").kind == "ucf101"
+    assert DataConfig.for_root(tmp_path / "videos").kind == "folder"
+    assert DataConfig.for_root(tmp_path / "ucf", "folder").kind == "folder"

@@ -37,9 +37,39 @@ def test_eval_recon_reports_rfvd_at_both_lengths_and_frame_metrics(setup, tmp_pa
     assert 0 < r["psnr"] < 60 and 0 < r["ssim"] <= 1
     saved = json.loads((out / "recon.json").read_text())
     assert len(saved["per_clip"]) == 3 and np.isclose(np.mean([c["psnr"] for c in saved["per_clip"]]), r["psnr"])
-    assert "rFVD (128 frames)" in (out / "recon.md").read_text()
+    table = (out / "recon.md").read_text()
+    assert "rFVD (128 f)" in table and "seam jump at boundaries" in table and "CoordTok (320 tokens)" in table
+    assert r["tokens"] == 320 and np.isfinite(r["seam_boundary"]) and np.isfinite(r["seam_within"])
     assert len(decord.VideoReader(str(out / "recon_0000.mp4"))) == 128
     assert (out / "analysis.png").stat().st_size > 0
+    # Clip 0's numbers are what a direct reconstruction of the same real clip gives.
+    import torch
+
+    from coordtok.checkpoint import load_tokenizer
+    from eval.fvd import real_data, real_clips
+    from eval.metrics import video_metrics
+    from eval.seams import seam_jump
+    from coordtok.baselines.chunking import chunk_boundaries
+
+    clip = real_clips(real_data(root / "real"), 128, 64, 3, 0)[0]
+    video = clip.permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    rec = load_tokenizer(ckpt)[0].reconstruct(video).clamp(-1, 1)
+    row = saved["per_clip"][0]
+    assert row["psnr"] == pytest.approx(float(video_metrics(video, rec)["psnr"][0]), abs=1e-4)
+    from coordtok.video_io import to_uint8
+    fake = torch.from_numpy(to_uint8(rec))
+    assert row["seam_boundary"] == pytest.approx(seam_jump(clip[None], fake, chunk_boundaries(128))["boundary"], abs=1e-9)
+
+
+def test_eval_recon_takes_shorter_clips(setup, tmp_path, capsys):
+    """--frames is honoured: CoordTok masks a 64-frame clip; longer than the model is an error."""
+    root, ckpt, _ = setup
+    assert main(["eval-recon", "--ckpt", str(ckpt), "--data", str(root / "real"), "--out", str(tmp_path / "a"),
+                 "--num-clips", "1", "--frames", "64", "--no-fvd", "--write-videos", "0", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["frames"] == 64
+    assert main(["eval-recon", "--ckpt", str(ckpt), "--data", str(root / "real"), "--out", str(tmp_path / "b"),
+                 "--num-clips", "1", "--frames", "256", "--no-fvd", "--no-progress"]) == 2
+    assert "at most 128 frames" in capsys.readouterr().err
 
 
 def test_analyze_writes_table_and_plot_without_a_detector(setup, tmp_path, capsys):

@@ -13,7 +13,7 @@ import torch
 
 from coordtok.cli import main
 from coordtok.video_io import write_mp4
-from eval.fvd import (FeatureStats, FVDInputError, compute_fvd, dataset_spec, fake_videos, frechet_distance,
+from eval.fvd import (FeatureStats, FVDInputError, compute_fvd, real_data, fake_videos, frechet_distance,
                       fvd_from_features, real_clips, real_stats)
 from eval.i3d import (Detector, DetectorWeightsError, DetectorWeightsMissing, InceptionI3d, i3d_preprocess,
                       load_i3d_pretrained, load_torchscript_i3d)
@@ -239,7 +239,7 @@ class CountingDetector(Detector):
 
 
 def test_real_clips_are_seeded_random_picks_not_the_first_files(clip_folders):
-    spec = dataset_spec(clip_folders[0])
+    spec = real_data(clip_folders[0])
     picks = {s: real_clips(spec, frames=8, size=16, num_videos=2, seed=s).items for s in range(8)}
     assert picks[0] == real_clips(spec, frames=8, size=16, num_videos=2, seed=0).items  # reproducible
     assert any(sorted(p) != [0, 1] for p in picks.values())
@@ -251,7 +251,7 @@ def test_real_clips_are_seeded_random_picks_not_the_first_files(clip_folders):
 
 
 def test_real_stats_are_cached_and_keyed_by_seed_and_frames(clip_folders, tmp_path):
-    spec, det, cache = dataset_spec(clip_folders[0]), CountingDetector(), tmp_path / "cache"
+    spec, det, cache = real_data(clip_folders[0]), CountingDetector(), tmp_path / "cache"
     kw = dict(size=16, num_videos=3, detector=det, cache_dir=cache, batch_size=2, progress=False)
     first = real_stats(spec, frames=8, seed=0, **kw)
     calls = det.calls
@@ -266,11 +266,11 @@ def test_real_stats_are_cached_and_keyed_by_seed_and_frames(clip_folders, tmp_pa
     assert len(files) == 3
     keys = [json.loads(f.with_suffix(".json").read_text()) for f in files]
     assert {(k["seed"], k["frames"]) for k in keys} == {(0, 8), (1, 8), (0, 16)}
-    assert all(k["root"] == spec["root"] and k["detector"] == "counting" and k["size"] == 16 for k in keys)
+    assert all(k["root"] == spec.root and k["detector"] == "counting" and k["size"] == 16 for k in keys)
 
 
 def test_fvd_of_the_real_clips_themselves_is_zero(clip_folders, tmp_path):
-    spec = dataset_spec(clip_folders[0])
+    spec = real_data(clip_folders[0])
     clips = real_clips(spec, frames=16, size=16, num_videos=6, seed=3)
     np.savez(tmp_path / "same.npz", videos=np.stack([clips[i].numpy() for i in range(len(clips))]))
     result = compute_fvd(clip_folders[0], tmp_path / "same.npz", frames=16, num_videos=6, detector=CountingDetector(),

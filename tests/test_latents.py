@@ -9,16 +9,12 @@ from safetensors.torch import save_file
 
 from coordtok.cli import main
 from coordtok.config import DataConfig
-from coordtok.train import dataset_from_config, load_tokenizer
+from coordtok.checkpoint import load_tokenizer
+from coordtok.data import EmptyDatasetError, build_dataset
 from coordtok.triplane import Triplane
-from sit.latents import (
-    LatentCacheError,
-    LatentDataset,
-    LatentStats,
-    compute_stats,
-    encode_dataset,
-    read_index,
-)
+from sit.cache import LatentCacheError, LatentDataset, read_index
+from sit.encode import encode_dataset
+from sit.stats import LatentStats, compute_stats
 from sit_common import CLIPS_PER_VIDEO, DATA, SHARD_SIZE, tiny_tokenizer
 
 GRID, C = (16, 8, 8), 4  # the tiny tokenizer's triplane
@@ -50,7 +46,7 @@ def test_encode_writes_shards_index_and_the_tokenizers_latents(cache, root):
     assert len(ds) == n and ds[0].shape == (TOKENS, C) and ds[0].dtype == torch.float32
 
     tokenizer, _ = load_tokenizer(tiny_tokenizer(root))
-    clips = dataset_from_config(DataConfig(**DATA, frames=128, size=64, clips_per_video=n), seed=0)
+    clips = build_dataset(DataConfig(**DATA, frames=128, size=64, clips_per_video=n), seed=0)
     metas = [m for s in range(3) for m in json.loads((cache / f"shard-{s:05d}.json").read_text())["meta"]]
     starts = set()
     for i in range(n):
@@ -69,18 +65,18 @@ def test_resume_rewrites_only_what_is_missing(cache, root, tmp_path):
     (copy / "index.json").unlink()
     (copy / "shard-00001.safetensors").unlink()
     kept = (copy / "shard-00000.safetensors").stat().st_mtime_ns, (copy / "shard-00002.safetensors").stat().st_mtime_ns
-    encode_dataset(tiny_tokenizer(root), DATA, copy, clips_per_video=CLIPS_PER_VIDEO, seed=0, shard_size=SHARD_SIZE,
+    encode_dataset(tiny_tokenizer(root), DataConfig(**DATA), copy, clips_per_video=CLIPS_PER_VIDEO, seed=0, shard_size=SHARD_SIZE,
                    batch_size=2, progress=False)
     assert ((copy / "shard-00000.safetensors").stat().st_mtime_ns,
             (copy / "shard-00002.safetensors").stat().st_mtime_ns) == kept  # finished shards skipped
     assert _files(copy) == _files(cache)  # and everything else rebuilt bit for bit
     # A different encoding into the same folder is refused instead of mixing caches.
     with pytest.raises(LatentCacheError, match="different encoding.*index.json"):
-        encode_dataset(tiny_tokenizer(root), DATA, copy, clips_per_video=CLIPS_PER_VIDEO, seed=1,
+        encode_dataset(tiny_tokenizer(root), DataConfig(**DATA), copy, clips_per_video=CLIPS_PER_VIDEO, seed=1,
                        shard_size=SHARD_SIZE, progress=False)
     (copy / "index.json").unlink()  # an unfinished cache of another encoding: its shards are protected too
     with pytest.raises(LatentCacheError, match="different encoding.*shard-00000.json"):
-        encode_dataset(tiny_tokenizer(root), DATA, copy, clips_per_video=CLIPS_PER_VIDEO, seed=1,
+        encode_dataset(tiny_tokenizer(root), DataConfig(**DATA), copy, clips_per_video=CLIPS_PER_VIDEO, seed=1,
                        shard_size=SHARD_SIZE, progress=False)
 
 
@@ -88,13 +84,13 @@ def test_encode_cli_one_line_errors(root, tmp_path, capsys):
     assert main(["encode", "--tokenizer-ckpt", str(tiny_tokenizer(root)), "--data", str(tmp_path / "nope"),
                  "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("coordtok: error:") and "not found" in err and len(err.splitlines()) == 1
+    assert err.startswith("coordtok: error:") and "does not exist" in err and len(err.splitlines()) == 1
     assert main(["encode", "--tokenizer-ckpt", str(tmp_path / "missing.pt"), "--kind", "samples", "--data", "bikes",
                  "--out", str(tmp_path / "out")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     # By default only whole 128-frame windows are encoded: a 100-frame video is skipped, not zero-padded.
-    with pytest.raises(LatentCacheError, match="no usable videos.*too short"):
-        encode_dataset(tiny_tokenizer(root), {**DATA, "frame_range": [0, 100]}, tmp_path / "short", progress=False)
+    with pytest.raises(EmptyDatasetError, match="no usable videos.*too short"):
+        encode_dataset(tiny_tokenizer(root), DataConfig(**{**DATA, "frame_range": [0, 100]}), tmp_path / "short", progress=False)
 
 
 # ---------------------------------------------------------------------------- statistics

@@ -149,22 +149,46 @@ def test_unknown_keys_name_key_and_file(tmp_path):
     data["model"]["hiden"] = 64
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ValueError, match=r"model\.hiden.*bad\.yaml"):
+    with pytest.raises(ValueError, match=r"bad\.yaml: model\.hiden: unknown key"):
         TriplaneSiT.from_config(path)
     data["model"].pop("hiden")
     data["train"]["learning_rate"] = 1e-4
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ValueError, match=r"train\.learning_rate.*bad\.yaml"):
+    with pytest.raises(ValueError, match=r"bad\.yaml: train\.learning_rate: unknown key"):
         SiTTrainConfig.from_yaml(path)
     data["train"].pop("learning_rate")
     data["sample"]["stepz"] = 3
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ValueError, match=r"sample\.stepz.*bad\.yaml"):
+    with pytest.raises(ValueError, match=r"bad\.yaml: sample\.stepz: unknown key"):
         SampleConfig.from_yaml(path)
     with pytest.raises(ValueError, match="depth"):
         TriplaneSiT.from_config({"model": {"depth": "two"}})
     with pytest.raises(ValueError, match="divisible"):
         SiTConfig(hidden=66, heads=4)
+
+
+def test_one_error_format_for_both_packages(tmp_path):
+    """The same typo in a tokenizer and a SiT config reads the same way: ``<file>: <section>.<key>: ...``."""
+    from coordtok.config import ConfigError, load_tokenizer_config
+    from sit.config import load_sit_run_config
+
+    messages = []
+    for name, loader in (("tokenizer/tiny.yaml", load_tokenizer_config), ("sit/tiny.yaml", load_sit_run_config)):
+        data = yaml.safe_load((CONFIGS.parent / name).read_text())
+        data["train"]["learning_rate"] = 1e-4
+        path = tmp_path / name.replace("/", "-")
+        path.write_text(yaml.safe_dump(data))
+        with pytest.raises(ConfigError) as info:
+            loader(path)
+        messages.append(str(info.value).replace(str(path), "<file>").split(" (known")[0])
+        data["train"].pop("learning_rate")
+        data["train"]["lr"] = "fast"
+        path.write_text(yaml.safe_dump(data))
+        with pytest.raises(ConfigError) as info:
+            loader(path)
+        messages.append(str(info.value).replace(str(path), "<file>"))
+    assert messages[0] == messages[2] == "<file>: train.learning_rate: unknown key"
+    assert messages[1] == messages[3] == "<file>: train.lr: must be a number, got 'fast'"
 
 
 # ---------------------------------------------------------------------------- EMA

@@ -1,7 +1,8 @@
 """Exponential moving average of model weights, DiT style.
 
 The EMA model is a ``deepcopy`` of the model with ``requires_grad`` off; after every optimizer
-step call ``update_ema(ema_model, model)``. Sampling uses the EMA weights (paper: decay 0.9999).
+step call ``update_ema(ema_model, model)``. CoordTok-SiT samples with its EMA weights (paper: decay
+0.9999); the MAGVIT-v2 baseline evaluates its EMA (0.999).
 """
 from __future__ import annotations
 

@@ -17,7 +17,6 @@ Stages (each reused on a second run unless ``--fresh``):
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import sys
 import time
@@ -26,9 +25,11 @@ from pathlib import Path
 
 import torch
 
-from .config import load_tokenizer_config
+from coordtok.config import load_tokenizer_config
+from coordtok.errors import CoordTokError
+from coordtok.fileio import check_writable, write_json, write_text
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository: configs/ sits beside the packages
 CONFIG = ROOT / "configs" / "tokenizer" / "tiny.yaml"
 SIT_CONFIG = ROOT / "configs" / "sit" / "tiny.yaml"
 
@@ -42,9 +43,44 @@ class DemoPlan:
     sit_steps: int = 600
     samples: int = 4
     sample_steps: int = 250
+    profile_frames: tuple[int, ...] = (16, 32, 64, 128)
+    profile_memory: bool = True
 
 
-QUICK = DemoPlan(stage1_steps=20, stage2_steps=4, clips_per_video=4, sit_steps=4, samples=2, sample_steps=10)
+QUICK = DemoPlan(stage1_steps=20, stage2_steps=4, clips_per_video=4, sit_steps=4, samples=2, sample_steps=10,
+                 profile_frames=(16, 32), profile_memory=False)
+
+# What a demo writes in its folder: a second run reuses it, --fresh deletes exactly this, and a
+# folder holding anything else without the marker is refused (it was not made by the demo).
+MARKER = ".coordtok-demo"
+OUTPUTS = ("runs", "latents", "samples", "reconstruction_heldout.mp4", "reconstruction_training_window.mp4",
+           "analysis.md", "analysis.csv", "analysis.png", "profile.md", "profile.json", "profile_flops.png",
+           "profile_memory.png", "profile_max_batch.png", "summary.md", "metrics.json", MARKER)
+
+
+class DemoFolderError(CoordTokError):
+    """The demo's output folder holds things the demo did not write."""
+
+
+def prepare_folder(out: Path, fresh: bool) -> None:
+    """Make ``out`` the demo's folder: new or empty, or written by an earlier demo (its marker).
+
+    ``fresh`` deletes what an earlier demo wrote there (:data:`OUTPUTS`) and nothing else.
+    """
+    if out.exists() and not out.is_dir():
+        raise DemoFolderError(f"--out {out}: is a file; give a folder for the demo's outputs")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise DemoFolderError(f"--out {out}: the folder exists and was not created by `coordtok demo` (no {MARKER} "
+                              f"in it), so the demo will not write or delete anything there; choose a new folder")
+    check_writable(out, "demo folder")
+    if fresh:
+        for name in OUTPUTS:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+    write_text(out / MARKER, "written by `coordtok demo`; `coordtok demo --fresh` deletes only the demo's outputs\n")
 
 
 def _say(msg: str) -> None:
@@ -52,7 +88,7 @@ def _say(msg: str) -> None:
 
 
 def _lpips_available() -> bool:
-    from .lpips import LPIPSWeightsMissing, find_vgg16_weights
+    from coordtok.lpips import LPIPSWeightsMissing, find_vgg16_weights
 
     try:
         find_vgg16_weights()
@@ -62,14 +98,15 @@ def _lpips_available() -> bool:
 
 
 def run_demo(out_dir: str | Path = "demo_out", fresh: bool = False, quick: bool = False) -> dict:
+    from coordtok.checkpoint import load_tokenizer
+    from coordtok.data import build_dataset
+    from coordtok.train import train
+
     from .recon import evaluate_clip
-    from .train import dataset_from_config, load_tokenizer, train
 
     plan = QUICK if quick else DemoPlan()
     out = Path(out_dir)
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_folder(out, fresh)
     runs = out / "runs"
     torch.manual_seed(0)
     timings = {}
@@ -99,12 +136,12 @@ def run_demo(out_dir: str | Path = "demo_out", fresh: bool = False, quick: bool 
     _say("reconstructing a held-out 128-frame window of bikes (frames %d-%d)" % (plan.heldout[0], plan.heldout[1] - 1))
     tic = time.time()
     model, _ = load_tokenizer(runs / "tokenizer-stage2")
-    held = dataset_from_config(
+    held = build_dataset(
         load_tokenizer_config(CONFIG, {"data": {"names": ["bikes"], "frame_range": list(plan.heldout)}}).data, 0,
         deterministic=True)
     item = held[0]
     recon = evaluate_clip(model, item["video"], item["num_frames"], out / "reconstruction_heldout.mp4")
-    seen = dataset_from_config(
+    seen = build_dataset(
         load_tokenizer_config(CONFIG, {"data": {"names": ["bikes"], "frame_range": [0, 128]}}).data, 0,
         deterministic=True)[0]
     recon_seen = evaluate_clip(model, seen["video"], seen["num_frames"], out / "reconstruction_training_window.mp4")
@@ -112,7 +149,7 @@ def run_demo(out_dir: str | Path = "demo_out", fresh: bool = False, quick: bool 
 
     # 4. latent cache ----------------------------------------------------------------------
     from sit.config import load_sit_run_config
-    from sit.latents import encode_dataset
+    from sit.encode import encode_dataset
     from sit.sample import sample_videos
     from sit.train import train_sit
 
@@ -139,12 +176,12 @@ def run_demo(out_dir: str | Path = "demo_out", fresh: bool = False, quick: bool 
     timings["sampling + decoding"] = time.time() - tic
 
     # 6. analysis and profile --------------------------------------------------------------
-    from eval.analysis import analyze
-    from eval.profile import profile, write_report
+    from .analysis import analyze
+    from .profile import profile, write_report
 
     _say("analysis: reconstruction PSNR against dynamics and frequency magnitude")
     tic = time.time()
-    windows = dataset_from_config(dataclasses.replace(s1.data, frame_range=None, clips_per_video=4), 0,
+    windows = build_dataset(dataclasses.replace(s1.data, frame_range=None, clips_per_video=4), 0,
                                   deterministic=True)
 
     def analysis_items():
@@ -155,7 +192,8 @@ def run_demo(out_dir: str | Path = "demo_out", fresh: bool = False, quick: bool 
 
     analysis = analyze(analysis_items(), out)
     _say("profile: training FLOPs and memory against clip length")
-    rows = profile(CONFIG, [16, 32, 64, 128], measure_memory=True, device="cpu", progress=lambda *_: None)
+    rows = profile(CONFIG, list(plan.profile_frames), measure_memory=plan.profile_memory, device="cpu",
+                   progress=lambda *_: None)
     write_report(rows, out, "tiny CoordTok: training step vs clip length", "cpu")
     timings["analysis + profile"] = time.time() - tic
 
@@ -172,7 +210,7 @@ def run_demo(out_dir: str | Path = "demo_out", fresh: bool = False, quick: bool 
         "profile": rows,
         "seconds": timings,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(out / "metrics.json", metrics, what="demo metrics")
     write_summary(out, metrics)
     _say(f"done: {out / 'summary.md'}")
     return metrics
@@ -232,4 +270,4 @@ def write_summary(out: Path, m: dict) -> None:
         lines += ["", f"LPIPS: n/a. {r['lpips_note']}"]
     lines += ["", "## Time (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in m["seconds"].items()]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "summary.md", "\n".join(lines) + "\n", what="demo summary")

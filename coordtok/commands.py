@@ -1,0 +1,95 @@
+"""The tokenizer's subcommands: ``train`` and ``convert``."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .cliargs import add_config_options, config_text, positive_int, resume_arg, train_overrides
+
+
+def cmd_train(args) -> None:
+    from .config import ConfigError, load_tokenizer_config
+    from .train import train
+
+    overrides = train_overrides(args)
+    if args.stage == 2:
+        base = load_tokenizer_config(args.config, overrides)
+        t = overrides.setdefault("train", {})
+        t.setdefault("stage", 2)
+        t.setdefault("lpips_weight", base.train.stage2_lpips_weight)
+        t.setdefault("max_steps", base.train.stage2_max_steps)
+        t.setdefault("out_dir", base.train.out_dir.rstrip("/") + "-stage2")
+        if args.init_from:
+            t["init_from"] = args.init_from
+        elif not base.train.init_from and not args.resume:
+            raise ConfigError("--stage 2 needs --init-from STAGE1_CHECKPOINT (or train.init_from in the config)")
+    elif args.init_from:
+        overrides.setdefault("train", {})["init_from"] = args.init_from
+    cfg = load_tokenizer_config(args.config, overrides)
+    result = train(cfg, resume=resume_arg(args), progress=not args.no_progress, config_text=config_text(args.config))
+    print(json.dumps(result, indent=2))
+
+
+# Converters tried in order by `coordtok convert`: ``fn(raw, args) -> (state, info)`` or None when the
+# file is not theirs. Other packages add theirs when they register their commands (sit: the SiT).
+CONVERTERS: list = []
+
+
+def convert_tokenizer(raw: dict, args):
+    """A reference CoordTok file (or one of ours) as this project's tokenizer checkpoint."""
+    from .checkpoint import load_tokenizer
+    from .reference import is_reference_coordtok
+
+    if not (is_reference_coordtok(raw) or raw.get("kind") == "coordtok"):
+        return None
+    hints = {k: getattr(args, k) for k in ("heads", "enc_heads", "dec_heads", "frames", "size")
+             if getattr(args, k) is not None}
+    _, state, info = load_tokenizer(args.ckpt, with_info=True, log=lambda msg: None, **hints)
+    keep = ("kind", "version", "step", "model", "config", "source", "info")
+    return {k: v for k, v in state.items() if k in keep}, info or "CoordTok tokenizer checkpoint"
+
+
+def cmd_convert(args) -> None:
+    """A checkpoint of the reference implementation (or of this project) as this project's own file."""
+    from .checkpoint import CheckpointError, atomic_save, load_any
+    from .fileio import check_writable_file
+
+    out = check_writable_file(args.out, "converted checkpoint")
+    if Path(out).resolve() == Path(args.ckpt).resolve():
+        raise CheckpointError(f"--out {out}: is the input file; write the conversion to another file")
+    raw = load_any(args.ckpt)
+    for convert in [convert_tokenizer, *CONVERTERS]:
+        found = convert(raw, args)
+        if found is not None:
+            state, info = found
+            break
+    else:
+        raise CheckpointError(f"{args.ckpt}: neither a CoordTok nor a CoordTok-SiT checkpoint (of this project or "
+                              f"of the reference implementation)")
+    atomic_save(state, out)
+    print(f"{args.ckpt}: {info}", file=sys.stderr)
+    print(json.dumps({"converted": str(args.ckpt), "out": str(out), "kind": state["kind"], "info": info}, indent=2))
+
+
+def register(sub) -> None:
+    t = sub.add_parser("train", help="train a tokenizer (stage 1 or 2)")
+    add_config_options(t)
+    t.add_argument("--stage", type=int, choices=(1, 2), default=None,
+                   help="2: fine-tune whole frames with L2 + LPIPS from --init-from")
+    t.add_argument("--init-from", default=None,
+                   help="weights to start from: a stage-1 checkpoint or run folder (this project's or the reference's)")
+    t.set_defaults(fn=cmd_train)
+
+    c = sub.add_parser("convert", help="write a reference CoordTok or CoordTok-SiT checkpoint as this project's own")
+    c.add_argument("--ckpt", required=True, help="e.g. CoordTok_UCF101_1M_50K.pth or CoordTok_SiT_L_2_UCF101_600K.pt")
+    c.add_argument("--out", required=True, help="the project checkpoint to write (config included)")
+    c.add_argument("--heads", type=positive_int, default=None,
+                   help="attention heads (default: width / 64, the released models' head width)")
+    c.add_argument("--enc-heads", type=positive_int, default=None, help="tokenizer encoder heads (overrides --heads)")
+    c.add_argument("--dec-heads", type=positive_int, default=None, help="tokenizer decoder heads (overrides --heads)")
+    c.add_argument("--frames", type=positive_int, default=None, help="clip length, when the shapes leave it open")
+    c.add_argument("--size", type=positive_int, default=None, help="frame side, when the shapes leave it open")
+    c.add_argument("--latent-stats", default=None,
+                   help="SiT: the reference run's log.txt or a stats.json; stored in the converted checkpoint")
+    c.set_defaults(fn=cmd_convert)

@@ -1,0 +1,144 @@
+"""The latent cache that ``coordtok encode`` writes, read back for CoordTok-SiT training.
+
+Layout of a cache folder::
+
+    DIR/index.json                  grid, channels, number of latents, shards, tokenizer + data
+    DIR/shard-00000.safetensors     "tokens": float32 (n, tokens, C), flat triplanes (Triplane.flatten)
+    DIR/shard-00000.json            per-item metadata: item index, source path, start frame, frames
+    DIR/stats.json                  per-plane, per-channel mean / std (:mod:`sit.stats`)
+
+Reading needs neither the tokenizer nor video decoding: :class:`LatentDataset` memory-maps the
+shards. Writing is :mod:`sit.encode`.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from coordtok.errors import CoordTokError
+from coordtok.triplane import num_tokens
+
+INDEX_NAME = "index.json"
+FORMAT_VERSION = 1
+
+
+class LatentCacheError(CoordTokError, ValueError):
+    """A latent cache is missing, incomplete, corrupt or does not fit (one-line message)."""
+
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise LatentCacheError(f"{path}: {what} not found")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise LatentCacheError(f"{path}: unreadable {what} ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise LatentCacheError(f"{path}: unreadable {what} (not a JSON object)")
+    return data
+
+
+def shard_name(g: int) -> str:
+    return f"shard-{g:05d}.safetensors"
+
+
+
+def read_index(latent_dir: str | Path) -> dict:
+    """``index.json`` of a cache, checked for the keys everything else relies on."""
+    latent_dir = Path(latent_dir)
+    if not latent_dir.is_dir():
+        raise LatentCacheError(f"{latent_dir}: latent folder not found (run `coordtok encode` first)")
+    index = _read_json(latent_dir / INDEX_NAME, "latent index (run `coordtok encode` to finish the cache)")
+    missing = [k for k in ("grid", "channels", "num_latents", "shards") if k not in index]
+    if missing:
+        raise LatentCacheError(f"{latent_dir / INDEX_NAME}: not a latent index (missing {', '.join(missing)})")
+    return index
+
+
+# ---------------------------------------------------------------------------- dataset
+
+
+class LatentDataset(torch.utils.data.Dataset):
+    """The cached latents: item ``i`` is a float32 ``(tokens, C)`` flat triplane.
+
+    Shards are memory-mapped with safetensors and read one row at a time; handles are opened
+    lazily in each process (DataLoader workers included). Missing or corrupt shards are one-line
+    :class:`LatentCacheError` s, at construction (existence, shape) or at read time.
+    """
+
+    def __init__(self, latent_dir: str | Path):
+        from safetensors import safe_open
+
+        self.dir = Path(latent_dir)
+        self.index = read_index(self.dir)
+        self.grid = tuple(int(g) for g in self.index["grid"])
+        self.channels = int(self.index["channels"])
+        self.num_tokens = num_tokens(self.grid)
+        self.files, self.counts = [], []
+        for s in self.index["shards"]:
+            path = self.dir / s["file"]
+            if not path.is_file():
+                raise LatentCacheError(f"{path}: latent shard missing (re-run `coordtok encode` to rebuild it)")
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    shape = tuple(f.get_slice("tokens").get_shape())
+            except Exception as e:
+                raise LatentCacheError(f"{path}: corrupt latent shard ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                                       f"delete it and re-run `coordtok encode`") from None
+            if shape != (s["count"], self.num_tokens, self.channels):
+                raise LatentCacheError(f"{path}: latent shard has shape {shape}, the index says "
+                                       f"{(s['count'], self.num_tokens, self.channels)}")
+            self.files.append(path)
+            self.counts.append(int(s["count"]))
+        self.offsets = np.cumsum([0] + self.counts).tolist()
+        if self.offsets[-1] != int(self.index["num_latents"]):
+            raise LatentCacheError(f"{self.dir / INDEX_NAME}: shards hold {self.offsets[-1]} latents, "
+                                   f"the index says {self.index['num_latents']}")
+        if self.offsets[-1] == 0:
+            raise LatentCacheError(f"{self.dir}: the latent cache is empty")
+        self._handles: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_handles"] = {}  # file handles stay in the process that opened them
+        return state
+
+    @property
+    def tokenizer_config(self) -> dict | None:
+        return self.index.get("tokenizer_config")
+
+    def _handle(self, s: int):
+        from safetensors import safe_open
+
+        if s not in self._handles:
+            try:
+                self._handles[s] = safe_open(str(self.files[s]), framework="pt")
+            except Exception as e:
+                raise LatentCacheError(f"{self.files[s]}: corrupt latent shard ({str(e).splitlines()[0]})") from None
+        return self._handles[s]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"latent {i} out of range for {n}")
+        i %= n
+        s = bisect.bisect_right(self.offsets, i) - 1
+        j = i - self.offsets[s]
+        try:
+            return self._handle(s).get_slice("tokens")[j:j + 1][0]
+        except LatentCacheError:
+            raise
+        except Exception as e:
+            raise LatentCacheError(f"{self.files[s]}: cannot read latent {j} ({str(e).splitlines()[0]})") from None
+
+    def get_many(self, indices) -> torch.Tensor:
+        """``(len(indices), tokens, C)`` float32."""
+        return torch.stack([self[int(i)] for i in indices])

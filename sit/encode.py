@@ -1,0 +1,268 @@
+"""``coordtok encode``: a CoordTok tokenizer's triplanes of random clips, written as a latent cache.
+
+Items are the clips of a :class:`coordtok.data.VideoClipDataset` with ``clips_per_video = K``
+(item ``i`` is clip ``i % K`` of video ``i // K``), each a random window seeded by ``(seed, i)``.
+Shard ``g`` always holds items ``[g * shard_size, (g + 1) * shard_size)`` whatever the number of
+processes: process ``r`` of ``W`` encodes the shards ``g = r, r + W, ...``. A shard's JSON sidecar
+is written after its tensor file (both atomically, :mod:`coordtok.fileio`) and carries a
+fingerprint of (tokenizer, data, seed, K, shard size), so a restarted run, on any number of
+processes, skips exactly the shards that are complete and rewrites the rest bit for bit. The
+folder layout is in :mod:`sit.cache`; the normalization statistics (:mod:`sit.stats`) are computed
+at the end.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from coordtok.checkpoint import load_tokenizer
+from coordtok.config import ConfigError, DataConfig
+from coordtok.fileio import check_writable, write_bytes, write_json
+from coordtok.triplane import num_tokens
+
+from .cache import FORMAT_VERSION, INDEX_NAME, LatentCacheError, read_index, shard_name
+from .stats import STATS_NAME, compute_stats
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    """A fingerprint of the weights: SHA-1 of every tensor's bytes (a float sum would depend on the
+    thread count through the reduction order, and a resumed run could then disown its own shards)."""
+    h = hashlib.sha1()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+
+# ---------------------------------------------------------------------------- data spec
+
+
+def _data_config(d: DataConfig, model_cfg, clips_per_video: int) -> DataConfig:
+    """``d`` with the tokenizer's clip shape, ``K`` clips per video and an absolute ``root``.
+
+    ``frames`` / ``size`` must be the tokenizer's (or left at their defaults). ``min_frames``
+    defaults to the full clip length: a generator trained on zero-padded short clips would learn
+    to end videos in black frames, so videos shorter than one window are skipped (with the usual
+    one-line report) unless ``min_frames`` is set lower explicitly.
+    """
+    if not isinstance(d, DataConfig):
+        raise TypeError(f"encode_dataset takes a coordtok.config.DataConfig, got {type(d).__name__}")
+    default = {f.name: f.default for f in dataclasses.fields(DataConfig)}
+    for key, want in (("frames", model_cfg.frames), ("size", model_cfg.size)):
+        got = getattr(d, key)
+        if got not in (want, default[key]):
+            raise ConfigError(f"data.{key} is {got} but the tokenizer is built for {key}={want}")
+    return dataclasses.replace(
+        d, frames=model_cfg.frames, size=model_cfg.size, clips_per_video=int(clips_per_video),
+        min_frames=model_cfg.frames if d.min_frames == default["min_frames"] else d.min_frames,
+        root=os.path.abspath(os.fspath(d.root)) if d.root else d.root)
+
+
+class _Items(torch.utils.data.Dataset):
+    """Item ``i`` of the clip dataset (epoch 0) with its index and metadata."""
+
+    def __init__(self, dataset, items: list[int]):
+        self.dataset, self.items = dataset, items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, k: int):
+        i = self.items[k]
+        self.dataset.set_epoch(0)
+        item = self.dataset[i]
+        return {"index": i, "video": item["video"], "num_frames": item["num_frames"],
+                "path": item["path"], "start": item["start"]}
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+def _shard_complete(out_dir: Path, g: int, items: list[int], fingerprint: str, shape: tuple) -> bool:
+    """Shard ``g`` is on disk with its sidecar, for these items and this encoding."""
+    from safetensors import safe_open
+
+    meta_path = out_dir / shard_name(g).replace(".safetensors", ".json")
+    path = out_dir / shard_name(g)
+    if not (meta_path.is_file() and path.is_file()):
+        return False
+    try:
+        meta = json.loads(meta_path.read_text())
+        with safe_open(str(path), framework="pt") as f:
+            got = tuple(f.get_slice("tokens").get_shape())
+    except Exception:  # a torn or foreign file: encode it again
+        return False
+    return meta.get("fingerprint") == fingerprint and meta.get("items") == items and got == shape
+
+
+def _write_shard(out_dir: Path, g: int, tokens: torch.Tensor, records: list[dict], fingerprint: str) -> None:
+    from safetensors.torch import save
+
+    path = out_dir / shard_name(g)
+    # One metadata key only: safetensors writes a map, whose order (hence bytes) is not fixed.
+    blob = save({"tokens": tokens.contiguous()}, metadata={"fingerprint": fingerprint})
+    write_bytes(path, blob, what="latent shard")
+    # The sidecar last: its presence (with the right fingerprint) marks the shard complete.
+    write_json(path.with_suffix(".json"), {
+        "shard": g, "file": path.name, "fingerprint": fingerprint, "count": len(records),
+        "shape": list(tokens.shape), "items": [r["index"] for r in records],
+        "meta": [{k: r[k] for k in ("index", "path", "start", "num_frames")} for r in records],
+    })
+
+
+def encode_dataset(
+    tokenizer_ckpt: str | Path,
+    data_spec,
+    out_dir: str | Path,
+    clips_per_video: int = 1,
+    seed: int = 0,
+    shard_size: int = 256,
+    batch_size: int = 8,
+    mixed_precision: str = "no",
+    num_workers: int | None = None,
+    stats_num: int | None = 2048,
+    progress: bool = True,
+) -> dict:
+    """Encode ``K = clips_per_video`` random 128-frame windows of every video into a latent cache.
+
+    Args:
+        tokenizer_ckpt: a CoordTok checkpoint (or its run folder: the newest good one).
+        data_spec: a :class:`coordtok.config.DataConfig` (``kind``, ``root``, ``split``, ``names``,
+            ``frame_range``, ...); ``frames``/``size`` become the tokenizer's (a different value
+            is an error); ``clips_per_video`` is set to ``K``.
+        out_dir: cache folder (created); see the module docstring for its layout.
+        seed: seeds the random windows: item ``i``'s window depends only on ``(seed, i)``.
+        shard_size: latents per shard file.
+        batch_size: clips per encoder call (per process).
+        mixed_precision: ``no`` | ``bf16`` | ``fp16``: autocast of the encoder on CUDA (the
+            stored latents are float32 either way); ignored on the CPU.
+        num_workers: DataLoader workers decoding videos (default: the data spec's).
+        stats_num: after encoding, the main process computes :func:`compute_stats` over this many
+            random latents and writes ``stats.json``; ``None`` skips it.
+
+    Run under ``accelerate launch`` to split the shards across processes. Returns the index dict.
+    """
+    from accelerate import Accelerator
+
+    from coordtok.data import build_dataset
+
+    if clips_per_video < 1 or shard_size < 1 or batch_size < 1:
+        raise LatentCacheError(f"clips_per_video, shard_size and batch_size must be >= 1, got "
+                               f"{clips_per_video}, {shard_size}, {batch_size}")
+    if mixed_precision not in ("no", "bf16", "fp16"):
+        raise LatentCacheError(f"mixed_precision must be no, bf16 or fp16, got {mixed_precision!r}")
+    out_dir = Path(out_dir)
+    accelerator = Accelerator()
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    log = lambda msg: tqdm.write(msg, file=sys.stderr)
+
+    tokenizer, tok_state = load_tokenizer(tokenizer_ckpt)
+    mcfg = tokenizer.config
+    d = _data_config(data_spec, mcfg, clips_per_video)
+    dataset = build_dataset(d, seed)
+    n = len(dataset)
+    grid, channels = tuple(mcfg.latent_grid), mcfg.latent_channels
+    tokens = num_tokens(grid)
+    data_dict = dataclasses.asdict(d)
+    identity = {
+        "format": FORMAT_VERSION, "tokenizer_step": int(tok_state.get("step", -1)),
+        "tokenizer_model": dataclasses.asdict(mcfg), "tokenizer_weights": _weights_digest(tokenizer),
+        "data": {k: v for k, v in data_dict.items() if k != "num_workers"},
+        "seed": int(seed), "clips_per_video": int(clips_per_video), "shard_size": int(shard_size), "num_items": n,
+    }
+    fingerprint = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    index_path = out_dir / INDEX_NAME
+    # The index and the shard sidecars name their encoding: never overwrite another cache.
+    for found in [index_path, *sorted(out_dir.glob("shard-*.json"))]:
+        try:
+            old = json.loads(found.read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            old = None  # missing or torn: treated as absent
+        if old is not None and old != fingerprint:
+            raise LatentCacheError(
+                f"{out_dir} already holds latents of a different encoding (tokenizer, data, seed, clips per "
+                f"video or shard size differ; see {found.name}); choose another --out or delete it")
+    if accelerator.is_main_process:
+        check_writable(out_dir, "latent cache")
+    accelerator.wait_for_everyone()
+
+    num_shards = math.ceil(n / shard_size)
+    shard_items = {g: list(range(g * shard_size, min(n, (g + 1) * shard_size))) for g in range(num_shards)}
+    mine = [g for g in range(rank, num_shards, world)]
+    todo = [g for g in mine if not _shard_complete(out_dir, g, shard_items[g], fingerprint,
+                                                   (len(shard_items[g]), tokens, channels))]
+    if accelerator.is_main_process:
+        done = len(mine) - len(todo)
+        log(f"encoding {n} clips ({len(dataset.videos)} videos x {clips_per_video}) into {num_shards} shards in "
+            f"{out_dir}" + (f"; {done} of this process's {len(mine)} shards already done" if done else ""))
+
+    tokenizer.to(device).eval().requires_grad_(False)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
+                if device.type == "cuda" and mixed_precision != "no" else contextlib.nullcontext())
+    pending = [i for g in todo for i in shard_items[g]]
+    workers = d.num_workers if num_workers is None else num_workers
+    loader = torch.utils.data.DataLoader(
+        _Items(dataset, pending), batch_size=batch_size, shuffle=False, num_workers=workers,
+        pin_memory=device.type == "cuda", collate_fn=None,
+    )
+    bar = tqdm(total=len(pending), disable=not progress, desc=f"encode [{rank}/{world}]" if world > 1 else "encode",
+               unit="clip", dynamic_ncols=True, file=sys.stderr)
+    buf_tokens: list[torch.Tensor] = []
+    buf_records: list[dict] = []
+    queue = list(todo)
+    with torch.no_grad():
+        for batch in loader:
+            video = batch["video"].to(device, non_blocking=True)
+            nf = batch["num_frames"].to(device)
+            with autocast:
+                triplane = tokenizer.encode(video, nf)
+            buf_tokens.extend(triplane.flatten().float().cpu().unbind(0))
+            buf_records.extend({"index": int(batch["index"][b]), "path": batch["path"][b],
+                                "start": int(batch["start"][b]), "num_frames": int(batch["num_frames"][b])}
+                               for b in range(video.shape[0]))
+            bar.update(video.shape[0])
+            while queue and len(buf_records) >= len(shard_items[queue[0]]):
+                g = queue.pop(0)
+                k = len(shard_items[g])
+                assert [r["index"] for r in buf_records[:k]] == shard_items[g]
+                _write_shard(out_dir, g, torch.stack(buf_tokens[:k]), buf_records[:k], fingerprint)
+                del buf_tokens[:k], buf_records[:k]
+    bar.close()
+    assert not queue and not buf_records
+    accelerator.wait_for_everyone()
+
+    index = None
+    if accelerator.is_main_process:
+        shards = []
+        for g in range(num_shards):
+            if not _shard_complete(out_dir, g, shard_items[g], fingerprint, (len(shard_items[g]), tokens, channels)):
+                raise LatentCacheError(f"{out_dir / shard_name(g)}: shard missing or incomplete after encoding")
+            shards.append({"file": shard_name(g), "count": len(shard_items[g])})
+        index = {
+            "version": FORMAT_VERSION, "fingerprint": fingerprint,
+            "grid": list(grid), "channels": channels, "num_tokens": tokens, "num_latents": n, "shards": shards,
+            "tokenizer_ckpt": str(Path(tokenizer_ckpt).resolve()), "tokenizer_step": identity["tokenizer_step"],
+            "tokenizer_config": tok_state.get("config") or {"model": dataclasses.asdict(mcfg)},
+            "data": data_dict, "seed": int(seed), "clips_per_video": int(clips_per_video),
+            "shard_size": int(shard_size),
+        }
+        write_json(index_path, index, indent=1)
+        log(f"wrote {n} latents of grid {grid} x {channels} channels: {index_path}")
+        if stats_num:
+            stats = compute_stats(out_dir, num=stats_num, seed=seed)
+            stats.save(out_dir / STATS_NAME)
+            log(f"normalization statistics over {stats.num} latents: {out_dir / STATS_NAME}")
+    accelerator.wait_for_everyone()
+    return index if index is not None else read_index(out_dir)
