@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -35,13 +34,14 @@ def peak_rss_gb() -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    """The CPU model, the instruction sets that decide CPU speed and precision, and what
+    ``mixed_precision: auto`` picks on it (bf16 only with native bf16)."""
+    from coordtok.loop import cpu_info, resolve_precision
+
+    info = cpu_info()
+    auto = resolve_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")
+    return (f"{info['model']} [{', '.join(info['instruction_sets']) or 'no listed extensions'}], {os.cpu_count()} "
+            f"cores, torch {torch.__version__}, {torch.get_num_threads()} threads; mixed_precision auto -> {auto}")
 
 
 def run_child(script: str, *args: str) -> dict:

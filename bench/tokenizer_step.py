@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from common import machine, matmul_rate, peak_rss_gb, run_child  # noqa: E402
 from coordtok import CoordTok  # noqa: E402
 from coordtok.model import gather_patches, random_coords  # noqa: E402
-from coordtok.train import build_optimizer  # noqa: E402
+from coordtok.loop import build_optimizer  # noqa: E402
 from coordtok.config import TrainConfig  # noqa: E402
 from eval.flops import attention_flops, counter  # noqa: E402
 

@@ -73,3 +73,18 @@ def config_text(path) -> str | None:
     """The config file's text, stored in checkpoints so a run can be read back exactly."""
     p = Path(path)
     return p.read_text() if p.is_file() else None
+
+
+def add_reference_options(p: argparse.ArgumentParser) -> None:
+    """``--heads`` / ``--enc-heads`` / ``--dec-heads``: for a tokenizer checkpoint in the reference
+    implementation's format, whose head count the weights do not tell (default width / 64, which
+    is right for every released model)."""
+    p.add_argument("--heads", type=positive_int, default=None,
+                   help="reference-format tokenizer: attention heads (default: width / 64, as the released models)")
+    p.add_argument("--enc-heads", type=positive_int, default=None, help="reference-format tokenizer: encoder heads")
+    p.add_argument("--dec-heads", type=positive_int, default=None, help="reference-format tokenizer: decoder heads")
+
+
+def reference_hints(args) -> dict:
+    """The ``--heads`` family of :func:`add_reference_options` that was given, as loader keywords."""
+    return {k: getattr(args, k) for k in ("heads", "enc_heads", "dec_heads") if getattr(args, k, None) is not None}

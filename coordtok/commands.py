@@ -8,21 +8,50 @@ from pathlib import Path
 from .cliargs import add_config_options, config_text, positive_int, resume_arg, train_overrides
 
 
+def _baseline_trainer():
+    from .baselines.train import load_baseline_run_config, train_baseline
+
+    return load_baseline_run_config, train_baseline
+
+
+# Trainers of the other tokenizers, by the config file's top-level ``kind:`` (a CoordTok config has
+# none): ``kind -> () -> (load_run_config, train)``. Other packages add theirs when they register
+# their commands (sit: REGEN).
+TRAINERS: dict = {"magvit2": _baseline_trainer, "promag": _baseline_trainer}
+
+
 def cmd_train(args) -> None:
-    from .config import ConfigError, load_tokenizer_config
+    from .config import SECTIONS, ConfigError, TrainConfig, from_dict, load_tokenizer_config, load_yaml, read_sections
     from .train import train
 
     overrides = train_overrides(args)
+    kind = load_yaml(args.config).get("kind")
+    if kind is not None:
+        if kind not in TRAINERS:
+            raise ConfigError(f"{args.config}: kind: {kind!r} is not a tokenizer this project trains "
+                              f"(known: {', '.join(sorted(TRAINERS))}; a CoordTok config has no kind)")
+        if args.stage == 2:
+            raise ConfigError(f"--stage is for CoordTok configs; {args.config} is a {kind} config")
+        if args.init_from:
+            overrides.setdefault("train", {})["init_from"] = args.init_from
+        load, run = TRAINERS[kind]()
+        result = run(load(args.config, overrides), resume=resume_arg(args), progress=not args.no_progress,
+                     config_text=config_text(args.config))
+        print(json.dumps(result, indent=2))
+        return
     if args.stage == 2:
-        base = load_tokenizer_config(args.config, overrides)
+        # The stage-2 defaults come from the train section alone (its stage-1 settings, e.g. more
+        # coordinates than a stage-2 clip has, are not checked against the model here).
+        raw, source = read_sections(args.config, SECTIONS, overrides, required=("model", "train"))
+        base = from_dict(TrainConfig, raw.get("train"), f"{source}: train")
         t = overrides.setdefault("train", {})
         t.setdefault("stage", 2)
-        t.setdefault("lpips_weight", base.train.stage2_lpips_weight)
-        t.setdefault("max_steps", base.train.stage2_max_steps)
-        t.setdefault("out_dir", base.train.out_dir.rstrip("/") + "-stage2")
+        t.setdefault("lpips_weight", base.stage2_lpips_weight)
+        t.setdefault("max_steps", base.stage2_max_steps)
+        t.setdefault("out_dir", base.out_dir.rstrip("/") + "-stage2")
         if args.init_from:
             t["init_from"] = args.init_from
-        elif not base.train.init_from and not args.resume:
+        elif not base.init_from and not args.resume:
             raise ConfigError("--stage 2 needs --init-from STAGE1_CHECKPOINT (or train.init_from in the config)")
     elif args.init_from:
         overrides.setdefault("train", {})["init_from"] = args.init_from
@@ -73,7 +102,8 @@ def cmd_convert(args) -> None:
 
 
 def register(sub) -> None:
-    t = sub.add_parser("train", help="train a tokenizer (stage 1 or 2)")
+    t = sub.add_parser("train", help="train a tokenizer: CoordTok (stage 1 or 2), or a baseline config's kind "
+                                     "(magvit2, promag, regen)")
     add_config_options(t)
     t.add_argument("--stage", type=int, choices=(1, 2), default=None,
                    help="2: fine-tune whole frames with L2 + LPIPS from --init-from")

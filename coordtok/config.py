@@ -69,7 +69,10 @@ def parse_overrides(items: Iterable[str] | None) -> dict:
         if not sep or not dot or not section or not name:
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.max_steps=100")
         try:
-            parsed = yaml.safe_load(value)
+            # YAML 1.1 reads yes/no/on/off as booleans: `--set train.mixed_precision=no` means the
+            # string (true/false stay booleans).
+            text = value.strip()
+            parsed = text if text.lower() in ("yes", "no", "on", "off", "y", "n") else yaml.safe_load(value)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
         if out.get(section, {}) is None:

@@ -348,27 +348,29 @@ class TrainingDiverged(CoordTokError, RuntimeError):
 
 
 class NonFiniteGuard:
-    """Skips optimizer steps whose loss or gradient is NaN/inf on any rank; stops after ``max_bad``
-    in a row. A skipped step changes nothing, so the weights are always those of the last step
-    whose loss and gradient were finite."""
+    """Skips updates whose loss or gradient is NaN/inf on any rank; stops after ``max_bad`` in a row
+    (per phase). A step whose main update is skipped changes nothing, so the weights are always
+    those of the last step whose loss and gradient were finite; a later phase's failure (a
+    discriminator's) skips only that phase's update."""
 
     def __init__(self, accelerator, max_bad: int, hint: str):
         self.accelerator, self.max_bad, self.hint = accelerator, max_bad, hint
-        self.in_a_row = 0
+        self.in_a_row: dict[str, int] = {}  # per phase: a discriminator failing alone counts too
 
-    def step_ok(self, finite: bool, step: int, what: str, save) -> bool:
-        """True when the step may be applied. ``save(step)`` writes the last good state before stopping."""
+    def step_ok(self, finite: bool, step: int, what: str, save, phase: str = "model") -> bool:
+        """True when ``phase``'s update may be applied. ``save(step)`` writes the last good state
+        before stopping."""
         # Every rank must take the same decision, or DDP would deadlock on the next all-reduce.
         flag = torch.tensor([0.0 if finite else 1.0], device=self.accelerator.device)
         if bool(self.accelerator.reduce(flag, reduction="sum").item() == 0):
-            self.in_a_row = 0
+            self.in_a_row[phase] = 0
             return True
-        self.in_a_row += 1
-        warnings.warn(f"step {step + 1}: non-finite {what}, step skipped ({self.in_a_row} in a row)", stacklevel=2)
-        if self.in_a_row >= self.max_bad:
+        n = self.in_a_row[phase] = self.in_a_row.get(phase, 0) + 1
+        warnings.warn(f"step {step + 1}: non-finite {what}, update skipped ({n} in a row)", stacklevel=2)
+        if n >= self.max_bad:
             where = save(step)
             raise TrainingDiverged(
-                f"{self.in_a_row} consecutive non-finite steps at step {step + 1}; stopped. The last good state "
+                f"{n} consecutive non-finite steps at step {step + 1}; stopped. The last good state "
                 f"(step {step}, no bad update applied) is in {where}. {self.hint}, then --resume: a resumed run "
                 f"takes the config's optimizer settings.")
         return False
@@ -529,11 +531,14 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
                         sums[key] = sums.get(key, 0.0) + v.detach().float() / t.grad_accum
                 grads_ok = not check_grads or not finite or grads_finite(module)
                 what = "loss" if not finite else "gradient"
-                if not guard.step_ok(finite and grads_ok, step, f"{phase} {what}", save):
-                    for o in optimizers.values():
-                        o.zero_grad(set_to_none=True)
-                    applied = False
-                    break
+                # (after a later phase fails, the main update of this step is in: it is step + 1's state)
+                saver = save if phase == task.phases[0] else (lambda _: save(step + 1))
+                if not guard.step_ok(finite and grads_ok, step, f"{phase} {what}", saver, phase):
+                    opt.zero_grad(set_to_none=True)
+                    if phase == task.phases[0]:  # the main module's update is the step: skip all of it
+                        applied = False
+                        break
+                    continue  # a later phase (a discriminator): its update alone is skipped, the step counts
                 scaler.unscale_(opt)  # (a no-op without fp16) so clipping and the hook see true gradients
                 if on_gradients is not None:
                     on_gradients(step, {phase: accelerator.unwrap_model(module)})

@@ -113,7 +113,9 @@ class TokenizerTask(Task):
         return EpochIndexed(self.train_set, lambda item: {"video": item["video"], "num_frames": item["num_frames"]})
 
     def init_from(self, path: str, log) -> None:
-        init, _, info = load_tokenizer(path, with_info=True)
+        m = self.config.model  # a reference file's heads and clip shape are the config's
+        init, _, info = load_tokenizer(path, with_info=True, enc_heads=m.enc_heads, dec_heads=m.dec_heads,
+                                       frames=m.frames, size=m.size)
         if init.config != self.config.model:
             raise_mismatch(path, init.config, self.config.model)
         self.modules["model"].load_state_dict(init.state_dict())

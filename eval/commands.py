@@ -2,10 +2,12 @@
 ``profile`` and ``demo`` (which runs everything)."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
-from coordtok.cliargs import frame_list, nonnegative_int, positive_float, positive_int
+from coordtok.cliargs import (add_reference_options, frame_list, nonnegative_int, positive_float, positive_int,
+                              reference_hints)
 
 
 def _chunk_options(args) -> dict:
@@ -13,8 +15,8 @@ def _chunk_options(args) -> dict:
     out = {}
     if getattr(args, "blend", None) is not None:
         out["blend"] = args.blend
-    if getattr(args, "no_extend", False):
-        out["extend"] = False
+    if getattr(args, "extend", None) is not None:
+        out["extend"] = args.extend
     if getattr(args, "decode_steps", None) is not None:
         out["steps"] = args.decode_steps
     return out
@@ -22,8 +24,10 @@ def _chunk_options(args) -> dict:
 
 def _add_chunk_options(p) -> None:
     p.add_argument("--blend", choices=("linear", "drop"), default=None,
-                   help="ProMAG: linear blending of 4-frame chunk overlaps (default) or none")
-    p.add_argument("--no-extend", action="store_true", help="REGEN: decode chunks without latent extension")
+                   help="ProMAG: linear blending of 4-frame chunk overlaps (the paper's) or 1-frame overlaps dropped "
+                        "(default: both in eval-recon, linear elsewhere)")
+    p.add_argument("--extend", action=argparse.BooleanOptionalAction, default=None,
+                   help="REGEN: latent extension across chunks, the paper's (default: both in eval-recon, on elsewhere)")
     p.add_argument("--decode-steps", type=positive_int, default=None,
                    help="REGEN: sampling steps of its diffusion decoder (1: one-step decoding)")
 
@@ -41,7 +45,8 @@ def cmd_reconstruct(args) -> None:
         raise ConfigError(f"--video {args.video}: video not found")
     out = check_writable_file(args.out or (Path(args.video).stem + "_recon.mp4"), "side-by-side video")
     device = resolve_device(args.device)
-    tok = load_reconstructor(args.ckpt, frames_per_chunk=args.frames_per_chunk, **_chunk_options(args)).to(device)
+    tok = load_reconstructor(args.ckpt, frames_per_chunk=args.frames_per_chunk, hints=reference_hints(args),
+                             **_chunk_options(args)).to(device)
     frames = args.frames or tok.default_frames
     tok.check_frames(frames)
     ds = VideoClipDataset([args.video], num_frames=frames, size=tok.size, stride=args.stride,
@@ -66,7 +71,8 @@ def cmd_eval_recon(args, analysis: bool = False) -> None:
                         split=split, detector=detector, detector_path=getattr(args, "detector_path", None),
                         batch_size=args.batch_size, frames=args.frames, frames_per_chunk=args.frames_per_chunk,
                         vgg_path=args.vgg, write_videos=args.write_videos, analysis=analysis or args.analysis,
-                        progress=not args.no_progress, device=args.device, **_chunk_options(args))
+                        progress=not args.no_progress, device=args.device, hints=reference_hints(args),
+                        **_chunk_options(args))
     if result:
         result.pop("analysis", None)
         print(json.dumps(result, indent=2))
@@ -104,7 +110,7 @@ def cmd_profile(args) -> None:
     rows = profile(args.config, args.frames, num_coords=args.num_coords, device=device,
                    measure_memory=not args.no_memory, budget_gb=args.budget_gb,
                    modes=("coordtok",) if args.no_full else ("coordtok", "full"),
-                   max_batch_search=True if args.max_batch else None)
+                   max_batch_search=True if args.max_batch else None, baselines=args.baseline)
     write_report(rows, out, f"{Path(args.config).stem}: training step vs clip length", device)
     print(f"wrote {out / 'profile.md'} and the plots")
 
@@ -130,12 +136,15 @@ def register(sub) -> None:
     r.add_argument("--vgg", default=None, help="vgg16-397923af.pth for LPIPS (default: $COORDTOK_VGG16 or torch hub cache)")
     r.add_argument("--device", default=None)
     _add_chunk_options(r)
+    add_reference_options(r)
     r.set_defaults(fn=cmd_reconstruct)
 
     for name, fn, help_ in (("eval-recon", cmd_eval_recon, "rFVD, PSNR / SSIM / LPIPS and seam jump of reconstructions"),
                             ("analyze", cmd_analyze, "PSNR against dynamics and frequency magnitude, per video")):
         ev = sub.add_parser(name, help=help_)
-        ev.add_argument("--ckpt", required=True, help="tokenizer checkpoint or run folder (CoordTok or a baseline)")
+        ev.add_argument("--ckpt", required=True, action="append",
+                        help="tokenizer checkpoint or run folder (CoordTok or a baseline); repeat it to compare "
+                             "several tokenizers on the same clips in one table")
         ev.add_argument("--data", required=True, help="a video folder or a UCF-101 root")
         ev.add_argument("--out", default=name.replace("-", "_") + "_out")
         ev.add_argument("--num-clips", type=positive_int, default=10000 if name == "eval-recon" else 256)
@@ -151,6 +160,7 @@ def register(sub) -> None:
         ev.add_argument("--device", default=None)
         ev.add_argument("--no-progress", action="store_true")
         _add_chunk_options(ev)
+        add_reference_options(ev)
         if name == "eval-recon":
             ev.add_argument("--detector", choices=("stylegan", "videogpt"), default="videogpt")
             ev.add_argument("--detector-path", default=None)
@@ -191,6 +201,9 @@ def register(sub) -> None:
     pr.add_argument("--config", required=True, help="a CoordTok config, e.g. configs/tokenizer/large.yaml")
     pr.add_argument("--frames", type=frame_list, default=[16, 32, 64, 128])
     pr.add_argument("--num-coords", type=positive_int, default=1024)
+    pr.add_argument("--baseline", action="append", default=[], metavar="CONFIG",
+                    help="a baseline tokenizer config to profile beside CoordTok (repeatable), "
+                         "e.g. configs/baselines/magvit2.yaml")
     pr.add_argument("--out", default="profile_out")
     pr.add_argument("--device", default=None, help="where to measure memory (default: cuda if available)")
     pr.add_argument("--no-memory", action="store_true", help="FLOPs only (meta device, instant)")

@@ -82,28 +82,37 @@ def eval_recon(ckpt, real, out_dir, num_clips: int = 10000, seed: int = 0, kind:
                split: str | None = None, fold: int = 1, detector: str | None = "videogpt",
                detector_path=None, sub_clip_frames: int = 16, batch_size: int = 1, frames: int | None = None,
                frames_per_chunk: int | None = None, vgg_path=None, write_videos: int = 4, analysis: bool = False,
-               progress: bool = True, device=None, **options) -> dict:
-    """Evaluate the tokenizer in ``ckpt`` on ``num_clips`` random clips of ``real``; see the module
-    docstring. ``frames``: clip length (default: the tokenizer's, 128 for the chunk tokenizers);
-    ``options``: the chunk tokenizers' protocol switches (:func:`eval.tokenizers.load_reconstructor`)."""
+               progress: bool = True, device=None, hints: dict | None = None, **options) -> dict:
+    """Evaluate the tokenizer(s) in ``ckpt`` (a checkpoint, or a list of them: one table) on the
+    same ``num_clips`` random clips of ``real``; see the module docstring.
+
+    ``frames``: clip length (default: the first tokenizer's, 128 for the chunk tokenizers).
+    ``options``: the chunk tokenizers' protocol switches (:func:`eval.tokenizers.load_reconstructor`);
+    a switch left unset evaluates both settings (ProMAG with and without blending, REGEN with and
+    without latent extension). Returns the one result, or ``{"results": [...]}`` for several.
+    """
     from accelerate import Accelerator
-    from accelerate.utils import gather_object
 
     from coordtok.loop import resolve_device
 
-    from .analysis import dynamics_magnitude, frequency_magnitude, write_analysis
-    from .fvd import fvd_from_features, real_clips, split_clips
+    from .fvd import real_clips
 
     if num_clips < 1 or batch_size < 1:
         raise ConfigError(f"--num-clips and --batch-size must be >= 1, got {num_clips} and {batch_size}")
+    ckpts = [ckpt] if isinstance(ckpt, (str, Path)) else list(ckpt)
     out = Path(out_dir)
     accelerator = Accelerator(cpu=resolve_device(device).type == "cpu")
     if accelerator.is_main_process:
         check_writable(out, "evaluation folder")
     device = accelerator.device
-    tok = load_reconstructor(ckpt, frames_per_chunk=frames_per_chunk, **options).to(device)
-    frames = frames or tok.default_frames
-    tok.check_frames(frames)
+    toks = [(c, tok.to(device)) for c in ckpts for tok in variants(c, frames_per_chunk, hints, options)]
+    frames = frames or toks[0][1].default_frames
+    sizes = {tok.size for _, tok in toks}
+    if len(sizes) > 1:
+        raise ConfigError(f"the tokenizers take different frame sizes ({sorted(sizes)}): compare tokenizers of "
+                          f"one resolution")
+    for _, tok in toks:
+        tok.check_frames(frames)
     det = None
     if detector:
         from .i3d import load_detector
@@ -111,11 +120,53 @@ def eval_recon(ckpt, real, out_dir, num_clips: int = 10000, seed: int = 0, kind:
         det = load_detector(detector, detector_path, device=device)
     lpips, lpips_note = try_lpips(vgg_path, device)
     data = real if isinstance(real, DataConfig) else DataConfig.for_root(real, kind, split=split, fold=fold)
-    clips = real_clips(data, frames, tok.size, num_clips, seed)
+    clips = real_clips(data, frames, sizes.pop(), num_clips, seed)
+    results = []
+    for k, (c, tok) in enumerate(toks):
+        folder = out if len(toks) == 1 else out / f"{k:02d}-{_slug(tok.name)}"
+        results.append(_evaluate(accelerator, c, tok, clips, frames, folder, seed, det, lpips, lpips_note,
+                                 sub_clip_frames, batch_size, write_videos, analysis, progress))
+    if not accelerator.is_main_process:
+        return {}
+    if len(results) > 1:
+        write_json(out / "recon.json", {"results": results}, what="evaluation result")
+    write_text(out / "recon.md", markdown_table(results, frames, sub_clip_frames), what="evaluation table")
+    return results[0] if len(results) == 1 else {"results": [{k: v for k, v in r.items() if k != "analysis"}
+                                                             for r in results]}
 
+
+def variants(ckpt, frames_per_chunk=None, hints=None, options=None) -> list[Reconstructor]:
+    """The tokenizer in ``ckpt`` under each protocol the comparison reports: its paper's, and for
+    ProMAG without blending, for REGEN without latent extension, unless ``options`` fixes one."""
+    from .tokenizers import checkpoint_kind
+
+    options = dict(options or {})
+    kind = checkpoint_kind(ckpt)
+    if kind == "promag" and "blend" not in options:
+        return [load_reconstructor(ckpt, blend=b, **options) for b in ("linear", "drop")]
+    if kind == "regen" and "extend" not in options:
+        return [load_reconstructor(ckpt, extend=e, **options) for e in (True, False)]
+    return [load_reconstructor(ckpt, frames_per_chunk=frames_per_chunk, hints=hints, **options)]
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")[:48]
+
+
+def _evaluate(accelerator, ckpt, tok: Reconstructor, clips, frames: int, out: Path, seed: int, det, lpips,
+              lpips_note, sub_clip_frames: int, batch_size: int, write_videos: int, analysis: bool,
+              progress: bool) -> dict:
+    """One tokenizer on the clips (this process's share); the main process gathers, writes and
+    returns the result."""
+    from accelerate.utils import gather_object
+
+    from .analysis import dynamics_magnitude, frequency_magnitude, write_analysis
+    from .fvd import fvd_from_features, split_clips
+
+    device = accelerator.device
     mine = list(range(accelerator.process_index, len(clips), accelerator.num_processes))
     rows, feats = [], {"real": [], "fake": [], "real_sub": [], "fake_sub": []}
-    bar = tqdm(total=len(mine), disable=not (progress and accelerator.is_main_process), desc="eval-recon",
+    bar = tqdm(total=len(mine), disable=not (progress and accelerator.is_main_process), desc=tok.name[:40],
                unit="clip", file=sys.stderr)
     for first in range(0, len(mine), batch_size):
         idx = mine[first:first + batch_size]
@@ -163,7 +214,6 @@ def eval_recon(ckpt, real, out_dir, num_clips: int = 10000, seed: int = 0, kind:
         if "real_sub" in cat:
             result[f"rfvd_{sub_clip_frames}"] = fvd_from_features(cat["real_sub"], cat["fake_sub"])
     write_json(out / "recon.json", {**result, "per_clip": rows}, what="evaluation result")
-    write_text(out / "recon.md", markdown_table([result], frames, sub_clip_frames), what="evaluation table")
     if analysis:
         result["analysis"] = write_analysis([{"name": f"clip_{r['clip']:05d}", "psnr": r["psnr"], "dynamics": r["dynamics"],
                                               "frequency": r["frequency"]} for r in rows], out)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from coordtok.cliargs import (add_config_options, config_text, nonnegative_int, positive_float, positive_int,
-                              resume_arg, train_overrides)
+from coordtok.cliargs import (add_config_options, add_reference_options, config_text, nonnegative_int,
+                              positive_float, positive_int, reference_hints, resume_arg, train_overrides)
 
 
 def cmd_encode(args) -> None:
@@ -23,7 +23,7 @@ def cmd_encode(args) -> None:
     index = encode_dataset(args.tokenizer_ckpt, data, args.out, clips_per_video=args.clips_per_video, seed=args.seed,
                            shard_size=args.shard_size, batch_size=args.batch_size,
                            mixed_precision=args.mixed_precision, stats_num=args.stats_num,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, tokenizer_hints=reference_hints(args))
     print(json.dumps({k: index[k] for k in ("num_latents", "grid", "channels", "tokenizer_ckpt")}
                      | {"out": str(args.out), "shards": len(index["shards"])}, indent=2))
 
@@ -66,10 +66,17 @@ def convert_sit_file(raw: dict, args):
     return to_project_checkpoint(configs, stats), info
 
 
+def _regen_trainer():
+    from .regen_train import load_regen_run_config, train_regen
+
+    return load_regen_run_config, train_regen
+
+
 def register(sub) -> None:
-    from coordtok.commands import CONVERTERS
+    from coordtok.commands import CONVERTERS, TRAINERS
 
     CONVERTERS.append(convert_sit_file)
+    TRAINERS["regen"] = _regen_trainer
 
     e = sub.add_parser("encode", help="encode random 128-frame clips into a latent cache (+ normalization stats)")
     e.add_argument("--tokenizer-ckpt", required=True,
@@ -92,6 +99,7 @@ def register(sub) -> None:
                    help="keep videos with at least this many frames, zero-padding shorter clips "
                         "(default: a whole window, i.e. shorter videos are skipped)")
     e.add_argument("--no-progress", action="store_true")
+    add_reference_options(e)
     e.set_defaults(fn=cmd_encode)
 
     st = sub.add_parser("sit-train", help="train CoordTok-SiT on a latent cache")

@@ -133,6 +133,7 @@ def encode_dataset(
     num_workers: int | None = None,
     stats_num: int | None = 2048,
     progress: bool = True,
+    tokenizer_hints: dict | None = None,
 ) -> dict:
     """Encode ``K = clips_per_video`` random 128-frame windows of every video into a latent cache.
 
@@ -150,6 +151,7 @@ def encode_dataset(
         num_workers: DataLoader workers decoding videos (default: the data spec's).
         stats_num: after encoding, the main process computes :func:`compute_stats` over this many
             random latents and writes ``stats.json``; ``None`` skips it.
+        tokenizer_hints: ``heads`` etc. for a reference-format tokenizer checkpoint.
 
     Run under ``accelerate launch`` to split the shards across processes. Returns the index dict.
     """
@@ -167,7 +169,7 @@ def encode_dataset(
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     log = lambda msg: tqdm.write(msg, file=sys.stderr)
 
-    tokenizer, tok_state = load_tokenizer(tokenizer_ckpt)
+    tokenizer, tok_state = load_tokenizer(tokenizer_ckpt, **(tokenizer_hints or {}))
     mcfg = tokenizer.config
     d = _data_config(data_spec, mcfg, clips_per_video)
     dataset = build_dataset(d, seed)

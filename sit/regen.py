@@ -123,6 +123,11 @@ class RegenConfig:
              f"({self.space_factor} x {self.latent_patch})")
         need(self.hidden % self.heads == 0, f"'hidden' ({self.hidden}) is not divisible by 'heads' ({self.heads})")
         need(self.hidden % 8 == 0, f"'hidden' ({self.hidden}) must be a multiple of 8 (3D sin-cos positions)")
+        # A token must be able to carry its patch: a narrower DiT cannot pass the noise of a
+        # 3 x p x p patch through and leaves part of it in every decode (a PSNR ceiling).
+        need(self.hidden >= 3 * self.patch ** 2,
+             f"'hidden' ({self.hidden}) is narrower than a video patch (3 x {self.patch} x {self.patch} = "
+             f"{3 * self.patch ** 2} values); widen it or use a smaller 'patch'")
 
     @property
     def k(self) -> int:

@@ -114,7 +114,7 @@ class SiTTask(Task):
         return EpochIndexed(self.latents)
 
     def init_from(self, path, log):
-        model, _, configs = load_sit(path, weights="model", log=log)
+        model, _, configs = load_sit(path, weights="model", log=log, heads=self.config.model.heads)
         if model.config != self.config.model:
             raise ConfigError(f"{path}: its SiT ({model.config}) differs from {self.config.source}'s model section "
                               f"({self.config.model}); fine-tune with the checkpoint's model settings")

@@ -24,3 +24,13 @@ def cache(root):
     from sit_common import tiny_cache
 
     return tiny_cache(root)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny tensors: a second OpenMP thread only adds hand-off cost, and on a shared,
+    busy CPU its spin-waits make every op slower. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

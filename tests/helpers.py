@@ -1,4 +1,4 @@
-"""Helpers shared by the training tests: gradients compared up to float32 reduction order."""
+"""Helpers shared by the tests: gradients compared up to float32 reduction order, parameter counts."""
 import torch
 
 
@@ -33,3 +33,8 @@ def assert_same_gradients(a: dict, b: dict, rel: float = 1e-4) -> None:
         gb = b[name]
         scale = max(float(gb.abs().max()), 1e-12)
         assert float((ga - gb).abs().max()) <= rel * scale, (name, float((ga - gb).abs().max()), scale)
+
+
+def param_count(module: torch.nn.Module) -> int:
+    """Parameters of a module (built on the meta device for paper-scale layouts)."""
+    return sum(p.numel() for p in module.parameters())

@@ -60,14 +60,24 @@ def test_quick_demo_writes_summary_and_video(tmp_path):
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     summary = (out / "summary.md").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert "128-frame reconstruction" in summary and "CoordTok-SiT" in summary
-    assert metrics["reconstruction_heldout"]["frames"] == 128
-    assert len(decord.VideoReader(str(out / "reconstruction_heldout.mp4"))) == 128
+    assert "128-frame reconstruction" in summary and "CoordTok-SiT" in summary and "MAGVIT-v2" in summary
+    assert set(metrics["comparison"]) == {"training", "heldout"}
+    rows = {r["key"]: r for r in metrics["comparison"]["heldout"]["rows"]}
+    assert set(rows) == {"coordtok", "magvit2", "promag-8x", "promag-8x-no-blend", "regen", "regen-no-extension"}
+    # token counts of the 128-frame protocol at 64x64: CoordTok's triplane, MAGVIT-v2's 8 causal
+    # 1+16 windows of 5x8x8, ProMAG 8x's 10 windows (17 frames, 4 overlapping) of 3x8x8, or 8 with
+    # one-frame overlaps; REGEN's 15 9-frame chunks of 2x8x8
+    assert {k: r["tokens"] for k, r in rows.items()} == {
+        "coordtok": 320, "magvit2": 8 * 5 * 64, "promag-8x": 10 * 3 * 64, "promag-8x-no-blend": 8 * 3 * 64,
+        "regen": 15 * 2 * 64, "regen-no-extension": 15 * 2 * 64}
+    for r in rows.values():
+        assert len(decord.VideoReader(str(out / r["video"]))) == 128
     samples = sorted((out / "samples").glob("sample_*.mp4"))
     assert len(samples) == 2 and all(len(decord.VideoReader(str(p))) == 128 for p in samples)
-    for name in ("samples/contact_sheet.png", "analysis.png", "profile_flops.png"):
+    for name in ("samples/contact_sheet.png", "analysis.png", "profile_flops.png", "comparison.md"):
         assert (out / name).stat().st_size > 0, name
-    # a second run reuses every finished stage and reports the same tokenizer metrics
+    assert {r["mode"] for r in metrics["profile"]} == {"coordtok", "full", "magvit2", "promag", "regen"}
+    # a second run reuses every finished stage and reports the same metrics
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     again = json.loads((out / "metrics.json").read_text())
-    assert again["tokenizer"] == metrics["tokenizer"]
+    assert again["coordtok"] == metrics["coordtok"] and again["comparison"] == metrics["comparison"]

@@ -1,6 +1,7 @@
 """FLOP counting and the profiler: hand counts for single blocks, growth with clip length."""
 import json
 
+import pytest
 import torch
 
 from coordtok.config import load_model_config
@@ -77,14 +78,36 @@ def test_flops_on_meta_equal_a_real_cpu_step():
     assert meta == fc.get_total_flops() - attn + attn * 6 // 7
 
 
-def test_profile_report_with_memory(tmp_path):
-    rows = profile("configs/tokenizer/tiny.yaml", [16, 32], measure_memory=True, progress=lambda *_: None)
-    assert [(r["frames"], r["mode"]) for r in rows] == [(16, "coordtok"), (16, "full"), (32, "coordtok"), (32, "full")]
+def test_profile_report_with_memory_beside_magvit2(tmp_path):
+    rows = profile("configs/tokenizer/tiny.yaml", [16, 32], measure_memory=True, progress=lambda *_: None,
+                   baselines=["configs/baselines/magvit2-tiny.yaml"])
+    assert [(r["frames"], r["mode"]) for r in rows] == [
+        (16, "coordtok"), (16, "full"), (16, "magvit2"), (32, "coordtok"), (32, "full"), (32, "magvit2")]
     assert all(r["peak_bytes"] and r["peak_bytes"] > 0 for r in rows)
+    by = {(r["frames"], r["mode"]): r for r in rows}
+    assert by[(16, "magvit2")]["clip_frames"] == 17 and by[(32, "magvit2")]["clip_frames"] == 33
     write_report(rows, tmp_path, "tiny", "cpu")
     assert json.loads((tmp_path / "profile.json").read_text())["rows"] == rows
+    assert "MAGVIT-v2" in (tmp_path / "profile.md").read_text()
     for name in ("profile.md", "profile_flops.png", "profile_memory.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("family, config", [("magvit2", "configs/baselines/magvit2.yaml"),
+                                            ("promag", "configs/baselines/promag-8x.yaml")])
+def test_conv3d_flops_grow_linearly_with_frames_coordtoks_do_not(family, config):
+    """A causal conv-3D tokenizer's step is affine in the clip length (every layer sees 1 + T / 2^j
+    frames), so doubling T doubles the increment; CoordTok-L's grows 1.6x at most from 16 to 128
+    frames (only its encoder sees the frames) and is 50x cheaper at 128."""
+    import yaml
+
+    model = yaml.safe_load(open(config))["model"]
+    f = {t: step_flops(model, family, family=family, frames=t)["flops"] for t in (16, 32, 64, 128)}
+    assert (f[128] - f[64]) / (f[64] - f[32]) == pytest.approx(2.0, rel=1e-3)
+    assert f[128] / f[16] > 7
+    large = load_model_config("configs/tokenizer/large.yaml")
+    c = {t: step_flops(model_for_frames(large, t), "coordtok")["flops"] for t in (16, 128)}
+    assert c[128] / c[16] < 1.6 and f[128] > 50 * c[128]
 
 
 def test_cpu_step_memory_is_the_child_s_own_not_its_parent_s():

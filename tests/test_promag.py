@@ -12,22 +12,12 @@ from coordtok.baselines.promag import (PatchGAN3D, ProMAG, ProMAGConfig, analyti
                                        discriminator_param_count, grow, hinge_d_loss, hinge_g_loss,
                                        load_promag_config, table4_config)
 from coordtok.config import ConfigError, from_dict
+from helpers import param_count
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "baselines"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: a second OpenMP thread only adds hand-off cost, and on a shared,
-    busy CPU its spin-waits make every op slower. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(ratio: int = 4) -> ProMAGConfig:
@@ -61,10 +51,10 @@ def test_table4_parameter_counts(ratio, millions, grown):
     counts = analytic_param_count(cfg)
     with torch.device("meta"):
         model = ProMAG(cfg)
-    assert _count(model) == counts["total"]
-    assert _count(model.encoder) + _count(model.to_moments) == counts["encoder"]
-    assert _count(model.decoder) == counts["decoder"]
-    assert _count(model.mix) == counts["mixing"] == (1_182_720 * cfg.grown_levels)
+    assert param_count(model) == counts["total"]
+    assert param_count(model.encoder) + param_count(model.to_moments) == counts["encoder"]
+    assert param_count(model.decoder) == counts["decoder"]
+    assert param_count(model.mix) == counts["mixing"] == (1_182_720 * cfg.grown_levels)
     assert round(counts["table4"] / 1e6, 2) == millions
     assert counts["table4"] == {8: 655_229_459, 16: 846_349_331}[ratio]
 
@@ -73,7 +63,7 @@ def test_4x_and_tiny_parameter_counts():
     for cfg in (table4_config(4), _tiny(4), _tiny(8)):
         with torch.device("meta"):
             model = ProMAG(cfg)
-        assert _count(model) == analytic_param_count(cfg)["total"]
+        assert param_count(model) == analytic_param_count(cfg)["total"]
     assert analytic_param_count(table4_config(4))["total"] == 464_109_587
 
 
@@ -262,10 +252,10 @@ def test_patchgan3d():
     with torch.device("meta"):
         disc = PatchGAN3D.from_config(cfg)
         logits = disc(torch.empty(2, 3, 17, 256, 256))
-    assert _count(disc) == discriminator_param_count(cfg) == 8_293_185
+    assert param_count(disc) == discriminator_param_count(cfg) == 8_293_185
     assert tuple(logits.shape) == (2, 1, 3, 30, 30)
     tiny = PatchGAN3D.from_config(_tiny(4))
-    assert _count(tiny) == discriminator_param_count(_tiny(4))
+    assert param_count(tiny) == discriminator_param_count(_tiny(4))
     out = tiny(_video(17, 64))
     assert out.shape == (1, 1, 3, 6, 6) and torch.isfinite(out).all()
 

@@ -10,6 +10,7 @@ import torch
 
 from coordtok.config import ConfigError, from_dict
 from sit.regen import Regen, RegenConfig, analytic_param_count, load_regen_config
+from helpers import param_count
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "baselines"
 
@@ -18,18 +19,7 @@ TINY = dict(frames=9, size=16, enc_channels=8, enc_multipliers=(1, 2, 2, 2), enc
             enc_blocks=1, hidden=64, depth=2, heads=4, patch=4, latent_patch=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: a second OpenMP thread only adds hand-off cost, and on a shared,
-    busy CPU its spin-waits make every op slower. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _clip(phase: float, frames: int = 9, size: int = 16) -> torch.Tensor:
@@ -64,9 +54,9 @@ def test_parameter_counts(name):
     counts = analytic_param_count(cfg)
     with torch.device("meta"):
         model = Regen(cfg)
-    assert _count(model.encoder) == counts["encoder"]
-    assert _count(model.decoder) == counts["decoder"]
-    assert _count(model) == counts["total"]
+    assert param_count(model.encoder) == counts["encoder"]
+    assert param_count(model.decoder) == counts["decoder"]
+    assert param_count(model) == counts["total"]
     if name == "regen.yaml":
         assert cfg == RegenConfig() and cfg.depth == 24
         assert counts == {"encoder": 244_345_992, "decoder": 458_375_936, "total": 702_721_928}

@@ -230,3 +230,24 @@ def inflate_image_kernel(w2d: torch.Tensor, kt: int) -> torch.Tensor:
     w3d = w2d.new_zeros(w2d.shape[0], w2d.shape[1], kt, *w2d.shape[2:])
     w3d[:, :, -1] = w2d
     return w3d
+
+
+# ---------------------------------------------------------------------------- parameter counts
+# What the blocks above hold, as formulas: the analytic counts of whole layouts (MAGVIT-v2,
+# ProMAG, REGEN's encoder) are sums of these, checked against the modules in the tests.
+
+
+def conv_params(cin: int, cout: int, k: int = 3, bias: bool = True) -> int:
+    """A ``k x k x k`` 3D convolution (:class:`CausalConv3d`)."""
+    return cin * cout * k ** 3 + (cout if bias else 0)
+
+
+def norm_params(c: int) -> int:
+    """A GroupNorm with affine weight and bias (:class:`FrameGroupNorm`)."""
+    return 2 * c
+
+
+def res_block_params(cin: int, cout: int) -> int:
+    """:class:`ResBlock3d`: two norms, two bias-free 3x3x3 convolutions, a 1x1x1 shortcut when the width changes."""
+    return (norm_params(cin) + conv_params(cin, cout, bias=False) + norm_params(cout)
+            + conv_params(cout, cout, bias=False) + (conv_params(cin, cout, 1, bias=False) if cin != cout else 0))

@@ -157,7 +157,9 @@ class LFQ(nn.Module):
             commitment = (z32 - q).pow(2).mean()
             per_sample, codebook = lfq_entropy(rearrange(z32, "b c ... -> (b ...) c"),
                                                self.entropy_groups, self.temperature)
-        use, perplexity = codebook_usage(indices, self.bits)
+        # (meta tensors, used to count FLOPs without running, have no values to count)
+        use, perplexity = ((float("nan"), float("nan")) if indices.device.type == "meta"
+                           else codebook_usage(indices, self.bits))
         aux = {
             "commitment": commitment,
             "entropy": per_sample - codebook,

@@ -39,8 +39,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError, from_dict, load_yaml
-from .causal import AdaptiveGroupNorm, CausalConv3d, CausalDownsample, DepthToSpaceUpsample, FrameGroupNorm, \
-    ResBlock3d, norm_groups
+from .causal import (AdaptiveGroupNorm, CausalConv3d, CausalDownsample, DepthToSpaceUpsample, FrameGroupNorm,
+                     ResBlock3d, conv_params, norm_groups, norm_params, res_block_params)
 from .lfq import LFQ
 
 __all__ = ["MagvitV2Config", "MagvitV2", "Encoder", "Decoder", "analytic_param_count", "load_magvit2_config"]
@@ -293,19 +293,6 @@ class MagvitV2(nn.Module):
 # ---------------------------------------------------------------------------- analytic count
 
 
-def _conv(cin: int, cout: int, k: int = 3, bias: bool = True) -> int:
-    return cin * cout * k ** 3 + (cout if bias else 0)
-
-
-def _norm(c: int) -> int:  # GroupNorm with affine: weight + bias
-    return 2 * c
-
-
-def _res(cin: int, cout: int) -> int:
-    return _norm(cin) + _conv(cin, cout, bias=False) + _norm(cout) + _conv(cout, cout, bias=False) + \
-        (_conv(cin, cout, 1, bias=False) if cin != cout else 0)
-
-
 def analytic_param_count(cfg: MagvitV2Config) -> dict[str, int]:
     """Parameter counts from the layout formulas (no modules built): ``encoder``, ``decoder``,
     ``total``. Conv: ``cin * cout * k^3 (+ cout bias)``; GroupNorm: ``2C``; Linear: ``in * out +
@@ -314,25 +301,25 @@ def analytic_param_count(cfg: MagvitV2Config) -> dict[str, int]:
     widths = [cfg.base_channels * m for m in cfg.channel_multipliers]
     r, bits = cfg.num_res_blocks, cfg.latent_channels
 
-    enc = _conv(3, widths[0])
+    enc = conv_params(3, widths[0])
     prev = widths[0]
     for i, w in enumerate(widths):
-        enc += _res(prev, w) + (r - 1) * _res(w, w)
+        enc += res_block_params(prev, w) + (r - 1) * res_block_params(w, w)
         if i < len(widths) - 1:
-            enc += _conv(w, w)  # strided causal conv
+            enc += conv_params(w, w)  # strided causal conv
         prev = w
-    enc += r * _res(prev, prev) + _norm(prev) + _conv(prev, bits, 1)
+    enc += r * res_block_params(prev, prev) + norm_params(prev) + conv_params(prev, bits, 1)
 
     top = widths[-1]
-    dec = _conv(bits, top) + r * _res(top, top)
+    dec = conv_params(bits, top) + r * res_block_params(top, top)
     prev = top
     for i in reversed(range(len(widths))):
         w = widths[i]
         dec += 2 * (bits * prev + prev)  # adaptive GroupNorm: gamma and beta Linear(bits, C)
-        dec += _res(prev, w) + (r - 1) * _res(w, w)
+        dec += res_block_params(prev, w) + (r - 1) * res_block_params(w, w)
         if i > 0:
             t_up = 2 if cfg.temporal_downsample[i - 1] else 1
-            dec += _conv(w, w * 4 * t_up)  # depth-to-space upsampler
+            dec += conv_params(w, w * 4 * t_up)  # depth-to-space upsampler
         prev = w
-    dec += _norm(prev) + _conv(prev, 3)
+    dec += norm_params(prev) + conv_params(prev, 3)
     return {"encoder": enc, "decoder": dec, "total": enc + dec}

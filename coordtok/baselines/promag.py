@@ -83,7 +83,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError, from_dict, load_yaml
-from .causal import CausalConv3d, FrameGroupNorm, ResBlock3d, causal_resize, norm_groups
+from .causal import (CausalConv3d, FrameGroupNorm, ResBlock3d, causal_resize, conv_params, norm_groups, norm_params,
+                     res_block_params)
 from .chunking import chunk_windows, reconstruct_chunked
 
 __all__ = [
@@ -629,29 +630,16 @@ def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------- analytic counts
 
 
-def _conv(cin: int, cout: int, k: int = 3, bias: bool = True) -> int:
-    return cin * cout * k ** 3 + (cout if bias else 0)
-
-
-def _norm(c: int) -> int:  # GroupNorm with affine: weight + bias
-    return 2 * c
-
-
-def _res(cin: int, cout: int) -> int:
-    return _norm(cin) + _conv(cin, cout, bias=False) + _norm(cout) + _conv(cout, cout, bias=False) + \
-        (_conv(cin, cout, 1, bias=False) if cin != cout else 0)
-
-
 def causal_encoder_param_count(base: int, multipliers: tuple[int, ...], spatial_down: tuple[bool, ...],
                                temporal_down: tuple[bool, ...], blocks: int, mid_blocks: int, out_channels: int) -> int:
     """Parameters of a :class:`CausalEncoder` from its layout (input conv, levels with their
     strided convs, middle blocks, GroupNorm, 1x1x1 output conv)."""
     widths = [base * m for m in multipliers]
-    n, prev = _conv(3, widths[0]), widths[0]
+    n, prev = conv_params(3, widths[0]), widths[0]
     for w, s, t in zip(widths, spatial_down, temporal_down):
-        n += _res(prev, w) + (blocks - 1) * _res(w, w) + (_conv(w, w) if (s or t) else 0)
+        n += res_block_params(prev, w) + (blocks - 1) * res_block_params(w, w) + (conv_params(w, w) if (s or t) else 0)
         prev = w
-    return n + mid_blocks * _res(prev, prev) + _norm(prev) + _conv(prev, out_channels, 1)
+    return n + mid_blocks * res_block_params(prev, prev) + norm_params(prev) + conv_params(prev, out_channels, 1)
 
 
 def analytic_param_count(cfg: ProMAGConfig) -> dict[str, int]:
@@ -666,20 +654,20 @@ def analytic_param_count(cfg: ProMAGConfig) -> dict[str, int]:
     c = cfg.base_channels
     enc = causal_encoder_param_count(c, cfg.enc_multipliers, cfg.enc_spatial_down, cfg.enc_temporal_down,
                                      cfg.enc_blocks, cfg.enc_blocks, cfg.z_channels)
-    enc += _conv(cfg.z_channels, 2 * cfg.z_dim, 1)  # KL head: mean and log-variance
+    enc += conv_params(cfg.z_channels, 2 * cfg.z_dim, 1)  # KL head: mean and log-variance
 
     dec_w = [c * m for m in cfg.dec_multipliers]
-    dec = _conv(cfg.z_dim, cfg.z_channels, 1) + _conv(cfg.z_channels, dec_w[0])
-    dec += cfg.dec_blocks * _res(dec_w[0], dec_w[0])
+    dec = conv_params(cfg.z_dim, cfg.z_channels, 1) + conv_params(cfg.z_channels, dec_w[0])
+    dec += cfg.dec_blocks * res_block_params(dec_w[0], dec_w[0])
     prev = dec_w[0]
     for w, s, t in zip(dec_w, cfg.dec_spatial_up, cfg.dec_temporal_up):
-        dec += _res(prev, w) + (cfg.dec_blocks - 1) * _res(w, w) + (_conv(w, w) if (s or t) else 0)
+        dec += res_block_params(prev, w) + (cfg.dec_blocks - 1) * res_block_params(w, w) + (conv_params(w, w) if (s or t) else 0)
         prev = w
-    dec += _norm(prev) + _conv(prev, 3)
+    dec += norm_params(prev) + conv_params(prev, 3)
 
     enc_w = [c * m for m in cfg.enc_multipliers]
     base = len(enc_w) - cfg.grown_levels
-    mixing = sum(_norm(enc_w[base + s - 1]) + _conv(enc_w[base + s - 1], 2 * enc_w[base + s - 2], 1)
+    mixing = sum(norm_params(enc_w[base + s - 1]) + conv_params(enc_w[base + s - 1], 2 * enc_w[base + s - 2], 1)
                  for s in range(1, cfg.grown_levels + 1))
     return {"encoder": enc, "decoder": dec, "mixing": mixing, "table4": enc + dec, "total": enc + dec + mixing}
 

@@ -1,0 +1,701 @@
+"""Training the conv-3D baseline tokenizers: ``coordtok train --config configs/baselines/<x>.yaml``.
+
+Two tasks on the project's one training skeleton (:func:`coordtok.loop.fit`, which owns devices,
+precision, DDP, the run folder, resume, checkpoints and the data order). A config's top-level
+``kind:`` names the task: ``magvit2`` (:class:`MagvitV2Task`) or ``promag`` (:class:`ProMAGTask`);
+REGEN's is in :mod:`sit.regen_train`.
+
+MAGVIT-v2 (Yu et al., ICLR 2024, supplement A.2), per clip ``x`` and reconstruction ``x^``::
+
+    generator:     5.0 |x^ - x|^2 + 0.1 P(x^, x) + 0.25 commitment + w_H(step) entropy
+                   + 0.1 softplus(-D(x^))                                      (non-saturating)
+    discriminator: softplus(-D(x)) + softplus(D(sg(x^))) + 10 R1(x) + 0.001 LeCAM
+
+``P`` is the paper's L2 between ResNet-50 logits; this project has no ImageNet ResNet-50 and
+uses LPIPS (VGG16, :mod:`coordtok.lpips`) in its place -- a stand-in, not the paper's term.
+``w_H`` is the annealed entropy weight (:func:`coordtok.baselines.gan.entropy_weight`: 4x the
+weight at step 0, falling to 1x over 2000 steps). Adam betas (0, 0.99) with no weight decay, lr
+1e-4 with linear warm-up and cosine decay, an EMA (0.999) of the generator that evaluation uses.
+The warm-up length and the number of steps are not in A.2: ours.
+
+ProMAG (Mahapatra et al. 2025, supplement)::
+
+    generator:     1.0 |x^ - x|_1 + 1.0 P(x^, x) + 1e-12 KL + 0.1 (-D(x^))     (hinge; at 4x only)
+                   [grown:  + 1.0 |x^_sub - x[:, :, ::2]|_1]
+    discriminator: relu(1 - D(x)) + relu(1 + D(sg(x^)))  (PatchGAN3D, R1 weight 0)
+
+The paper says "reconstruction"; we take L1, the loss of the SD-VAE whose PatchGAN and KL
+weighting it adopts (``train.recon_loss: l2`` switches). ``P`` is a VGG perceptual loss in the
+paper: LPIPS here. Adam (0.9, 0.99), lr 1e-4, weight decay 1e-4.
+
+Progressive growing (``train.grow_from``): a config whose model has ``grown_levels >= 1`` starts
+from its parent stage's checkpoint (its EMA weights where that run kept one) through
+:func:`coordtok.baselines.promag.grow`: inherited weights copied and frozen; the new encoder
+level, its mixing module and the new decoder level fresh; only the trainable parameters reach the
+optimizer. The grown model also decodes its latent through the frozen parent decoder to the video
+subsampled 2x in time (``aux["recon_sub"]``); that reconstruction is supervised too
+(``train.sub_weight``, ours: the paper lists no loss terms for growing beyond reconstruction,
+perceptual and KL), so the latent stays decodable by the frozen path while the new levels learn
+the frames in between. A resumed grown run rebuilds the grown model from its config and freezes
+the same parameters; the parent checkpoint is not read again.
+
+Randomness: the only random draw in these losses is ProMAG's posterior sample; its noise comes
+per clip from a generator seeded by ``(seed, step, position in the global batch, SeedTag.BASELINE)``,
+so a resumed run continues bit for bit and N processes draw what one process draws. The LeCAM
+statistics are updated once per step with the global batch's mean logits (all-reduced), so they
+follow the same values (up to float rounding) for any number of processes and accumulation steps.
+
+The discriminator phase sees real clips and the generator phase's (detached) output in one batch,
+one forward per backward as DDP requires. ProMAG's PatchGAN normalizes with BatchNorm, so its
+statistics there pool real and fake clips (SD-VAE calls it on each separately) and are those of
+the local micro-batch: with ProMAG's GAN on, runs on different numbers of processes differ
+slightly. The MAGVIT-v2 discriminator has no normalization and is unaffected. The generator's
+adversarial term calls the bare discriminator as a fixed function (:func:`call_frozen`): no
+gradient reaches its parameters and its BatchNorm statistics do not move.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from ..checkpoint import CheckpointError, load_run
+from ..config import ConfigError, DataConfig, LoopConfig, data_section, from_dict, positive, read_sections, to_dict
+from ..ema import create_ema, update_ema
+from ..loop import EpochIndexed, SeedTag, StepContext, Task, fit
+from .discriminator import build_discriminator
+from .gan import LeCAM, discriminator_loss, entropy_weight, generator_loss, r1_penalty
+from .magvit2 import MagvitV2, MagvitV2Config
+from .promag import PatchGAN3D, ProMAG, ProMAGConfig, grow, hinge_d_loss, hinge_g_loss
+
+__all__ = [
+    "SECTIONS", "BaselineTrainConfig", "MagvitV2TrainConfig", "ProMAGTrainConfig", "BaselineRunConfig",
+    "MagvitV2RunConfig", "ProMAGRunConfig", "read_run_sections", "baseline_data_section", "load_magvit2_run_config",
+    "load_promag_run_config", "load_baseline_run_config", "psnr_from_mse", "call_frozen", "clip_psnr",
+    "BaselineTask", "MagvitV2Task", "NoisedProMAG", "posterior_noise", "promag_forward", "inherited_names",
+    "ProMAGTask", "train_baseline",
+]
+
+SECTIONS = ("kind", "model", "train", "data", "val_data")
+
+
+# ---------------------------------------------------------------------------- configs
+
+
+@dataclass
+class BaselineTrainConfig(LoopConfig):
+    """Keys both baselines' ``train:`` sections share beyond :class:`~coordtok.config.LoopConfig`'s."""
+
+    perceptual_weight: float = 0.0  # LPIPS weight (needs the VGG16 weights; 0 on CPU machines)
+    gan_weight: float = 0.0  # 0: no discriminator, one phase per step
+    r1_weight: float = 0.0  # R1 gradient penalty on real clips (discriminator phase)
+    ema: float | None = None  # EMA decay of the model (evaluation uses the EMA); None: no EMA
+    lpips_vgg_path: str | None = None  # vgg16-397923af.pth; default: $COORDTOK_VGG16 or the torch hub cache
+    val_every: int = 5000
+    val_clips: int = 8
+
+    def validate(self) -> None:
+        super().validate()
+        positive(self, "perceptual_weight", "gan_weight", "r1_weight", "val_every", "val_clips",
+                 allow_zero=("perceptual_weight", "gan_weight", "r1_weight", "val_clips"))
+        if self.ema is not None and not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"'ema' must be in [0, 1) (or null for no EMA), got {self.ema}")
+
+
+@dataclass
+class MagvitV2TrainConfig(BaselineTrainConfig):
+    """MAGVIT-v2 training (supplement A.2); defaults are the paper's where it gives them."""
+
+    l2_weight: float = 5.0
+    perceptual_weight: float = 0.1  # LPIPS standing in for the paper's ResNet-50 logit L2
+    commitment_weight: float = 0.25
+    entropy_weight: float = 0.1  # LFQ entropy, annealed: x (1 + factor max(0, 1 - step / anneal_steps))
+    entropy_anneal_steps: int = 2000
+    entropy_anneal_factor: float = 3.0
+    gan_weight: float = 0.1  # non-saturating
+    r1_weight: float = 10.0
+    lecam_weight: float = 0.001
+    lecam_decay: float = 0.999  # EMA of the mean real / fake logits
+    ema: float | None = 0.999
+    lr: float = 1e-4
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 5000  # ours: A.2 names a warm-up, not its length
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.99])
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    max_steps: int = 500_000  # ours
+    out_dir: str = "runs/magvit2"
+
+    def validate(self) -> None:
+        super().validate()
+        positive(self, "l2_weight", "commitment_weight", "entropy_weight", "entropy_anneal_steps",
+                 "entropy_anneal_factor", "lecam_weight",
+                 allow_zero=("l2_weight", "commitment_weight", "entropy_weight", "entropy_anneal_factor",
+                             "lecam_weight"))
+        if not 0.0 <= self.lecam_decay < 1.0:
+            raise ConfigError(f"'lecam_decay' must be in [0, 1), got {self.lecam_decay}")
+
+
+@dataclass
+class ProMAGTrainConfig(BaselineTrainConfig):
+    """ProMAG training (supplement); defaults are the paper's 4x stage."""
+
+    recon_loss: str = "l1"  # l1 | l2 (the paper: "reconstruction"; SD-VAE's is L1)
+    recon_weight: float = 1.0
+    perceptual_weight: float = 1.0
+    kl_weight: float = 1e-12
+    gan_weight: float = 0.1  # hinge; the paper uses it at 4x only (0 when growing)
+    sub_weight: float = 1.0  # grown models: the subsampled reconstruction of the frozen path (ours)
+    grow_from: str | None = None  # the parent stage's checkpoint or run folder (grown models)
+    lr: float = 1e-4
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    max_steps: int = 300_000  # 4x: 300K; each grown stage +100K
+    out_dir: str = "runs/promag"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.recon_loss not in ("l1", "l2"):
+            raise ConfigError(f"'recon_loss' must be l1 or l2, got {self.recon_loss!r}")
+        positive(self, "recon_weight", "kl_weight", "sub_weight",
+                 allow_zero=("recon_weight", "kl_weight", "sub_weight"))
+        if self.grow_from and self.init_from:
+            raise ConfigError("set 'grow_from' (start from the parent stage) or 'init_from' (same model), not both")
+
+
+@dataclass
+class BaselineRunConfig:
+    """A whole baseline run config: ``kind``, ``model``, ``train``, ``data`` and optional ``val_data``."""
+
+    model: typing.Any
+    train: typing.Any
+    data: DataConfig
+    val_data: DataConfig | None = None
+    source: str = "<dict>"
+    kind: typing.ClassVar[str] = ""
+
+    def validate(self) -> None:
+        m = self.model
+        for name, d in (("data", self.data), ("val_data", self.val_data)):
+            if d is not None and (d.frames != m.frames or d.size != m.size):
+                raise ConfigError(f"{self.source}: {name} gives {d.frames}x{d.size}x{d.size} clips but the model is "
+                                  f"built for {m.frames}x{m.size}x{m.size} (model.frames, model.size)")
+
+    def to_dict(self) -> dict:
+        out = {"kind": self.kind, "model": to_dict(self.model), "train": to_dict(self.train),
+               "data": to_dict(self.data)}
+        if self.val_data is not None:
+            out["val_data"] = to_dict(self.val_data)
+        return out
+
+
+@dataclass
+class MagvitV2RunConfig(BaselineRunConfig):
+    kind: typing.ClassVar[str] = "magvit2"
+
+
+@dataclass
+class ProMAGRunConfig(BaselineRunConfig):
+    kind: typing.ClassVar[str] = "promag"
+
+    def validate(self) -> None:
+        super().validate()
+        m, t = self.model, self.train
+        if m.grown_levels and not (t.grow_from or t.init_from):
+            raise ConfigError(f"{self.source}: model.grown_levels is {m.grown_levels}: a grown model starts from its "
+                              f"parent stage; set train.grow_from to the parent's checkpoint or run folder")
+        if t.grow_from and not m.grown_levels:
+            raise ConfigError(f"{self.source}: train.grow_from needs a grown model (model.grown_levels >= 1, e.g. "
+                              f"configs/baselines/promag-8x.yaml)")
+
+
+def read_run_sections(path_or_dict, overrides: dict | None, kind: str) -> tuple[dict, str]:
+    """The raw sections of a baseline config, its top-level ``kind`` checked against ``kind``."""
+    required = ("model",) if isinstance(path_or_dict, dict) else ("model", "train")
+    raw, source = read_sections(path_or_dict, SECTIONS, overrides, required)
+    found = raw.get("kind")
+    if found is not None and found != kind:
+        raise ConfigError(f"{source}: kind: {found!r}, but this loader reads kind: {kind} configs")
+    return raw, source
+
+
+def baseline_data_section(raw: dict | None, frames: int, size: int, where: str) -> DataConfig:
+    """A ``data``-like section for chunk tokenizers: clips of the model's ``frames x size^2``, only
+    full-length windows (``min_frames = frames``: a zero-padded clip would teach black frames);
+    the sample clips when the section is absent."""
+    raw = {"kind": "samples"} if raw is None else raw
+    return data_section({"min_frames": frames, **raw}, frames, size, where)
+
+
+def _load_run_config(cls, model_cls, train_cls, kind: str, path_or_dict, overrides):
+    raw, source = read_run_sections(path_or_dict, overrides, kind)
+    model = from_dict(model_cls, raw.get("model"), f"{source}: model")
+    cfg = cls(model=model, train=from_dict(train_cls, raw.get("train"), f"{source}: train"),
+              data=baseline_data_section(raw.get("data"), model.frames, model.size, f"{source}: data"),
+              val_data=(baseline_data_section(raw["val_data"], model.frames, model.size, f"{source}: val_data")
+                        if raw.get("val_data") else None),
+              source=source)
+    cfg.validate()
+    return cfg
+
+
+def load_magvit2_run_config(path_or_dict: str | Path | dict, overrides: dict | None = None) -> MagvitV2RunConfig:
+    """A ``kind: magvit2`` YAML (or dict) with sections model/train/data/val_data, read strictly."""
+    return _load_run_config(MagvitV2RunConfig, MagvitV2Config, MagvitV2TrainConfig, "magvit2", path_or_dict, overrides)
+
+
+def load_promag_run_config(path_or_dict: str | Path | dict, overrides: dict | None = None) -> ProMAGRunConfig:
+    """A ``kind: promag`` YAML (or dict) with sections model/train/data/val_data, read strictly."""
+    return _load_run_config(ProMAGRunConfig, ProMAGConfig, ProMAGTrainConfig, "promag", path_or_dict, overrides)
+
+
+def load_baseline_run_config(path_or_dict: str | Path | dict, overrides: dict | None = None):
+    """The run config of a ``kind: magvit2`` or ``kind: promag`` file (REGEN: :mod:`sit.regen_train`)."""
+    raw, source = read_sections(path_or_dict, SECTIONS, None, ())
+    loaders = {"magvit2": load_magvit2_run_config, "promag": load_promag_run_config}
+    kind = raw.get("kind")
+    if kind not in loaders:
+        raise ConfigError(f"{source}: kind: {kind!r} is not a conv-3D baseline tokenizer (magvit2 or promag)")
+    return loaders[kind](path_or_dict, overrides)
+
+
+# ---------------------------------------------------------------------------- shared pieces
+
+
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB of an MSE on [-1, 1] values (peak-to-peak 2)."""
+    return 10 * math.log10(4.0 / max(mse, 1e-12))
+
+
+def as_frames(video: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, T, H, W) -> (B T, 3, H, W)``: the frames of clips, for an image loss."""
+    return rearrange(video, "b c t h w -> (b t) c h w")
+
+
+def call_frozen(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` as a fixed function of ``x``: no gradient reaches the module's parameters and
+    its buffers (a BatchNorm's running statistics) do not change. The generator's adversarial
+    term uses it, so the generator phase leaves the discriminator exactly as it was."""
+    state = {name: p.detach() for name, p in module.named_parameters()}
+    state.update({name: b.clone() for name, b in module.named_buffers()})
+    return torch.func.functional_call(module, state, (x,))
+
+
+@torch.no_grad()
+def clip_psnr(codec, dataset, n: int, device) -> float:
+    """Mean PSNR (dB) of ``codec(clip (1, 3, T, H, W)) -> reconstruction`` over the first ``n`` clips
+    of ``dataset``, clamped to [-1, 1] before the comparison."""
+    scores = []
+    for i in range(min(n, len(dataset))):
+        video = dataset[i]["video"][None].to(device)
+        rec = codec(video).float().clamp(-1, 1)
+        scores.append(psnr_from_mse(F.mse_loss(rec, video.float()).item()))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+class BaselineTask(Task):
+    """What MAGVIT-v2 and ProMAG training share: data, LPIPS, the discriminator phase, the EMA,
+    validation, init and extra checkpoint state. Subclasses build the modules and define
+    :meth:`generator_loss` and the discriminator's loss (:meth:`d_loss`, :meth:`g_adv`)."""
+
+    hint = "Lower train.lr (e.g. --set train.lr=...), set train.max_grad_norm or use fp32"
+
+    def __init__(self, cfg: BaselineRunConfig):
+        super().__init__()
+        from ..data import build_dataset  # decord is imported only when data is needed
+
+        self.config, t = cfg, cfg.train
+        # LPIPS first: a missing weight file must stop the run before any heavy work.
+        self.lpips = None
+        if t.perceptual_weight > 0:
+            from ..lpips import LPIPS
+            self.lpips = LPIPS.from_pretrained(t.lpips_vgg_path)
+        self.train_set = build_dataset(cfg.data, t.seed)
+        self.val_set = build_dataset(cfg.val_data, t.seed, deterministic=True) if cfg.val_data is not None else None
+        torch.manual_seed(t.seed)
+        self.modules = {"model": self.build_model()}
+        self.phases = ("model",)
+        if t.gan_weight > 0:
+            self.modules["disc"] = self.build_discriminator()
+            self.phases = ("model", "disc")
+        self.ema = create_ema(self.modules["model"]) if t.ema is not None else None
+        self._fakes: dict[int, torch.Tensor] = {}  # generator output per micro-batch, for the disc phase
+
+    # -- what a subclass defines
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def build_discriminator(self) -> nn.Module:
+        raise NotImplementedError
+
+    def generator_loss(self, video: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """``(loss, metrics, reconstruction)`` of the model phase without the adversarial term."""
+        raise NotImplementedError
+
+    def g_adv(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def codec(self, model: nn.Module):
+        """``clip -> reconstruction`` for validation."""
+        raise NotImplementedError
+
+    # -- the task
+    def dataset(self):
+        return EpochIndexed(self.train_set, lambda item: {"video": item["video"]})
+
+    def setup(self):
+        if self.lpips is not None:
+            self.lpips.to(self.accelerator.device)
+        if self.ema is not None:
+            self.ema.to(self.accelerator.device)
+
+    def perceptual(self, recon: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+        """Mean LPIPS over every frame of the clips."""
+        return self.lpips(as_frames(recon), as_frames(video)).mean()
+
+    def loss(self, phase, batch, ctx: StepContext):
+        video = batch["video"]
+        t = self.config.train
+        if phase == "model":
+            loss, out, recon = self.generator_loss(video, ctx)
+            if t.gan_weight > 0:
+                adv = self.g_adv(call_frozen(self.modules["disc"], recon))
+                loss = loss + t.gan_weight * adv
+                out["gan"] = adv.detach()
+                # The discriminator phase of this step judges this very output (as every GAN
+                # tokenizer's trainer does: both losses from one forward), detached.
+                self._fakes[ctx.micro] = recon.detach()
+            out["loss"] = loss
+            return out
+        return self.discriminator_loss(video, self._fakes.pop(ctx.micro), ctx)
+
+    def discriminator_loss(self, video: torch.Tensor, fake: torch.Tensor, ctx: StepContext) -> dict:
+        """The discriminator's loss on real clips and the generator's (detached) output.
+
+        Real and fake go through the DDP-wrapped discriminator in one batch: one forward per
+        backward, as DDP requires (for the MAGVIT-v2 discriminator, without normalization, the
+        same logits as two calls)."""
+        t = self.config.train
+        real = video.detach().requires_grad_(t.r1_weight > 0)
+        logits = self.wrapped["disc"](torch.cat([real, fake.to(real.dtype)]))
+        real_logits, fake_logits = logits[: len(real)], logits[len(real):]
+        loss = self.d_loss(real_logits, fake_logits)
+        out = {"real": real_logits.detach().float().mean(), "fake": fake_logits.detach().float().mean()}
+        if t.r1_weight > 0:
+            r1 = r1_penalty(real_logits, real)
+            loss = loss + t.r1_weight * r1
+            out["r1"] = r1.detach()
+        out["loss"] = loss + self.d_regularizer(real_logits, fake_logits, out)
+        return out
+
+    def d_regularizer(self, real_logits: torch.Tensor, fake_logits: torch.Tensor, out: dict) -> torch.Tensor | float:
+        """A further discriminator term (MAGVIT-v2: LeCAM); may add metrics to ``out``."""
+        return 0.0
+
+    def after_step(self, step):
+        if self.ema is not None:
+            update_ema(self.ema, self.modules["model"], self.config.train.ema)
+
+    def summarize(self, metrics):
+        return {**metrics, "psnr": psnr_from_mse(metrics["mse"])} if "mse" in metrics else metrics
+
+    def eval_model(self) -> nn.Module:
+        """The weights evaluation uses: the EMA where the run keeps one."""
+        return self.ema if self.ema is not None else self.modules["model"]
+
+    def periodic(self, step, log):
+        if self.val_set is None:
+            return {}
+        model = self.eval_model()
+        was_training = model.training
+        model.eval()
+        psnr = clip_psnr(self.codec(model), self.val_set, self.config.train.val_clips, self.accelerator.device)
+        model.train(was_training)
+        n = min(self.config.train.val_clips, len(self.val_set))
+        log(f"step {step}: validation PSNR {psnr:.2f} dB on {n} clips ({'EMA' if self.ema is not None else 'model'})")
+        return {"val_psnr": psnr}
+
+    def check_resume(self, state, where):
+        super().check_resume(state, where)
+        if "disc" in self.modules and state.get("disc") is None:
+            raise CheckpointError(f"{where}: cannot resume with a discriminator (train.gan_weight > 0): the run was "
+                                  f"trained without one; keep train.gan_weight=0, or start a new run from it with "
+                                  f"train.init_from")
+
+    def extra_state(self):
+        return {"ema": self.ema.state_dict()} if self.ema is not None else {}
+
+    def load_extra_state(self, state, log):
+        if self.ema is None:
+            return
+        if state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        else:  # a run that starts keeping an EMA on resume starts it from the current weights
+            log("resume: the checkpoint has no EMA; starting it from the model's weights")
+            update_ema(self.ema, self.modules["model"], 0.0)
+
+    def init_from(self, path, log):
+        """Weights (and the EMA, and the discriminator where both have one) from a checkpoint of
+        the same model."""
+        state, where = load_run(path, self.kind, self.what, "cpu")
+        old = (state.get("config") or {}).get("model")
+        new = self.config.to_dict()["model"]
+        if old != new:
+            key = next((k for k in new if (old or {}).get(k) != new[k]), "?")
+            raise CheckpointError(f"{where}: cannot initialise from it: its model differs from the config's "
+                                  f"(model.{key}: {(old or {}).get(key)!r} in the checkpoint, {new.get(key)!r} in the "
+                                  f"config)")
+        self.modules["model"].load_state_dict(state["model"])
+        if "disc" in self.modules and state.get("disc") is not None:
+            self.modules["disc"].load_state_dict(state["disc"])
+        if self.ema is not None:
+            if state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+            else:
+                update_ema(self.ema, self.modules["model"], 0.0)
+        log(f"initialised from {where} (step {state.get('step')})")
+
+
+# ---------------------------------------------------------------------------- MAGVIT-v2
+
+
+class MagvitV2Task(BaselineTask):
+    """MAGVIT-v2 (supplement A.2) as a :class:`coordtok.loop.Task`; the objective is in the module
+    docstring. The LeCAM statistics are checkpointed with the run (``extra_state``)."""
+
+    kind = "magvit2"
+    what = "MAGVIT-v2"
+
+    def __init__(self, cfg: MagvitV2RunConfig):
+        super().__init__(cfg)
+        self.lecam = LeCAM(cfg.train.lecam_decay)
+        self._logit_sums = torch.zeros(3)  # this step's sum of real logits, of fake logits, count
+
+    def build_model(self):
+        return MagvitV2(self.config.model)
+
+    def build_discriminator(self):
+        return build_discriminator(self.config.model)
+
+    def setup(self):
+        super().setup()
+        self.lecam.to(self.accelerator.device)
+        self._logit_sums = self._logit_sums.to(self.accelerator.device)
+
+    def generator_loss(self, video, ctx):
+        t = self.config.train
+        if ctx.micro == 0:
+            self._logit_sums.zero_()
+        recon, aux = self.wrapped["model"](video)
+        mse = F.mse_loss(recon.float(), video.float())
+        w_h = entropy_weight(ctx.step, t.entropy_weight, t.entropy_anneal_steps, t.entropy_anneal_factor)
+        loss = t.l2_weight * mse + t.commitment_weight * aux["commitment"] + w_h * aux["entropy"]
+        out = {"mse": mse.detach(), "commitment": aux["commitment"].detach(), "entropy": aux["entropy"].detach(),
+               "codebook_use": torch.tensor(aux["codebook_use"], device=video.device),
+               "perplexity": torch.tensor(aux["perplexity"], device=video.device)}
+        if self.lpips is not None:
+            lp = self.perceptual(recon, video)
+            loss = loss + t.perceptual_weight * lp
+            out["lpips"] = lp.detach()
+        return loss, out, recon
+
+    def g_adv(self, fake_logits):
+        return generator_loss(fake_logits)
+
+    def d_loss(self, real_logits, fake_logits):
+        return discriminator_loss(real_logits, fake_logits)
+
+    def d_regularizer(self, real_logits, fake_logits, out):
+        t = self.config.train
+        if t.lecam_weight == 0:
+            return 0.0
+        # Against the statistics as they were before this step; they move once the step is done
+        # (after_step), with the mean logits of the whole global batch.
+        reg = self.lecam(real_logits, fake_logits, update=False)
+        out["lecam"] = reg.detach()
+        self._logit_sums += torch.stack([real_logits.detach().float().sum(), fake_logits.detach().float().sum(),
+                                         real_logits.new_tensor(float(len(real_logits)), dtype=torch.float32)])
+        return t.lecam_weight * reg
+
+    def after_step(self, step):
+        super().after_step(step)
+        if "disc" in self.modules and self.config.train.lecam_weight > 0:
+            sums = self._logit_sums
+            if self.accelerator is not None and self.accelerator.num_processes > 1:
+                sums = self.accelerator.reduce(sums.clone(), reduction="sum")
+            count = sums[2].clamp_min(1)
+            self.lecam.update((sums[0] / count).view(1), (sums[1] / count).view(1))
+
+    def codec(self, model):
+        return lambda clip: model(clip)[0]
+
+    def extra_state(self):
+        return {**super().extra_state(), "lecam": self.lecam.state_dict()}
+
+    def load_extra_state(self, state, log):
+        super().load_extra_state(state, log)
+        if state.get("lecam") is not None:
+            self.lecam.load_state_dict(state["lecam"])
+
+
+
+# ---------------------------------------------------------------------------- ProMAG
+
+
+class NoisedProMAG(ProMAG):
+    """:class:`~coordtok.baselines.promag.ProMAG` whose ``forward`` takes the posterior's noise.
+
+    ``ProMAG.forward`` draws the reparametrization noise of the whole batch from one generator; a
+    trainer needs each clip's own (a function of its position in the global batch), and DDP needs
+    the draw inside ``forward``, the one call it synchronises. Same parameters and state dict as
+    ``ProMAG``, so checkpoints load into either.
+    """
+
+    def forward(self, video: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """``video (B, 3, 1 + f k, H, W)``, ``noise (B, z_dim, 1 + k, h, w)`` (None: decode the
+        posterior mean) -> ``(recon, aux)`` as :meth:`ProMAG.forward`."""
+        posterior = self.encode(video)
+        z = posterior.mean if noise is None else posterior.mean + torch.exp(0.5 * posterior.logvar) * noise
+        aux = {"kl": posterior.kl(), "posterior": posterior, "z": z}
+        if self.cfg.grown_levels:
+            aux["recon_sub"] = self.decode_subsampled(z)
+            aux["video_sub"] = video[:, :, ::2]
+        return self.decode(z), aux
+
+
+def posterior_noise(seeds: list[int], shape: tuple[int, ...], device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(B, *shape)`` standard normal noise, item ``b`` from a CPU generator seeded by ``seeds[b]``
+    (the same numbers on any device)."""
+    draws = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(s)) for s in seeds]
+    return torch.stack(draws).to(device=device, dtype=dtype)
+
+
+def promag_forward(model: nn.Module, core: ProMAG, video: torch.Tensor, seeds: list[int]) -> tuple[torch.Tensor, dict]:
+    """The training forward of ProMAG: ``model`` (a :class:`NoisedProMAG`, possibly DDP-wrapped;
+    ``core`` the bare one) on ``video (B, 3, T, H, W)`` with each clip's posterior noise drawn from
+    its seed. Returns ``(recon, aux)`` (see :meth:`NoisedProMAG.forward`)."""
+    noise = posterior_noise(seeds, core.latent_shape(video.shape[2], video.shape[3]), video.device, video.dtype)
+    return model(video, noise)
+
+
+def inherited_names(cfg: ProMAGConfig) -> set[str]:
+    """Parameter names a grown ``cfg`` shares with its parent (the frozen ones); built on the meta
+    device, so nothing is allocated."""
+    with torch.device("meta"):
+        return {name for name, _ in ProMAG(cfg.parent()).named_parameters()}
+
+
+class ProMAGTask(BaselineTask):
+    """ProMAG as a :class:`coordtok.loop.Task`: a stage trained from scratch, or a grown stage
+    (``model.grown_levels >= 1``) started from its parent with :func:`~coordtok.baselines.promag.grow`.
+    The objective is in the module docstring."""
+
+    kind = "promag"
+    what = "ProMAG"
+
+    def build_model(self):
+        cfg = self.config.model
+        model = NoisedProMAG(cfg)
+        if cfg.grown_levels:
+            # The same freezing as grow(): a resumed grown run rebuilds this model from its config,
+            # and the optimizer must see exactly the parameters it saw before.
+            frozen = inherited_names(cfg)
+            for name, p in model.named_parameters():
+                p.requires_grad_(name not in frozen)
+        return model
+
+    def build_discriminator(self):
+        return PatchGAN3D.from_config(self.config.model)
+
+    def init_from(self, path, log):
+        t = self.config.train
+        if not t.grow_from:
+            return super().init_from(path, log)
+        from .checkpoint import load_baseline
+
+        parent, state = load_baseline(path)
+        want = self.config.model.parent()
+        if not isinstance(parent, ProMAG) or parent.cfg != want:
+            old = to_dict(parent.cfg) if isinstance(parent, ProMAG) else {}
+            new = to_dict(want)
+            key = next((k for k in new if old.get(k) != new[k]), "?")
+            raise CheckpointError(f"{path}: cannot grow from it: its model is not this config's parent stage "
+                                  f"(model.{key}: {old.get(key)!r} in the checkpoint, {new.get(key)!r} expected)")
+        child = grow(parent, self.config.model)
+        model = self.modules["model"]
+        model.load_state_dict(child.state_dict())
+        for (name, p), (_, q) in zip(model.named_parameters(), child.named_parameters()):
+            if p.requires_grad != q.requires_grad:
+                raise RuntimeError(f"{name}: grow() and the task disagree on whether it is frozen")
+        if self.ema is not None:
+            update_ema(self.ema, model, 0.0)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        log(f"grown from {path} (step {state.get('step')}, {'EMA' if state.get('ema') is not None else 'model'} "
+            f"weights): {trainable:,} of {total:,} parameters train, the parent's are frozen")
+
+    def recon_error(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        diff = recon.float() - target.float()
+        return diff.abs().mean() if self.config.train.recon_loss == "l1" else diff.pow(2).mean()
+
+    def generator_loss(self, video, ctx):
+        t = self.config.train
+        core = self.modules["model"]
+        recon, aux = promag_forward(self.wrapped["model"], core, video, ctx.item_seeds(len(video), SeedTag.BASELINE))
+        rec = self.recon_error(recon, video)
+        loss = t.recon_weight * rec + t.kl_weight * aux["kl"]
+        mse = F.mse_loss(recon.float(), video.float())
+        out = {"recon": rec.detach(), "kl": aux["kl"].detach(), "mse": mse.detach()}
+        if self.lpips is not None:
+            lp = self.perceptual(recon, video)
+            loss = loss + t.perceptual_weight * lp
+            out["lpips"] = lp.detach()
+        if "recon_sub" in aux:
+            sub = self.recon_error(aux["recon_sub"], aux["video_sub"])
+            loss = loss + t.sub_weight * sub
+            out["recon_sub"] = sub.detach()
+        return loss, out, recon
+
+    def g_adv(self, fake_logits):
+        return hinge_g_loss(fake_logits)
+
+    def d_loss(self, real_logits, fake_logits):
+        return hinge_d_loss(real_logits, fake_logits)
+
+    def codec(self, model):
+        return lambda clip: model(clip)[0]  # NoisedProMAG without noise: the posterior mean
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def train_baseline(cfg: MagvitV2RunConfig | ProMAGRunConfig, resume: bool | str | Path | None = None,
+                   progress: bool = True, config_text: str | None = None, on_finish=None, on_gradients=None) -> dict:
+    """Train a MAGVIT-v2 or ProMAG tokenizer; returns ``{"step", "loss", "mse", "psnr", ...,
+    "val_psnr", "run_dir", "checkpoint"}`` (the last step's metrics; ``disc_*`` for the
+    discriminator phase).
+
+    ``resume``: ``True`` continues from the newest good checkpoint of ``cfg.train.out_dir`` (if
+    any), a path continues from that file. A grown ProMAG run starts from ``train.grow_from``.
+    """
+    task = {MagvitV2RunConfig: MagvitV2Task, ProMAGRunConfig: ProMAGTask}[type(cfg)](cfg)
+    t = cfg.train
+    # fit() calls Task.init_from on a fresh start only; ProMAGTask.init_from grows from grow_from.
+    loop_t = dataclasses.replace(t, init_from=t.grow_from, grow_from=None) if getattr(t, "grow_from", None) else t
+    result = fit(task, loop_t, resume=resume, progress=progress, num_workers=cfg.data.num_workers, source=cfg.source,
+                 config_text=config_text, periodic_every=t.val_every if cfg.val_data is not None else None,
+                 on_finish=on_finish, on_gradients=on_gradients)
+    result.setdefault("val_psnr", float("nan"))
+    return result

@@ -1,0 +1,296 @@
+"""REGEN training: ``coordtok train --config configs/baselines/regen.yaml`` (``kind: regen``).
+
+One task on the project's training skeleton (:func:`coordtok.loop.fit`). REGEN (Zhang et al.
+2025, supplement) trains its causal encoder and its diffusion-transformer decoder together through
+the decoder's flow-matching loss (:meth:`sit.regen.Regen.loss`, built on
+:func:`sit.transport.training_loss`): the velocity of the linear path from noise ``x0`` to the
+chunk ``x1`` at time ``t``, conditioned on the chunk's latent.
+
+Tasks. The paper mixes reconstruction, interpolation and extrapolation tasks and moves away from
+pure reconstruction over the course of training; its schedule is not published. Implemented here
+(ours):
+
+* reconstruction: the decoder regenerates a ``1 + k``-frame chunk from its own latent;
+* backward extension: the window the long-video decoder uses for latent extension -- the chunk
+  plus the previous chunk's last frame (``k + 2`` frames), the latent extended by the previous
+  chunk's latent frame 1 (:meth:`~sit.regen.Regen.loss` with ``prev_video``).
+
+Each optimizer step trains one of the two, the extension with probability ``train.extend_prob``
+(a draw that depends only on ``(seed, step)``, so every process and micro-batch of a step agree).
+Training clips are then two consecutive chunks (``2 (1 + k)`` frames): the second is the chunk,
+the first its predecessor. Not implemented: interpolation, forward extrapolation beyond one frame,
+and the curriculum away from reconstruction.
+
+Randomness: each clip's ``t ~ U(0, 1)`` and ``x0 ~ N(0, I)`` come from a generator seeded by
+``(seed, step, position in the global batch, SeedTag.REGEN)``, so a resumed run continues bit for
+bit and N processes draw what one process draws. AdamW; an EMA of the model is optional
+(``train.ema``), and evaluation uses it when the run keeps one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from coordtok.baselines.train import baseline_data_section, read_run_sections
+from coordtok.checkpoint import CheckpointError, load_any, load_run
+from coordtok.config import ConfigError, DataConfig, LoopConfig, from_dict, positive, to_dict
+from coordtok.ema import create_ema, update_ema
+from coordtok.loop import EpochIndexed, SeedTag, StepContext, Task, fit, mix_seed
+
+from .regen import Regen, RegenConfig
+from .train import time_and_noise
+
+__all__ = ["RegenTrainConfig", "RegenRunConfig", "load_regen_run_config", "extension_step", "TrainingRegen",
+           "RegenTask", "regen_psnr", "train_regen", "load_regen"]
+
+
+@dataclass
+class RegenTrainConfig(LoopConfig):
+    """REGEN training (the ``train:`` section); the paper gives no optimizer settings: ours (SiT's)."""
+
+    extend_prob: float = 0.25  # fraction of steps that train the backward-extension window
+    t_eps: float = 0.0  # training times drawn from U(t_eps, 1 - t_eps)
+    ema: float | None = None  # EMA decay (evaluation uses the EMA); None: no EMA
+    decode_steps: int = 1  # Euler steps of the validation decode (1: REGEN's one-step decoder)
+    val_every: int = 5000
+    val_clips: int = 8
+    lr: float = 1e-4
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    max_steps: int = 300_000
+    out_dir: str = "runs/regen"
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 <= self.extend_prob <= 1.0:
+            raise ConfigError(f"'extend_prob' must be in [0, 1], got {self.extend_prob}")
+        if not 0.0 <= self.t_eps < 0.5:
+            raise ConfigError(f"'t_eps' must be in [0, 0.5), got {self.t_eps}")
+        if self.ema is not None and not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"'ema' must be in [0, 1) (or null for no EMA), got {self.ema}")
+        positive(self, "decode_steps", "val_every", "val_clips", allow_zero=("val_clips",))
+
+
+@dataclass
+class RegenRunConfig:
+    """A REGEN run: ``kind: regen``, ``model`` (:class:`~sit.regen.RegenConfig`), ``train``, ``data``
+    (clips of two chunks when ``extend_prob > 0``, else one) and optional ``val_data`` (one chunk)."""
+
+    model: RegenConfig
+    train: RegenTrainConfig
+    data: DataConfig
+    val_data: DataConfig | None = None
+    source: str = "<dict>"
+    kind: typing.ClassVar[str] = "regen"
+
+    def validate(self) -> None:
+        m, n = self.model, self.model.frames
+        # Clips of two chunks: the second is the chunk, the first its predecessor (needed by the
+        # extension task, allowed without it); of one chunk: reconstruction only.
+        allowed = (2 * n,) if self.train.extend_prob > 0 else (n, 2 * n)
+        d = self.data
+        if d.frames not in allowed or d.size != m.size:
+            why = " (two consecutive chunks: train.extend_prob > 0)" if self.train.extend_prob > 0 else \
+                f" or {2 * n}x{m.size}x{m.size}"
+            raise ConfigError(f"{self.source}: data gives {d.frames}x{d.size}x{d.size} clips but this run needs "
+                              f"{allowed[0]}x{m.size}x{m.size}{why}")
+        v = self.val_data
+        if v is not None and (v.frames != n or v.size != m.size):
+            raise ConfigError(f"{self.source}: val_data gives {v.frames}x{v.size}x{v.size} clips but validation "
+                              f"reconstructs single chunks of {n}x{m.size}x{m.size}")
+
+    def to_dict(self) -> dict:
+        out = {"kind": self.kind, "model": to_dict(self.model), "train": to_dict(self.train),
+               "data": to_dict(self.data)}
+        if self.val_data is not None:
+            out["val_data"] = to_dict(self.val_data)
+        return out
+
+
+def load_regen_run_config(path_or_dict: str | Path | dict, overrides: dict | None = None) -> RegenRunConfig:
+    """A ``kind: regen`` YAML (or dict) with sections model/train/data/val_data, read strictly."""
+    raw, source = read_run_sections(path_or_dict, overrides, "regen")
+    model = from_dict(RegenConfig, raw.get("model"), f"{source}: model")
+    train = from_dict(RegenTrainConfig, raw.get("train"), f"{source}: train")
+    clip = 2 * model.frames if train.extend_prob > 0 else model.frames  # the default clip length
+    cfg = RegenRunConfig(
+        model=model, train=train,
+        data=baseline_data_section(raw.get("data"), clip, model.size, f"{source}: data"),
+        val_data=(baseline_data_section(raw["val_data"], model.frames, model.size, f"{source}: val_data")
+                  if raw.get("val_data") else None),
+        source=source)
+    cfg.validate()
+    return cfg
+
+
+def extension_step(seed: int, step: int, p: float) -> bool:
+    """Whether optimizer step ``step`` trains the extension window (probability ``p``): a function
+    of ``(seed, step)`` only, so every process and micro-batch of the step agree."""
+    g = torch.Generator().manual_seed(mix_seed(seed, step, int(SeedTag.REGEN)))
+    return p > 0 and float(torch.rand((), generator=g)) < p
+
+
+class TrainingRegen(Regen):
+    """:class:`~sit.regen.Regen` whose ``forward`` is its flow-matching loss: DDP all-reduces the
+    gradients of what runs inside ``forward`` only. Same parameters and state dict as ``Regen``."""
+
+    def forward(self, video: torch.Tensor, t: torch.Tensor, x0: torch.Tensor,
+                prev_video: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """``video (B, 3, 1 + k, H, W)``, ``t (B,)``, ``x0`` shaped like the target window ->
+        :meth:`Regen.loss`'s ``(loss, stats)``."""
+        return self.loss(video, prev_video=prev_video, t=t, x0=x0)
+
+
+@torch.no_grad()
+def regen_psnr(model: Regen, dataset, n: int, device, steps: int = 1, seed: int = 0) -> float:
+    """Mean PSNR (dB, [-1, 1] pixels clamped) of the first ``n`` clips (one chunk each) decoded
+    from their latents with ``steps`` Euler steps, each from noise seeded by ``(seed, clip)``."""
+    scores = []
+    for i in range(min(n, len(dataset))):
+        video = dataset[i]["video"][None].to(device)
+        g = torch.Generator().manual_seed(mix_seed(seed, i, int(SeedTag.REGEN)))
+        rec = model.decode(model.encode(video), steps=steps, generator=g).frames.float().clamp(-1, 1)
+        scores.append(10 * math.log10(4.0 / max(F.mse_loss(rec, video.float()).item(), 1e-12)))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+class RegenTask(Task):
+    """REGEN as a :class:`coordtok.loop.Task` (the module docstring says what it trains)."""
+
+    kind = "regen"
+    hint = "Lower train.lr (e.g. --set train.lr=...), set train.max_grad_norm or use fp32"
+
+    def __init__(self, cfg: RegenRunConfig):
+        super().__init__()
+        from coordtok.data import build_dataset  # decord is imported only when data is needed
+
+        self.config, t = cfg, cfg.train
+        self.train_set = build_dataset(cfg.data, t.seed)
+        self.val_set = build_dataset(cfg.val_data, t.seed, deterministic=True) if cfg.val_data is not None else None
+        torch.manual_seed(t.seed)
+        self.modules = {"model": TrainingRegen(cfg.model)}
+        self.ema = create_ema(self.modules["model"]) if t.ema is not None else None
+
+    def dataset(self):
+        return EpochIndexed(self.train_set, lambda item: {"video": item["video"]})
+
+    def setup(self):
+        if self.ema is not None:
+            self.ema.to(self.accelerator.device)
+
+    def loss(self, phase, batch, ctx: StepContext):
+        clip = batch["video"]
+        n = self.config.model.frames
+        prev, video = (clip[:, :, :n], clip[:, :, n:]) if clip.shape[2] == 2 * n else (None, clip)
+        if not extension_step(self.config.train.seed, ctx.step, self.config.train.extend_prob):
+            prev = None
+        b, _, _, h, w = video.shape
+        frames = n + (1 if prev is not None else 0)
+        tt, x0 = time_and_noise(ctx.item_seeds(b, SeedTag.REGEN), (3, frames, h, w))
+        t_eps = self.config.train.t_eps
+        tt = t_eps + (1 - 2 * t_eps) * tt
+        loss, _ = self.wrapped["model"](video, tt.to(video.device, video.dtype), x0.to(video.device, video.dtype), prev)
+        return {"loss": loss, ("extend_loss" if prev is not None else "recon_loss"): loss.detach()}
+
+    def after_step(self, step):
+        if self.ema is not None:
+            update_ema(self.ema, self.modules["model"], self.config.train.ema)
+
+    def periodic(self, step, log):
+        if self.val_set is None:
+            return {}
+        t = self.config.train
+        model = self.ema if self.ema is not None else self.modules["model"]
+        was_training = model.training
+        model.eval()
+        psnr = regen_psnr(model, self.val_set, t.val_clips, self.accelerator.device, t.decode_steps, t.seed)
+        model.train(was_training)
+        log(f"step {step}: validation PSNR {psnr:.2f} dB ({t.decode_steps}-step decode, "
+            f"{'EMA' if self.ema is not None else 'model'}) on {min(t.val_clips, len(self.val_set))} clips")
+        return {"val_psnr": psnr}
+
+    def extra_state(self):
+        return {"ema": self.ema.state_dict()} if self.ema is not None else {}
+
+    def load_extra_state(self, state, log):
+        if self.ema is None:
+            return
+        if state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        else:
+            log("resume: the checkpoint has no EMA; starting it from the model's weights")
+            update_ema(self.ema, self.modules["model"], 0.0)
+
+    def init_from(self, path, log):
+        model, state = load_regen(path, weights="model")
+        if model.cfg != self.config.model:
+            old, new = to_dict(model.cfg), to_dict(self.config.model)
+            key = next(k for k in new if old.get(k) != new[k])
+            raise CheckpointError(f"{path}: cannot initialise from it: its model differs from the config's "
+                                  f"(model.{key}: {old.get(key)!r} in the checkpoint, {new[key]!r} in the config)")
+        self.modules["model"].load_state_dict(model.state_dict())
+        if self.ema is not None:
+            if state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+            else:
+                update_ema(self.ema, self.modules["model"], 0.0)
+        log(f"initialised from {path} (step {state.get('step')})")
+
+
+def train_regen(cfg: RegenRunConfig, resume: bool | str | Path | None = None, progress: bool = True,
+                config_text: str | None = None, on_finish=None, on_gradients=None) -> dict:
+    """Train REGEN; returns ``{"step", "loss", "recon_loss", "extend_loss", "val_psnr", "run_dir",
+    "checkpoint"}`` (the latest value of each).
+
+    ``resume``: ``True`` continues from the newest good checkpoint of ``cfg.train.out_dir`` (if
+    any), a path continues from that file.
+    """
+    t = cfg.train
+    result = fit(RegenTask(cfg), t, resume=resume, progress=progress, num_workers=cfg.data.num_workers,
+                 source=cfg.source, config_text=config_text, periodic_every=t.val_every if cfg.val_data else None,
+                 on_finish=on_finish, on_gradients=on_gradients)
+    result.setdefault("val_psnr", float("nan"))
+    return result
+
+
+def load_regen(path: str | Path, map_location="cpu", weights: str = "ema") -> tuple[Regen, dict]:
+    """A :class:`~sit.regen.Regen` in eval mode from a checkpoint file or run folder: ``(model, state)``.
+
+    ``weights``: ``"ema"`` (the EMA where the run keeps one, else the training weights) or
+    ``"model"``. One-line :class:`~coordtok.checkpoint.CheckpointError` for another kind of
+    checkpoint, a missing config or weights that do not fit it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        state, path = load_run(path, "regen", "REGEN", map_location)
+    else:
+        state = load_any(path, map_location)
+        if state.get("kind") != "regen":
+            raise CheckpointError(f"{path}: not a REGEN checkpoint (kind={state.get('kind')!r})")
+    config = state.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{path}: the REGEN checkpoint has no model config, so the architecture is unknown")
+    try:
+        cfg = from_dict(RegenConfig, config["model"], f"{path}: model")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
+    chosen = state.get("ema") if weights == "ema" and state.get("ema") is not None else state.get("model")
+    if chosen is None:
+        raise CheckpointError(f"{path}: the REGEN checkpoint holds no weights")
+    model = Regen(cfg)
+    try:
+        model.load_state_dict(chosen)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the model config stored with them "
+                              f"({str(e).strip().splitlines()[-1].strip()})") from None
+    return model.eval(), state
