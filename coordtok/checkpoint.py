@@ -246,11 +246,11 @@ class RunFolder:
         self._peeks: dict[tuple[str, int, int], dict | None] = {}
 
     # -- lock
-    @contextlib.contextmanager
-    def lock(self):
-        """Hold the folder's lock (main process) for the duration of the block."""
+    def acquire(self) -> None:
+        """Take the folder's lock (main process only; other ranks hold nothing). One-line
+        :class:`CheckpointError` when another run holds it or the folder cannot be made."""
+        self._handle = None
         if not self.is_main:
-            yield self
             return
         import fcntl
 
@@ -261,21 +261,34 @@ class RunFolder:
             raise CheckpointError(f"{self.path}: cannot create the output folder ({e.strerror or e}); "
                                   f"choose a writable train.out_dir") from None
         try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                raise CheckpointError(f"{self.path}: another run ({holder}) is writing to this folder; wait for it "
-                                      f"to finish or choose another train.out_dir") from None
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-            handle.flush()
-            self._remove_stale_temporaries()
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise CheckpointError(f"{self.path}: another run ({holder}) is writing to this folder; wait for it "
+                                  f"to finish or choose another train.out_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._handle = handle
+        self._remove_stale_temporaries()
+
+    def release(self) -> None:
+        """Give the lock back (closing the file releases it; the OS does so if the process dies)."""
+        if getattr(self, "_handle", None) is not None:
+            self._handle.close()
+            self._handle = None
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the folder's lock (main process) for the duration of the block."""
+        self.acquire()
+        try:
             yield self
         finally:
-            handle.close()  # releases the lock
+            self.release()
 
     def _remove_stale_temporaries(self) -> None:
         """Temporary checkpoint files of a killed write (only this project's naming, under the lock)."""
@@ -392,3 +405,46 @@ def load_tokenizer(path: str | Path, map_location="cpu", with_info: bool = False
                               f"({str(e).strip().splitlines()[-1].strip()})") from None
     model.eval()
     return (model, state, info or state.get("info")) if with_info else (model, state)
+
+
+def load_model(path: str | Path, kinds: dict, map_location="cpu", weights: str = "ema"):
+    """A model of one of ``kinds`` in eval mode from a checkpoint file or a run folder (its newest
+    readable checkpoint): ``(model, state)``. The loader of every trainer that stores its run
+    config (``config["model"]``, the architecture) with its weights.
+
+    ``kinds``: ``{checkpoint kind: (what messages call it, config class, model class)}``.
+    ``weights``: ``"ema"`` (the EMA where the run keeps one, else the training weights) or
+    ``"model"`` (the training weights). One-line :class:`CheckpointError` for another kind of
+    checkpoint, a missing config or weights that do not fit it.
+    """
+    from .config import ConfigError, from_dict
+
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
+    path = Path(path)
+    names = " or ".join(what for what, _, _ in kinds.values())
+    if path.is_dir():
+        state, path = load_run(path, None, names, map_location)
+    else:
+        state = load_any(path, map_location)
+    kind = state.get("kind")
+    if kind not in kinds:
+        raise CheckpointError(f"{path}: not a {names} checkpoint (kind={kind!r})")
+    what, cfg_cls, model_cls = kinds[kind]
+    config = state.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{path}: the {what} checkpoint has no model config, so the architecture is unknown")
+    try:
+        cfg = from_dict(cfg_cls, config["model"], f"{path}: model")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    chosen = state.get("ema") if weights == "ema" and state.get("ema") is not None else state.get("model")
+    if chosen is None:
+        raise CheckpointError(f"{path}: the {what} checkpoint holds no weights")
+    model = model_cls(cfg)
+    try:
+        model.load_state_dict(chosen)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the model config stored with them "
+                              f"({str(e).strip().splitlines()[-1].strip()})") from None
+    return model.eval(), state

@@ -228,6 +228,21 @@ class Section:
         return to_dict(self)
 
 
+class RunConfig:
+    """Mixin for a whole config file as a dataclass of sections (``model``, ``train``, ...):
+    :meth:`to_dict` is what checkpoints store, the file's top-level ``kind`` first when it has one."""
+
+    kind: typing.ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        out = {"kind": self.kind} if self.kind else {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                out[f.name] = to_dict(value)
+        return out
+
+
 def positive(obj, *names: str, allow_zero: Iterable[str] = ()) -> None:
     """Raise a one-line :class:`ConfigError` unless every named field of ``obj`` is > 0
     (``>= 0`` for the names in ``allow_zero``)."""
@@ -479,7 +494,7 @@ class TrainConfig(LoopConfig):
 
 
 @dataclass
-class TokenizerRunConfig:
+class TokenizerRunConfig(RunConfig):
     model: ModelConfig
     train: TrainConfig
     data: DataConfig
@@ -503,11 +518,6 @@ class TokenizerRunConfig:
                     f"{self.source}: {name} gives {d.frames}x{d.size}x{d.size} clips but the model is built for "
                     f"{m.frames}x{m.size}x{m.size} (model.frames, model.size)")
 
-    def to_dict(self) -> dict:
-        out = {"model": to_dict(self.model), "train": to_dict(self.train), "data": to_dict(self.data)}
-        if self.val_data is not None:
-            out["val_data"] = to_dict(self.val_data)
-        return out
 
 
 SECTIONS = ("model", "train", "data", "val_data")

@@ -267,12 +267,15 @@ class Task:
 
     kind: str = "model"
     phases: tuple[str, ...] = ("model",)
-    hint: str = "Lower train.lr (e.g. --set train.lr=...) or set train.max_grad_norm"
+    hint: str = "Lower train.lr (e.g. --set train.lr=...), set train.max_grad_norm or use fp32"
 
     def __init__(self):
         self.modules: dict[str, torch.nn.Module] = {}
         self.wrapped: dict[str, torch.nn.Module] = {}  # filled by fit(): the DDP-wrapped modules
         self.accelerator = None
+        # An exponential moving average of modules["model"] (coordtok.ema.create_ema), if the task
+        # keeps one: stepped after every applied step with train.ema, checkpointed as "ema".
+        self.ema: torch.nn.Module | None = None
 
     # -- data
     def dataset(self) -> torch.utils.data.Dataset:
@@ -304,7 +307,11 @@ class Task:
         return self.config.train.lr_at(step)
 
     def after_step(self, step: int) -> None:
-        """After every applied optimizer step (e.g. the EMA update); ``step`` counts applied steps."""
+        """After every applied optimizer step; ``step`` counts applied steps. Steps the EMA."""
+        if self.ema is not None:
+            from .ema import update_ema
+
+            update_ema(self.ema, self.modules["model"], self.config.train.ema)
 
     def summarize(self, metrics: dict[str, float]) -> dict[str, float]:
         """Derived figures from the step's averaged metrics (e.g. PSNR from the MSE)."""
@@ -333,11 +340,20 @@ class Task:
                     f"config, or another out_dir for a new run")
 
     def extra_state(self) -> dict:
-        """Checkpoint entries beyond modules, optimizers and RNG (EMA weights, statistics, ...)."""
-        return {}
+        """Checkpoint entries beyond modules, optimizers and RNG (the EMA; statistics, ...)."""
+        return {"ema": self.ema.state_dict()} if self.ema is not None else {}
 
     def load_extra_state(self, state: dict, log) -> None:
         """Restore :meth:`extra_state` from a resumed checkpoint."""
+        if self.ema is None:
+            return
+        if state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        else:  # a run that starts keeping an EMA on resume starts it from the current weights
+            from .ema import update_ema
+
+            log("resume: the checkpoint has no EMA; starting it from the model's weights")
+            update_ema(self.ema, self.modules["model"], 0.0)
 
 
 # ---------------------------------------------------------------------------- pieces of the loop
@@ -402,6 +418,22 @@ def tensorboard_writer(run_dir: Path, is_main: bool):
     return SummaryWriter(str(Path(run_dir) / "tb"))
 
 
+def _on_main_then_all(accelerator, fn) -> None:
+    """Run ``fn`` on the main process; a :class:`CoordTokError` it raises is raised on every rank."""
+    message = None
+    if accelerator.is_main_process:
+        try:
+            fn()
+        except CoordTokError as e:
+            message = str(e)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        message = broadcast_object_list([message])[0]
+    if message is not None:
+        raise ckpt.CheckpointError(message)
+
+
 def _mean_over_ranks(accelerator, sums: dict[str, torch.Tensor]) -> dict[str, float]:
     return {k: accelerator.reduce(v, reduction="mean").item() for k, v in sums.items()}
 
@@ -448,7 +480,10 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
         torch.backends.cudnn.allow_tf32 = tf32
 
     folder = ckpt.RunFolder(t.out_dir, task.kind, is_main, log)
-    with folder.lock():
+    # The main process takes the lock; if it cannot, every rank stops with its message (a rank
+    # that went on alone would wait forever in DDP's first all-reduce).
+    _on_main_then_all(accelerator, folder.acquire)
+    try:
         state = folder.resume_state(resume)
         if state is not None:
             task.check_resume(state, folder.resumed_from)
@@ -581,4 +616,6 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
             writer.close()
         if on_finish is not None:
             on_finish(accelerator.unwrap_model(task.wrapped["model"]), accelerator)
+    finally:
+        folder.release()
     return {"step": step, **last, "run_dir": str(folder.path), "checkpoint": str(last_ckpt) if last_ckpt else None}

@@ -91,7 +91,6 @@ class TokenizerTask(Task):
     """CoordTok stage 1 or 2 as a :class:`coordtok.loop.Task`."""
 
     kind = "coordtok"
-    hint = "Lower train.lr (e.g. --set train.lr=...), set train.max_grad_norm or use fp32"
 
     def __init__(self, cfg: TokenizerRunConfig):
         super().__init__()

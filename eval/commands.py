@@ -65,7 +65,9 @@ def cmd_eval_recon(args, analysis: bool = False) -> None:
         raise ConfigError(f"--data {args.data}: folder not found (a video folder or a UCF-101 root)")
     detector = None if (analysis or args.no_fvd) else args.detector
     split = args.split
-    if split is None and (args.kind == "ucf101" or (Path(args.data) / "ucfTrainTestlist").is_dir()):
+    from coordtok.config import DataConfig
+
+    if split is None and DataConfig.for_root(args.data, args.kind).kind == "ucf101":
         split = "test"  # reconstruction is measured on held-out clips
     result = eval_recon(args.ckpt, args.data, args.out, num_clips=args.num_clips, seed=args.seed, kind=args.kind,
                         split=split, detector=detector, detector_path=getattr(args, "detector_path", None),

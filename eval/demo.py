@@ -56,11 +56,14 @@ class DemoPlan:
     sample_steps: int = 250
     profile_frames: tuple[int, ...] = (16, 32, 64, 128)
     profile_memory: bool = True
+    compare_windows: tuple[str, ...] = ("training", "heldout")
+    analysis_clips: int = 4  # 128-frame windows per sample clip in the analysis
 
 
 # Every stage, shortened: a smoke test of the whole pipeline in about a minute.
 QUICK = DemoPlan(stage1_steps=20, stage2_steps=4, magvit2_steps=2, promag_steps=2, regen_steps=2, clips_per_video=4,
-                 sit_steps=4, samples=2, sample_steps=10, profile_frames=(16, 32), profile_memory=False)
+                 sit_steps=4, samples=2, sample_steps=10, profile_frames=(16, 32), profile_memory=False,
+                 compare_windows=("heldout",), analysis_clips=1)
 
 # What a demo writes in its folder: a second run reuses it, --fresh deletes exactly this, and a
 # folder holding anything else without the marker is refused (it was not made by the demo).
@@ -207,6 +210,8 @@ def run_demo(out_dir: str | Path = "demo_out", fresh: bool = False, quick: bool 
     options = {"promag-8x-no-blend": {"blend": "drop"}, "regen-no-extension": {"extend": False}}
     comparison = {}
     for name, frame_range in (("training", (0, 128)), ("heldout", plan.heldout)):
+        if name not in plan.compare_windows:
+            continue
         _say(f"reconstructing bikes frames {frame_range[0]}-{frame_range[1] - 1} ({name} window) with every tokenizer")
         window = DataConfig(kind="samples", names=["bikes"], frames=128, size=64, frame_range=list(frame_range),
                             num_workers=0)
@@ -245,7 +250,7 @@ def run_demo(out_dir: str | Path = "demo_out", fresh: bool = False, quick: bool 
 
     _say("analysis: reconstruction PSNR against dynamics and frequency magnitude")
     with clock("analysis"):
-        windows = build_dataset(dataclasses.replace(s1.data, frame_range=None, clips_per_video=4), 0,
+        windows = build_dataset(dataclasses.replace(s1.data, frame_range=None, clips_per_video=plan.analysis_clips), 0,
                                 deterministic=True)
 
         def analysis_items():

@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordtok.config import ConfigError, LoopConfig, Section, from_dict, positive, read_sections
+from coordtok.config import ConfigError, LoopConfig, RunConfig, Section, from_dict, positive, read_sections
 
 
 @dataclass
@@ -125,16 +125,13 @@ SECTIONS = {"model": SiTConfig, "train": SiTTrainConfig, "sample": SampleConfig}
 
 
 @dataclass
-class SiTRunConfig:
+class SiTRunConfig(RunConfig):
     """A whole SiT config file: the three sections plus where it came from."""
 
     model: SiTConfig
     train: SiTTrainConfig = field(default_factory=SiTTrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     source: str = "<dict>"
-
-    def to_dict(self) -> dict:
-        return {"model": self.model.to_dict(), "train": self.train.to_dict(), "sample": self.sample.to_dict()}
 
 
 def load_sit_run_config(path_or_dict: str | Path | dict, overrides: dict | None = None) -> SiTRunConfig:

@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from coordtok.baselines.train import baseline_data_section, read_run_sections
-from coordtok.checkpoint import CheckpointError, load_any, load_run
-from coordtok.config import ConfigError, DataConfig, LoopConfig, from_dict, positive, to_dict
+from coordtok.checkpoint import CheckpointError, load_model
+from coordtok.config import ConfigError, DataConfig, LoopConfig, RunConfig, from_dict, positive, to_dict
 from coordtok.ema import create_ema, update_ema
 from coordtok.loop import EpochIndexed, SeedTag, StepContext, Task, fit, mix_seed
 
@@ -80,7 +80,7 @@ class RegenTrainConfig(LoopConfig):
 
 
 @dataclass
-class RegenRunConfig:
+class RegenRunConfig(RunConfig):
     """A REGEN run: ``kind: regen``, ``model`` (:class:`~sit.regen.RegenConfig`), ``train``, ``data``
     (clips of two chunks when ``extend_prob > 0``, else one) and optional ``val_data`` (one chunk)."""
 
@@ -107,12 +107,6 @@ class RegenRunConfig:
             raise ConfigError(f"{self.source}: val_data gives {v.frames}x{v.size}x{v.size} clips but validation "
                               f"reconstructs single chunks of {n}x{m.size}x{m.size}")
 
-    def to_dict(self) -> dict:
-        out = {"kind": self.kind, "model": to_dict(self.model), "train": to_dict(self.train),
-               "data": to_dict(self.data)}
-        if self.val_data is not None:
-            out["val_data"] = to_dict(self.val_data)
-        return out
 
 
 def load_regen_run_config(path_or_dict: str | Path | dict, overrides: dict | None = None) -> RegenRunConfig:
@@ -166,7 +160,6 @@ class RegenTask(Task):
     """REGEN as a :class:`coordtok.loop.Task` (the module docstring says what it trains)."""
 
     kind = "regen"
-    hint = "Lower train.lr (e.g. --set train.lr=...), set train.max_grad_norm or use fp32"
 
     def __init__(self, cfg: RegenRunConfig):
         super().__init__()
@@ -200,10 +193,6 @@ class RegenTask(Task):
         loss, _ = self.wrapped["model"](video, tt.to(video.device, video.dtype), x0.to(video.device, video.dtype), prev)
         return {"loss": loss, ("extend_loss" if prev is not None else "recon_loss"): loss.detach()}
 
-    def after_step(self, step):
-        if self.ema is not None:
-            update_ema(self.ema, self.modules["model"], self.config.train.ema)
-
     def periodic(self, step, log):
         if self.val_set is None:
             return {}
@@ -217,17 +206,6 @@ class RegenTask(Task):
             f"{'EMA' if self.ema is not None else 'model'}) on {min(t.val_clips, len(self.val_set))} clips")
         return {"val_psnr": psnr}
 
-    def extra_state(self):
-        return {"ema": self.ema.state_dict()} if self.ema is not None else {}
-
-    def load_extra_state(self, state, log):
-        if self.ema is None:
-            return
-        if state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
-        else:
-            log("resume: the checkpoint has no EMA; starting it from the model's weights")
-            update_ema(self.ema, self.modules["model"], 0.0)
 
     def init_from(self, path, log):
         model, state = load_regen(path, weights="model")
@@ -268,29 +246,4 @@ def load_regen(path: str | Path, map_location="cpu", weights: str = "ema") -> tu
     ``"model"``. One-line :class:`~coordtok.checkpoint.CheckpointError` for another kind of
     checkpoint, a missing config or weights that do not fit it.
     """
-    path = Path(path)
-    if path.is_dir():
-        state, path = load_run(path, "regen", "REGEN", map_location)
-    else:
-        state = load_any(path, map_location)
-        if state.get("kind") != "regen":
-            raise CheckpointError(f"{path}: not a REGEN checkpoint (kind={state.get('kind')!r})")
-    config = state.get("config")
-    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
-        raise CheckpointError(f"{path}: the REGEN checkpoint has no model config, so the architecture is unknown")
-    try:
-        cfg = from_dict(RegenConfig, config["model"], f"{path}: model")
-    except ConfigError as e:
-        raise CheckpointError(str(e)) from None
-    if weights not in ("ema", "model"):
-        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
-    chosen = state.get("ema") if weights == "ema" and state.get("ema") is not None else state.get("model")
-    if chosen is None:
-        raise CheckpointError(f"{path}: the REGEN checkpoint holds no weights")
-    model = Regen(cfg)
-    try:
-        model.load_state_dict(chosen)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the model config stored with them "
-                              f"({str(e).strip().splitlines()[-1].strip()})") from None
-    return model.eval(), state
+    return load_model(path, {"regen": ("REGEN", RegenConfig, Regen)}, map_location, weights)

@@ -29,7 +29,7 @@ from coordtok.triplane import PLANES
 from .cache import LatentDataset
 from .checkpoint import load_sit
 from .config import SiTRunConfig
-from coordtok.ema import create_ema, update_ema
+from coordtok.ema import create_ema
 from .models import TriplaneSiT
 from .samplers import euler_maruyama
 from .stats import STATS_NAME, LatentStats, compute_stats, plane_values
@@ -82,7 +82,6 @@ class SiTTask(Task):
     """CoordTok-SiT as a :class:`coordtok.loop.Task`."""
 
     kind = "sit"
-    hint = "Lower train.lr (e.g. --set train.lr=...), set train.max_grad_norm or use fp32"
 
     def __init__(self, cfg: SiTRunConfig, latents_dir: str | Path):
         super().__init__()
@@ -128,9 +127,6 @@ class SiTTask(Task):
         loss, _ = training_loss(self.wrapped["model"], x1, path=self.path, t=tt.to(x1.device), x0=x0.to(x1.device))
         return {"loss": loss}
 
-    def after_step(self, step):
-        update_ema(self.ema, self.modules["model"], self.config.train.ema)
-
     def periodic(self, step, log):
         look = sample_look(self.ema, self.stats, self.config, self.accelerator.device)
         log(f"step {step}: EMA samples, normalized std per plane "
@@ -139,12 +135,12 @@ class SiTTask(Task):
         return {f"sample_{k}": v for k, v in look.items()}
 
     def extra_state(self):
-        return {"ema": self.ema.state_dict(), "stats": self.stats.to_dict(),
+        return {**super().extra_state(), "stats": self.stats.to_dict(),
                 "tokenizer_config": self.latents.tokenizer_config,
                 "tokenizer_ckpt": self.latents.index.get("tokenizer_ckpt"), "latents": str(self.latents_dir.resolve())}
 
     def load_extra_state(self, state, log):
-        self.ema.load_state_dict(state["ema"])
+        super().load_extra_state(state, log)
         old = state.get("stats")
         if old is not None and (self.latents_dir / STATS_NAME).is_file():
             now = LatentStats.load(self.latents_dir / STATS_NAME).to_dict()

@@ -143,13 +143,21 @@ def test_decode_key_mask_ignores_padded_coordinates():
     assert torch.allclose(full[:, :40], model.decode(tri, coords), atol=1e-5)
 
 
-def test_chunked_reconstruction_matches_full_when_chunk_covers_clip():
+def test_chunked_reconstruction_decodes_each_chunk_on_its_own():
+    """frames_per_chunk=16: frames 16k..16k+15 are the decoding of exactly that chunk's coordinates
+    (they attend only to each other); a chunk covering the clip is the full decoding."""
     model = tiny_model()
     video = torch.rand(1, 3, 128, 64, 64) * 2 - 1
     full = model.reconstruct(video)
     assert torch.allclose(model.reconstruct(video, frames_per_chunk=128), full)
     chunked = model.reconstruct(video, frames_per_chunk=16)
-    assert chunked.shape == full.shape and torch.isfinite(chunked).all()
+    with torch.no_grad():
+        tri = model.encode(video)
+        for k in (0, 3, 7):
+            frames = torch.arange(16 * k, 16 * (k + 1))[None]
+            alone = frames_from_patches(model.decode(tri, frame_coords(frames, model.patch_grid)), 16, model.patch_grid)
+            assert torch.allclose(chunked[:, :, 16 * k:16 * (k + 1)], alone, atol=1e-5), k
+    assert not torch.allclose(chunked, full, atol=1e-3)  # attention across chunks does change the output
 
 
 def test_decode_rejects_coordinates_off_the_grid():

@@ -118,9 +118,10 @@ def test_decoder_loss_goes_down_on_a_fixed_batch():
     """40 Adam steps (lr 3e-3) of the flow-matching loss on two fixed clips, encoder and DiT
     together. Measured on a held-out evaluation set of (t, x0) pairs, fixed, so the number is a
     function of the weights only. At init the velocity is zero and the loss is E|x1 - x0|^2 = 1.327;
-    after 40 steps we measured 0.72-0.75 of it over seeds 0-5; the test asks for 0.85."""
+    after 40 steps we measured 0.49-0.50 of it over seeds 0-2 (width 192, as wide as a 3 x 8 x 8
+    patch: narrower DiTs are refused); the test asks for 0.65."""
     torch.manual_seed(0)
-    model = Regen(RegenConfig(**{**TINY, "size": 32, "patch": 8}))
+    model = Regen(RegenConfig(**{**TINY, "size": 32, "patch": 8, "hidden": 192}))
     video = torch.stack([_clip(0.0, size=32), _clip(1.5, size=32)])
     g = torch.Generator().manual_seed(123)
     t_eval = torch.linspace(0.05, 0.95, 8)
@@ -140,7 +141,7 @@ def test_decoder_loss_goes_down_on_a_fixed_batch():
         loss.backward()
         opt.step()
     after = eval_loss()
-    assert after < 0.85 * before, (before, after)
+    assert after < 0.65 * before, (before, after)
 
 
 def test_extended_window_loss():

@@ -147,3 +147,40 @@ def reconstruct_chunked(codec_fn: Callable[[torch.Tensor], torch.Tensor], video:
         "overlap": overlap,
     }
     return out, info
+
+
+class CausalChunkGeometry:
+    """What every causal conv-3D tokenizer (MAGVIT-v2, ProMAG) knows of its chunks: ``1 + f k``
+    frames of ``H, W`` divisible by ``s`` become ``1 + k`` latent frames of ``H/s x W/s``.
+
+    The class using it has ``cfg`` with ``frames``, ``size``, ``time_factor`` (``f``) and
+    ``space_factor`` (``s``), and names its latent channel count in :attr:`LATENT_CHANNELS` (a
+    ``cfg`` field) and itself in :attr:`NAME` (for messages).
+    """
+
+    NAME = "tokenizer"
+    LATENT_CHANNELS = "latent_channels"
+
+    @property
+    def chunk_frames(self) -> int:
+        """Frames per chunk the tokenizer is built for (17)."""
+        return self.cfg.frames
+
+    def latent_shape(self, frames: int, size: int | None = None) -> tuple[int, int, int, int]:
+        """``(channels, 1 + k, H/s, W/s)`` for one pass over ``frames = 1 + f k`` frames of ``size^2``."""
+        cfg, size = self.cfg, size or self.cfg.size
+        if frames < 1 or (frames - 1) % cfg.time_factor:
+            raise ValueError(f"a causal chunk has 1 + {cfg.time_factor}k frames, got {frames}")
+        if size % cfg.space_factor:
+            raise ValueError(f"size {size} is not divisible by {cfg.space_factor}")
+        s = size // cfg.space_factor
+        return getattr(cfg, self.LATENT_CHANNELS), 1 + (frames - 1) // cfg.time_factor, s, s
+
+    def _check(self, video) -> None:
+        cfg = self.cfg
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"expected a video (B, 3, T, H, W), got shape {tuple(video.shape)}")
+        t, h, w = video.shape[2:]
+        if (t - 1) % cfg.time_factor or h % cfg.space_factor or w % cfg.space_factor:
+            raise ValueError(f"{self.NAME} takes 1 + {cfg.time_factor}k frames of H, W divisible by "
+                             f"{cfg.space_factor}, got T, H, W = {t}, {h}, {w}")

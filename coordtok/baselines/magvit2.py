@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, from_dict, load_yaml
 from .causal import (AdaptiveGroupNorm, CausalConv3d, CausalDownsample, DepthToSpaceUpsample, FrameGroupNorm,
                      ResBlock3d, conv_params, norm_groups, norm_params, res_block_params)
+from .chunking import CausalChunkGeometry
 from .lfq import LFQ
 
 __all__ = ["MagvitV2Config", "MagvitV2", "Encoder", "Decoder", "analytic_param_count", "load_magvit2_config"]
@@ -208,13 +209,16 @@ class Decoder(nn.Module):
 # ---------------------------------------------------------------------------- the tokenizer
 
 
-class MagvitV2(nn.Module):
+class MagvitV2(CausalChunkGeometry, nn.Module):
     """Causal conv-3D tokenizer: video chunks of ``1 + 4k`` frames <-> ``(1 + k) x H/8 x W/8`` tokens.
 
     Fully convolutional: any ``T = 1 + 4k`` and ``H, W`` divisible by 8 work, though it is trained
     on ``cfg.frames x cfg.size^2`` chunks; long videos go through
     :func:`coordtok.baselines.chunking.reconstruct_chunked`.
     """
+
+    NAME = "MAGVIT-v2"
+    LATENT_CHANNELS = "latent_channels"
 
     def __init__(self, cfg: MagvitV2Config | None = None):
         super().__init__()
@@ -226,21 +230,6 @@ class MagvitV2(nn.Module):
         self.decoder = Decoder(cfg)
 
     # -- geometry
-    @property
-    def chunk_frames(self) -> int:
-        """Frames per chunk the tokenizer is built for (17)."""
-        return self.cfg.frames
-
-    def latent_shape(self, frames: int, size: int | None = None) -> tuple[int, int, int, int]:
-        """``(bits, 1 + k, H/8, W/8)`` for one pass over ``frames = 1 + 4k`` frames of ``size^2``."""
-        cfg, size = self.cfg, size or self.cfg.size
-        if frames < 1 or (frames - 1) % cfg.time_factor:
-            raise ValueError(f"a causal chunk has 1 + {cfg.time_factor}k frames, got {frames}")
-        if size % cfg.space_factor:
-            raise ValueError(f"size {size} is not divisible by {cfg.space_factor}")
-        s = size // cfg.space_factor
-        return cfg.latent_channels, 1 + (frames - 1) // cfg.time_factor, s, s
-
     def tokens(self, frames: int) -> int:
         """Tokens (latent positions) for a ``frames``-long clip under the chunked protocol.
 
@@ -279,15 +268,6 @@ class MagvitV2(nn.Module):
         ``codebook_use``, ``perplexity`` (floats) and ``indices``."""
         q, indices, aux = self.encode(video)
         return self.decode(q), {**aux, "indices": indices}
-
-    def _check(self, video: torch.Tensor) -> None:
-        cfg = self.cfg
-        if video.ndim != 5 or video.shape[1] != 3:
-            raise ValueError(f"expected a video (B, 3, T, H, W), got shape {tuple(video.shape)}")
-        t, h, w = video.shape[2:]
-        if (t - 1) % cfg.time_factor or h % cfg.space_factor or w % cfg.space_factor:
-            raise ValueError(f"MAGVIT-v2 takes 1 + {cfg.time_factor}k frames of H, W divisible by "
-                             f"{cfg.space_factor}, got T, H, W = {t}, {h}, {w}")
 
 
 # ---------------------------------------------------------------------------- analytic count

@@ -85,7 +85,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, from_dict, load_yaml
 from .causal import (CausalConv3d, FrameGroupNorm, ResBlock3d, causal_resize, conv_params, norm_groups, norm_params,
                      res_block_params)
-from .chunking import chunk_windows, reconstruct_chunked
+from .chunking import CausalChunkGeometry, chunk_windows, reconstruct_chunked
 
 __all__ = [
     "ProMAGConfig", "table4_config", "load_promag_config", "StridedCausalConv", "CausalUpsample",
@@ -418,13 +418,16 @@ class Posterior(NamedTuple):
         return kl.flatten(1).sum(1).mean()
 
 
-class ProMAG(nn.Module):
+class ProMAG(CausalChunkGeometry, nn.Module):
     """ProMAG tokenizer: ``1 + f k`` frames <-> a ``z_dim x (1 + k) x H/8 x W/8`` Gaussian latent.
 
     Fully convolutional: any ``T = 1 + f k`` (``f = cfg.time_factor``) and ``H, W`` divisible by
     ``cfg.space_factor`` work; it is trained on ``cfg.frames x cfg.size^2`` chunks. Inputs are in
     [-1, 1]; outputs approximate [-1, 1] unsquashed (clamp before display or metrics).
     """
+
+    NAME = "ProMAG"
+    LATENT_CHANNELS = "z_dim"
 
     def __init__(self, cfg: ProMAGConfig | None = None):
         super().__init__()
@@ -445,25 +448,9 @@ class ProMAG(nn.Module):
 
     # -- geometry
     @property
-    def chunk_frames(self) -> int:
-        """Frames per chunk the tokenizer is built for (17)."""
-        return self.cfg.frames
-
-    @property
     def chunk_overlap(self) -> int:
         """Frames shared by consecutive chunks of a long video (the paper's 4)."""
         return 4
-
-    def latent_shape(self, frames: int, size: int | None = None) -> tuple[int, int, int, int]:
-        """``(z_dim, 1 + k, H/8, W/8)`` for one pass over ``frames = 1 + f k`` frames of ``size^2``:
-        ``(8, 5 | 3 | 2, 32, 32)`` for 17 x 256 x 256 at 4x / 8x / 16x."""
-        cfg, size = self.cfg, size or self.cfg.size
-        if frames < 1 or (frames - 1) % cfg.time_factor:
-            raise ValueError(f"a causal chunk has 1 + {cfg.time_factor}k frames, got {frames}")
-        if size % cfg.space_factor:
-            raise ValueError(f"size {size} is not divisible by {cfg.space_factor}")
-        s = size // cfg.space_factor
-        return cfg.z_dim, 1 + (frames - 1) // cfg.time_factor, s, s
 
     def tokens(self, frames: int) -> int:
         """Latent positions for a ``frames``-long clip under ProMAG's long-video protocol: windows of
@@ -529,15 +516,6 @@ class ProMAG(nn.Module):
     def codec(self, clip: torch.Tensor) -> torch.Tensor:
         """One chunk ``(B, 3, chunk_frames, H, W)`` -> its reconstruction from the posterior mean."""
         return self.decode(self.encode(clip).mean)
-
-    def _check(self, video: torch.Tensor) -> None:
-        cfg = self.cfg
-        if video.ndim != 5 or video.shape[1] != 3:
-            raise ValueError(f"expected a video (B, 3, T, H, W), got shape {tuple(video.shape)}")
-        t, h, w = video.shape[2:]
-        if (t - 1) % cfg.time_factor or h % cfg.space_factor or w % cfg.space_factor:
-            raise ValueError(f"ProMAG takes 1 + {cfg.time_factor}k frames of H, W divisible by "
-                             f"{cfg.space_factor}, got T, H, W = {t}, {h}, {w}")
 
 
 def grow(parent: ProMAG, child_cfg: ProMAGConfig | None = None) -> ProMAG:

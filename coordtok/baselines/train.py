@@ -68,7 +68,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..checkpoint import CheckpointError, load_run
-from ..config import ConfigError, DataConfig, LoopConfig, data_section, from_dict, positive, read_sections, to_dict
+from ..config import (ConfigError, DataConfig, LoopConfig, RunConfig, data_section, from_dict, positive, read_sections,
+                      to_dict)
 from ..ema import create_ema, update_ema
 from ..loop import EpochIndexed, SeedTag, StepContext, Task, fit
 from .discriminator import build_discriminator
@@ -173,7 +174,7 @@ class ProMAGTrainConfig(BaselineTrainConfig):
 
 
 @dataclass
-class BaselineRunConfig:
+class BaselineRunConfig(RunConfig):
     """A whole baseline run config: ``kind``, ``model``, ``train``, ``data`` and optional ``val_data``."""
 
     model: typing.Any
@@ -190,12 +191,6 @@ class BaselineRunConfig:
                 raise ConfigError(f"{self.source}: {name} gives {d.frames}x{d.size}x{d.size} clips but the model is "
                                   f"built for {m.frames}x{m.size}x{m.size} (model.frames, model.size)")
 
-    def to_dict(self) -> dict:
-        out = {"kind": self.kind, "model": to_dict(self.model), "train": to_dict(self.train),
-               "data": to_dict(self.data)}
-        if self.val_data is not None:
-            out["val_data"] = to_dict(self.val_data)
-        return out
 
 
 @dataclass
@@ -307,7 +302,6 @@ class BaselineTask(Task):
     validation, init and extra checkpoint state. Subclasses build the modules and define
     :meth:`generator_loss` and the discriminator's loss (:meth:`d_loss`, :meth:`g_adv`)."""
 
-    hint = "Lower train.lr (e.g. --set train.lr=...), set train.max_grad_norm or use fp32"
 
     def __init__(self, cfg: BaselineRunConfig):
         super().__init__()
@@ -404,10 +398,6 @@ class BaselineTask(Task):
         """A further discriminator term (MAGVIT-v2: LeCAM); may add metrics to ``out``."""
         return 0.0
 
-    def after_step(self, step):
-        if self.ema is not None:
-            update_ema(self.ema, self.modules["model"], self.config.train.ema)
-
     def summarize(self, metrics):
         return {**metrics, "psnr": psnr_from_mse(metrics["mse"])} if "mse" in metrics else metrics
 
@@ -434,17 +424,6 @@ class BaselineTask(Task):
                                   f"trained without one; keep train.gan_weight=0, or start a new run from it with "
                                   f"train.init_from")
 
-    def extra_state(self):
-        return {"ema": self.ema.state_dict()} if self.ema is not None else {}
-
-    def load_extra_state(self, state, log):
-        if self.ema is None:
-            return
-        if state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
-        else:  # a run that starts keeping an EMA on resume starts it from the current weights
-            log("resume: the checkpoint has no EMA; starting it from the model's weights")
-            update_ema(self.ema, self.modules["model"], 0.0)
 
     def init_from(self, path, log):
         """Weights (and the EMA, and the discriminator where both have one) from a checkpoint of
