@@ -87,29 +87,57 @@ def validate(core: CoordTok, dataset, n: int, device, frames_per_chunk: int | No
     return float(np.mean(total)) if total else float("nan")
 
 
-class TokenizerTask(Task):
-    """CoordTok stage 1 or 2 as a :class:`coordtok.loop.Task`."""
+class VideoTask(Task):
+    """A tokenizer trained on video clips (CoordTok, the baselines): its training and validation
+    sets (``cfg.data``, ``cfg.val_data``), an optional LPIPS loss network, the seed set before the
+    modules are built. Batches are ``{"video", "num_frames"}``."""
 
-    kind = "coordtok"
-
-    def __init__(self, cfg: TokenizerRunConfig):
+    def __init__(self, cfg, lpips_weight: float = 0.0, lpips_vgg_path: str | None = None):
         super().__init__()
         from .data import build_dataset  # decord is imported only when data is needed
 
         self.config, t = cfg, cfg.train
         # LPIPS first: a missing weight file must stop the run before any heavy work.
         self.lpips = None
-        if t.lpips_weight > 0:
+        if lpips_weight > 0:
             from .lpips import LPIPS
-            self.lpips = LPIPS.from_pretrained(t.lpips_vgg_path)
+            self.lpips = LPIPS.from_pretrained(lpips_vgg_path)
         self.train_set = build_dataset(cfg.data, t.seed)
         self.val_set = build_dataset(cfg.val_data, t.seed, deterministic=True) if cfg.val_data is not None else None
-        torch.manual_seed(t.seed)
-        self.modules = {"model": CoordTok(cfg.model)}
-        self.per_clip = t.num_coords if t.stage == 1 else t.num_frames_stage2
+        torch.manual_seed(t.seed)  # the subclass builds its modules next
 
     def dataset(self):
         return EpochIndexed(self.train_set, lambda item: {"video": item["video"], "num_frames": item["num_frames"]})
+
+    def setup(self):
+        for helper in (self.lpips, self.ema):
+            if helper is not None:
+                helper.to(self.accelerator.device)
+
+
+def train_video_task(task: VideoTask, cfg, resume=None, progress: bool = True, config_text: str | None = None,
+                     on_finish=None, on_gradients=None, loop_config=None) -> dict:
+    """:func:`coordtok.loop.fit` for a :class:`VideoTask`: validation every ``train.val_every``
+    steps when the config has ``val_data``; ``loop_config`` replaces ``cfg.train`` for the loop."""
+    t = cfg.train
+    result = fit(task, loop_config or t, resume=resume, progress=progress, num_workers=cfg.data.num_workers,
+                 source=cfg.source, config_text=config_text,
+                 periodic_every=t.val_every if cfg.val_data is not None else None,
+                 on_finish=on_finish, on_gradients=on_gradients)
+    result.setdefault("val_psnr", float("nan"))
+    return result
+
+
+class TokenizerTask(VideoTask):
+    """CoordTok stage 1 or 2 as a :class:`coordtok.loop.Task`."""
+
+    kind = "coordtok"
+
+    def __init__(self, cfg: TokenizerRunConfig):
+        t = cfg.train
+        super().__init__(cfg, t.lpips_weight, t.lpips_vgg_path)
+        self.modules = {"model": CoordTok(cfg.model)}
+        self.per_clip = t.num_coords if t.stage == 1 else t.num_frames_stage2
 
     def init_from(self, path: str, log) -> None:
         m = self.config.model  # a reference file's heads and clip shape are the config's
@@ -119,10 +147,6 @@ class TokenizerTask(Task):
             raise_mismatch(path, init.config, self.config.model)
         self.modules["model"].load_state_dict(init.state_dict())
         log(f"initialised from {path}" + (f" ({info})" if info else ""))
-
-    def setup(self):
-        if self.lpips is not None:
-            self.lpips.to(self.accelerator.device)
 
     def loss(self, phase, batch, ctx: StepContext):
         core = self.modules["model"]
@@ -170,9 +194,4 @@ def train(cfg: TokenizerRunConfig, resume: bool | str | Path | None = None, prog
     ``resume``: ``True`` continues from the newest good checkpoint of ``cfg.train.out_dir`` (if
     any), a path continues from that file.
     """
-    t = cfg.train
-    result = fit(TokenizerTask(cfg), t, resume=resume, progress=progress, num_workers=cfg.data.num_workers,
-                 source=cfg.source, config_text=config_text, periodic_every=t.val_every if cfg.val_data else None,
-                 on_finish=on_finish, on_gradients=on_gradients)
-    result.setdefault("val_psnr", float("nan"))
-    return result
+    return train_video_task(TokenizerTask(cfg), cfg, resume, progress, config_text, on_finish, on_gradients)

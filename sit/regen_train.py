@@ -42,7 +42,8 @@ from coordtok.baselines.train import baseline_data_section, read_run_sections
 from coordtok.checkpoint import CheckpointError, load_model
 from coordtok.config import ConfigError, DataConfig, LoopConfig, RunConfig, from_dict, positive, to_dict
 from coordtok.ema import create_ema, update_ema
-from coordtok.loop import EpochIndexed, SeedTag, StepContext, Task, fit, mix_seed
+from coordtok.loop import SeedTag, StepContext, mix_seed
+from coordtok.train import VideoTask, train_video_task
 
 from .regen import Regen, RegenConfig
 from .train import time_and_noise
@@ -156,28 +157,16 @@ def regen_psnr(model: Regen, dataset, n: int, device, steps: int = 1, seed: int 
     return float(np.mean(scores)) if scores else float("nan")
 
 
-class RegenTask(Task):
+class RegenTask(VideoTask):
     """REGEN as a :class:`coordtok.loop.Task` (the module docstring says what it trains)."""
 
     kind = "regen"
 
     def __init__(self, cfg: RegenRunConfig):
-        super().__init__()
-        from coordtok.data import build_dataset  # decord is imported only when data is needed
-
-        self.config, t = cfg, cfg.train
-        self.train_set = build_dataset(cfg.data, t.seed)
-        self.val_set = build_dataset(cfg.val_data, t.seed, deterministic=True) if cfg.val_data is not None else None
-        torch.manual_seed(t.seed)
+        super().__init__(cfg)
+        t = cfg.train
         self.modules = {"model": TrainingRegen(cfg.model)}
         self.ema = create_ema(self.modules["model"]) if t.ema is not None else None
-
-    def dataset(self):
-        return EpochIndexed(self.train_set, lambda item: {"video": item["video"]})
-
-    def setup(self):
-        if self.ema is not None:
-            self.ema.to(self.accelerator.device)
 
     def loss(self, phase, batch, ctx: StepContext):
         clip = batch["video"]
@@ -231,12 +220,7 @@ def train_regen(cfg: RegenRunConfig, resume: bool | str | Path | None = None, pr
     ``resume``: ``True`` continues from the newest good checkpoint of ``cfg.train.out_dir`` (if
     any), a path continues from that file.
     """
-    t = cfg.train
-    result = fit(RegenTask(cfg), t, resume=resume, progress=progress, num_workers=cfg.data.num_workers,
-                 source=cfg.source, config_text=config_text, periodic_every=t.val_every if cfg.val_data else None,
-                 on_finish=on_finish, on_gradients=on_gradients)
-    result.setdefault("val_psnr", float("nan"))
-    return result
+    return train_video_task(RegenTask(cfg), cfg, resume, progress, config_text, on_finish, on_gradients)
 
 
 def load_regen(path: str | Path, map_location="cpu", weights: str = "ema") -> tuple[Regen, dict]:

@@ -71,7 +71,8 @@ from ..checkpoint import CheckpointError, load_run
 from ..config import (ConfigError, DataConfig, LoopConfig, RunConfig, data_section, from_dict, positive, read_sections,
                       to_dict)
 from ..ema import create_ema, update_ema
-from ..loop import EpochIndexed, SeedTag, StepContext, Task, fit
+from ..loop import SeedTag, StepContext
+from ..train import VideoTask, train_video_task
 from .discriminator import build_discriminator
 from .gan import LeCAM, discriminator_loss, entropy_weight, generator_loss, r1_penalty
 from .magvit2 import MagvitV2, MagvitV2Config
@@ -297,25 +298,15 @@ def clip_psnr(codec, dataset, n: int, device) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
-class BaselineTask(Task):
+class BaselineTask(VideoTask):
     """What MAGVIT-v2 and ProMAG training share: data, LPIPS, the discriminator phase, the EMA,
     validation, init and extra checkpoint state. Subclasses build the modules and define
     :meth:`generator_loss` and the discriminator's loss (:meth:`d_loss`, :meth:`g_adv`)."""
 
 
     def __init__(self, cfg: BaselineRunConfig):
-        super().__init__()
-        from ..data import build_dataset  # decord is imported only when data is needed
-
-        self.config, t = cfg, cfg.train
-        # LPIPS first: a missing weight file must stop the run before any heavy work.
-        self.lpips = None
-        if t.perceptual_weight > 0:
-            from ..lpips import LPIPS
-            self.lpips = LPIPS.from_pretrained(t.lpips_vgg_path)
-        self.train_set = build_dataset(cfg.data, t.seed)
-        self.val_set = build_dataset(cfg.val_data, t.seed, deterministic=True) if cfg.val_data is not None else None
-        torch.manual_seed(t.seed)
+        t = cfg.train
+        super().__init__(cfg, t.perceptual_weight, t.lpips_vgg_path)
         self.modules = {"model": self.build_model()}
         self.phases = ("model",)
         if t.gan_weight > 0:
@@ -346,15 +337,6 @@ class BaselineTask(Task):
         raise NotImplementedError
 
     # -- the task
-    def dataset(self):
-        return EpochIndexed(self.train_set, lambda item: {"video": item["video"]})
-
-    def setup(self):
-        if self.lpips is not None:
-            self.lpips.to(self.accelerator.device)
-        if self.ema is not None:
-            self.ema.to(self.accelerator.device)
-
     def perceptual(self, recon: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
         """Mean LPIPS over every frame of the clips."""
         return self.lpips(as_frames(recon), as_frames(video)).mean()
@@ -673,8 +655,5 @@ def train_baseline(cfg: MagvitV2RunConfig | ProMAGRunConfig, resume: bool | str 
     t = cfg.train
     # fit() calls Task.init_from on a fresh start only; ProMAGTask.init_from grows from grow_from.
     loop_t = dataclasses.replace(t, init_from=t.grow_from, grow_from=None) if getattr(t, "grow_from", None) else t
-    result = fit(task, loop_t, resume=resume, progress=progress, num_workers=cfg.data.num_workers, source=cfg.source,
-                 config_text=config_text, periodic_every=t.val_every if cfg.val_data is not None else None,
-                 on_finish=on_finish, on_gradients=on_gradients)
-    result.setdefault("val_psnr", float("nan"))
+    result = train_video_task(task, cfg, resume, progress, config_text, on_finish, on_gradients, loop_config=loop_t)
     return result
