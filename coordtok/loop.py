@@ -171,11 +171,12 @@ def _fmt_hp(v) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_info() -> dict:
-    """The CPU model and the instruction sets that decide CPU precision and speed."""
+def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
+    """The CPU model and the instruction sets that decide CPU precision and speed, read from
+    ``cpuinfo`` (Linux's ``/proc/cpuinfo`` layout; elsewhere only the platform's name)."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
                 key, _, value = line.partition(":")
                 key = key.strip()
@@ -502,7 +503,8 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
             task.load_extra_state(state, log)
             step = int(state["step"])
         if is_main:
-            log(f"precision: {precision} ({'CUDA' if device_type == 'cuda' else cpu_info()['model']})")
+            log(f"precision: {'fp32' if precision == 'no' else precision} "
+                f"({'CUDA' if device_type == 'cuda' else cpu_info()['model']})")
 
         names = list(task.modules)
         prepared = accelerator.prepare(*[task.modules[n] for n in names], *[optimizers[n] for n in task.phases])
