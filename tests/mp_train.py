@@ -1,7 +1,8 @@
-"""Run a few tokenizer or SiT steps, then save the weights this process holds (rank<r>.pt).
+"""Run a few training steps of a tokenizer, SiT, MAGVIT-v2 (GAN, R1, LeCAM on) or REGEN, then save the
+weights this process holds (rank<r>.pt) and its first step's gradients.
 
 Launched by tests/test_multiprocess.py either plainly (one process) or through
-``accelerate launch --cpu --num_processes 2`` (two processes over gloo).
+``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2`` (two CPU processes over gloo).
 """
 import sys
 from pathlib import Path
@@ -19,14 +20,17 @@ def save_weights(out: Path):
 
 
 def save_first_gradients(out: Path):
-    """The first step's gradient, after DDP's all-reduce and before the optimizer (per rank)."""
+    """The first step's gradients, after DDP's all-reduce and before the optimizer, per rank and per
+    phase: ``grads<rank>.pt`` for the model, ``<phase>_grads<rank>.pt`` for a later phase (a
+    discriminator)."""
     import os
 
     def hook(step, modules):
         if step == 0:
             rank = int(os.environ.get("RANK", 0))
-            grads = {n: p.grad.detach().clone() for n, p in modules["model"].named_parameters() if p.grad is not None}
-            torch.save(grads, out / f"grads{rank}.pt")
+            for phase, module in modules.items():
+                grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+                torch.save(grads, out / (f"grads{rank}.pt" if phase == "model" else f"{phase}_grads{rank}.pt"))
     return hook
 
 
@@ -42,6 +46,28 @@ def main(kind: str, out: str, steps: int, latents: str | None = None) -> None:
                       "log_every": 1, "ckpt_every": 10 ** 9, "val_every": 10 ** 9, "mixed_precision": "no"},
             "data": {"names": ["bikes"], "frame_range": [0, 140]}, "val_data": None})
         train(cfg, progress=False, on_finish=save_weights(out), on_gradients=save_first_gradients(out))
+    elif kind == "magvit2":
+        from coordtok.baselines.train import load_magvit2_run_config, train_baseline
+
+        # the GAN with R1 (a double backward through the DDP-wrapped discriminator) and LeCAM on
+        cfg = load_magvit2_run_config("configs/baselines/magvit2-tiny.yaml", {
+            "model": {"frames": 9, "size": 32, "disc_base_channels": 8, "disc_channel_multipliers": [1, 2, 2]},
+            "train": {"max_steps": steps, "out_dir": str(out / "run"), "batch_size": 4, "gan_weight": 0.1,
+                      "r1_weight": 10.0, "lecam_weight": 0.001, "log_every": 1, "ckpt_every": 10 ** 9,
+                      "val_every": 10 ** 9, "mixed_precision": "no"},
+            "data": {"kind": "samples", "names": ["bikes"], "frame_range": [0, 140], "frames": 9, "size": 32,
+                     "num_workers": 0}, "val_data": None})
+        train_baseline(cfg, progress=False, on_finish=save_weights(out), on_gradients=save_first_gradients(out))
+    elif kind == "regen":
+        from sit.regen_train import load_regen_run_config, train_regen
+
+        cfg = load_regen_run_config("configs/baselines/regen-tiny.yaml", {
+            "model": {"size": 32},
+            "train": {"max_steps": steps, "out_dir": str(out / "run"), "batch_size": 4, "extend_prob": 0.5,
+                      "log_every": 1, "ckpt_every": 10 ** 9, "val_every": 10 ** 9, "mixed_precision": "no"},
+            "data": {"kind": "samples", "names": ["bikes"], "frame_range": [0, 140], "size": 32, "num_workers": 0},
+            "val_data": None})
+        train_regen(cfg, progress=False, on_finish=save_weights(out), on_gradients=save_first_gradients(out))
     else:
         from sit.config import load_sit_run_config
         from sit.train import train_sit

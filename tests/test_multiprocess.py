@@ -33,8 +33,11 @@ def _run(cmd, env=None):
     assert res.returncode == 0, res.stderr[-3000:]
 
 
-@pytest.mark.parametrize("kind", ["tokenizer", "sit"])
+@pytest.mark.parametrize("kind", ["tokenizer", "sit", "magvit2", "regen"])
 def test_two_processes_match_one_with_the_same_global_batch(kind, tmp_path):
+    """MAGVIT-v2 runs with its GAN, R1 (a double backward through the DDP-wrapped discriminator),
+    LeCAM (statistics all-reduced) and the LFQ entropy (codebook term over the global batch) on;
+    REGEN with both of its tasks (batch-wide reconstruction and extension steps)."""
     latents = str(tiny_cache(str(tmp_path / "cache"))) if kind == "sit" else ""
     args = [kind, None, "3", latents] if latents else [kind, None, "3"]
     two, one = tmp_path / "two", tmp_path / "one"
@@ -46,16 +49,20 @@ def test_two_processes_match_one_with_the_same_global_batch(kind, tmp_path):
     _run([sys.executable, SCRIPT, *[str(one) if a is None else a for a in args]])
     assert sorted(p.name for p in two.glob("rank*.pt")) == ["rank0.pt", "rank1.pt"], "expected two ranks"
     r0, r1, single = (torch.load(p) for p in (two / "rank0.pt", two / "rank1.pt", one / "rank0.pt"))
-    g0, g1, g_single = (torch.load(p) for p in (two / "grads0.pt", two / "grads1.pt", one / "grads0.pt"))
-    torch.manual_seed(0)  # the trainers build their model right after seeding with train.seed (0)
-    if kind == "tokenizer":
-        from coordtok import CoordTok
-        init = CoordTok.from_config("configs/tokenizer/tiny.yaml").state_dict()
-    else:
-        from sit.models import TriplaneSiT
-        init = TriplaneSiT.from_config("configs/sit/tiny.yaml").state_dict()
-    assert any(not torch.equal(init[k], single[k]) for k in single), "training did not move the weights"
     for name in single:
         assert torch.equal(r0[name], r1[name]), f"ranks disagree on {name}"
-    assert all(torch.equal(g0[n], g1[n]) for n in g0), "ranks saw different averaged gradients"
-    assert_same_gradients(g0, g_single)
+    phases = ["", "disc_"] if kind == "magvit2" else [""]
+    for phase in phases:
+        g0, g1, g_single = (torch.load(d / f"{phase}grads{r}.pt") for d, r in ((two, 0), (two, 1), (one, 0)))
+        assert any(float(g.abs().max()) > 0 for g in g_single.values()), f"no {phase}gradient"
+        assert all(torch.equal(g0[n], g1[n]) for n in g0), f"ranks saw different averaged {phase}gradients"
+        assert_same_gradients(g0, g_single)
+    if kind in ("tokenizer", "sit"):
+        torch.manual_seed(0)  # the trainers build their model right after seeding with train.seed (0)
+        if kind == "tokenizer":
+            from coordtok import CoordTok
+            init = CoordTok.from_config("configs/tokenizer/tiny.yaml").state_dict()
+        else:
+            from sit.models import TriplaneSiT
+            init = TriplaneSiT.from_config("configs/sit/tiny.yaml").state_dict()
+        assert any(not torch.equal(init[k], single[k]) for k in single), "training did not move the weights"

@@ -28,9 +28,12 @@ marginals, so
   independent across the batch (e.g. a batch of one position).
 
 All of it runs in float32 with autocast off, so fp16/bf16 training cannot overflow the
-``1 / temperature`` logits into NaN. The codebook entropy is that of the local batch: under data
-parallelism each process averages over its own share (the reimplementation all-reduces the
-averaged distribution across processes first).
+``1 / temperature`` logits into NaN. The codebook entropy is that of the *global* batch: in
+training under data parallelism the batch-averaged marginals are averaged across processes
+(:func:`distributed_mean`, differentiable) before their entropy is taken, as the MAGVIT-v2
+reimplementation and vector-quantize-pytorch's LFQ do, so N processes with B clips each compute
+what one process with N x B clips computes. (Each process's share must hold the same number of
+positions, which a global batch split evenly across ranks does.)
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ from einops import rearrange
 
 from .causal import FrameGroupNorm
 
-__all__ = ["LFQ", "lfq_entropy", "codebook_usage", "bit_codes"]
+__all__ = ["LFQ", "lfq_entropy", "distributed_mean", "codebook_usage", "bit_codes"]
 
 
 def bit_codes(bits: int, device=None) -> torch.Tensor:
@@ -61,7 +64,20 @@ def _fp32(device: torch.device):
         return contextlib.nullcontext()
 
 
-def lfq_entropy(z: torch.Tensor, groups: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def distributed_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` over the processes of the default group, differentiable (its gradient
+    reaches every process's ``x``); ``x`` itself outside distributed runs."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(x) / dist.get_world_size()
+
+
+def lfq_entropy(z: torch.Tensor, groups: int, temperature: float,
+                across_processes: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample and codebook entropy (nats) of the LFQ code distribution, factorized.
 
     ``z (N, bits)``: unquantized latents, one row per position. Returns ``(per_sample, codebook)``,
@@ -69,7 +85,8 @@ def lfq_entropy(z: torch.Tensor, groups: int, temperature: float) -> tuple[torch
     the softmax over the ``2^(bits/groups)`` codes ``c`` of sub-codebook ``g`` of
     ``-||z_{n,g} - c||^2 / temperature``. Computed as ``2 z.c / temperature`` (``||z||^2`` and
     ``||c||^2 = bits/groups`` are constant over codes and cancel in the softmax). Float32 at least
-    (float64 input stays float64).
+    (float64 input stays float64). ``across_processes``: ``mean_n`` of the codebook term runs over
+    every process's rows (:func:`distributed_mean`; a collective: every process must call it).
     """
     n, bits = z.shape
     if bits % groups:
@@ -83,6 +100,8 @@ def lfq_entropy(z: torch.Tensor, groups: int, temperature: float) -> tuple[torch
     p = logp.exp()
     per_sample = -(p * logp).sum(-1).sum(0).mean()
     avg = p.mean(dim=1)  # (g, 2^d)
+    if across_processes:
+        avg = distributed_mean(avg)
     # -sum avg log avg with log(0) read as log(tiny): the same value (0 * finite = 0), but the
     # gradient of a code nobody uses is finite. (entr(0)'s gradient is -log(0) - 1 = inf, and
     # inf * 0 = NaN: with temperature 0.01 unused codes underflow to exactly 0 all the time.)
@@ -155,8 +174,11 @@ class LFQ(nn.Module):
             q_st = q + (z32 - z32.detach())
             indices = self.codes_to_indices(q)
             commitment = (z32 - q).pow(2).mean()
+            # Global-batch codebook entropy in training only: every process runs each training
+            # forward, while evaluation may give processes different numbers of clips.
             per_sample, codebook = lfq_entropy(rearrange(z32, "b c ... -> (b ...) c"),
-                                               self.entropy_groups, self.temperature)
+                                               self.entropy_groups, self.temperature,
+                                               across_processes=self.training and torch.is_grad_enabled())
         # (meta tensors, used to count FLOPs without running, have no values to count)
         use, perplexity = ((float("nan"), float("nan")) if indices.device.type == "meta"
                            else codebook_usage(indices, self.bits))
