@@ -284,12 +284,7 @@ class VideoClipDataset(Dataset):
         self._frames: dict[str, torch.Tensor] = {}
         if preload:
             for info in self.videos:
-                reader = decord.VideoReader(info.path, num_threads=1)
-                lo, n = self._usable(min(len(reader), info.frames))
-                x = rearrange(torch.from_numpy(reader.get_batch(list(range(lo, lo + n))).asnumpy()), "t h w c -> t c h w")
-                del reader
-                x = resize_center_crop(x, self.size) if self.size is not None else x.float()
-                self._frames[info.path] = x.round().clamp(0, 255).to(torch.uint8)
+                self._frames[info.path] = _preloaded(info.path, *self._usable(info.frames), self.size)
 
     # ------------------------------------------------------------------ bookkeeping
     def _skip(self, path: str, reason: str) -> None:
@@ -504,6 +499,34 @@ def ucf101(root, split: str = "train", fold: int = 1, split_dir=None, **kw) -> V
         paths.append(p)
     kw.setdefault("name", f"UCF-101 {split} split (fold {fold}, {split_file.name}) under {video_root}")
     return VideoClipDataset(paths, **kw)
+
+
+# Decoded, resized frames of preloaded videos, shared by the datasets of one process: the demo and
+# the tests build datasets over the same sample clips many times (each stage, each evaluation), and
+# decoding plus an antialiased resize costs seconds each time. A whole video is kept per file
+# identity (path, byte size, mtime) and frame size, and datasets take slices of it (the resize acts
+# on each frame alone, so a slice equals the resized slice bit for bit). The least recently used
+# go beyond _PRELOAD_BUDGET bytes. Read-only by convention: items slice and convert, never write.
+_PRELOADED: dict[tuple, torch.Tensor] = {}
+_PRELOAD_BUDGET = 512 * 2 ** 20
+
+
+def _preloaded(path: str, lo: int, n: int, size: int | None) -> torch.Tensor:
+    """Frames ``lo .. lo + n - 1`` of ``path`` (fewer if the file has fewer), resized to ``size``
+    (None: as stored), as ``(n, 3, S, S)`` uint8; each video is decoded once per process."""
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns, size)
+    if key in _PRELOADED:
+        _PRELOADED[key] = _PRELOADED.pop(key)  # most recently used last
+    else:
+        reader = decord.VideoReader(path, num_threads=1)
+        x = rearrange(torch.from_numpy(reader.get_batch(list(range(len(reader)))).asnumpy()), "t h w c -> t c h w")
+        del reader
+        x = resize_center_crop(x, size) if size is not None else x.float()
+        _PRELOADED[key] = x.round().clamp(0, 255).to(torch.uint8)
+        while sum(t.numel() for t in _PRELOADED.values()) > _PRELOAD_BUDGET and len(_PRELOADED) > 1:
+            del _PRELOADED[next(iter(_PRELOADED))]
+    return _PRELOADED[key][lo:lo + n]
 
 
 def sample_videos(names=("bikes", "bigbuckbunny"), **kw) -> VideoClipDataset:

@@ -284,6 +284,29 @@ def test_probe_cache_reused(clips, tmp_path, monkeypatch):
     assert D.default_cache_dir() == tmp_path / "coordtok_cache" / "probe"
 
 
+def test_preloaded_frames_are_decoded_once_and_equal_a_fresh_decode(clips, tmp_path, monkeypatch):
+    """Preloading datasets share one decode per file and frame size: a second dataset over the same
+    file (another frame range too) reads no video, and its items equal those of a dataset that
+    reads the file; a rewritten file is decoded again."""
+    path = tmp_path / "v.mp4"
+    shutil.copy(clips["long"], path)
+    kw = dict(num_frames=8, size=16, clips_per_video=4, cache_dir=tmp_path / "c")
+    streamed = VideoClipDataset([path], frame_range=(5, 35), **kw).eval()
+    VideoClipDataset([path], preload=True, **kw)
+    opened = []
+    real_reader = decord.VideoReader
+    monkeypatch.setattr(decord, "VideoReader", lambda *a, **k: opened.append(a[0]) or real_reader(*a, **k))
+    again = VideoClipDataset([path], preload=True, frame_range=(5, 35), **kw).eval()
+    assert opened == []
+    for i in range(len(again)):
+        a, b = again[i], streamed[i]
+        assert a["start"] == b["start"] and torch.allclose(a["video"], b["video"], atol=1 / 127.5 * 0.51)
+    shutil.copy(clips["short"], path)  # another file under the same name
+    os.utime(path, ns=(1, 1))
+    small = VideoClipDataset([path], preload=True, num_frames=8, size=16, cache_dir=False)
+    assert opened and small[0]["num_frames"] == 8 and small.videos[0].frames == 10
+
+
 def test_frame_range(clips, tmp_path):
     ds = VideoClipDataset([clips["long"]], num_frames=8, size=16, frame_range=(10, 30), clips_per_video=16,
                           cache_dir=tmp_path / "c")
