@@ -22,6 +22,7 @@ stream the project draws from, in one place.
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 import math
@@ -254,7 +255,7 @@ class StepContext:
         return [mix_seed(self.seed, self.step, self.first + b, *extra, int(tag)) for b in range(batch)]
 
 
-class Task:
+class Task(abc.ABC):
     """What a trainer tells :func:`fit`. Override :meth:`loss`; the other hooks are optional.
 
     Attributes set by the trainer before :func:`fit`:
@@ -279,9 +280,9 @@ class Task:
         self.ema: torch.nn.Module | None = None
 
     # -- data
+    @abc.abstractmethod
     def dataset(self) -> torch.utils.data.Dataset:
         """The training set, indexed by the sampler's virtual index (wrap in :class:`EpochIndexed`)."""
-        raise NotImplementedError
 
     def collate_to(self, batch, device: torch.device):
         """Move a DataLoader batch to ``device`` (tensors and dicts of tensors by default)."""
@@ -290,10 +291,10 @@ class Task:
         return batch.to(device, non_blocking=True)
 
     # -- the step
+    @abc.abstractmethod
     def loss(self, phase: str, batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         """Losses of one micro-batch for ``phase``; ``"loss"`` is what is backpropagated (a mean
         over the micro-batch, so the accumulated gradient is that of the global batch's mean)."""
-        raise NotImplementedError
 
     def setup(self) -> None:
         """After the modules are on their device (``self.accelerator`` is set): move helpers

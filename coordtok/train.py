@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .checkpoint import load_tokenizer
+from .checkpoint import CheckpointError, load_run, load_tokenizer, module_key
 from .config import TokenizerRunConfig
+from .ema import update_ema
 from .loop import EpochIndexed, SeedTag, StepContext, Task, fit
 from .model import CoordTok, frame_coords, frames_from_patches, gather_patches, random_coords, random_frames
 
@@ -92,6 +93,8 @@ class VideoTask(Task):
     sets (``cfg.data``, ``cfg.val_data``), an optional LPIPS loss network, the seed set before the
     modules are built. Batches are ``{"video", "num_frames"}``."""
 
+    what = "tokenizer"  # how messages name this task's checkpoints
+
     def __init__(self, cfg, lpips_weight: float = 0.0, lpips_vgg_path: str | None = None):
         super().__init__()
         from .data import build_dataset  # decord is imported only when data is needed
@@ -108,6 +111,30 @@ class VideoTask(Task):
 
     def dataset(self):
         return EpochIndexed(self.train_set, lambda item: {"video": item["video"], "num_frames": item["num_frames"]})
+
+    def init_from(self, path, log):
+        """``train.init_from``: the weights of a checkpoint of the same model (and of this task's
+        other modules, a discriminator, where the checkpoint has them); its EMA where it keeps one,
+        else the EMA starts at the weights."""
+        state, where = load_run(path, self.kind, self.what, "cpu")
+        old = (state.get("config") or {}).get("model")
+        new = self.config.to_dict()["model"]
+        if old != new:
+            key = next((k for k in new if (old or {}).get(k) != new[k]), "?")
+            raise CheckpointError(f"{where}: cannot initialise from it: its model differs from the config's "
+                                  f"(model.{key}: {(old or {}).get(key)!r} in the checkpoint, {new.get(key)!r} in the "
+                                  f"config)")
+        for name, module in self.modules.items():
+            if state.get(module_key(name)) is not None:
+                module.load_state_dict(state[module_key(name)])
+            elif name == "model":
+                raise CheckpointError(f"{where}: the checkpoint holds no model weights")
+        if self.ema is not None:
+            if state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+            else:
+                update_ema(self.ema, self.modules["model"], 0.0)
+        log(f"initialised from {where} (step {state.get('step')})")
 
     def setup(self):
         for helper in (self.lpips, self.ema):

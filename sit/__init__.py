@@ -5,19 +5,10 @@ matching, Euler-Maruyama, ODE), ``ema``, ``latents`` (latent cache + normalizati
 ``train`` (``coordtok sit-train``), ``sample`` (``coordtok sample``). The last three are imported
 on demand (they pull in accelerate, safetensors, the tokenizer).
 """
-from .config import SiTRunConfig, load_sit_run_config
 from coordtok.ema import create_ema, update_ema
-from .models import (
-    FinalLayer,
-    LabelEmbedder,
-    SampleConfig,
-    SiTBlock,
-    SiTConfig,
-    SiTTrainConfig,
-    TimestepEmbedder,
-    TriplaneSiT,
-    load_sit_configs,
-)
+
+from .config import SampleConfig, SiTConfig, SiTRunConfig, SiTTrainConfig, load_sit_configs, load_sit_run_config
+from .models import FinalLayer, LabelEmbedder, SiTBlock, TimestepEmbedder, TriplaneSiT
 from .samplers import SAMPLERS, euler_maruyama, heun_sde, ode
 from .transport import AffinePath, GVPPath, LinearPath, make_path, training_loss
 

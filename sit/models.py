@@ -30,7 +30,7 @@ from einops import rearrange
 from coordtok.attention import attention
 from coordtok.triplane import Triplane
 
-from .config import SampleConfig, SiTConfig, SiTTrainConfig, load_sit_configs  # noqa: F401 (re-exported)
+from .config import SiTConfig
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

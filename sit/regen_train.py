@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from coordtok.baselines.train import baseline_data_section, read_run_sections
-from coordtok.checkpoint import CheckpointError, load_model
-from coordtok.config import ConfigError, DataConfig, LoopConfig, RunConfig, from_dict, positive, to_dict
-from coordtok.ema import create_ema, update_ema
+from coordtok.checkpoint import load_model
+from coordtok.config import ConfigError, DataConfig, LoopConfig, RunConfig, from_dict, positive
+from coordtok.ema import create_ema
 from coordtok.loop import SeedTag, StepContext, mix_seed
 from coordtok.train import VideoTask, train_video_task
 
@@ -161,6 +161,7 @@ class RegenTask(VideoTask):
     """REGEN as a :class:`coordtok.loop.Task` (the module docstring says what it trains)."""
 
     kind = "regen"
+    what = "REGEN"
 
     def __init__(self, cfg: RegenRunConfig):
         super().__init__(cfg)
@@ -194,22 +195,6 @@ class RegenTask(VideoTask):
         log(f"step {step}: validation PSNR {psnr:.2f} dB ({t.decode_steps}-step decode, "
             f"{'EMA' if self.ema is not None else 'model'}) on {min(t.val_clips, len(self.val_set))} clips")
         return {"val_psnr": psnr}
-
-
-    def init_from(self, path, log):
-        model, state = load_regen(path, weights="model")
-        if model.cfg != self.config.model:
-            old, new = to_dict(model.cfg), to_dict(self.config.model)
-            key = next(k for k in new if old.get(k) != new[k])
-            raise CheckpointError(f"{path}: cannot initialise from it: its model differs from the config's "
-                                  f"(model.{key}: {old.get(key)!r} in the checkpoint, {new[key]!r} in the config)")
-        self.modules["model"].load_state_dict(model.state_dict())
-        if self.ema is not None:
-            if state.get("ema") is not None:
-                self.ema.load_state_dict(state["ema"])
-            else:
-                update_ema(self.ema, self.modules["model"], 0.0)
-        log(f"initialised from {path} (step {state.get('step')})")
 
 
 def train_regen(cfg: RegenRunConfig, resume: bool | str | Path | None = None, progress: bool = True,

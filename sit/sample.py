@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from coordtok.errors import CoordTokError
 from coordtok.checkpoint import load_tokenizer
 from coordtok.errors import CoordTokError
 from coordtok.fileio import atomic_path, check_writable

@@ -124,3 +124,19 @@ def test_load_regen_errors(tmp_path):
     ckpt.atomic_save({"kind": "regen", "model": {}}, tmp_path / "noconfig.pt")
     with pytest.raises(CheckpointError, match="no model config"):
         load_regen(tmp_path / "noconfig.pt")
+
+
+def test_init_from_takes_the_weights_and_refuses_another_model(tmp_path):
+    """train.init_from starts a new run from a finished one's weights (and its EMA); a checkpoint of
+    another architecture is a one-line error naming the first differing key."""
+    train_regen(run_config(tmp_path / "a", 1, ema=0.9), progress=False)
+    done = ckpt.load(tmp_path / "a" / "ckpt-0000001.pt")
+    task = RegenTask(run_config(tmp_path / "b", 1, ema=0.9))
+    notes = []
+    task.init_from(str(tmp_path / "a"), notes.append)
+    assert all(torch.equal(v, done["model"][k]) for k, v in task.modules["model"].state_dict().items())
+    assert all(torch.equal(v, done["ema"][k]) for k, v in task.ema.state_dict().items())
+    assert "initialised from" in notes[-1] and "step 1" in notes[-1]
+    other = RegenTask(run_config(tmp_path / "c", 1, model={"depth": 2}))
+    with pytest.raises(CheckpointError, match=r"model differs from the config's \(model.depth: 4 in the checkpoint, 2"):
+        other.init_from(str(tmp_path / "a"), notes.append)

@@ -55,8 +55,8 @@ gradient reaches its parameters and its BatchNorm statistics do not move.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
-import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,12 +67,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..checkpoint import CheckpointError, load_run
+from ..checkpoint import CheckpointError
 from ..config import (ConfigError, DataConfig, LoopConfig, RunConfig, data_section, from_dict, positive, read_sections,
                       to_dict)
 from ..ema import create_ema, update_ema
 from ..loop import SeedTag, StepContext
-from ..train import VideoTask, train_video_task
+from ..train import VideoTask, psnr_from_mse, train_video_task
 from .discriminator import build_discriminator
 from .gan import LeCAM, discriminator_loss, entropy_weight, generator_loss, r1_penalty
 from .magvit2 import MagvitV2, MagvitV2Config
@@ -267,11 +267,6 @@ def load_baseline_run_config(path_or_dict: str | Path | dict, overrides: dict | 
 # ---------------------------------------------------------------------------- shared pieces
 
 
-def psnr_from_mse(mse: float) -> float:
-    """PSNR in dB of an MSE on [-1, 1] values (peak-to-peak 2)."""
-    return 10 * math.log10(4.0 / max(mse, 1e-12))
-
-
 def as_frames(video: torch.Tensor) -> torch.Tensor:
     """``(B, 3, T, H, W) -> (B T, 3, H, W)``: the frames of clips, for an image loss."""
     return rearrange(video, "b c t h w -> (b t) c h w")
@@ -303,7 +298,6 @@ class BaselineTask(VideoTask):
     validation, init and extra checkpoint state. Subclasses build the modules and define
     :meth:`generator_loss` and the discriminator's loss (:meth:`d_loss`, :meth:`g_adv`)."""
 
-
     def __init__(self, cfg: BaselineRunConfig):
         t = cfg.train
         super().__init__(cfg, t.perceptual_weight, t.lpips_vgg_path)
@@ -316,30 +310,39 @@ class BaselineTask(VideoTask):
         self._fakes: dict[int, torch.Tensor] = {}  # generator output per micro-batch, for the disc phase
 
     # -- what a subclass defines
+    @abc.abstractmethod
     def build_model(self) -> nn.Module:
-        raise NotImplementedError
+        """The tokenizer to train."""
 
+    @abc.abstractmethod
     def build_discriminator(self) -> nn.Module:
-        raise NotImplementedError
+        """The discriminator (built only with ``train.gan_weight > 0``)."""
 
+    @abc.abstractmethod
     def generator_loss(self, video: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict, torch.Tensor]:
         """``(loss, metrics, reconstruction)`` of the model phase without the adversarial term."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def g_adv(self, fake_logits: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The generator's adversarial loss on the discriminator's logits of its output."""
 
+    @abc.abstractmethod
     def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The discriminator's loss on real and fake logits."""
 
+    @abc.abstractmethod
     def codec(self, model: nn.Module):
         """``clip -> reconstruction`` for validation."""
-        raise NotImplementedError
 
     # -- the task
-    def perceptual(self, recon: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
-        """Mean LPIPS over every frame of the clips."""
-        return self.lpips(as_frames(recon), as_frames(video)).mean()
+    def add_perceptual(self, loss: torch.Tensor, out: dict, recon: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+        """``loss`` plus ``perceptual_weight`` x the mean LPIPS over every frame of the clips (reported
+        in ``out["lpips"]``); ``loss`` itself when the run has no LPIPS term."""
+        if self.lpips is None:
+            return loss
+        lp = self.lpips(as_frames(recon), as_frames(video)).mean()
+        out["lpips"] = lp.detach()
+        return loss + self.config.train.perceptual_weight * lp
 
     def loss(self, phase, batch, ctx: StepContext):
         video = batch["video"]
@@ -407,28 +410,6 @@ class BaselineTask(VideoTask):
                                   f"train.init_from")
 
 
-    def init_from(self, path, log):
-        """Weights (and the EMA, and the discriminator where both have one) from a checkpoint of
-        the same model."""
-        state, where = load_run(path, self.kind, self.what, "cpu")
-        old = (state.get("config") or {}).get("model")
-        new = self.config.to_dict()["model"]
-        if old != new:
-            key = next((k for k in new if (old or {}).get(k) != new[k]), "?")
-            raise CheckpointError(f"{where}: cannot initialise from it: its model differs from the config's "
-                                  f"(model.{key}: {(old or {}).get(key)!r} in the checkpoint, {new.get(key)!r} in the "
-                                  f"config)")
-        self.modules["model"].load_state_dict(state["model"])
-        if "disc" in self.modules and state.get("disc") is not None:
-            self.modules["disc"].load_state_dict(state["disc"])
-        if self.ema is not None:
-            if state.get("ema") is not None:
-                self.ema.load_state_dict(state["ema"])
-            else:
-                update_ema(self.ema, self.modules["model"], 0.0)
-        log(f"initialised from {where} (step {state.get('step')})")
-
-
 # ---------------------------------------------------------------------------- MAGVIT-v2
 
 
@@ -466,10 +447,7 @@ class MagvitV2Task(BaselineTask):
         out = {"mse": mse.detach(), "commitment": aux["commitment"].detach(), "entropy": aux["entropy"].detach(),
                "codebook_use": torch.tensor(aux["codebook_use"], device=video.device),
                "perplexity": torch.tensor(aux["perplexity"], device=video.device)}
-        if self.lpips is not None:
-            lp = self.perceptual(recon, video)
-            loss = loss + t.perceptual_weight * lp
-            out["lpips"] = lp.detach()
+        loss = self.add_perceptual(loss, out, recon, video)
         return loss, out, recon
 
     def g_adv(self, fake_logits):
@@ -619,10 +597,7 @@ class ProMAGTask(BaselineTask):
         loss = t.recon_weight * rec + t.kl_weight * aux["kl"]
         mse = F.mse_loss(recon.float(), video.float())
         out = {"recon": rec.detach(), "kl": aux["kl"].detach(), "mse": mse.detach()}
-        if self.lpips is not None:
-            lp = self.perceptual(recon, video)
-            loss = loss + t.perceptual_weight * lp
-            out["lpips"] = lp.detach()
+        loss = self.add_perceptual(loss, out, recon, video)
         if "recon_sub" in aux:
             sub = self.recon_error(aux["recon_sub"], aux["video_sub"])
             loss = loss + t.sub_weight * sub
