@@ -18,7 +18,9 @@ def _chunk_options(args) -> dict:
     if getattr(args, "extend", None) is not None:
         out["extend"] = args.extend
     if getattr(args, "decode_steps", None) is not None:
-        out["steps"] = args.decode_steps
+        from sit.samplers import check_steps
+
+        out["steps"] = check_steps(args.decode_steps, 1, "--decode-steps")  # before any loading
     return out
 
 

@@ -35,7 +35,7 @@ from coordtok.loop import SeedTag, mix_seed, resolve_device
 from coordtok.triplane import Triplane
 
 from .checkpoint import load_sit, require_stats
-from .samplers import SAMPLERS
+from .samplers import SAMPLERS, check_steps
 from .models import TriplaneSiT
 from .stats import LatentStats
 from .transport import make_path
@@ -143,8 +143,7 @@ def sample_videos(
         raise SamplingError(f"--format must be mp4 or npz, got {fmt!r}")
     if sampler not in SAMPLERS:
         raise SamplingError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    if sampler != "ode" and steps < 2:
-        raise SamplingError(f"--steps must be >= 2 for the {sampler} sampler, got {steps}")
+    check_steps(steps, 1 if sampler == "ode" else 2, "--steps")  # SDE grids need two points
     if frames_per_chunk is not None and frames_per_chunk < 1:
         raise SamplingError(f"--frames-per-chunk must be >= 1, got {frames_per_chunk}")
     if not fps > 0:
