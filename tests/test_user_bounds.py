@@ -67,3 +67,13 @@ def test_reconstruct_refuses_decode_steps_before_loading(regen_ckpt, tmp_path, c
     assert not loaded and not (tmp_path / "r.mp4").exists()
     assert main(argv + ["--decode-steps", "2"]) == 0 and loaded  # the checkpoint itself is fine
     assert (tmp_path / "r.mp4").stat().st_size > 0
+
+
+@pytest.mark.parametrize("sampler, low", [("sde", 2), ("ode", 1)])
+def test_sample_refuses_steps_before_loading(sampler, low, tmp_path, capsys):
+    # the checkpoints do not exist: the step count is refused before anything is read
+    argv = ["sample", "--sit-ckpt", str(tmp_path / "sit.pt"), "--tokenizer-ckpt", str(tmp_path / "tok.pt"),
+            "--num", "1", "--out", str(tmp_path / "out"), "--sampler", sampler, "--steps", "100000000"]
+    assert main(argv) == 2
+    _one_line_error(capsys, "--steps 100000000", f"{low}..10000")
+    assert not (tmp_path / "out").exists()
