@@ -88,3 +88,12 @@ def add_reference_options(p: argparse.ArgumentParser) -> None:
 def reference_hints(args) -> dict:
     """The ``--heads`` family of :func:`add_reference_options` that was given, as loader keywords."""
     return {k: getattr(args, k) for k in ("heads", "enc_heads", "dec_heads") if getattr(args, k, None) is not None}
+
+
+def add_precision_option(p) -> None:
+    """``--precision`` of the inference commands (:func:`coordtok.loop.resolve_inference_precision`)."""
+    from .loop import INFERENCE_PRECISIONS
+
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto",
+                   help="auto: TF32 matmuls on CUDA (bf16 autocast where the checkpoint was trained in bf16), "
+                        "fp32 on a CPU; fp32, tf32, or bf16 / fp16 autocast")

@@ -192,12 +192,13 @@ def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
             "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"})}
 
 
-def resolve_precision(requested: str, device_type: str, log=None) -> str:
+def resolve_precision(requested: str, device_type: str, log=None, option: str = "train.mixed_precision") -> str:
     """The mixed precision a run uses: ``"no"``, ``"fp16"`` or ``"bf16"``.
 
     ``auto``: on CUDA bf16 where the GPU supports it, else fp16; on a CPU bf16 autocast only with
     native bf16 instructions (avx512_bf16 or AMX: 1.6x faster than fp32 there), fp32 otherwise
-    (emulated bf16 is ~3.5x slower than fp32). fp16 on a CPU falls back to fp32.
+    (emulated bf16 is ~3.5x slower than fp32). fp16 on a CPU falls back to fp32. ``option`` names
+    the setting in the notes and errors.
     """
     log = log or (lambda msg: None)
     cuda = device_type == "cuda"
@@ -206,15 +207,67 @@ def resolve_precision(requested: str, device_type: str, log=None) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16" if cpu_info()["native_bf16"] else "no"
     if requested == "fp16" and not cuda:
-        log("note: mixed_precision=fp16 needs a GPU; training in fp32 on the CPU")
+        log(f"note: {option}=fp16 needs a GPU; fp32 on the CPU")
         return "no"
     if requested == "bf16":
         if cuda and not torch.cuda.is_bf16_supported():
-            raise ConfigError("train.mixed_precision=bf16: this GPU does not support bf16; use fp16 or auto")
+            raise ConfigError(f"{option}=bf16: this GPU does not support bf16; use fp16 or auto")
         if not cuda and not cpu_info()["native_bf16"]:
             log("note: this CPU has no native bf16 (avx512_bf16/AMX): bf16 autocast is emulated and slower "
-                "than fp32; mixed_precision=auto would pick fp32")
+                f"than fp32; {option}=auto would pick fp32")
     return requested
+
+
+INFERENCE_PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+
+
+def resolve_inference_precision(requested: str, device_type: str, config_says: str | None = None,
+                                log=None) -> str:
+    """The precision of an inference command (``sample``, ``encode``, ``eval-recon``, ``eval-fvd``):
+    ``"fp32"``, ``"tf32"`` (fp32 tensors, TF32 matmuls and convolutions; CUDA only), ``"bf16"`` or
+    ``"fp16"`` (autocast, with TF32 for what autocast keeps in fp32).
+
+    ``auto``: bf16 on a CUDA GPU with bf16 when ``config_says`` so (the ``mixed_precision`` the
+    model was trained with), else TF32 on CUDA and fp32 on a CPU (CPU results stay exact). bf16
+    and fp16 are checked by :func:`resolve_precision` (fp16 on a CPU falls back to fp32).
+    """
+    if requested not in INFERENCE_PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {requested!r}")
+    log = log or (lambda msg: None)
+    cuda = device_type == "cuda"
+    if requested == "auto":
+        if not cuda:
+            return "fp32"
+        return "bf16" if config_says == "bf16" and torch.cuda.is_bf16_supported() else "tf32"
+    if requested == "tf32" and not cuda:
+        log("note: --precision tf32 is a CUDA matmul mode; fp32 on the CPU")
+        return "fp32"
+    if requested in ("bf16", "fp16"):
+        mixed = resolve_precision(requested, device_type, log, "--precision")
+        return "fp32" if mixed == "no" else mixed
+    return requested
+
+
+@contextlib.contextmanager
+def inference_precision(precision: str, device_type: str):
+    """Run the block in ``precision`` (:func:`resolve_inference_precision`'s answer) on
+    ``device_type``: on CUDA TF32 matmuls and convolutions on for everything but ``fp32`` (off
+    for ``fp32``: a user asking for fp32 gets it whatever was set before), restored afterwards;
+    autocast for ``bf16`` / ``fp16``."""
+    with contextlib.ExitStack() as stack:
+        if device_type == "cuda":
+            saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+            stack.callback(_set_tf32, *saved)
+            _set_tf32(precision != "fp32", precision != "fp32")
+        if precision in ("bf16", "fp16"):
+            stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16 if precision == "bf16"
+                                               else torch.float16))
+        yield
+
+
+def _set_tf32(matmul: bool, cudnn: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = matmul
+    torch.backends.cudnn.allow_tf32 = cudnn
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from coordtok.cliargs import (add_reference_options, frame_list, nonnegative_int, positive_float, positive_int,
-                              reference_hints)
+from coordtok.cliargs import (add_precision_option, add_reference_options, frame_list, nonnegative_int,
+                              positive_float, positive_int, reference_hints)
 
 
 def _chunk_options(args) -> dict:
@@ -53,6 +53,15 @@ def cmd_reconstruct(args) -> None:
     tok.check_frames(frames)
     ds = VideoClipDataset([args.video], num_frames=frames, size=tok.size, stride=args.stride,
                           deterministic_start=True if args.start is None else args.start, cache_dir=False)
+    if args.start is not None:  # the dataset clamps a start: a start past the video would move silently
+        from coordtok.data import DataError
+
+        total = ds.videos[0].frames
+        first, last = ds.start_range(total)
+        if not first <= args.start <= last:
+            raise DataError(f"--start {args.start}: {args.video} has {total} frames, so a {frames}-frame clip"
+                            f"{f' at stride {args.stride}' if args.stride > 1 else ''} starts at {first}..{last} "
+                            f"(a shorter --frames allows later starts)")
     item = ds[0]
     metrics = evaluate_clip(tok, item["video"], item["num_frames"], out, device=device, vgg_path=args.vgg)
     metrics.update({"video": str(args.video), "start": item["start"], "frames": item["num_frames"], "output": str(out)})
@@ -76,7 +85,7 @@ def cmd_eval_recon(args, analysis: bool = False) -> None:
                         batch_size=args.batch_size, frames=args.frames, frames_per_chunk=args.frames_per_chunk,
                         vgg_path=args.vgg, write_videos=args.write_videos, analysis=analysis or args.analysis,
                         progress=not args.no_progress, device=args.device, hints=reference_hints(args),
-                        **_chunk_options(args))
+                        precision=args.precision, **_chunk_options(args))
     if result:
         result.pop("analysis", None)
         print(json.dumps(result, indent=2))
@@ -99,7 +108,7 @@ def cmd_eval_fvd(args) -> None:
                          seed=args.seed, repeats=args.repeats, clip_frames=args.clip_frames, size=args.size,
                          kind=args.kind, split=args.split, fold=args.fold,
                          cache_dir=False if args.no_cache else args.cache_dir, batch_size=args.batch_size,
-                         num_workers=args.num_workers, progress=not args.no_progress)
+                         num_workers=args.num_workers, progress=not args.no_progress, precision=args.precision)
     print(json.dumps(result, indent=2))
 
 
@@ -162,6 +171,7 @@ def register(sub) -> None:
         ev.add_argument("--vgg", default=None, help="vgg16-397923af.pth for LPIPS")
         ev.add_argument("--write-videos", type=nonnegative_int, default=4, help="side-by-side mp4s of the first clips")
         ev.add_argument("--device", default=None)
+        add_precision_option(ev)
         ev.add_argument("--no-progress", action="store_true")
         _add_chunk_options(ev)
         add_reference_options(ev)
@@ -198,6 +208,7 @@ def register(sub) -> None:
     fv.add_argument("--batch-size", type=positive_int, default=4, help="clips per detector call")
     fv.add_argument("--num-workers", type=nonnegative_int, default=2, help="DataLoader processes decoding real videos")
     fv.add_argument("--device", default=None)
+    add_precision_option(fv)
     fv.add_argument("--no-progress", action="store_true")
     fv.set_defaults(fn=cmd_eval_fvd)
 

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from coordtok.config import DataConfig, to_dict
 from coordtok.errors import CoordTokError
 from coordtok.fileio import write_json
+from coordtok.loop import inference_precision, resolve_inference_precision
 
 from .frechet import FeatureStats, frechet_distance, fvd_from_features  # noqa: F401 (re-exported)
 
@@ -137,20 +138,21 @@ def real_clips(data: DataConfig, frames: int, size: int, num_videos: int, seed: 
 
 
 def real_stats_key(data: DataConfig, frames: int, size: int, num_videos: int, detector, seed: int,
-                   clip_frames: int | None = None) -> dict:
-    """Everything the cached real statistics depend on (the sidecar JSON lists it)."""
+                   clip_frames: int | None = None, precision: str = "fp32") -> dict:
+    """Everything the cached real statistics depend on (the sidecar JSON lists it). Features
+    under bf16/fp16 autocast are keyed apart; fp32 and TF32 share the key they always had."""
     where = {k: v for k, v in to_dict(data).items() if k in ("kind", "root", "split", "fold", "names", "stride",
                                                                "frame_range")}
     return {
         "protocol": PROTOCOL, **where, "frames": frames, "clip_frames": clip_frames,
         "size": size, "detector": detector.name, "detector_weights_sha1": getattr(detector, "weights_sha1", None),
         "num_videos": num_videos, "seed": seed,
-    }
+    } | ({"precision": precision} if precision in ("bf16", "fp16") else {})
 
 
 def real_stats(data: DataConfig, frames: int, size: int, num_videos: int, detector, seed: int = 0,
                cache_dir=None, clip_frames: int | None = None, batch_size: int = 4, num_workers: int = 0,
-               progress: bool = True) -> FeatureStats:
+               progress: bool = True, precision: str = "fp32") -> FeatureStats:
     """Feature statistics of ``num_videos`` random real clips, cached on disk.
 
     Args:
@@ -161,8 +163,9 @@ def real_stats(data: DataConfig, frames: int, size: int, num_videos: int, detect
             neither reads nor writes the cache.
         clip_frames: split each clip into ``frames / clip_frames`` clips (the 16-frame variant).
         batch_size: clips per detector call; num_workers: DataLoader processes decoding videos.
+        precision: the precision the caller runs the detector in (it keys the cache).
     """
-    key = real_stats_key(data, frames, size, num_videos, detector, seed, clip_frames)
+    key = real_stats_key(data, frames, size, num_videos, detector, seed, clip_frames, precision)
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     cache = None if cache_dir is False else Path(cache_dir or default_cache_dir()) / f"real-{detector.name}-{digest}.npz"
     if cache is not None and cache.is_file():
@@ -273,7 +276,8 @@ def _fake_batches(fakes: FakeVideos, indices, frames: int, batch_size: int):
 def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFAULT_NUM_VIDEOS, detector=None,
                 seed: int = 0, repeats: int = 1, clip_frames: int | None = None, size: int | None = None,
                 kind: str | None = None, split: str | None = None, fold: int = 1, cache_dir=None,
-                batch_size: int = 4, num_workers: int = 0, progress: bool = True) -> dict:
+                batch_size: int = 4, num_workers: int = 0, progress: bool = True,
+                precision: str = "auto") -> dict:
     """FVD of ``fake`` against random clips of ``real``, over ``repeats`` seeds.
 
     Args:
@@ -289,6 +293,8 @@ def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFA
         clip_frames: ``16`` for the 16-frame variant (``frames`` must be a multiple).
         size: real clip side; default: the fake videos' (square) frame size.
         cache_dir, batch_size, num_workers, progress: see :func:`real_stats`.
+        precision: :data:`coordtok.loop.INFERENCE_PRECISIONS` of the detector (``auto``: TF32 on
+            CUDA, fp32 on a CPU); recorded in the result.
 
     Returns:
         ``{"mean", "std", "values", "seeds", ...}``: mean and sample std (ddof 1; 0 for one
@@ -302,6 +308,8 @@ def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFA
         from .i3d import load_torchscript_i3d
 
         detector = load_torchscript_i3d()
+    device_type = torch.device(getattr(detector, "device", "cpu")).type
+    precision = resolve_inference_precision(precision, device_type, log=log.warning)
     fakes = fake_videos(fake)
     if len(fakes) < num_videos:
         raise FVDInputError(f"{fakes.source} holds {len(fakes)} videos, fewer than --num-videos {num_videos}")
@@ -323,18 +331,22 @@ def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFA
     else:
         subsets = {s: np.sort(np.random.default_rng([s, 1]).choice(len(fakes), num_videos, replace=False)) for s in seeds}
     needed = np.unique(np.concatenate(list(subsets.values())))
-    with tqdm(total=len(needed), desc="fake videos", unit="video", disable=not progress) as bar:
+    with tqdm(total=len(needed), desc="fake videos", unit="video", disable=not progress) as bar, \
+            inference_precision(precision, device_type):
         feats = _features(detector, _fake_batches(fakes, needed, frames, batch_size), clip_frames, bar)
     row_of = {int(i): r for r, i in enumerate(needed)}
 
     values = []
     for s in seeds:
-        real_s = real_stats(data, frames, size, num_videos, detector, seed=s, cache_dir=cache_dir,
-                            clip_frames=clip_frames, batch_size=batch_size, num_workers=num_workers, progress=progress)
+        with inference_precision(precision, device_type):
+            real_s = real_stats(data, frames, size, num_videos, detector, seed=s, cache_dir=cache_dir,
+                                clip_frames=clip_frames, batch_size=batch_size, num_workers=num_workers,
+                                progress=progress, precision=precision)
         fake_s = FeatureStats.from_features(rearrange(feats[[row_of[int(i)] for i in subsets[s]]], "n k d -> (n k) d"))
         values.append(frechet_distance(*real_s.mean_cov(), *fake_s.mean_cov()))
     return {
         "mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
         "values": values, "seeds": seeds, "frames": frames, "clip_frames": clip_frames, "num_videos": num_videos,
         "size": size, "detector": detector.name, "real": to_dict(data), "fake": fakes.source,
+        "precision": precision,
     }

@@ -82,18 +82,21 @@ def eval_recon(ckpt, real, out_dir, num_clips: int = 10000, seed: int = 0, kind:
                split: str | None = None, fold: int = 1, detector: str | None = "videogpt",
                detector_path=None, sub_clip_frames: int = 16, batch_size: int = 1, frames: int | None = None,
                frames_per_chunk: int | None = None, vgg_path=None, write_videos: int = 4, analysis: bool = False,
-               progress: bool = True, device=None, hints: dict | None = None, **options) -> dict:
+               progress: bool = True, device=None, hints: dict | None = None, precision: str = "auto",
+               **options) -> dict:
     """Evaluate the tokenizer(s) in ``ckpt`` (a checkpoint, or a list of them: one table) on the
     same ``num_clips`` random clips of ``real``; see the module docstring.
 
     ``frames``: clip length (default: the first tokenizer's, 128 for the chunk tokenizers).
     ``options``: the chunk tokenizers' protocol switches (:func:`eval.tokenizers.load_reconstructor`);
     a switch left unset evaluates both settings (ProMAG with and without blending, REGEN with and
-    without latent extension). Returns the one result, or ``{"results": [...]}`` for several.
+    without latent extension). ``precision``: :data:`coordtok.loop.INFERENCE_PRECISIONS` (``auto``:
+    TF32 on CUDA, fp32 on a CPU) of the tokenizers and the detector; the metrics are fp32 always.
+    Returns the one result, or ``{"results": [...]}`` for several.
     """
     from accelerate import Accelerator
 
-    from coordtok.loop import resolve_device
+    from coordtok.loop import inference_precision, resolve_device, resolve_inference_precision
 
     from .fvd import real_clips
 
@@ -105,6 +108,8 @@ def eval_recon(ckpt, real, out_dir, num_clips: int = 10000, seed: int = 0, kind:
     if accelerator.is_main_process:
         check_writable(out, "evaluation folder")
     device = accelerator.device
+    say = (lambda msg: print(msg, file=sys.stderr)) if accelerator.is_main_process else None
+    precision = resolve_inference_precision(precision, device.type, log=say)
     toks = [(c, tok.to(device)) for c in ckpts for tok in variants(c, frames_per_chunk, hints, options)]
     frames = frames or toks[0][1].default_frames
     sizes = {tok.size for _, tok in toks}
@@ -124,8 +129,9 @@ def eval_recon(ckpt, real, out_dir, num_clips: int = 10000, seed: int = 0, kind:
     results = []
     for k, (c, tok) in enumerate(toks):
         folder = out if len(toks) == 1 else out / f"{k:02d}-{_slug(tok.name)}"
-        results.append(_evaluate(accelerator, c, tok, clips, frames, folder, seed, det, lpips, lpips_note,
-                                 sub_clip_frames, batch_size, write_videos, analysis, progress))
+        with inference_precision(precision, device.type):
+            results.append(_evaluate(accelerator, c, tok, clips, frames, folder, seed, det, lpips, lpips_note,
+                                     sub_clip_frames, batch_size, write_videos, analysis, progress, precision))
     if not accelerator.is_main_process:
         return {}
     if len(results) > 1:
@@ -155,7 +161,7 @@ def _slug(name: str) -> str:
 
 def _evaluate(accelerator, ckpt, tok: Reconstructor, clips, frames: int, out: Path, seed: int, det, lpips,
               lpips_note, sub_clip_frames: int, batch_size: int, write_videos: int, analysis: bool,
-              progress: bool) -> dict:
+              progress: bool, precision: str) -> dict:
     """One tokenizer on the clips (this process's share); the main process gathers, writes and
     returns the result."""
     from accelerate.utils import gather_object
@@ -203,7 +209,8 @@ def _evaluate(accelerator, ckpt, tok: Reconstructor, clips, frames: int, out: Pa
     rows.sort(key=lambda r: r["clip"])
     keys = [k for k in ("psnr", "ssim", "lpips", "seam_boundary", "seam_within", "seam_difference") if k in rows[0]]
     result = {"checkpoint": str(ckpt), "tokenizer": tok.name, "tokens": tok.tokens(frames), "clips": len(rows),
-              "frames": frames, "size": tok.size, "seed": seed, **{k: float(np.mean([r[k] for r in rows])) for k in keys}}
+              "frames": frames, "size": tok.size, "seed": seed, "precision": precision,
+              **{k: float(np.mean([r[k] for r in rows])) for k in keys}}
     if "lpips" not in result:
         result["lpips"] = None
         result["lpips_note"] = lpips_note

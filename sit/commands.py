@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 
-from coordtok.cliargs import (add_config_options, add_reference_options, config_text, nonnegative_int,
-                              positive_float, positive_int, reference_hints, resume_arg, train_overrides)
+from coordtok.cliargs import (add_config_options, add_precision_option, add_reference_options, config_text,
+                              nonnegative_int, positive_float, positive_int, reference_hints, resume_arg,
+                              train_overrides)
 
 
 def cmd_encode(args) -> None:
@@ -22,7 +23,7 @@ def cmd_encode(args) -> None:
         data = dataclasses.replace(data, **extra)
     index = encode_dataset(args.tokenizer_ckpt, data, args.out, clips_per_video=args.clips_per_video, seed=args.seed,
                            shard_size=args.shard_size, batch_size=args.batch_size,
-                           mixed_precision=args.mixed_precision, stats_num=args.stats_num,
+                           precision=args.precision, stats_num=args.stats_num,
                            progress=not args.no_progress, tokenizer_hints=reference_hints(args))
     print(json.dumps({k: index[k] for k in ("num_latents", "grid", "channels", "tokenizer_ckpt")}
                      | {"out": str(args.out), "shards": len(index["shards"])}, indent=2))
@@ -47,7 +48,8 @@ def cmd_sample(args) -> None:
     result = sample_videos(args.sit_ckpt, args.tokenizer_ckpt, args.num, args.out, sampler=args.sampler,
                            steps=args.steps, seed=args.seed, batch_size=args.batch_size, fmt=args.format,
                            device=args.device, frames_per_chunk=args.frames_per_chunk, fps=args.fps,
-                           progress=not args.no_progress, latent_stats=args.latent_stats, heads=args.heads)
+                           progress=not args.no_progress, latent_stats=args.latent_stats, heads=args.heads,
+                           precision=args.precision)
     files = result.pop("files")
     print(json.dumps({**result, "written": len(files), "first": files[0] if files else None}, indent=2))
 
@@ -93,7 +95,7 @@ def register(sub) -> None:
     e.add_argument("--batch-size", type=positive_int, default=8, help="clips per encoder call (per process)")
     e.add_argument("--shard-size", type=positive_int, default=256, help="latents per shard file")
     e.add_argument("--stats-num", type=positive_int, default=2048, help="random latents for the normalization statistics")
-    e.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no", help="encoder autocast on CUDA")
+    add_precision_option(e)
     e.add_argument("--num-workers", type=nonnegative_int, default=None, help="DataLoader workers decoding videos (default 2)")
     e.add_argument("--min-frames", type=positive_int, default=None,
                    help="keep videos with at least this many frames, zero-padding shorter clips "
@@ -130,5 +132,6 @@ def register(sub) -> None:
     sa.add_argument("--heads", type=positive_int, default=None,
                     help="attention heads of a reference SiT whose arguments do not name them")
     sa.add_argument("--device", default=None)
+    add_precision_option(sa)
     sa.add_argument("--no-progress", action="store_true")
     sa.set_defaults(fn=cmd_sample)

@@ -12,7 +12,6 @@ at the end.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 from coordtok.checkpoint import load_tokenizer
 from coordtok.config import ConfigError, DataConfig
 from coordtok.fileio import check_writable, write_bytes, write_json
+from coordtok.loop import inference_precision, resolve_inference_precision
 from coordtok.triplane import num_tokens
 
 from .cache import FORMAT_VERSION, INDEX_NAME, LatentCacheError, read_index, shard_name
@@ -129,7 +129,7 @@ def encode_dataset(
     seed: int = 0,
     shard_size: int = 256,
     batch_size: int = 8,
-    mixed_precision: str = "no",
+    precision: str = "auto",
     num_workers: int | None = None,
     stats_num: int | None = 2048,
     progress: bool = True,
@@ -146,8 +146,9 @@ def encode_dataset(
         seed: seeds the random windows: item ``i``'s window depends only on ``(seed, i)``.
         shard_size: latents per shard file.
         batch_size: clips per encoder call (per process).
-        mixed_precision: ``no`` | ``bf16`` | ``fp16``: autocast of the encoder on CUDA (the
-            stored latents are float32 either way); ignored on the CPU.
+        precision: :data:`coordtok.loop.INFERENCE_PRECISIONS`; ``auto``: TF32 on CUDA (bf16
+            autocast when the tokenizer was trained in bf16), fp32 on a CPU. The stored latents
+            are float32 either way; ``index.json`` records the precision.
         num_workers: DataLoader workers decoding videos (default: the data spec's).
         stats_num: after encoding, the main process computes :func:`compute_stats` over this many
             random latents and writes ``stats.json``; ``None`` skips it.
@@ -162,8 +163,6 @@ def encode_dataset(
     if clips_per_video < 1 or shard_size < 1 or batch_size < 1:
         raise LatentCacheError(f"clips_per_video, shard_size and batch_size must be >= 1, got "
                                f"{clips_per_video}, {shard_size}, {batch_size}")
-    if mixed_precision not in ("no", "bf16", "fp16"):
-        raise LatentCacheError(f"mixed_precision must be no, bf16 or fp16, got {mixed_precision!r}")
     out_dir = Path(out_dir)
     accelerator = Accelerator()
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
@@ -211,8 +210,9 @@ def encode_dataset(
             f"{out_dir}" + (f"; {done} of this process's {len(mine)} shards already done" if done else ""))
 
     tokenizer.to(device).eval().requires_grad_(False)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
-                if device.type == "cuda" and mixed_precision != "no" else contextlib.nullcontext())
+    trained = ((tok_state.get("config") or {}).get("train") or {}).get("mixed_precision")
+    precision = resolve_inference_precision(precision, device.type, trained,
+                                            log if accelerator.is_main_process else None)
     pending = [i for g in todo for i in shard_items[g]]
     workers = d.num_workers if num_workers is None else num_workers
     loader = torch.utils.data.DataLoader(
@@ -224,12 +224,11 @@ def encode_dataset(
     buf_tokens: list[torch.Tensor] = []
     buf_records: list[dict] = []
     queue = list(todo)
-    with torch.no_grad():
+    with torch.no_grad(), inference_precision(precision, device.type):
         for batch in loader:
             video = batch["video"].to(device, non_blocking=True)
             nf = batch["num_frames"].to(device)
-            with autocast:
-                triplane = tokenizer.encode(video, nf)
+            triplane = tokenizer.encode(video, nf)
             buf_tokens.extend(triplane.flatten().float().cpu().unbind(0))
             buf_records.extend({"index": int(batch["index"][b]), "path": batch["path"][b],
                                 "start": int(batch["start"][b]), "num_frames": int(batch["num_frames"][b])}
@@ -258,7 +257,7 @@ def encode_dataset(
             "tokenizer_ckpt": str(Path(tokenizer_ckpt).resolve()), "tokenizer_step": identity["tokenizer_step"],
             "tokenizer_config": tok_state.get("config") or {"model": dataclasses.asdict(mcfg)},
             "data": data_dict, "seed": int(seed), "clips_per_video": int(clips_per_video),
-            "shard_size": int(shard_size),
+            "shard_size": int(shard_size), "precision": precision,
         }
         write_json(index_path, index, indent=1)
         log(f"wrote {n} latents of grid {grid} x {channels} channels: {index_path}")

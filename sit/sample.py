@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from coordtok.checkpoint import load_tokenizer
 from coordtok.errors import CoordTokError
 from coordtok.fileio import atomic_path, check_writable
-from coordtok.loop import SeedTag, mix_seed, resolve_device
+from coordtok.loop import SeedTag, inference_precision, mix_seed, resolve_device, resolve_inference_precision
 from coordtok.triplane import Triplane
 
 from .checkpoint import load_sit, require_stats
@@ -114,6 +114,7 @@ def sample_videos(
     progress: bool = True,
     latent_stats: str | Path | None = None,
     heads: int | None = None,
+    precision: str = "auto",
 ) -> dict:
     """Generate ``num`` videos and write them to ``out_dir``.
 
@@ -132,8 +133,11 @@ def sample_videos(
         latent_stats: a ``stats.json`` or a reference run's ``log.txt`` with the latent
             normalization statistics (needed for a reference SiT checkpoint, which holds none).
         heads: attention heads of a reference SiT whose arguments do not name them.
+        precision: :data:`coordtok.loop.INFERENCE_PRECISIONS`; ``auto``: TF32 on CUDA (bf16
+            autocast when the SiT was trained in bf16), fp32 on a CPU.
 
-    Returns ``{"num", "out_dir", "files", "contact_sheet", "sit_step", "sampler", "steps", "seed"}``.
+    Returns ``{"num", "out_dir", "files", "contact_sheet", "sit_step", "sampler", "steps", "seed",
+    "precision"}``.
     """
     from coordtok.video_io import contact_sheet, to_uint8, write_mp4, write_png
 
@@ -155,6 +159,8 @@ def sample_videos(
     stats = require_stats(stats, sit_ckpt)
     tokenizer, _ = load_tokenizer(tokenizer_ckpt)
     _check_fit(sit_ckpt, tokenizer_ckpt, model, stats, configs, tokenizer)
+    precision = resolve_inference_precision(precision, device.type, configs["sit"].train.mixed_precision,
+                                            lambda msg: print(msg, file=sys.stderr))
     check_writable(out_dir, "sample folder")  # now create it: the inputs fit together
     model.to(device)
     tokenizer.to(device).eval().requires_grad_(False)
@@ -178,7 +184,7 @@ def sample_videos(
     files, sheet_videos = [], []
     bar = tqdm(total=num, disable=not progress, desc="sample", unit="video", dynamic_ncols=True, file=sys.stderr)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), inference_precision(precision, device.type):
             for b in range(num_batches):
                 first = b * batch_size
                 n = min(batch_size, num - first)
@@ -203,4 +209,5 @@ def sample_videos(
             npz.abort()
     sheet = write_png(out_dir / "contact_sheet.png", contact_sheet(sheet_videos))
     return {"num": num, "out_dir": str(out_dir), "files": files, "contact_sheet": str(sheet),
-            "sit_step": configs["step"], "sampler": sampler, "steps": steps, "seed": seed}
+            "sit_step": configs["step"], "sampler": sampler, "steps": steps, "seed": seed,
+            "precision": precision}
