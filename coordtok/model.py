@@ -241,7 +241,10 @@ class CoordDecoder(nn.Module):
     def forward(self, triplane: Triplane, coords: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         feats = triplane.sample(coords, self.patch_grid)
         t, h, w = coords.unbind(-1)
-        x = self.embed(feats) + self.pos_embed[t, h, w].to(feats.dtype)
+        # The fp32 positional embedding makes the residual stream fp32 under autocast (as in the
+        # encoders): half-precision features (CUDA autocast samples a half triplane in half) would
+        # otherwise make every residual add of the decoder a half-precision one.
+        x = self.embed(feats) + self.pos_embed[t, h, w]
         for blk in self.blocks:
             x = blk(x, key_mask)
         x = self.head(self.norm(x))
