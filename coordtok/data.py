@@ -350,6 +350,13 @@ class VideoClipDataset(Dataset):
     def _valid_count(self, frames: int) -> int:
         return min(self.num_frames, math.ceil(self._usable(frames)[1] / self.stride))
 
+    def start_range(self, frames: int) -> tuple[int, int]:
+        """``(first, last)``: the frames a whole clip can start at in a video of ``frames`` frames
+        (``first == last`` when the usable range fits in one, possibly zero-padded, window). An int
+        ``deterministic_start`` outside it is clamped: callers that take one from a user check it here."""
+        lo, n = self._usable(frames)
+        return lo, lo + max(0, n - ((self.num_frames - 1) * self.stride + 1))
+
     def item_seed(self, index: int) -> int:
         """Seed of item ``index`` in the current epoch: stable across processes and runs."""
         return int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])

@@ -77,3 +77,26 @@ def test_sample_refuses_steps_before_loading(sampler, low, tmp_path, capsys):
     assert main(argv) == 2
     _one_line_error(capsys, "--steps 100000000", f"{low}..10000")
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- clip start
+
+
+@pytest.mark.parametrize("start, frames, stride, first_last", [
+    (100000, 128, 1, "0..122"), (123, 128, 1, "0..122"), (10, 128, 2, "0..0")])
+def test_reconstruct_refuses_a_start_past_the_video(regen_ckpt, tmp_path, capsys, start, frames, stride, first_last):
+    out = tmp_path / "r.mp4"
+    assert main(["reconstruct", "--ckpt", str(regen_ckpt), "--video", BIKES, "--start", str(start),
+                 "--frames", str(frames), "--stride", str(stride), "--out", str(out), "--decode-steps", "1"]) == 2
+    _one_line_error(capsys, f"--start {start}", "has 250 frames", f"starts at {first_last}")
+    assert not out.exists()
+
+
+def test_reconstruct_takes_the_last_start(regen_ckpt, tmp_path, capsys):
+    out = tmp_path / "r.mp4"
+    assert main(["reconstruct", "--ckpt", str(regen_ckpt), "--video", BIKES, "--start", "241", "--frames", "9",
+                 "--out", str(out)]) == 0
+    import json
+
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["start"] == 241 and metrics["frames"] == 9  # frames 241..249, the last 9
