@@ -10,17 +10,34 @@ Backends:
 
 Key masks are real masks (boolean, excluded keys get zero weight), never a float added to the
 logits.
+
+An xformers that imports is not yet one that runs: a wheel built for another torch (or CUDA)
+imports fine and raises on its first kernel call. So the first time xformers is selected for a
+device and dtype it is probed with a tiny forward and backward; if that fails, ``auto`` falls back
+to SDPA with one log line saying why, and an explicit ``xformers`` request is a one-line error.
 """
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from .errors import CoordTokError
+
+log = logging.getLogger(__name__)
+
 _BACKEND_ENV = "COORDTOK_ATTENTION"  # auto | sdpa | xformers
+XFORMERS_DEVICE_TYPES = ("cuda",)  # device types xformers has kernels for
+# (device, dtype) -> None when xformers ran there, else why it cannot (filled by _xformers_failure)
+_probed: dict[tuple[str, torch.dtype], str | None] = {}
+
+
+class AttentionBackendError(CoordTokError, RuntimeError):
+    """The attention backend asked for cannot run here."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -32,21 +49,63 @@ def _xformers_ops():
     return xops
 
 
-def available_backends() -> list[str]:
+def _xformers_failure(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why xformers cannot run on ``device`` in ``dtype`` (None: it can), probed once per pair.
+
+    The probe is one tiny forward and backward of ``memory_efficient_attention``: the first kernel
+    call is where a wheel built for another torch or CUDA fails.
+    """
+    key = (str(device), dtype)
+    if key not in _probed:
+        xops = _xformers_ops()
+        if xops is None:
+            return "xformers is not installed (or fails to import)"
+        try:
+            # Outside any autocast, with autograd on (the caller may be in a no_grad inference pass).
+            with torch.autocast(device.type, enabled=False), torch.enable_grad():
+                q = torch.zeros(1, 8, 1, 16, device=device, dtype=dtype, requires_grad=True)
+                xops.memory_efficient_attention(q, q, q).sum().backward()
+            _probed[key] = None
+        except Exception as e:  # noqa: BLE001 (any failure of the probe means: do not use it)
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            _probed[key] = f"{type(e).__name__}: {first}" if first else type(e).__name__
+            log.warning("attention: xformers cannot run on %s in %s (%s); using PyTorch SDPA instead",
+                        device, str(dtype).replace("torch.", ""), _probed[key])
+    return _probed[key]
+
+
+def available_backends(dtype: torch.dtype = torch.float16) -> list[str]:
+    """The backends that run on this machine's default device in ``dtype`` (xformers probed)."""
     out = ["sdpa"]
-    if torch.cuda.is_available() and _xformers_ops() is not None:
+    if torch.cuda.is_available() and _xformers_failure(torch.device("cuda", torch.cuda.current_device()), dtype) is None:
         out.append("xformers")
     return out
 
 
-def resolve_backend(device: torch.device, backend: str | None = None) -> str:
+def resolve_backend(device: torch.device, backend: str | None = None, dtype: torch.dtype = torch.float16) -> str:
+    """The backend ``attention`` uses for ``dtype`` tensors on ``device``.
+
+    ``auto``: xformers where it has kernels, is installed and its probe ran (:func:`_xformers_failure`),
+    else SDPA. ``xformers`` when it cannot run there is an :class:`AttentionBackendError`.
+    """
     backend = backend or os.environ.get(_BACKEND_ENV, "auto")
     if backend not in ("auto", "sdpa", "xformers"):
         raise ValueError(f"unknown attention backend {backend!r} (auto, sdpa or xformers; env {_BACKEND_ENV})")
+    if backend == "sdpa":
+        return backend
+    supported = device.type in XFORMERS_DEVICE_TYPES
     if backend == "auto":
-        return "xformers" if device.type == "cuda" and _xformers_ops() is not None else "sdpa"
-    if backend == "xformers" and (device.type != "cuda" or _xformers_ops() is None):
-        raise RuntimeError("attention backend 'xformers' needs a CUDA device and `pip install xformers`")
+        # (the probe only where xformers could be chosen: never on a CPU, never without the package)
+        usable = supported and _xformers_ops() is not None and _xformers_failure(device, dtype) is None
+        return "xformers" if usable else "sdpa"
+    if not supported:
+        raise AttentionBackendError(f"attention backend 'xformers' needs a CUDA device, got {device} "
+                                    f"(use {_BACKEND_ENV}=auto or sdpa)")
+    failure = _xformers_failure(device, dtype)
+    if failure is not None:
+        raise AttentionBackendError(f"attention backend 'xformers' cannot run on {device}: {failure} "
+                                    f"(install an xformers built for torch {torch.__version__}, or use "
+                                    f"{_BACKEND_ENV}=auto or sdpa)")
     return backend
 
 
@@ -69,7 +128,7 @@ def attention(
     Returns:
         ``(B, Nq, heads, head_dim)``.
     """
-    backend = resolve_backend(q.device, backend)
+    backend = resolve_backend(q.device, backend, q.dtype)
     if backend == "xformers":
         bias = None
         if key_mask is not None:
