@@ -82,7 +82,7 @@ def load_sit(path: str | Path, map_location="cpu", latent_stats: str | Path | No
             raise ckpt.CheckpointError(f"{path}: SiT checkpoint without {', '.join(missing)}; it was not written "
                                        f"by `coordtok sit-train`")
         cfg = load_sit_run_config(raw["config"])
-        stats = LatentStats.from_dict(raw["stats"]) if raw.get("stats") else None
+        stats = LatentStats.from_dict(raw["stats"], f"{path}: stats") if raw.get("stats") else None
         configs = {"sit": cfg, "tokenizer": raw.get("tokenizer_config"), "tokenizer_ckpt": raw.get("tokenizer_ckpt"),
                    "step": int(raw.get("step", 0)), "path": str(path), "source": "project", "info": None,
                    "ema": raw["ema"], "model_state": raw["model"]}

@@ -239,4 +239,4 @@ def parse_reference_log(path: str | Path, grid: tuple[int, int, int]) -> LatentS
                               f"({', '.join(f'{k} {len(v)}' for k, v in values.items())})")
     mean = torch.tensor([values[f"{p}_mean"] for p in ("xy", "yt", "xt")], dtype=torch.float64)
     std = torch.tensor([values[f"{p}_std"] for p in ("xy", "yt", "xt")], dtype=torch.float64)
-    return LatentStats(tuple(grid), mean, std)
+    return LatentStats(tuple(grid), mean, std, source=str(path)).check(positive_std="the reference divides by it")

@@ -34,7 +34,9 @@ class LatentStats:
 
     ``mean`` and ``std`` are float64 ``(3, C)``; ``grid`` is ``(Tl, Hl, Wl)``. SiT is trained on
     ``normalize(z) = (z - mean) / std`` and samples are mapped back with :meth:`denormalize`.
-    A channel with zero spread is divided by ``eps`` instead of 0.
+    A channel with zero spread is divided by ``eps`` instead of 0. Every entry must be finite and
+    every std >= 0 (a NaN turns every sample into NaN, written as black frames); ``source`` (the
+    file they came from, not serialized) names them in that one-line error.
     """
 
     grid: tuple[int, int, int]
@@ -42,14 +44,30 @@ class LatentStats:
     std: torch.Tensor
     num: int = 0
     eps: float = 1e-6
+    source: str = "latent statistics"
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
         self.mean = torch.as_tensor(self.mean, dtype=torch.float64)
         self.std = torch.as_tensor(self.std, dtype=torch.float64)
         if self.mean.ndim != 2 or self.mean.shape[0] != 3 or self.std.shape != self.mean.shape:
-            raise LatentCacheError(f"statistics need mean and std of shape (3, C), got {tuple(self.mean.shape)} "
-                                   f"and {tuple(self.std.shape)}")
+            raise LatentCacheError(f"{self.source}: statistics need mean and std of shape (3, C), got "
+                                   f"{tuple(self.mean.shape)} and {tuple(self.std.shape)}")
+        self.check()
+
+    def check(self, positive_std: str | None = None) -> "LatentStats":
+        """One-line :class:`LatentCacheError` naming the first entry that is not finite or a
+        negative std; with ``positive_std`` (the reason, for the message) a std of 0 too."""
+        for what, values in (("mean", self.mean), ("std", self.std)):
+            bad, need = ~torch.isfinite(values), "finite"
+            if what == "std":
+                bad |= values <= 0 if positive_std else values < 0
+                need = f"finite and > 0 ({positive_std})" if positive_std else "finite and >= 0"
+            if bad.any():
+                k, c = (int(i) for i in bad.nonzero()[0])
+                raise LatentCacheError(f"{self.source}: {PLANES[k]}_{what}[{c}] is {float(values[k, c])}, must be "
+                                       f"{need}; measure the statistics again (`coordtok encode` writes stats.json)")
+        return self
 
     @property
     def channels(self) -> int:
@@ -90,12 +108,12 @@ class LatentStats:
                 "std": {p: self.std[k].tolist() for k, p in enumerate(PLANES)}}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LatentStats":
+    def from_dict(cls, d: dict, source: str = "latent statistics") -> "LatentStats":
         try:
             return cls(grid=tuple(d["grid"]), mean=[d["mean"][p] for p in PLANES], std=[d["std"][p] for p in PLANES],
-                       num=int(d.get("num", 0)), eps=float(d.get("eps", 1e-6)))
+                       num=int(d.get("num", 0)), eps=float(d.get("eps", 1e-6)), source=source)
         except (KeyError, TypeError) as e:
-            raise LatentCacheError(f"malformed latent statistics (missing {e})") from None
+            raise LatentCacheError(f"{source}: malformed latent statistics (missing {e})") from None
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -108,7 +126,8 @@ class LatentStats:
         path = Path(path)
         if path.is_dir():
             path = path / STATS_NAME
-        return cls.from_dict(_read_json(path, "latent statistics (run `coordtok encode`, which writes them)"))
+        return cls.from_dict(_read_json(path, "latent statistics (run `coordtok encode`, which writes them)"),
+                             source=str(path))
 
 
 def compute_stats(latent_dir: str | Path, num: int = 2048, seed: int = 0, batch: int = 256) -> LatentStats:

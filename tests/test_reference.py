@@ -279,7 +279,7 @@ def test_log_statistics_are_parsed_exactly(tmp_path):
     # With 8 channels of mixed magnitudes torch prints in scientific notation, over two lines.
     stamp = "[\x1b[34m2026-11-22 02:50:03\x1b[0m] "
     lines = [stamp + "SiT Parameters: 1"]
-    values = torch.tensor([1e-5, 2.0, -3.5, 1e3, 0.1, 0.2, 0.3, 0.4])
+    values = torch.tensor([1e-5, 2.0, 3.5, 1e3, 0.1, 0.2, 0.3, 0.4])  # positive: they also serve as stds
     for k, name in enumerate(("xy_mean", "xy_std", "yt_mean", "yt_std", "xt_mean", "xt_std")):
         text = str(values * (k + 1)).replace("tensor(", f"{name}: tensor(")
         assert "\n" in text

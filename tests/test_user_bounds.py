@@ -2,19 +2,25 @@
 any work: sampling steps, clip starts, memory budgets, configs, reference files, full disks."""
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
 from coordtok import checkpoint as ckpt
 from coordtok.cli import main
+from coordtok.errors import CoordTokError
 from coordtok.video_io import sample_video_paths
 
 BIKES = str(sample_video_paths()["bikes"])  # 250 frames
 
 
 def _one_line_error(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("coordtok: error:") and "\n" not in err, err
+    """The error line the command ended with (notes such as a loaded file's description may precede it)."""
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("coordtok: error:"), err
     for needle in needles:
         assert needle in err, (needle, err)
     return err
@@ -96,7 +102,72 @@ def test_reconstruct_takes_the_last_start(regen_ckpt, tmp_path, capsys):
     out = tmp_path / "r.mp4"
     assert main(["reconstruct", "--ckpt", str(regen_ckpt), "--video", BIKES, "--start", "241", "--frames", "9",
                  "--out", str(out)]) == 0
-    import json
-
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["start"] == 241 and metrics["frames"] == 9  # frames 241..249, the last 9
+
+
+# ---------------------------------------------------------------------------- latent statistics
+
+FIX = Path(__file__).resolve().parent / "fixtures" / "reference"
+
+
+@pytest.fixture(scope="module")
+def tokenizer_a(tmp_path_factory):
+    """Reference fixture A (4 heads) converted: the tokenizer the reference SiT fixture's latents fit."""
+    out = tmp_path_factory.mktemp("tok") / "coordtok_A.pt"
+    assert main(["convert", "--ckpt", str(FIX / "coordtok_A.pth"), "--out", str(out), "--heads", "4"]) == 0
+    return out
+
+
+def _sit_run_with(tmp_path, old: str, new: str) -> Path:
+    """A copy of the reference SiT run whose log.txt has ``old`` replaced by ``new``."""
+    run = tmp_path / "sit_run"
+    shutil.copytree(FIX / "sit_run", run)
+    log = run / "log.txt"
+    text = log.read_text()
+    assert text.count(old) == 1
+    log.write_text(text.replace(old, new))
+    return run / "checkpoints" / "0000100.pt"
+
+
+@pytest.mark.parametrize("old, new, needle", [
+    ("xy_std: tensor([1.0721, 1.4248", "xy_std: tensor([1.0721, nan", "xy_std[1] is nan"),
+    ("yt_mean: tensor([ 0.0739", "yt_mean: tensor([ inf", "yt_mean[0] is inf"),
+    ("xt_std: tensor([0.7438, 0.8382, 1.3847, 0.5763])", "xt_std: tensor([0.7438, 0.8382, 1.3847, 0.])",
+     "xt_std[3] is 0.0"),
+])
+def test_bad_log_statistics_are_refused_by_convert_and_sample(tokenizer_a, tmp_path, capsys, old, new, needle):
+    sit = _sit_run_with(tmp_path, old, new)
+    log = str(sit.parent.parent / "log.txt")
+    assert main(["convert", "--ckpt", str(sit), "--out", str(tmp_path / "sit.pt")]) == 2
+    _one_line_error(capsys, log, needle)
+    assert not (tmp_path / "sit.pt").exists()
+    out = tmp_path / "samples"
+    assert main(["sample", "--sit-ckpt", str(sit), "--tokenizer-ckpt", str(tokenizer_a), "--num", "1", "--steps", "3",
+                 "--out", str(out), "--no-progress"]) == 2
+    _one_line_error(capsys, log, needle)
+    assert not out.exists()
+
+
+def test_good_log_statistics_sample_finite_videos(tokenizer_a, tmp_path, capsys):
+    """The unmodified log: the same commands succeed (the refusals above are about the values)."""
+    sit = _sit_run_with(tmp_path, "xy_std", "xy_std")
+    assert main(["convert", "--ckpt", str(sit), "--out", str(tmp_path / "sit.pt")]) == 0
+    assert main(["sample", "--sit-ckpt", str(sit), "--tokenizer-ckpt", str(tokenizer_a), "--num", "1", "--steps", "3",
+                 "--out", str(tmp_path / "samples"), "--no-progress", "--format", "npz"]) == 0
+
+
+def test_bad_statistics_in_a_stats_file_or_checkpoint_name_the_entry(tmp_path):
+    from sit.stats import LatentStats
+
+    good = LatentStats(grid=(2, 2, 2), mean=torch.zeros(3, 4), std=torch.ones(3, 4))
+    d = good.to_dict()
+    d["std"]["yt"][2] = float("nan")
+    (tmp_path / "stats.json").write_text(json.dumps(d))  # json writes NaN, as a NaN std would be saved
+    with pytest.raises(CoordTokError, match=r"stats.json: yt_std\[2\] is nan, must be finite and >= 0"):
+        LatentStats.load(tmp_path / "stats.json")
+    d["std"]["yt"][2] = 0.0  # a channel without spread is divided by eps: allowed here
+    assert LatentStats.from_dict(d).std[1, 2] == 0
+    d["mean"]["xt"][1] = float("-inf")
+    with pytest.raises(CoordTokError, match=r"ckpt.pt: stats: xt_mean\[1\] is -inf"):
+        LatentStats.from_dict(d, "ckpt.pt: stats")
