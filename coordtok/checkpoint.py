@@ -13,7 +13,6 @@ import contextlib
 import os
 import random
 import re
-import socket
 import sys
 import uuid
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from .errors import CheckpointError
 from .fileio import OutputError, atomic_path
+from .locking import LOCK_NAME, FolderLock, FolderLockError
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
 
@@ -222,14 +222,12 @@ def peek(path: str | Path) -> dict | None:
     return {"kind": obj.get("kind"), "step": obj.get("step"), "run_id": obj.get("run_id")}
 
 
-LOCK_NAME = ".lock"
-
-
 class RunFolder:
     """A training run's output folder: its checkpoints, its lock, and what may be deleted in it.
 
     * While a run writes to the folder it holds an exclusive lock on ``<folder>/.lock``
-      (``fcntl.flock``, released by the OS if the process dies); a second run on the same folder
+      (:class:`coordtok.locking.FolderLock`: ``fcntl.flock``, released by the OS if the process
+      dies, or a lock file where the file system has no flock); a second run on the same folder
       is a one-line error instead of two runs deleting each other's files.
     * A fresh run (no ``--resume``) refuses a folder that already holds checkpoints: continuing
       a run is explicit, and two runs' checkpoints never mix.
@@ -249,37 +247,27 @@ class RunFolder:
     def acquire(self) -> None:
         """Take the folder's lock (main process only; other ranks hold nothing). One-line
         :class:`CheckpointError` when another run holds it or the folder cannot be made."""
-        self._handle = None
+        self._lock = None
         if not self.is_main:
             return
-        import fcntl
-
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            handle = open(self.path / LOCK_NAME, "a+")
         except OSError as e:
             raise CheckpointError(f"{self.path}: cannot create the output folder ({e.strerror or e}); "
                                   f"choose a writable train.out_dir") from None
+        lock = FolderLock(self.path, "run", "choose another train.out_dir", self.log, LOCK_NAME)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise CheckpointError(f"{self.path}: another run ({holder}) is writing to this folder; wait for it "
-                                  f"to finish or choose another train.out_dir") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
-        self._handle = handle
+            lock.acquire()
+        except FolderLockError as e:
+            raise CheckpointError(str(e)) from None
+        self._lock = lock
         self._remove_stale_temporaries()
 
     def release(self) -> None:
-        """Give the lock back (closing the file releases it; the OS does so if the process dies)."""
-        if getattr(self, "_handle", None) is not None:
-            self._handle.close()
-            self._handle = None
+        """Give the lock back (the OS releases a flock if the process dies; see :mod:`coordtok.locking`)."""
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+            self._lock = None
 
     @contextlib.contextmanager
     def lock(self):
