@@ -35,6 +35,7 @@ import torch
 from coordtok.config import DataConfig, load_tokenizer_config
 from coordtok.errors import CoordTokError
 from coordtok.fileio import check_writable, write_json, write_text
+from coordtok.locking import HELD_SUFFIX, LOCK_NAME, FolderLock, FolderLockError
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: configs/ sits beside the packages
 CONFIG = ROOT / "configs" / "tokenizer" / "tiny.yaml"
@@ -77,17 +78,45 @@ class DemoFolderError(CoordTokError):
     """The demo's output folder holds things the demo did not write."""
 
 
-def prepare_folder(out: Path, fresh: bool) -> None:
-    """Make ``out`` the demo's folder: new or empty, or written by an earlier demo (its marker).
+# The demo's own lock on its folder (coordtok.locking), held for the whole demo; a lock file alone
+# (a demo killed before it wrote its marker) does not make a folder someone else's.
+LOCK_FILES = (LOCK_NAME, LOCK_NAME + HELD_SUFFIX)
 
-    ``fresh`` deletes what an earlier demo wrote there (:data:`OUTPUTS`) and nothing else.
-    """
+
+def _check_folder(out: Path) -> None:
+    """``out`` is new, empty, or marked as the demo's; and writable."""
     if out.exists() and not out.is_dir():
         raise DemoFolderError(f"--out {out}: is a file; give a folder for the demo's outputs")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+    if out.is_dir() and any(p.name not in LOCK_FILES for p in out.iterdir()) and not (out / MARKER).is_file():
         raise DemoFolderError(f"--out {out}: the folder exists and was not created by `coordtok demo` (no {MARKER} "
                               f"in it), so the demo will not write or delete anything there; choose a new folder")
     check_writable(out, "demo folder")
+
+
+@contextlib.contextmanager
+def demo_folder(out: Path, fresh: bool):
+    """:func:`prepare_folder` under the folder's lock, held until the block ends: a second demo on
+    the same folder (``--fresh`` or not) is one line instead of deleting the running one's files."""
+    _check_folder(out)  # before the lock file is made: nothing is created in a folder that is not ours
+    lock = FolderLock(out, "demo", "choose another --out", _say)
+    try:
+        lock.acquire()
+    except FolderLockError as e:
+        raise DemoFolderError(str(e)) from None
+    try:
+        prepare_folder(out, fresh)
+        yield out
+    finally:
+        lock.release()
+
+
+def prepare_folder(out: Path, fresh: bool) -> None:
+    """Make ``out`` the demo's folder: new or empty, or written by an earlier demo (its marker).
+    The caller holds the folder's lock (:func:`demo_folder`).
+
+    ``fresh`` deletes what an earlier demo wrote there (:data:`OUTPUTS`) and nothing else.
+    """
+    _check_folder(out)
     if fresh:
         for name in OUTPUTS:
             path = out / name
@@ -168,13 +197,17 @@ def compare(tokenizers: dict[str, str], item: dict, out: Path, options: dict, wi
 
 
 def run_demo(out_dir: str | Path = "demo_out", fresh: bool = False, quick: bool = False) -> dict:
+    plan = QUICK if quick else DemoPlan()
+    out = Path(out_dir)
+    with demo_folder(out, fresh):
+        return _run_demo(out, plan)
+
+
+def _run_demo(out: Path, plan: DemoPlan) -> dict:
     from coordtok.checkpoint import load_tokenizer
     from coordtok.data import build_dataset
     from coordtok.train import train
 
-    plan = QUICK if quick else DemoPlan()
-    out = Path(out_dir)
-    prepare_folder(out, fresh)
     runs = out / "runs"
     torch.manual_seed(0)
     clock = _Clock()
