@@ -20,6 +20,30 @@ def _baseline_trainer():
 TRAINERS: dict = {"magvit2": _baseline_trainer, "promag": _baseline_trainer}
 
 
+def trainer_for(config, kind: str):
+    """``(load_run_config, train)`` of a config file's ``kind``; one line for a kind nobody trains."""
+    from .config import ConfigError
+
+    if kind not in TRAINERS:
+        raise ConfigError(f"{config}: kind: {kind!r} is not a tokenizer this project trains "
+                          f"(known: {', '.join(sorted(TRAINERS))}; a CoordTok config has no kind)")
+    return TRAINERS[kind]()
+
+
+def load_run_config(config, overrides: dict | None = None):
+    """``(kind, run config)`` of a tokenizer config file, read and checked exactly as ``train``
+    reads it (``"coordtok"`` for a file without ``kind:``): an empty file, an unknown kind or a bad
+    value is the same one-line error. For the commands that take a config to build a model from
+    (``profile``); registered trainers only, so call it from a command."""
+    from .config import load_tokenizer_config, load_yaml
+
+    kind = load_yaml(config).get("kind")
+    if kind is None:
+        return "coordtok", load_tokenizer_config(config, overrides)
+    load, _ = trainer_for(config, kind)
+    return kind, load(config, overrides)
+
+
 def cmd_train(args) -> None:
     from .config import SECTIONS, ConfigError, TrainConfig, from_dict, load_tokenizer_config, load_yaml, read_sections
     from .train import train
@@ -27,14 +51,12 @@ def cmd_train(args) -> None:
     overrides = train_overrides(args)
     kind = load_yaml(args.config).get("kind")
     if kind is not None:
-        if kind not in TRAINERS:
-            raise ConfigError(f"{args.config}: kind: {kind!r} is not a tokenizer this project trains "
-                              f"(known: {', '.join(sorted(TRAINERS))}; a CoordTok config has no kind)")
+        trainer_for(args.config, kind)  # an unknown kind is refused before any other check
         if args.stage == 2:
             raise ConfigError(f"--stage is for CoordTok configs; {args.config} is a {kind} config")
         if args.init_from:
             overrides.setdefault("train", {})["init_from"] = args.init_from
-        load, run = TRAINERS[kind]()
+        load, run = trainer_for(args.config, kind)
         result = run(load(args.config, overrides), resume=resume_arg(args), progress=not args.no_progress,
                      config_text=config_text(args.config))
         print(json.dumps(result, indent=2))

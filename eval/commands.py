@@ -113,11 +113,21 @@ def cmd_eval_fvd(args) -> None:
 
 
 def cmd_profile(args) -> None:
+    from coordtok.commands import load_run_config
+    from coordtok.config import ConfigError
     from coordtok.fileio import check_writable
     from coordtok.loop import resolve_device
 
     from .profile import profile, write_report
 
+    # Read as train reads them: an empty file or an unknown kind is refused, not profiled as the defaults.
+    kind, _ = load_run_config(args.config)
+    if kind != "coordtok":
+        raise ConfigError(f"--config {args.config}: a {kind} config; --config takes a CoordTok config "
+                          f"(no kind:), pass this one with --baseline")
+    for path in args.baseline:
+        if load_run_config(path)[0] == "coordtok":
+            raise ConfigError(f"--baseline {path}: a CoordTok config (no kind:); pass it with --config")
     out = check_writable(args.out, "profile folder")
     device = resolve_device(args.device).type
     rows = profile(args.config, args.frames, num_coords=args.num_coords, device=device,

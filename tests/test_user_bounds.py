@@ -171,3 +171,33 @@ def test_bad_statistics_in_a_stats_file_or_checkpoint_name_the_entry(tmp_path):
     d["mean"]["xt"][1] = float("-inf")
     with pytest.raises(CoordTokError, match=r"ckpt.pt: stats: xt_mean\[1\] is -inf"):
         LatentStats.from_dict(d, "ckpt.pt: stats")
+
+
+# ---------------------------------------------------------------------------- profile configs
+
+TINY = "configs/tokenizer/tiny.yaml"
+
+
+@pytest.mark.parametrize("text", ["", "# nothing but a comment\n", "kind: vqgan\nmodel: {}\ntrain: {}\n",
+                                  "model:\n  width: 7\ntrain: {}\n"])
+def test_profile_reads_its_config_as_train_does(tmp_path, capsys, text):
+    """An empty file, an unknown kind or a bad value: the same line from profile as from train, no report."""
+    config = tmp_path / "empty.yaml"
+    config.write_text(text)
+    assert main(["train", "--config", str(config), "--out-dir", str(tmp_path / "run")]) == 2
+    train_err = _one_line_error(capsys, str(config))
+    assert main(["profile", "--config", str(config), "--no-memory", "--frames", "16", "--out", str(tmp_path / "p")]) == 2
+    assert _one_line_error(capsys) == train_err
+    assert not (tmp_path / "p").exists()
+
+
+def test_profile_takes_baselines_with_baseline_only(tmp_path, capsys):
+    out = str(tmp_path / "p")
+    magvit = "configs/baselines/magvit2-tiny.yaml"
+    assert main(["profile", "--config", magvit, "--no-memory", "--frames", "16", "--out", out]) == 2
+    _one_line_error(capsys, "a magvit2 config", "--baseline")
+    assert main(["profile", "--config", TINY, "--baseline", TINY, "--no-memory", "--frames", "16", "--out", out]) == 2
+    _one_line_error(capsys, "a CoordTok config", "--config")
+    assert main(["profile", "--config", TINY, "--baseline", magvit, "--no-memory", "--frames", "16", "--out", out]) == 0
+    rows = json.loads((tmp_path / "p" / "profile.json").read_text())["rows"]
+    assert {r["mode"] for r in rows} == {"coordtok", "full", "magvit2"}
