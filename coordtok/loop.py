@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from .activation_checkpointing import set_activation_checkpointing
 from .config import ConfigError, LoopConfig
 from .errors import CoordTokError
 
@@ -559,6 +560,9 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
         if is_main:
             log(f"precision: {'fp32' if precision == 'no' else precision} "
                 f"({'CUDA' if device_type == 'cuda' else cpu_info()['model']})")
+        blocks = set_activation_checkpointing(task.modules["model"], t.activation_checkpointing)
+        if is_main and t.activation_checkpointing:
+            log(f"activation checkpointing: {blocks} blocks recompute their activations in the backward")
 
         names = list(task.modules)
         prepared = accelerator.prepare(*[task.modules[n] for n in names], *[optimizers[n] for n in task.phases])

@@ -43,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
+from .activation_checkpointing import CheckpointedBlock
 from .attention import attention
 from .config import ModelConfig, load_model_config
 from .triplane import Triplane
@@ -93,8 +94,8 @@ class CrossAttention(nn.Module):
         return self.proj(rearrange(out, "b n h d -> b n (h d)"))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: ``x += Attn(LN(x)); x += MLP(LN(x))``."""
+class Block(CheckpointedBlock):
+    """Pre-norm transformer block: ``x += Attn(LN(x)); x += MLP(LN(x))`` (checkpointable)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, qkv_bias: bool, eps: float = 1e-6):
         super().__init__()
@@ -108,8 +109,9 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class CrossSelfBlock(nn.Module):
-    """``x += CrossAttn(LN(x), context); x += SelfAttn(LN(x)); x += MLP(LN(x))`` (bias-free attention)."""
+class CrossSelfBlock(CheckpointedBlock):
+    """``x += CrossAttn(LN(x), context); x += SelfAttn(LN(x)); x += MLP(LN(x))`` (bias-free attention;
+    checkpointable)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, eps: float = 1e-6):
         super().__init__()

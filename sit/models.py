@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from coordtok.activation_checkpointing import CheckpointedBlock
 from coordtok.attention import attention
 from coordtok.triplane import Triplane
 
@@ -125,8 +126,9 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class SiTBlock(nn.Module):
-    """A SiT block with adaptive layer norm zero (adaLN-Zero) conditioning.
+class SiTBlock(CheckpointedBlock):
+    """A SiT block with adaptive layer norm zero (adaLN-Zero) conditioning (checkpointable: SiT and
+    REGEN's DiT).
 
     ``x`` ``(B, N, D)``, ``c`` ``(B, D)`` -> ``(B, N, D)``. Six modulation chunks: shift, scale
     and gate for the attention branch and for the MLP branch. The gates are zero at init, so

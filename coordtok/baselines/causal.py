@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from ..activation_checkpointing import CheckpointedBlock
+
 __all__ = [
     "norm_groups",
     "CausalConv3d",
@@ -116,8 +118,9 @@ class FrameGroupNorm(nn.Module):
         return rearrange(y, "(b t) c h w -> b c t h w", t=t)
 
 
-class ResBlock3d(nn.Module):
-    """Pre-activation residual block: ``(B, C_in, T, H, W) -> (B, C_out, T, H, W)``.
+class ResBlock3d(CheckpointedBlock):
+    """Pre-activation residual block: ``(B, C_in, T, H, W) -> (B, C_out, T, H, W)`` (checkpointable:
+    MAGVIT-v2, ProMAG and REGEN's encoder).
 
     GroupNorm -> SiLU -> causal 3x3x3 conv (no bias) -> GroupNorm -> SiLU -> causal 3x3x3 conv (no
     bias), plus the input; a bias-free 1x1x1 conv maps the shortcut when the widths differ. The
