@@ -78,9 +78,10 @@ def config_text(path) -> str | None:
 def add_reference_options(p: argparse.ArgumentParser) -> None:
     """``--heads`` / ``--enc-heads`` / ``--dec-heads``: for a tokenizer checkpoint in the reference
     implementation's format, whose head count the weights do not tell (default width / 64, which
-    is right for every released model)."""
+    is right for every released model; another size needs them)."""
     p.add_argument("--heads", type=positive_int, default=None,
-                   help="reference-format tokenizer: attention heads (default: width / 64, as the released models)")
+                   help="reference-format tokenizer: attention heads (default: width / 64 for the released sizes; "
+                        "any other size needs it)")
     p.add_argument("--enc-heads", type=positive_int, default=None, help="reference-format tokenizer: encoder heads")
     p.add_argument("--dec-heads", type=positive_int, default=None, help="reference-format tokenizer: decoder heads")
 

@@ -113,11 +113,20 @@ class _Reader:
 # ---------------------------------------------------------------------------- configuration
 
 
-def _heads(width: int, given: int | None, what: str, flag: str, r: _Reader) -> int:
+def _heads(width: int, given: int | None, what: str, flag: str, r: _Reader, released: str | None) -> int:
+    """The attention heads of a ``width``-d module: ``given``, else ``width / 64`` for a released
+    size (``released``: its name). A custom size is refused without a head count: the weights do
+    not hold it, and a wrong guess loads silently and computes something else (fixture A, 64-d
+    with 4 heads, read as 1 head: its triplane is 0.43 off)."""
     if given is None:
+        arg = f"{what[:3]}_num_heads"
         if width % HEAD_DIM:
             raise r.fail(f"the {what} is {width}-d, not a multiple of {HEAD_DIM}, so its number of attention heads "
-                         f"cannot be guessed; pass --heads (or {flag})")
+                         f"cannot be guessed; pass --heads (or {flag}): the reference run's {arg} argument")
+        if released is None:
+            raise r.fail(f"the {what} is {width}-d, a custom size: its attention heads are not in the weights and "
+                         f"width / {HEAD_DIM} = {width // HEAD_DIM} holds only for the released sizes; pass --heads "
+                         f"(or {flag}): the reference run's {arg} argument")
         return width // HEAD_DIM
     if given < 1 or width % given:
         raise r.fail(f"{given} heads do not divide the {width}-d {what}; pass a divisor of {width} as {flag}")
@@ -159,8 +168,9 @@ def infer_coordtok_config(state_dict, heads: int | None = None, enc_heads: int |
     """The :class:`ModelConfig` of a reference CoordTok state dict, read off its tensor shapes.
 
     Layer counts come from the key indices; widths, latent sizes and patch sizes from the
-    kernels and tables. Heads are not in the shapes: ``width / 64`` (every released size)
-    unless ``heads`` (both) or ``enc_heads`` / ``dec_heads`` say otherwise. The clip shape is
+    kernels and tables. Heads are not in the shapes: ``width / 64`` for a released size (S, B, L)
+    unless ``heads`` (both) or ``enc_heads`` / ``dec_heads`` say otherwise; any other size needs
+    them (a one-line error otherwise). The clip shape is
     the decoder's positional grid ``(Tp, Hp, Wp)`` times its patch, and the head's
     ``3 * pt * p * p`` outputs can split several ways (fixture B fits ``pt 2, p 4`` and
     ``pt 8, p 2``): among the splits that fit the encoder's patch kernel and token count the
@@ -206,15 +216,17 @@ def _infer(r: _Reader, heads, enc_heads, dec_heads, frames, size) -> ModelConfig
     if int(d * mlp_ratio) != mlp_hidden:
         raise r.fail(f"key '{r.name('encoder.encoder.layers.0.mlp.fc1.weight')}' has a {mlp_hidden}-d MLP for "
                      f"{d}-d tokens, which no mlp_ratio reproduces")
-    enc_h = _heads(d, enc_heads if enc_heads is not None else heads, "encoder", "--enc-heads", r)
-    dec_h = _heads(dd, dec_heads if dec_heads is not None else heads, "decoder", "--dec-heads", r)
+    layers = {"enc_layers": r.layers("encoder.encoder.layers"), "cross_layers": r.layers("encoder.transformer.layers"),
+              "dec_layers": r.layers("decoder.transformer.layers")}
+    released = next((name for name, (width, depth) in SIZES.items() if d == dd == width and layers == {
+        "enc_layers": VIT_LAYERS, "cross_layers": depth, "dec_layers": depth}), None)
+    enc_h = _heads(d, enc_heads if enc_heads is not None else heads, "encoder", "--enc-heads", r, released)
+    dec_h = _heads(dd, dec_heads if dec_heads is not None else heads, "decoder", "--dec-heads", r, released)
     try:  # (a ModelConfig checks itself when it is built)
         return ModelConfig(
             frames=clip_frames, size=clip_size, enc_patch_t=enc_p_t, enc_patch_xy=enc_p_xy,
-            enc_dim=d, enc_layers=r.layers("encoder.encoder.layers"), enc_heads=enc_h,
-            cross_layers=r.layers("encoder.transformer.layers"),
-            latent_xy=hl, latent_t=tl, latent_channels=c, latent_patch_xy=pxy, latent_patch_t=pt_lat,
-            dec_dim=dd, dec_layers=r.layers("decoder.transformer.layers"), dec_heads=dec_h,
+            enc_dim=d, enc_heads=enc_h, latent_xy=hl, latent_t=tl, latent_channels=c, latent_patch_xy=pxy,
+            latent_patch_t=pt_lat, dec_dim=dd, dec_heads=dec_h, **layers,
             dec_patch_xy=dec_p, dec_patch_t=dec_pt, mlp_ratio=mlp_ratio,
             vit_norm_eps=1e-5, cross_norm_eps=1e-6, dec_norm_eps=1e-5,  # the reference's (timm <= 1.0.15 Block)
         )
@@ -347,7 +359,9 @@ def convert_coordtok(obj, heads: int | None = None, enc_heads: int | None = None
         source: the file, for messages (default: the path, or "reference checkpoint").
     Returns:
         ``info`` is one line, e.g. "reference CoordTok checkpoint, CoordTok-L, 1280 tokens,
-        128x128x128 clips, stage 2: LPIPS loss weights dropped (33 tensors)".
+        128x128x128 clips, stage 2: LPIPS loss weights dropped (33 tensors), 16 encoder / 16 decoder
+        heads (width / 64, ...; pass --heads ... if this one used another)": the heads it assumed
+        and how to override them, or the ones given.
     Raises:
         CheckpointError: one line naming the key that is missing, unknown or of the wrong shape.
     """
@@ -382,8 +396,12 @@ def convert_coordtok(obj, heads: int | None = None, enc_heads: int | None = None
         state.update(convert(value))
     stage = (f"stage 2: LPIPS loss weights dropped ({len(lpips)} tensors)" if lpips
              else "stage 1 (no LPIPS loss weights)")
+    assumed = heads is None and (enc_heads is None or dec_heads is None)
+    how = (f" (width / {HEAD_DIM}, as every released size; pass --heads, --enc-heads or --dec-heads if this one "
+           f"used another)" if assumed else "")
     info = (f"reference CoordTok checkpoint, {_size_name(cfg)}, {cfg.num_latent_tokens} tokens, "
-            f"{cfg.frames}x{cfg.size}x{cfg.size} clips, {stage}")
+            f"{cfg.frames}x{cfg.size}x{cfg.size} clips, {stage}, {cfg.enc_heads} encoder / {cfg.dec_heads} decoder "
+            f"heads{how}")
     return cfg, state, info
 
 

@@ -201,3 +201,38 @@ def test_profile_takes_baselines_with_baseline_only(tmp_path, capsys):
     assert main(["profile", "--config", TINY, "--baseline", magvit, "--no-memory", "--frames", "16", "--out", out]) == 0
     rows = json.loads((tmp_path / "p" / "profile.json").read_text())["rows"]
     assert {r["mode"] for r in rows} == {"coordtok", "full", "magvit2"}
+
+
+# ---------------------------------------------------------------------------- reference heads
+
+
+def test_convert_of_a_custom_size_needs_its_heads(tmp_path, capsys):
+    """Fixture A is 64-d with 4 heads: width / 64 would read it as 1 head, load without complaint
+    and compute another triplane. Without --heads it is refused; with them the line states them."""
+    out = tmp_path / "a.pt"
+    assert main(["convert", "--ckpt", str(FIX / "coordtok_A.pth"), "--out", str(out)]) == 2
+    _one_line_error(capsys, "coordtok_A.pth", "64-d, a custom size", "width / 64 = 1", "--heads", "enc_num_heads")
+    assert not out.exists()
+    for flags in (["--heads", "4"], ["--enc-heads", "4", "--dec-heads", "4"]):
+        assert main(["convert", "--ckpt", str(FIX / "coordtok_A.pth"), "--out", str(out), *flags]) == 0
+        info = json.loads(capsys.readouterr().out)["info"]
+        assert info.endswith("4 encoder / 4 decoder heads"), info  # given, so nothing assumed
+        state = ckpt.load(out)
+        assert (state["config"]["model"]["enc_heads"], state["config"]["model"]["dec_heads"]) == (4, 4)
+        out.unlink()
+    # one of the two given is not enough
+    assert main(["convert", "--ckpt", str(FIX / "coordtok_A.pth"), "--out", str(out), "--enc-heads", "4"]) == 2
+    _one_line_error(capsys, "decoder is 64-d", "--dec-heads")
+
+
+def test_a_released_size_states_the_heads_it_assumed():
+    from coordtok.config import ModelConfig
+    from coordtok.reference import convert_coordtok, reference_layout
+
+    cfg = ModelConfig(frames=128, size=128, enc_dim=512, enc_layers=8, cross_layers=8, dec_dim=512, dec_layers=8,
+                      enc_heads=8, dec_heads=8)  # CoordTok-S's shapes
+    sd = {"module." + k: torch.empty(shape, device="meta") for k, (shape, _) in reference_layout(cfg).items()}
+    got, _, info = convert_coordtok({"model": sd})
+    assert (got.enc_heads, got.dec_heads) == (8, 8)
+    assert "CoordTok-S" in info and "8 encoder / 8 decoder heads (width / 64" in info and "--heads" in info
+    assert convert_coordtok({"model": sd}, heads=4)[0].enc_heads == 4
