@@ -516,13 +516,15 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
     from tqdm.auto import tqdm
 
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = resolve_precision(t.mixed_precision, device_type, log)
     # Autocast and the fp16 loss scaler are ours, not accelerate's: its mixed-precision setting is
     # process-wide state that cannot change between runs, and a demo or a test suite trains
     # several models in one process (e.g. an fp32 tokenizer, then a bf16 SiT).
     accelerator = Accelerator(mixed_precision="no",
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    # The device accelerate runs on, not whether a GPU exists: ACCELERATE_USE_CPU=1 on a GPU
+    # machine trains on its CPUs, in the CPU's precision.
+    device_type = accelerator.device.type
+    precision = resolve_precision(t.mixed_precision, device_type, log)
     autocast = functools.partial(torch.autocast, accelerator.device.type,
                                  dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
                                  enabled=precision != "no")
@@ -530,7 +532,7 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
     task.accelerator = accelerator
     is_main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     local_batch, global_micro = split_global_batch(t.batch_size, t.grad_accum, world, source)
-    if torch.cuda.is_available():
+    if device_type == "cuda":
         tf32 = getattr(t, "allow_tf32", True)
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32

@@ -13,6 +13,25 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("COORDTOK_CACHE", str(tmp_path_factory.getbasetemp() / "coordtok-cache"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cpu_only():
+    """Every test sees a machine without CUDA, so ``make test`` gives the same answers on a GPU
+    machine as here: the code picks its device, precision and profiling from
+    ``torch.cuda.is_available()``, and the tests check the CPU's choices (bit-exact resumes,
+    fp32 losses, no max-batch search). In this process ``torch.cuda.is_available()`` is False
+    (so accelerate, whose first use in the session fixes its device, picks the CPU too); the
+    processes a test starts (``accelerate launch``, benchmark children) get no visible GPU and
+    ``ACCELERATE_USE_CPU=1``. A test about a CUDA branch mocks ``torch.cuda`` itself
+    (``monkeypatch.setattr(torch.cuda, "is_available", lambda: True)``): its mock replaces this
+    one for that test (tests/test_cpu_only_suite.py checks both). Session-wide, so that it also
+    holds for the session's shared fixtures (the tiny tokenizer is trained once, first)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.cuda, "is_available", lambda: False)
+        mp.setenv("CUDA_VISIBLE_DEVICES", "")
+        mp.setenv("ACCELERATE_USE_CPU", "1")
+        yield
+
+
 @pytest.fixture(scope="session")
 def root(tmp_path_factory):
     """A session folder for the shared tiny tokenizer and latent cache (tests/sit_common.py)."""
