@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
+import signal
+import subprocess
+import tempfile
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +75,11 @@ def resize_center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
     about what decord's decoding costs (bench.dataloader). Decoding straight to the target size
     (decord's ``width=``/``height=``, ffmpeg's swscale) was as fast but a different filter on
     YUV planes: 40.2 dB from the float32 bicubic frames, against 57.6 dB for this kernel
-    (tests/test_ucf101.py measures it); the difference to float32 is the uint8 rounding of the
-    intermediate pass and of the result, mostly under one level.
+    (bench.dataloader measures both; tests/test_ucf101.py holds this kernel to >= 50 dB); the
+    difference to float32 is the uint8 rounding of the intermediate pass and of the result,
+    mostly under one level. Evaluation reads real clips through this same transform (the FVD
+    protocol's real clips are the training data at the model's size; the I3D detector then makes
+    its own bilinear resize to 224, as that protocol says).
     """
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
         raise ValueError(f"expected uint8 frames (T, 3, H, W), got {frames.dtype} {tuple(frames.shape)}")
@@ -102,8 +110,13 @@ def write_mp4(path, frames: np.ndarray, fps: float = 25, crf: int = 10) -> Path:
 
     yuv420p needs even sides: an odd height or width is padded by one pixel (edge replicated),
     so the file may be one pixel larger than ``frames``. Returns the written path.
+
+    ffmpeg (imageio-ffmpeg's binary) is run directly, not through imageio's writer: that writer
+    ignores ffmpeg's exit status, so a full disk ("Error writing trailer: No space left on
+    device") left an unplayable file under the final name. Here a failed ffmpeg is a one-line
+    :class:`~coordtok.fileio.OutputError` and nothing is left under ``path``.
     """
-    import imageio.v2 as imageio  # imported here: only writers need it
+    import imageio_ffmpeg  # imported here: only writers need it
 
     path = Path(path)
     frames = _check_frames(frames)
@@ -111,19 +124,50 @@ def write_mp4(path, frames: np.ndarray, fps: float = 25, crf: int = 10) -> Path:
     if pad_h or pad_w:
         log.info("padding %s frames from %dx%d by (%d, %d) px for yuv420p", path, *frames.shape[1:3], pad_h, pad_w)
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    with atomic_path(path, "video") as tmp:
-        writer = imageio.get_writer(
-            tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p",
-            quality=None, ffmpeg_params=["-crf", str(int(crf))],
-            # sides are already even; 1 stops imageio from resizing to multiples of 16.
-            macro_block_size=1, ffmpeg_log_level="error",
-        )
+    _, h, w, _ = frames.shape
+    rate = str(Fraction(fps).limit_denominator())  # a rational, so 24000/1001 stays exact
+    with atomic_path(path, "video") as tmp, tempfile.TemporaryFile() as err:
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{w}x{h}", "-r", rate, "-i", "-", "-an", "-vcodec", "libx264", "-pix_fmt", "yuv420p",
+               "-crf", str(int(crf)), str(tmp)]
+        # stderr goes to a file, not a pipe: a pipe nobody reads while frames are written could fill and block ffmpeg
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
         try:
-            for frame in frames:
-                writer.append_data(frame)
-        finally:
-            writer.close()
+            try:
+                for frame in frames:
+                    proc.stdin.write(np.ascontiguousarray(frame).data)
+                proc.stdin.close()
+            except BrokenPipeError:  # ffmpeg stopped reading: its status and message say why
+                pass
+            status = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        err.seek(0)
+        _check_ffmpeg(status, err.read().decode(errors="replace"))
     return path
+
+
+_FFMPEG_PREFIX = re.compile(r"^\[[^\]]*\]\s*")  # "[out#0/mp4 @ 0x55...] "
+_WRITE_ERRORS = re.compile(r"error (writing|closing)|no space left|file too large|disk quota", re.IGNORECASE)
+
+
+def _check_ffmpeg(status: int, stderr: str) -> None:
+    """An ``OSError`` (which :func:`~coordtok.fileio.atomic_path` turns into a one-line
+    ``OutputError``) when ffmpeg failed: a non-zero status, or a write error it reported anyway."""
+    lines = [_FFMPEG_PREFIX.sub("", line).strip() for line in stderr.splitlines() if line.strip()]
+    if status == 0 and not any(_WRITE_ERRORS.search(line) for line in lines):
+        return
+    if status < 0:
+        try:
+            why = f"ffmpeg was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            why = f"ffmpeg was killed by signal {-status}"
+    else:
+        why = f"ffmpeg exited with status {status}"
+    first = next((line for line in lines if _WRITE_ERRORS.search(line)), lines[0] if lines else None)
+    raise OSError(f"{why}: {first}" if first else why)
 
 
 def write_png(path, image: np.ndarray) -> Path:

@@ -7,7 +7,9 @@ Protocol (StyleGAN-V, as used for the paper's generation FVD): ``num_videos`` (2
 ``frames`` (128) consecutive frames against as many fake videos. Real clips are *random*: a seeded
 choice of videos (without replacement; with replacement only when the dataset has fewer videos
 than ``num_videos``) and a seeded random window in each, read with the training transform
-(short side bicubic-resized to ``size``, center crop), videos shorter than ``frames`` skipped. The
+(short side bicubic-resized to ``size`` with antialiasing, center crop: the one loading path,
+:func:`coordtok.video_io.resize_center_crop`, so real clips are exactly what training sees; the
+detector's own bilinear resize to 224 follows), videos shorter than ``frames`` skipped. The
 16-frame variant (``clip_frames=16``) splits every 128-frame clip into 8 non-overlapping 16-frame
 clips and fits the Gaussians to all of them (8 feature rows per video).
 
@@ -42,7 +44,8 @@ from .frechet import FeatureStats, frechet_distance, fvd_from_features  # noqa: 
 log = logging.getLogger(__name__)
 
 # Part of every cache key: bump it when the choice of real clips changes, so stale files miss.
-PROTOCOL = "coordtok-fvd-1"
+# 2: frames resized by the uint8 kernel (within ~3 levels of the float32 resize of version 1).
+PROTOCOL = "coordtok-fvd-2"
 DEFAULT_FRAMES = 128
 DEFAULT_NUM_VIDEOS = 2048
 
