@@ -109,6 +109,9 @@ def cmd_convert(args) -> None:
     out = check_writable_file(args.out, "converted checkpoint")
     if Path(out).resolve() == Path(args.ckpt).resolve():
         raise CheckpointError(f"--out {out}: is the input file; write the conversion to another file")
+    if (out.exists() or out.is_symlink()) and not args.force:
+        raise CheckpointError(f"--out {out}: already exists and would be replaced; choose another file, or pass "
+                              f"--force to replace it")
     raw = load_any(args.ckpt)
     for convert in [convert_tokenizer, *CONVERTERS]:
         found = convert(raw, args)
@@ -144,4 +147,5 @@ def register(sub) -> None:
     c.add_argument("--size", type=positive_int, default=None, help="frame side, when the shapes leave it open")
     c.add_argument("--latent-stats", default=None,
                    help="SiT: the reference run's log.txt or a stats.json; stored in the converted checkpoint")
+    c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.set_defaults(fn=cmd_convert)
