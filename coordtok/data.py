@@ -4,10 +4,14 @@ Every item is one clip of ``num_frames`` frames taken at ``stride`` from one vid
 resized (bicubic, antialiased, in uint8: :func:`coordtok.video_io.resize_center_crop`) to
 ``size`` and center-cropped to ``size x size``::
 
-    {"video": float32 (3, T, size, size) in [-1, 1],
+    {"video": float32 (3, T, size, size) in [-1, 1],  # uint8 in [0, 255] with uint8=True
      "num_frames": int,   # valid frames; frames [num_frames:] are exact zeros (padding)
      "path": str,
      "start": int}        # index of the first frame in the file
+
+Loaders (training, ``encode``) take ``uint8=True`` items: a batch crosses worker processes,
+shared and pinned memory as uint8 (4x less than float32: 6.3 MB per 128x128x128 clip) and
+becomes float on the device, by :func:`to_model_video` (the one conversion both kinds share).
 
 Design points:
 
@@ -197,6 +201,27 @@ def _category(reason: str) -> str:
     return reason.split(":")[0]
 
 
+def to_model_video(video: torch.Tensor, num_frames=None) -> torch.Tensor:
+    """uint8 frames ``(3, T, H, W)`` or ``(B, 3, T, H, W)`` in [0, 255] -> float32 in [-1, 1]
+    (``x / 127.5 - 1``), on the device they are on.
+
+    With ``num_frames`` (an int, or a ``(B,)`` tensor for a batch) frames ``[num_frames:]`` of each
+    clip become exact zeros: padding, which the models mask by ``num_frames``; its value only has
+    to be inert, and 0 in [-1, 1] is no uint8 level, so it is set here.
+    """
+    if video.dtype != torch.uint8 or video.ndim not in (4, 5) or video.shape[-4] != 3:
+        raise ValueError(f"expected uint8 video (3, T, H, W) or (B, 3, T, H, W), got {video.dtype} "
+                         f"{tuple(video.shape)}")
+    # in place after the one new tensor: out-of-place temporaries of a clip's size cost more in
+    # fresh pages (measured ~8x on a CPU) than the arithmetic itself
+    x = video.float().div_(127.5).sub_(1)
+    if num_frames is not None and not (isinstance(num_frames, int) and num_frames >= x.shape[-3]):
+        nf = torch.as_tensor(num_frames, device=x.device).reshape(-1, 1)  # (B or 1, 1)
+        pad = torch.arange(x.shape[-3], device=x.device) >= nf  # (B or 1, T)
+        x.masked_fill_(rearrange(pad, "b t -> b 1 t 1 1") if x.ndim == 5 else rearrange(pad[0], "t -> 1 t 1 1"), 0.0)
+    return x
+
+
 # ---------------------------------------------------------------------------- dataset
 class VideoClipDataset(Dataset):
     """Random (or fixed) contiguous clips from a list of video files.
@@ -223,6 +248,8 @@ class VideoClipDataset(Dataset):
         preload: decode and resize every video once at construction and keep the frames in
             memory (uint8). For a handful of short videos (the demo's sample clips) this turns
             seconds of decoding per clip into a slice.
+        uint8: items hold uint8 frames in [0, 255] (padding frames 0) instead of float32 in
+            [-1, 1]; :func:`to_model_video` converts them where they are used (on the device).
     """
 
     def __init__(
@@ -240,6 +267,7 @@ class VideoClipDataset(Dataset):
         probe_workers: int = 8,
         name: str | None = None,
         preload: bool = False,
+        uint8: bool = False,
     ):
         if num_frames < 1 or stride < 1 or clips_per_video < 1 or (size is not None and size < 1):
             raise ValueError(
@@ -259,6 +287,7 @@ class VideoClipDataset(Dataset):
         self.num_frames, self.size, self.stride, self.seed = num_frames, size, stride, seed
         self.min_frames, self.clips_per_video, self.frame_range = min_frames, clips_per_video, frame_range
         self.deterministic_start = deterministic_start
+        self.uint8 = bool(uint8)
         self.epoch = 0
         self.name = name or "the given files"
         self.cache_dir = None if cache_dir is False else Path(cache_dir) if cache_dir else default_cache_dir()
@@ -396,11 +425,16 @@ class VideoClipDataset(Dataset):
         # a channels-last view of decord's (T, H, W, 3) array: the layout the uint8 resize is fastest on
         x = rearrange(torch.from_numpy(clip), "t h w c -> t c h w")
         x = resize_center_crop(x, self.size) if self.size is not None else x
-        x = x.float() / 127.5 - 1
+        return self._item(x, valid, info, start)
+
+    def _item(self, x: torch.Tensor, valid: int, info: VideoInfo, start: int) -> dict:
+        """The item of uint8 frames ``x`` ``(valid, 3, S, S)``: padded to ``num_frames``, as
+        ``(3, T, S, S)``, float in [-1, 1] unless the dataset keeps uint8."""
+        x = rearrange(x, "t c h w -> c t h w")
         if valid < self.num_frames:
-            # exact zeros: the model masks padded frames by num_frames, the value only has to be inert
-            x = torch.cat([x, x.new_zeros(self.num_frames - valid, *x.shape[1:])])
-        return {"video": rearrange(x, "t c h w -> c t h w").contiguous(), "num_frames": valid,
+            x = torch.cat([x, x.new_zeros(3, self.num_frames - valid, *x.shape[2:])], dim=1)
+        x = x.contiguous()
+        return {"video": x if self.uint8 else to_model_video(x, valid), "num_frames": valid,
                 "path": info.path, "start": start}
 
     def _load_preloaded(self, index: int, info: VideoInfo) -> dict:
@@ -408,11 +442,8 @@ class VideoClipDataset(Dataset):
         lo, _ = self._usable(info.frames)
         valid = self._valid_count(info.frames)
         start = self.window_start(index, info.frames)
-        x = frames[start - lo: start - lo + self.stride * (valid - 1) + 1: self.stride].float() / 127.5 - 1
-        if valid < self.num_frames:
-            x = torch.cat([x, x.new_zeros(self.num_frames - valid, *x.shape[1:])])
-        return {"video": rearrange(x, "t c h w -> c t h w").contiguous(), "num_frames": valid,
-                "path": info.path, "start": start}
+        return self._item(frames[start - lo: start - lo + self.stride * (valid - 1) + 1: self.stride], valid, info,
+                          start)
 
     def __getitem__(self, index: int) -> dict:
         """Item ``index`` (see the module docstring). A file that became unreadable since the

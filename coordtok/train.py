@@ -105,12 +105,20 @@ class VideoTask(Task):
         if lpips_weight > 0:
             from .lpips import LPIPS
             self.lpips = LPIPS.from_pretrained(lpips_vgg_path)
-        self.train_set = build_dataset(cfg.data, t.seed)
+        self.train_set = build_dataset(cfg.data, t.seed, uint8=True)  # floats on the device: collate_to
         self.val_set = build_dataset(cfg.val_data, t.seed, deterministic=True) if cfg.val_data is not None else None
         torch.manual_seed(t.seed)  # the subclass builds its modules next
 
     def dataset(self):
         return EpochIndexed(self.train_set, lambda item: {"video": item["video"], "num_frames": item["num_frames"]})
+
+    def collate_to(self, batch, device):
+        """The batch on ``device``, its uint8 clips made float in [-1, 1] there: they cross the
+        DataLoader's worker, shared and pinned memory as uint8, a quarter of float32's bytes."""
+        from .data import to_model_video
+
+        batch = super().collate_to(batch, device)
+        return {**batch, "video": to_model_video(batch["video"], batch["num_frames"])}
 
     def init_from(self, path, log):
         """``train.init_from``: the weights of a checkpoint of the same model (and of this task's

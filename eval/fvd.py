@@ -107,8 +107,7 @@ class _UInt8Clips(Dataset):
         return len(self.items)
 
     def __getitem__(self, j: int) -> torch.Tensor:
-        video = self.base[self.items[j]]["video"]  # (3, T, S, S) in [-1, 1]
-        return rearrange(((video + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), "c t h w -> t h w c")
+        return rearrange(self.base[self.items[j]]["video"], "c t h w -> t h w c")  # uint8 items (real_clips)
 
 
 def real_clips(data: DataConfig, frames: int, size: int, num_videos: int, seed: int) -> _UInt8Clips:
@@ -123,7 +122,7 @@ def real_clips(data: DataConfig, frames: int, size: int, num_videos: int, seed: 
     from coordtok.data import build_dataset
 
     base = dataclasses.replace(data, frames=frames, size=size, min_frames=frames, clips_per_video=1)
-    ds = build_dataset(base, seed)
+    ds = build_dataset(base, seed, uint8=True)
     n = len(ds.videos)
     rng = np.random.default_rng([seed, 0])
     picks = rng.choice(n, num_videos, replace=False) if num_videos <= n else rng.integers(n, size=num_videos)
@@ -131,7 +130,7 @@ def real_clips(data: DataConfig, frames: int, size: int, num_videos: int, seed: 
         log.warning("%s has %d usable videos for %d clips: drawing videos with replacement", ds.name, n, num_videos)
     k = int(np.bincount(picks).max())
     if k > 1:  # the probe cache makes the second construction cheap
-        ds = build_dataset(dataclasses.replace(base, clips_per_video=k), seed)
+        ds = build_dataset(dataclasses.replace(base, clips_per_video=k), seed, uint8=True)
     seen: dict[int, int] = {}
     items = []
     for v in picks.tolist():

@@ -158,7 +158,7 @@ def encode_dataset(
     """
     from accelerate import Accelerator
 
-    from coordtok.data import build_dataset
+    from coordtok.data import build_dataset, to_model_video
 
     if clips_per_video < 1 or shard_size < 1 or batch_size < 1:
         raise LatentCacheError(f"clips_per_video, shard_size and batch_size must be >= 1, got "
@@ -171,7 +171,7 @@ def encode_dataset(
     tokenizer, tok_state = load_tokenizer(tokenizer_ckpt, **(tokenizer_hints or {}))
     mcfg = tokenizer.config
     d = _data_config(data_spec, mcfg, clips_per_video)
-    dataset = build_dataset(d, seed)
+    dataset = build_dataset(d, seed, uint8=True)  # clips stay uint8 until they are on the device
     n = len(dataset)
     grid, channels = tuple(mcfg.latent_grid), mcfg.latent_channels
     tokens = num_tokens(grid)
@@ -226,8 +226,8 @@ def encode_dataset(
     queue = list(todo)
     with torch.no_grad(), inference_precision(precision, device.type):
         for batch in loader:
-            video = batch["video"].to(device, non_blocking=True)
             nf = batch["num_frames"].to(device)
+            video = to_model_video(batch["video"].to(device, non_blocking=True), nf)
             triplane = tokenizer.encode(video, nf)
             buf_tokens.extend(triplane.flatten().float().cpu().unbind(0))
             buf_records.extend({"index": int(batch["index"][b]), "path": batch["path"][b],

@@ -17,7 +17,7 @@ from coordtok.baselines.checkpoint import load_baseline
 from coordtok.baselines.train import (MagvitV2Task, ProMAGTask, clip_psnr, inherited_names, load_baseline_run_config,
                                       load_magvit2_run_config, load_promag_run_config, train_baseline)
 from coordtok.config import ConfigError
-from coordtok.data import build_dataset
+from coordtok.data import build_dataset, to_model_video
 from coordtok.loop import StepContext
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "baselines"
@@ -143,7 +143,7 @@ def test_generator_phase_leaves_the_discriminator_alone(tmp_path, kind, monkeypa
                                       "val_data": None})
         task = _bare(ProMAGTask(cfg))
     model, disc = task.modules["model"], task.modules["disc"]
-    clip = task.dataset()[0]["video"]
+    clip = to_model_video(task.dataset()[0]["video"])  # training items are uint8 (floats on the device)
     batch = {"video": torch.stack([clip, clip.flip(-1)])}
     ctx = StepContext(step=0, micro=0, first=0, seed=0, device=torch.device("cpu"))
 
@@ -266,7 +266,7 @@ def test_grown_model_starts_as_its_parent_through_the_training_loss(promag_4x, t
     child.init_from(str(parent_dir), lambda msg: None)
     parent = _bare(ProMAGTask(cfg4))
     parent.init_from(str(parent_dir), lambda msg: None)
-    clip = child.dataset()[0]["video"]
+    clip = to_model_video(child.dataset()[0]["video"])  # training items are uint8 (floats on the device)
     video = torch.stack([clip, clip.flip(-1)])
     ctx = StepContext(step=0, micro=0, first=0, seed=0, device=torch.device("cpu"))
     untrained = _bare(ProMAGTask(cfg4))
