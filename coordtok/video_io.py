@@ -162,6 +162,7 @@ def _check_ffmpeg(status: int, stderr: str) -> None:
     if status < 0:
         try:
             why = f"ffmpeg was killed by {signal.Signals(-status).name}"
+            why += " (the file size limit, ulimit -f)" if -status == signal.SIGXFSZ else ""
         except ValueError:
             why = f"ffmpeg was killed by signal {-status}"
     else:

@@ -3,16 +3,20 @@ any work: sampling steps, clip starts, memory budgets, configs, reference files,
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from coordtok import checkpoint as ckpt
 from coordtok.cli import main
 from coordtok.errors import CoordTokError
-from coordtok.video_io import sample_video_paths
+from coordtok.video_io import read_video, sample_video_paths
 
 BIKES = str(sample_video_paths()["bikes"])  # 250 frames
 
@@ -236,3 +240,91 @@ def test_a_released_size_states_the_heads_it_assumed():
     assert (got.enc_heads, got.dec_heads) == (8, 8)
     assert "CoordTok-S" in info and "8 encoder / 8 decoder heads (width / 64" in info and "--heads" in info
     assert convert_coordtok({"model": sd}, heads=4)[0].enc_heads == 4
+
+
+# ---------------------------------------------------------------------------- videos on a full disk
+
+FULL_DISK = """import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # our writes get EFBIG (ffmpeg's own are killed by SIGXFSZ)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))  # smaller than any mp4 (an all-black one is ~1.7 kB)
+from coordtok.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _run_with_a_full_disk(argv: list[str]):
+    return subprocess.run([sys.executable, "-c", FULL_DISK, *argv], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+def _assert_video_refused(res, out: Path) -> None:
+    assert res.returncode == 2, res.stderr[-2000:]
+    err = res.stderr.strip().splitlines()[-1]
+    assert err.startswith("coordtok: error:") and f"{out}: writing the video failed (ffmpeg" in err, err
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}.*"))  # no temporary file left either
+
+
+def test_reconstruct_on_a_full_disk_is_one_line_and_no_file(regen_ckpt, tmp_path):
+    out = tmp_path / "r.mp4"
+    res = _run_with_a_full_disk(["reconstruct", "--ckpt", str(regen_ckpt), "--video", BIKES, "--frames", "9",
+                                 "--out", str(out)])
+    _assert_video_refused(res, out)
+
+
+def test_sample_on_a_full_disk_is_one_line_and_no_file(tokenizer_a, tmp_path):
+    out = tmp_path / "samples"
+    res = _run_with_a_full_disk(["sample", "--sit-ckpt", str(FIX / "sit_run" / "checkpoints" / "0000100.pt"),
+                                 "--tokenizer-ckpt", str(tokenizer_a), "--num", "1", "--steps", "3", "--out", str(out),
+                                 "--no-progress"])
+    _assert_video_refused(res, out / "sample_0000.mp4")
+
+
+def test_eval_recon_on_a_full_disk_is_one_line_and_no_file(regen_ckpt, tmp_path):
+    data = tmp_path / "videos"
+    data.mkdir()
+    (data / "bikes.mp4").symlink_to(BIKES)
+    out = tmp_path / "eval"
+    res = _run_with_a_full_disk(["eval-recon", "--ckpt", str(regen_ckpt), "--data", str(data), "--out", str(out),
+                                 "--num-clips", "1", "--frames", "9", "--no-fvd", "--extend", "--write-videos", "1",
+                                 "--no-progress"])
+    _assert_video_refused(res, out / "recon_0000.mp4")
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 64 kB tmpfs: a real full disk (ENOSPC), where mounting is allowed (root), else skipped."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)  # lazy: a reader may still hold a file
+
+
+def test_write_mp4_on_a_full_tmpfs(tiny_tmpfs):
+    from coordtok.fileio import OutputError
+    from coordtok.video_io import write_mp4
+
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)  # ~250 kB of H.264
+    with pytest.raises(OutputError, match=r"v\.mp4: writing the video failed \(ffmpeg exited with status \d+: "
+                                          r"Error writing trailer: No space left on device\)") as err:
+        write_mp4(tiny_tmpfs / "v.mp4", noise)
+    assert "\n" not in str(err.value) and list(tiny_tmpfs.iterdir()) == []
+    small = write_mp4(tiny_tmpfs / "v.mp4", noise[:4, :32, :32])  # what fits is written as before
+    assert read_video(small).shape == (4, 32, 32, 3)
+
+
+def test_ffmpeg_write_errors_are_not_ignored():
+    from coordtok.video_io import _check_ffmpeg
+
+    _check_ffmpeg(0, "")
+    for status, stderr, needle in (
+            (228, "[out#0/mp4 @ 0x5562] Error writing trailer: No space left on device\n[out#0/mp4 @ 0x5562] "
+                  "Error closing file: No space left on device\n", "status 228: Error writing trailer: No space"),
+            (0, "[mp4 @ 0x1] Error writing trailer: File too large\n", "status 0: Error writing trailer: File too"),
+            (-25, "", "killed by SIGXFSZ (the file size limit"), (1, "Unknown encoder 'libx264'\n", "Unknown encoder")):
+        with pytest.raises(OSError, match=re.escape(needle)):
+            _check_ffmpeg(status, stderr)
