@@ -7,7 +7,9 @@ resized (bicubic, antialiased, in uint8: :func:`coordtok.video_io.resize_center_
     {"video": float32 (3, T, size, size) in [-1, 1],  # uint8 in [0, 255] with uint8=True
      "num_frames": int,   # valid frames; frames [num_frames:] are exact zeros (padding)
      "path": str,
-     "start": int}        # index of the first frame in the file
+     "start": int,        # index of the first frame in the file
+     "label": int,        # class index (UCF-101: classInd.txt's number - 1), -1 without classes
+     "class_name": str}   # "" without classes
 
 Loaders (training, ``encode``) take ``uint8=True`` items: a batch crosses worker processes,
 shared and pinned memory as uint8 (4x less than float32: 6.3 MB per 128x128x128 clip) and
@@ -74,6 +76,7 @@ class VideoInfo:
     frames: int
     height: int
     width: int
+    label: int = -1  # class index into the dataset's ``classes``; -1: none
 
 
 # ---------------------------------------------------------------------------- probing + cache
@@ -250,6 +253,8 @@ class VideoClipDataset(Dataset):
             seconds of decoding per clip into a slice.
         uint8: items hold uint8 frames in [0, 255] (padding frames 0) instead of float32 in
             [-1, 1]; :func:`to_model_video` converts them where they are used (on the device).
+        labels, classes: a class index per path (into ``classes``, the class names), carried by
+            every item as ``label`` and ``class_name``; without them items say -1 and "".
     """
 
     def __init__(
@@ -268,6 +273,8 @@ class VideoClipDataset(Dataset):
         name: str | None = None,
         preload: bool = False,
         uint8: bool = False,
+        labels=None,
+        classes=None,
     ):
         if num_frames < 1 or stride < 1 or clips_per_video < 1 or (size is not None and size < 1):
             raise ValueError(
@@ -297,6 +304,12 @@ class VideoClipDataset(Dataset):
         paths = [os.path.abspath(os.fspath(p)) for p in paths]
         if not paths:
             raise EmptyDatasetError(f"no video files in {self.name}")
+        self.classes: list[str] = list(classes or [])
+        if labels is not None and (len(labels) != len(paths) or not all(0 <= int(k) < len(self.classes)
+                                                                          for k in labels)):
+            raise ValueError(f"labels must give each of the {len(paths)} paths an index into the "
+                             f"{len(self.classes)} classes")
+        label_of = dict(zip(paths, map(int, labels))) if labels is not None else {}
         self.videos: list[VideoInfo] = []
         self.skipped: list[tuple[str, str]] = []
         for p, r in probe_videos(paths, self.cache_dir, probe_workers).items():
@@ -305,7 +318,7 @@ class VideoClipDataset(Dataset):
             elif self._valid_count(r["frames"]) < min_frames:
                 self._skip(p, f"too short: {self._valid_count(r['frames'])} usable frames < min_frames={min_frames}")
             else:
-                self.videos.append(VideoInfo(p, r["frames"], r["height"], r["width"]))
+                self.videos.append(VideoInfo(p, r["frames"], r["height"], r["width"], label_of.get(p, -1)))
         summary = self._summary(len(paths))
         if not self.videos:
             raise EmptyDatasetError(f"no usable videos in {self.name}: {summary}")
@@ -435,7 +448,8 @@ class VideoClipDataset(Dataset):
             x = torch.cat([x, x.new_zeros(3, self.num_frames - valid, *x.shape[2:])], dim=1)
         x = x.contiguous()
         return {"video": x if self.uint8 else to_model_video(x, valid), "num_frames": valid,
-                "path": info.path, "start": start}
+                "path": info.path, "start": start, "label": info.label,
+                "class_name": self.classes[info.label] if info.label >= 0 else ""}
 
     def _load_preloaded(self, index: int, info: VideoInfo) -> dict:
         frames = self._frames[info.path]  # (n, 3, S, S) uint8, already restricted to frame_range
@@ -514,6 +528,11 @@ def ucf101(root, split: str = "train", fold: int = 1, split_dir=None, **kw) -> V
     Train lines read ``Class/v_Class_g08_c01.avi 1``, test lines have no label. Listed files
     that are missing on disk are reported and skipped; names are matched case-insensitively as
     a fallback (the official lists and folders disagree on case for a class).
+
+    Classes: ``classInd.txt`` beside the split lists (``1 ApplyEyeMakeup`` ...) names them; each
+    item's ``label`` is its class's number - 1, from the list's folder name (a train line's own
+    number must agree). Without ``classInd.txt`` the classes are the folder names the split list
+    uses, sorted (said in one line): the official numbering is that order too.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -525,12 +544,27 @@ def ucf101(root, split: str = "train", fold: int = 1, split_dir=None, **kw) -> V
             f"under the root, or pass split_dir= for the folder holding {split_file.name})"
         )
     video_root = root / "UCF-101" if (root / "UCF-101").is_dir() else root
-    rel_paths = []
-    for line in split_file.read_text().splitlines():
+    rel_paths, numbers = [], []
+    for n, line in enumerate(split_file.read_text().splitlines(), 1):
         if line.strip():
-            rel_paths.append(line.split()[0].replace("\\", "/"))
+            fields = line.split()
+            rel_paths.append(fields[0].replace("\\", "/"))
+            numbers.append((n, fields[1] if len(fields) > 1 else None))
     if not rel_paths:
         raise EmptyDatasetError(f"UCF-101 split file lists no videos: {split_file}")
+    classes = ucf101_classes(split_file.parent / "classInd.txt", rel_paths)
+    index = {c.lower(): i for i, c in enumerate(classes)}
+    labels = []
+    for rel, (n, number) in zip(rel_paths, numbers):
+        folder = rel.split("/")[0] if "/" in rel else ""
+        k = index.get(folder.lower())
+        if k is None:
+            raise DataError(f"{split_file}:{n}: {rel}: class folder {folder!r} is not in classInd.txt; use the "
+                            f"split lists of the same archive as classInd.txt")
+        if number is not None and number != str(k + 1):
+            raise DataError(f"{split_file}:{n}: {rel} is labelled {number} but classInd.txt numbers {classes[k]} "
+                            f"{k + 1}; use the split lists of the same archive as classInd.txt")
+        labels.append(k)
     by_lower = None
     paths = []
     for rel in rel_paths:
@@ -541,7 +575,27 @@ def ucf101(root, split: str = "train", fold: int = 1, split_dir=None, **kw) -> V
             p = by_lower.get(rel.lower(), p)
         paths.append(p)
     kw.setdefault("name", f"UCF-101 {split} split (fold {fold}, {split_file.name}) under {video_root}")
-    return VideoClipDataset(paths, **kw)
+    return VideoClipDataset(paths, labels=labels, classes=classes, **kw)
+
+
+def ucf101_classes(class_file: Path, rel_paths: list[str]) -> list[str]:
+    """Class names in label order from ``classInd.txt`` (``<number> <Class>`` lines, numbers
+    1..N); without the file, the class folders of ``rel_paths`` sorted."""
+    if not class_file.is_file():
+        classes = sorted({rel.split("/")[0] for rel in rel_paths if "/" in rel})
+        log.info("%s not found: %d classes from the split list's folders, sorted", class_file, len(classes))
+        return classes
+    pairs = []
+    for n, line in enumerate(class_file.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or not fields[0].isdigit():
+            raise DataError(f"{class_file}:{n}: expected '<number> <Class>', got {line.strip()!r}")
+        pairs.append((int(fields[0]), fields[1]))
+    if sorted(k for k, _ in pairs) != list(range(1, len(pairs) + 1)):
+        raise DataError(f"{class_file}: class numbers must be 1..{len(pairs)} once each")
+    return [c for _, c in sorted(pairs)]
 
 
 # Decoded, resized frames of preloaded videos, shared by the datasets of one process: the demo and

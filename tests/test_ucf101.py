@@ -165,3 +165,61 @@ def test_training_batches_cross_the_loader_as_uint8(tmp_path):
     assert batch["video"].dtype == torch.float32
     want = torch.stack([to_model_video(it["video"], it["num_frames"]) for it in items])
     assert torch.equal(batch["video"], want)
+
+
+# ---------------------------------------------------------------------------- point 4: a UCF-101 root
+def test_ucf101_splits_and_classes_from_the_official_lists(ucf, tmp_path):
+    from coordtok.data import ucf101
+
+    train = ucf101(ucf["root"], "train", num_frames=16, size=32, cache_dir=tmp_path / "c")
+    test = ucf101(ucf["root"], "test", num_frames=16, size=32, cache_dir=tmp_path / "c")
+    name = lambda v: "/".join(Path(v.path).parts[-2:])
+    assert [name(v) for v in train.videos] == ucf["train"] and [name(v) for v in test.videos] == ucf["test"]
+    assert not {name(v) for v in train.videos} & {name(v) for v in test.videos}
+    assert train.classes == test.classes == ucf["classes"] == ["BigBuckBunny", "Biking"]  # classInd's order
+    for ds in (train, test):
+        for i in range(len(ds)):
+            item = ds[i]
+            assert item["class_name"] == Path(item["path"]).parent.name
+            assert item["label"] == ds.classes.index(item["class_name"])
+    assert sorted({ds[i]["label"] for ds in (train, test) for i in range(len(ds))}) == [0, 1]
+
+
+def test_ucf101_lists_that_disagree_with_classind_are_one_line(ucf, tmp_path):
+    from coordtok.data import DataError, ucf101
+
+    root = tmp_path / "ucf"
+    (root / "ucfTrainTestlist").mkdir(parents=True)
+    (root / "UCF-101").symlink_to(ucf["root"] / "UCF-101")
+    lists = ucf["root"] / "ucfTrainTestlist"
+    (root / "ucfTrainTestlist" / "classInd.txt").write_text((lists / "classInd.txt").read_text())
+    (root / "ucfTrainTestlist" / "trainlist01.txt").write_text(f"{ucf['train'][0]} 2\n")  # Biking is 2, this is 1
+    with pytest.raises(DataError, match=r"trainlist01.txt:1: .* is labelled 2 but classInd.txt numbers BigBuckBunny 1"):
+        ucf101(root, "train", cache_dir=False)
+    (root / "ucfTrainTestlist" / "trainlist01.txt").write_text("Rowing/v_Rowing_g08_c01.avi 3\n")
+    with pytest.raises(DataError, match=r"class folder 'Rowing' is not in classInd.txt"):
+        ucf101(root, "train", cache_dir=False)
+
+
+def test_kind_ucf101_trains_two_steps_on_the_train_split(ucf, tmp_path, capsys):
+    """`coordtok train` with the tiny config on the UCF-101 root: the train split trains, the test
+    split validates, two steps and a checkpoint."""
+    from coordtok.cli import main
+    from coordtok.config import load_tokenizer_config
+    from coordtok.data import build_dataset
+
+    sets = {"data.kind": "ucf101", "data.root": ucf["root"], "data.split": "train", "data.num_workers": 0,
+            "val_data.kind": "ucf101", "val_data.root": ucf["root"], "val_data.split": "test",
+            "val_data.frame_range": "null", "train.batch_size": 2, "train.num_coords": 256, "train.val_every": 2,
+            "train.mixed_precision": "no", "train.out_dir": tmp_path / "run"}
+    argv = ["train", "--config", "configs/tokenizer/tiny.yaml", "--max-steps", "2", "--no-progress"]
+    for k, v in sets.items():
+        argv += ["--set", f"{k}={v}"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (tmp_path / "run" / "ckpt-0000002.pt").is_file()
+    err = capsys.readouterr()
+    assert "validation PSNR" in err.out + err.err  # the test split was read at step 2
+    cfg = load_tokenizer_config("configs/tokenizer/tiny.yaml", {"data": {k[5:]: v for k, v in sets.items()
+                                                                         if k.startswith("data.")}})
+    trained = build_dataset(cfg.data, 0)
+    assert ["/".join(Path(v.path).parts[-2:]) for v in trained.videos] == ucf["train"]
