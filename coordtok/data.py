@@ -485,13 +485,33 @@ class VideoClipDataset(Dataset):
 def list_videos(root) -> list[Path]:
     """All video files (``VIDEO_EXTENSIONS``, any case) under ``root``, recursive, sorted.
     Hidden files (``.name``, e.g. macOS ``._clip.mp4`` resource forks) are ignored.
-    Symbolic links to folders are not followed (no loops); a video-named link that leads nowhere
-    (broken, or a loop) is listed, so the probe reports it instead of it vanishing silently."""
+    Symbolic links to folders are followed (data folders often link in videos stored elsewhere);
+    a link to a folder already listed (a loop back up the tree, or a second link to one folder) is
+    not entered again and is named in a one-line warning, so nothing loops or counts twice. A
+    folder that cannot be read is a warning too. A video-named link that leads nowhere (broken,
+    or a loop) is listed, so the probe reports it instead of it vanishing silently."""
     root = Path(root)
-    return sorted(
-        p for p in root.rglob("*")
-        if p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".") and (p.is_file() or p.is_symlink())
-    )
+    found, seen = [], {}
+
+    def unreadable(e: OSError) -> None:
+        log.warning("skipping folder %s: cannot read it (%s)", e.filename, e.strerror or e)
+
+    for folder, dirs, files in os.walk(root, onerror=unreadable, followlinks=True):
+        dirs.sort()  # a fixed walk order: which of two links to one folder lists it does not vary
+        try:
+            st = os.stat(folder)
+        except OSError as e:
+            unreadable(e)
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            log.warning("not following %s: it leads to %s, already listed", folder, seen[key])
+            dirs.clear()
+            continue
+        seen[key] = folder
+        found += [Path(folder) / f for f in files
+                  if os.path.splitext(f)[1].lower() in VIDEO_EXTENSIONS and not f.startswith(".")]
+    return sorted(found)
 
 
 def video_folder(root, **kw) -> VideoClipDataset:

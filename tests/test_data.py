@@ -373,6 +373,30 @@ def test_a_looping_symlink_is_reported_not_dropped_silently(clips, tmp_path, cap
     assert any("loop.mp4" in r.getMessage() for r in caplog.records)
 
 
+def test_a_linked_folder_is_followed_and_a_loop_is_named(clips, tmp_path, caplog):
+    """A symbolic link to a folder of videos kept elsewhere counts its videos (they were dropped
+    without a word); a link back up the tree or a second link to the same folder is not entered
+    again, and a one-line warning names it."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("c1.mp4", "c2.mp4", "c3.mp4", "c4.mp4"):
+        shutil.copy(clips["short"], elsewhere / name)
+    root = tmp_path / "v"
+    root.mkdir()
+    shutil.copy(clips["long"], root / "a.mp4")
+    (root / "linked").symlink_to(elsewhere)
+    (root / "zz-again").symlink_to(elsewhere)  # a second way to the same four videos
+    (root / "linked-loop").symlink_to(root)  # inside the tree: a loop
+    with caplog.at_level(logging.WARNING, logger="coordtok.data"):
+        found = D.list_videos(root)
+    assert found == [root / "a.mp4", *(root / "linked" / f"c{k}.mp4" for k in range(1, 5))]
+    warned = [r.getMessage() for r in caplog.records]
+    assert sum("linked-loop" in m and "already listed" in m for m in warned) == 1
+    assert sum("zz-again" in m and str(root / "linked") in m for m in warned) == 1
+    ds = video_folder(root, num_frames=4, size=16, cache_dir=tmp_path / "c")
+    assert len(ds.videos) == 5 and not ds.skipped
+
+
 def test_dataloader_workers(clips, tmp_path):
     ds = VideoClipDataset([clips["long"], clips["short"]], num_frames=12, size=16, clips_per_video=2,
                           cache_dir=tmp_path / "c")
