@@ -13,6 +13,7 @@ shards. Writing is :mod:`sit.encode`.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 from pathlib import Path
 
@@ -45,6 +46,28 @@ def _read_json(path: Path, what: str) -> dict:
 
 def shard_name(g: int) -> str:
     return f"shard-{g:05d}.safetensors"
+
+
+# ---------------------------------------------------------------------------- tokenizer fingerprint
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-1 hex of a module's weights: every ``state_dict`` tensor's name, dtype, shape and bytes, in
+    sorted key order. A float sum would depend on the thread count through the reduction order (a
+    resumed run could disown its own latents); the bytes do not. Used for the tokenizer whose latents
+    a cache holds (``index.json``'s ``tokenizer_fingerprint``, copied into every SiT checkpoint) and
+    for the SiT of a sampling run."""
+    h = hashlib.sha1()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def short_fingerprint(fingerprint: str | None) -> str:
+    """The first 12 hex digits, for messages (``none recorded`` for an old file without one)."""
+    return fingerprint[:12] if fingerprint else "none recorded"
 
 
 
@@ -114,6 +137,11 @@ class LatentDataset(torch.utils.data.Dataset):
     @property
     def tokenizer_config(self) -> dict | None:
         return self.index.get("tokenizer_config")
+
+    @property
+    def tokenizer_fingerprint(self) -> str | None:
+        """:func:`weights_fingerprint` of the tokenizer that encoded the cache (None: an older cache)."""
+        return self.index.get("tokenizer_fingerprint")
 
     def _handle(self, s: int):
         from safetensors import safe_open

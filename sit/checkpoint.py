@@ -51,7 +51,8 @@ def load_sit(path: str | Path, map_location="cpu", latent_stats: str | Path | No
 
     Returns:
         ``(model, stats or None, configs)`` with ``configs = {"sit": SiTRunConfig, "tokenizer":
-        the tokenizer config dict the latents came from (or None), "tokenizer_ckpt", "step",
+        the tokenizer config dict the latents came from (or None), "tokenizer_ckpt",
+        "tokenizer_fingerprint" (:func:`sit.cache.weights_fingerprint` of that tokenizer, or None), "step",
         "path", "source": "project" | "reference", "info", "ema": the EMA state dict, "model_state":
         the training weights}``.
     """
@@ -70,7 +71,8 @@ def load_sit(path: str | Path, map_location="cpu", latent_stats: str | Path | No
         beside = path.parent.parent / "log.txt" if path.parent.name == "checkpoints" else path.parent / "log.txt"
         if latent_stats is None and beside.is_file():
             latent_stats = beside
-        configs = {"sit": cfg, "tokenizer": None, "tokenizer_ckpt": None, "step": 0, "path": str(path),
+        configs = {"sit": cfg, "tokenizer": None, "tokenizer_ckpt": None, "tokenizer_fingerprint": None,
+                   "step": 0, "path": str(path),
                    "source": "reference", "info": info, "ema": ema,
                    "model_state": model_weights if model_weights is not None else ema}
         chosen = ema if weights == "ema" or model_weights is None else model_weights
@@ -84,6 +86,7 @@ def load_sit(path: str | Path, map_location="cpu", latent_stats: str | Path | No
         cfg = load_sit_run_config(raw["config"])
         stats = LatentStats.from_dict(raw["stats"], f"{path}: stats") if raw.get("stats") else None
         configs = {"sit": cfg, "tokenizer": raw.get("tokenizer_config"), "tokenizer_ckpt": raw.get("tokenizer_ckpt"),
+                   "tokenizer_fingerprint": raw.get("tokenizer_fingerprint"),
                    "step": int(raw.get("step", 0)), "path": str(path), "source": "project", "info": None,
                    "ema": raw["ema"], "model_state": raw["model"]}
         chosen = raw["ema"] if weights == "ema" else raw["model"]
@@ -114,5 +117,5 @@ def to_project_checkpoint(configs: dict, stats: LatentStats | None) -> dict:
     return {"kind": "sit", "version": ckpt.VERSION, "step": int(configs["step"]), "model": configs["model_state"],
             "ema": configs["ema"], "stats": stats.to_dict() if stats else None, "config": configs["sit"].to_dict(),
             "source": configs["source"], "info": configs["info"], "tokenizer_config": configs["tokenizer"],
-            "tokenizer_ckpt": configs["tokenizer_ckpt"]}
+            "tokenizer_ckpt": configs["tokenizer_ckpt"], "tokenizer_fingerprint": configs.get("tokenizer_fingerprint")}
 

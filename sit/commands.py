@@ -49,7 +49,7 @@ def cmd_sample(args) -> None:
                            steps=args.steps, seed=args.seed, batch_size=args.batch_size, fmt=args.format,
                            device=args.device, frames_per_chunk=args.frames_per_chunk, fps=args.fps,
                            progress=not args.no_progress, latent_stats=args.latent_stats, heads=args.heads,
-                           precision=args.precision)
+                           precision=args.precision, allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
     files = result.pop("files")
     print(json.dumps({**result, "written": len(files), "first": files[0] if files else None}, indent=2))
 
@@ -115,6 +115,9 @@ def register(sub) -> None:
     sa.add_argument("--sit-ckpt", required=True,
                     help="SiT checkpoint or run folder (this project's or the reference's); EMA weights are used")
     sa.add_argument("--tokenizer-ckpt", required=True, help="the CoordTok checkpoint the latents came from")
+    sa.add_argument("--allow-tokenizer-mismatch", action="store_true",
+                    help="sample with a tokenizer other than the one the SiT checkpoint records (its weights' "
+                         "fingerprint differs); refused otherwise")
     sa.add_argument("--num", type=positive_int, required=True, help="number of videos")
     sa.add_argument("--sampler", choices=("sde", "ode", "heun_sde"), default="sde",
                     help="sde: the paper's Euler-Maruyama; ode: torchdiffeq dopri5")

@@ -12,6 +12,7 @@ at the end.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -26,22 +27,14 @@ from tqdm.auto import tqdm
 from coordtok.checkpoint import load_tokenizer
 from coordtok.config import ConfigError, DataConfig
 from coordtok.fileio import check_writable, write_bytes, write_json
-from coordtok.loop import inference_precision, resolve_inference_precision
+from coordtok.locking import FolderLock
+from coordtok.loop import _on_main_then_all, inference_precision, resolve_inference_precision
 from coordtok.triplane import num_tokens
 
-from .cache import FORMAT_VERSION, INDEX_NAME, LatentCacheError, read_index, shard_name
+from .cache import FORMAT_VERSION, INDEX_NAME, LatentCacheError, read_index, shard_name, weights_fingerprint
 from .stats import STATS_NAME, compute_stats
 
 
-def _weights_digest(model: torch.nn.Module) -> str:
-    """A fingerprint of the weights: SHA-1 of every tensor's bytes (a float sum would depend on the
-    thread count through the reduction order, and a resumed run could then disown its own shards)."""
-    h = hashlib.sha1()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 
@@ -121,7 +114,8 @@ def _write_shard(out_dir: Path, g: int, tokens: torch.Tensor, records: list[dict
     })
 
 
-def encode_dataset(
+def _encode_dataset(
+    held: contextlib.ExitStack,
     tokenizer_ckpt: str | Path,
     data_spec,
     out_dir: str | Path,
@@ -178,13 +172,21 @@ def encode_dataset(
     data_dict = dataclasses.asdict(d)
     identity = {
         "format": FORMAT_VERSION, "tokenizer_step": int(tok_state.get("step", -1)),
-        "tokenizer_model": dataclasses.asdict(mcfg), "tokenizer_weights": _weights_digest(tokenizer),
+        "tokenizer_model": dataclasses.asdict(mcfg), "tokenizer_weights": weights_fingerprint(tokenizer),
         "data": {k: v for k, v in data_dict.items() if k != "num_workers"},
         "seed": int(seed), "clips_per_video": int(clips_per_video), "shard_size": int(shard_size), "num_items": n,
     }
     fingerprint = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     index_path = out_dir / INDEX_NAME
+
+    # One encode per cache folder at a time (the run folders' lock, coordtok.locking): two runs into
+    # one --out would both pass the check below, then write their shards over each other's.
+    def lock_cache():
+        check_writable(out_dir, "latent cache")
+        held.enter_context(FolderLock(out_dir, "encode", "choose another --out", log))
+
+    _on_main_then_all(accelerator, lock_cache)
     # The index and the shard sidecars name their encoding: never overwrite another cache.
     for found in [index_path, *sorted(out_dir.glob("shard-*.json"))]:
         try:
@@ -255,6 +257,9 @@ def encode_dataset(
             "version": FORMAT_VERSION, "fingerprint": fingerprint,
             "grid": list(grid), "channels": channels, "num_tokens": tokens, "num_latents": n, "shards": shards,
             "tokenizer_ckpt": str(Path(tokenizer_ckpt).resolve()), "tokenizer_step": identity["tokenizer_step"],
+            # which tokenizer's latent space this is: sit-train copies it into its checkpoints,
+            # sample and sit-train --resume refuse a tokenizer / cache whose weights differ
+            "tokenizer_fingerprint": identity["tokenizer_weights"],
             "tokenizer_config": tok_state.get("config") or {"model": dataclasses.asdict(mcfg)},
             "data": data_dict, "seed": int(seed), "clips_per_video": int(clips_per_video),
             "shard_size": int(shard_size), "precision": precision,
@@ -267,3 +272,11 @@ def encode_dataset(
             log(f"normalization statistics over {stats.num} latents: {out_dir / STATS_NAME}")
     accelerator.wait_for_everyone()
     return index if index is not None else read_index(out_dir)
+
+
+def encode_dataset(*args, **kwargs) -> dict:
+    with contextlib.ExitStack() as held:  # the cache folder's lock, released however encoding ends
+        return _encode_dataset(held, *args, **kwargs)
+
+
+encode_dataset.__doc__ = _encode_dataset.__doc__

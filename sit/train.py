@@ -18,6 +18,7 @@ model starts from its training weights and the EMA from its EMA weights.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -26,7 +27,9 @@ from coordtok.config import ConfigError
 from coordtok.loop import EpochIndexed, SeedTag, StepContext, Task, fit, mix_seed
 from coordtok.triplane import PLANES
 
-from .cache import LatentDataset
+from coordtok import checkpoint as ckpt
+
+from .cache import LatentDataset, short_fingerprint
 from .checkpoint import load_sit
 from .config import SiTRunConfig
 from coordtok.ema import create_ema
@@ -134,9 +137,26 @@ class SiTTask(Task):
             + ("" if look["finite"] else " (NON-FINITE values)"))
         return {f"sample_{k}": v for k, v in look.items()}
 
+    def check_resume(self, state, where):
+        """Also refuse latents of another tokenizer: their latent space is not the one the weights
+        learned, whatever their grid (the fingerprint of the tokenizer's weights, recorded by encode)."""
+        super().check_resume(state, where)
+        old, new = state.get("tokenizer_fingerprint"), self.latents.tokenizer_fingerprint
+        if old and new and old != new:
+            raise ckpt.CheckpointError(
+                f"{where}: cannot resume on {self.latents_dir}: its latents come from another tokenizer (fingerprint "
+                f"{short_fingerprint(new)}) than the checkpoint was trained on ({short_fingerprint(old)}, "
+                f"{state.get('tokenizer_ckpt')}); pass the run's own --latents, or start a new run (another out_dir, "
+                f"--init-from {where} to fine-tune)")
+        if not (old and new) and self.accelerator.is_main_process:
+            print(f"note: {where if not old else self.latents_dir} records no tokenizer fingerprint (written before "
+                  f"they were recorded); cannot check that the latents come from the checkpoint's tokenizer",
+                  file=sys.stderr)
+
     def extra_state(self):
         return {**super().extra_state(), "stats": self.stats.to_dict(),
                 "tokenizer_config": self.latents.tokenizer_config,
+                "tokenizer_fingerprint": self.latents.tokenizer_fingerprint,
                 "tokenizer_ckpt": self.latents.index.get("tokenizer_ckpt"), "latents": str(self.latents_dir.resolve())}
 
     def load_extra_state(self, state, log):
