@@ -35,9 +35,6 @@ from .cache import FORMAT_VERSION, INDEX_NAME, LatentCacheError, read_index, sha
 from .stats import STATS_NAME, compute_stats
 
 
-
-
-
 # ---------------------------------------------------------------------------- data spec
 
 

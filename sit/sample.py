@@ -34,6 +34,7 @@ from coordtok.fileio import atomic_path, check_writable
 from coordtok.loop import SeedTag, inference_precision, mix_seed, resolve_device, resolve_inference_precision
 from coordtok.triplane import Triplane
 
+from .cache import short_fingerprint, weights_fingerprint
 from .checkpoint import load_sit, require_stats
 from .samplers import SAMPLERS, check_steps
 from .models import TriplaneSiT
@@ -59,6 +60,22 @@ def _check_fit(sit_ckpt, tokenizer_ckpt, model: TriplaneSiT, stats: LatentStats,
         diff = sorted(k for k in trained if trained.get(k) != getattr(tc, k, None))
         warnings.warn(f"the tokenizer {tokenizer_ckpt} differs from the one the SiT latents were encoded with "
                       f"(model keys {', '.join(diff)}); samples may decode poorly", stacklevel=2)
+
+
+def _check_tokenizer_fingerprint(sit_ckpt, tokenizer_ckpt, recorded: str | None, found: str, allow: bool, log) -> None:
+    """The SiT generates in the latent space of the tokenizer its cache was encoded with: refuse
+    another tokenizer (same grid or not) unless the user says so; an old or reference checkpoint
+    records none, which one line says."""
+    if recorded is None:
+        log(f"note: {sit_ckpt} records no tokenizer fingerprint (a reference or older checkpoint); cannot check "
+            f"that {tokenizer_ckpt} is the tokenizer its latents came from")
+    elif recorded != found:
+        what = (f"the tokenizer {tokenizer_ckpt} (fingerprint {short_fingerprint(found)}) is not the one the SiT "
+                f"{sit_ckpt} was trained on (fingerprint {short_fingerprint(recorded)})")
+        if not allow:
+            raise SamplingError(f"{what}; pass the tokenizer the latents were encoded with, or "
+                                f"--allow-tokenizer-mismatch to sample anyway")
+        log(f"warning: {what}; sampling anyway (--allow-tokenizer-mismatch)")
 
 
 def _initial_noise(seed: int, first: int, batch: int, shape) -> torch.Tensor:
@@ -115,6 +132,7 @@ def sample_videos(
     latent_stats: str | Path | None = None,
     heads: int | None = None,
     precision: str = "auto",
+    allow_tokenizer_mismatch: bool = False,
 ) -> dict:
     """Generate ``num`` videos and write them to ``out_dir``.
 
@@ -135,6 +153,8 @@ def sample_videos(
         heads: attention heads of a reference SiT whose arguments do not name them.
         precision: :data:`coordtok.loop.INFERENCE_PRECISIONS`; ``auto``: TF32 on CUDA (bf16
             autocast when the SiT was trained in bf16), fp32 on a CPU.
+        allow_tokenizer_mismatch: sample with a tokenizer whose weights' fingerprint differs from
+            the one the SiT checkpoint records (refused otherwise).
 
     Returns ``{"num", "out_dir", "files", "contact_sheet", "sit_step", "sampler", "steps", "seed",
     "precision"}``.
@@ -159,6 +179,9 @@ def sample_videos(
     stats = require_stats(stats, sit_ckpt)
     tokenizer, _ = load_tokenizer(tokenizer_ckpt)
     _check_fit(sit_ckpt, tokenizer_ckpt, model, stats, configs, tokenizer)
+    _check_tokenizer_fingerprint(sit_ckpt, tokenizer_ckpt, configs.get("tokenizer_fingerprint"),
+                                 weights_fingerprint(tokenizer), allow_tokenizer_mismatch,
+                                 lambda msg: print(msg, file=sys.stderr))
     precision = resolve_inference_precision(precision, device.type, configs["sit"].train.mixed_precision,
                                             lambda msg: print(msg, file=sys.stderr))
     check_writable(out_dir, "sample folder")  # now create it: the inputs fit together
