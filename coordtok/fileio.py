@@ -85,6 +85,34 @@ def atomic_path(path: str | Path, what: str = "file") -> Iterator[Path]:
                               f"is intact") from None
         raise
     _fsync_dir(path.parent)
+    note_written(path)
+
+
+# Who is told of every file this process writes (``(pid, callback)``): the demo keeps the list of
+# its files with it, so that ``demo --fresh`` deletes exactly those. A forked DataLoader worker
+# inherits the list but is not its owner, hence the pid.
+_recorders: list[tuple[int, Callable[[Path], None]]] = []
+
+
+@contextlib.contextmanager
+def recording(callback: Callable[[Path], None]) -> Iterator[None]:
+    """While the block runs, ``callback(path)`` for every file this process completes through
+    :func:`atomic_path` or reports with :func:`note_written` (``path`` as the writer named it)."""
+    entry = (os.getpid(), callback)
+    _recorders.append(entry)
+    try:
+        yield
+    finally:
+        _recorders.remove(entry)
+
+
+def note_written(path: str | Path) -> None:
+    """Tell the :func:`recording` callbacks of a file written without :func:`atomic_path` (a lock
+    file, a TensorBoard event file)."""
+    pid = os.getpid()
+    for owner, callback in list(_recorders):
+        if owner == pid:
+            callback(Path(path))
 
 
 def _looks_like_io(e: RuntimeError) -> bool:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from .errors import CoordTokError
+from .fileio import note_written
 
 LOCK_NAME = ".lock"
 HELD_SUFFIX = ".held"
@@ -103,6 +104,7 @@ class FolderLock:
         handle.write(_holder_line() + "\n")
         handle.flush()
         self._handle = handle
+        note_written(self.path)
         return self
 
     def _acquire_held_file(self) -> None:
@@ -134,6 +136,7 @@ class FolderLock:
             with os.fdopen(fd, "w") as f:
                 f.write(_holder_line() + "\n")
             self._held_file = True
+            note_written(self.path)  # made above, before flock failed
             return
         raise self._busy("another process")
 

@@ -471,7 +471,14 @@ def tensorboard_writer(run_dir: Path, is_main: bool):
         return None
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(str(Path(run_dir) / "tb"))
+    from .fileio import note_written
+
+    tb = Path(run_dir) / "tb"
+    before = set(tb.glob("events.out.tfevents.*"))
+    writer = SummaryWriter(str(tb))  # opens its event file (named by time, host and pid) at once
+    for path in set(tb.glob("events.out.tfevents.*")) - before:
+        note_written(path)
+    return writer
 
 
 def _on_main_then_all(accelerator, fn) -> None:

@@ -18,13 +18,16 @@ Stages (each reused on a second run; ``--fresh`` redoes them):
 6. ``summary.md`` and ``metrics.json``.
 
 The folder holds a marker file: the demo writes only into a folder it created (or an empty
-one), and ``--fresh`` deletes only the demo's own outputs.
+one), locks it while it runs, and lists every file it writes there (its manifest): ``--fresh``
+deletes exactly those, never a file of yours beside them.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import shutil
+import json
+import os
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -34,7 +37,7 @@ import torch
 
 from coordtok.config import DataConfig, load_tokenizer_config
 from coordtok.errors import CoordTokError
-from coordtok.fileio import check_writable, write_json, write_text
+from coordtok.fileio import check_writable, recording, write_json, write_text
 from coordtok.locking import HELD_SUFFIX, LOCK_NAME, FolderLock, FolderLockError
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: configs/ sits beside the packages
@@ -66,12 +69,11 @@ QUICK = DemoPlan(stage1_steps=20, stage2_steps=4, magvit2_steps=2, promag_steps=
                  sit_steps=4, samples=2, sample_steps=10, profile_frames=(16, 32), profile_memory=False,
                  compare_windows=("heldout",), analysis_clips=1)
 
-# What a demo writes in its folder: a second run reuses it, --fresh deletes exactly this, and a
-# folder holding anything else without the marker is refused (it was not made by the demo).
+# A folder holding anything without the marker is refused (it was not made by the demo). The
+# manifest lists every file and folder the demo wrote there: a second run reuses them, --fresh
+# deletes exactly those.
 MARKER = ".coordtok-demo"
-OUTPUTS = ("runs", "latents", "samples", "reconstructions", "analysis.md", "analysis.csv", "analysis.png",
-           "profile.md", "profile.json", "profile_flops.png", "profile_memory.png", "profile_max_batch.png",
-           "comparison.md", "summary.md", "metrics.json", MARKER)
+MANIFEST = ".coordtok-demo-manifest.json"
 
 
 class DemoFolderError(CoordTokError):
@@ -93,10 +95,77 @@ def _check_folder(out: Path) -> None:
     check_writable(out, "demo folder")
 
 
+class Manifest:
+    """Every file and folder the demo wrote in ``out``, as paths relative to it, in ``out/MANIFEST``.
+
+    :meth:`add` is the :func:`coordtok.fileio.recording` callback: each file the demo's stages
+    complete (through the project's one atomic writer, a lock file, a TensorBoard event file) is
+    added with the folders above it that did not exist when the demo started, and the manifest is
+    rewritten atomically at once. It therefore never names a file the demo did not write: a file
+    whose write a kill interrupted is at worst left for the user to delete, never the reverse.
+    """
+
+    def __init__(self, out: Path):
+        self.out = Path(os.path.abspath(out))
+        self.path = self.out / MANIFEST
+        self.files, self.folders = self.load(out)
+        # Folders that exist now are the user's or an earlier demo's (already listed), never claimed.
+        self._existing = {os.path.relpath(root, self.out) for root, _, _ in os.walk(self.out)}
+
+    @staticmethod
+    def load(out: Path) -> tuple[set[str], set[str]]:
+        path = Path(out) / MANIFEST
+        if not path.is_file():
+            return set(), set()
+        try:
+            data = json.loads(path.read_text())
+            files, folders = set(data["files"]), set(data["folders"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DemoFolderError(f"{path}: unreadable list of the demo's files ({type(e).__name__}); --fresh cannot "
+                                  f"tell the demo's files from yours: delete what you do not need yourself") from None
+        for rel in files | folders:  # a list edited by hand must not reach outside the folder
+            if not isinstance(rel, str) or os.path.isabs(rel) or ".." in Path(rel).parts or rel in ("", "."):
+                raise DemoFolderError(f"{path}: names {rel!r}, which is not a path inside the demo's folder; "
+                                      f"delete what you do not need yourself and remove {MANIFEST}")
+        return files, folders
+
+    def add(self, path: Path) -> None:
+        rel = os.path.relpath(os.path.abspath(path), self.out)
+        if rel.startswith(".." + os.sep) or rel == ".." or rel in (MARKER, MANIFEST, *LOCK_FILES):
+            return
+        new = rel not in self.files
+        self.files.add(rel)
+        parent = os.path.dirname(rel)
+        while parent and parent not in self._existing:
+            new |= parent not in self.folders
+            self.folders.add(parent)
+            parent = os.path.dirname(parent)
+        if new:
+            self.save()
+
+    def save(self) -> None:
+        write_json(self.path, {"files": sorted(self.files), "folders": sorted(self.folders)},
+                   what="list of the demo's files")
+
+    def remove_all(self) -> None:
+        """Delete the listed files (regular files only), then the listed folders that are empty."""
+        for rel in sorted(self.files):
+            path = self.out / rel
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(path.lstat().st_mode):
+                    path.unlink()
+        for rel in sorted(self.folders, key=lambda r: -len(Path(r).parts)):
+            with contextlib.suppress(OSError):  # not empty (a user's file in it) or already gone
+                (self.out / rel).rmdir()
+        self.files, self.folders = set(), set()
+        self.save()
+
+
 @contextlib.contextmanager
 def demo_folder(out: Path, fresh: bool):
     """:func:`prepare_folder` under the folder's lock, held until the block ends: a second demo on
-    the same folder (``--fresh`` or not) is one line instead of deleting the running one's files."""
+    the same folder (``--fresh`` or not) is one line instead of deleting the running one's files.
+    Every file written in the block is recorded in the folder's :class:`Manifest`."""
     _check_folder(out)  # before the lock file is made: nothing is created in a folder that is not ours
     lock = FolderLock(out, "demo", "choose another --out", _say)
     try:
@@ -105,7 +174,10 @@ def demo_folder(out: Path, fresh: bool):
         raise DemoFolderError(str(e)) from None
     try:
         prepare_folder(out, fresh)
-        yield out
+        manifest = Manifest(out)
+        manifest.save()  # from the start: a folder without it is an older demo's
+        with recording(manifest.add):
+            yield manifest
     finally:
         lock.release()
 
@@ -114,16 +186,15 @@ def prepare_folder(out: Path, fresh: bool) -> None:
     """Make ``out`` the demo's folder: new or empty, or written by an earlier demo (its marker).
     The caller holds the folder's lock (:func:`demo_folder`).
 
-    ``fresh`` deletes what an earlier demo wrote there (:data:`OUTPUTS`) and nothing else.
+    ``fresh`` deletes what earlier demos wrote there (their :class:`Manifest`) and nothing else.
     """
     _check_folder(out)
+    if fresh and not (out / MANIFEST).is_file() and any(p.name not in (MARKER, *LOCK_FILES) for p in out.iterdir()):
+        raise DemoFolderError(f"--out {out}: written by an older demo that kept no list of its files ({MANIFEST}), "
+                              f"so --fresh cannot tell them from yours; delete what you do not need yourself, or "
+                              f"choose a new folder")
     if fresh:
-        for name in OUTPUTS:
-            path = out / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
+        Manifest(out).remove_all()
     write_text(out / MARKER, "written by `coordtok demo`; `coordtok demo --fresh` deletes only the demo's outputs\n")
 
 

@@ -81,3 +81,19 @@ def test_quick_demo_writes_summary_and_video(tmp_path):
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     again = json.loads((out / "metrics.json").read_text())
     assert again["coordtok"] == metrics["coordtok"] and again["comparison"] == metrics["comparison"]
+    # every file and folder the demo wrote is in its manifest (checkpoints, locks, TensorBoard,
+    # latents, videos, plots), so `demo --fresh` removes all of it and nothing of the user's
+    from eval.demo import MANIFEST, MARKER, prepare_folder
+
+    own = {MARKER, MANIFEST, ".lock"}
+    listed = json.loads((out / MANIFEST).read_text())
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(
+        own | set(listed["files"]))
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_dir()) == sorted(listed["folders"])
+    mine = ["runs/my-own-run/ckpt-0000100.pt", "samples/mine.mp4", "reconstructions/mine.mp4"]
+    for rel in mine:
+        (out / rel).parent.mkdir(exist_ok=True)
+        (out / rel).write_text(rel)
+    prepare_folder(out, fresh=True)  # what `demo --fresh` does before it starts over
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(own | set(mine))
+    assert all((out / rel).read_text() == rel for rel in mine)

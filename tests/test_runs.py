@@ -43,16 +43,16 @@ def test_demo_refuses_a_folder_it_did_not_create(tmp_path, capsys):
 
 
 def test_demo_fresh_deletes_only_what_the_demo_wrote(tmp_path):
-    from eval.demo import MARKER, prepare_folder
+    from coordtok.fileio import write_bytes, write_text
+    from eval.demo import MANIFEST, MARKER, demo_folder, prepare_folder
 
     out = tmp_path / "demo"
-    prepare_folder(out, fresh=False)
-    (out / "runs" / "tokenizer").mkdir(parents=True)
-    (out / "runs" / "tokenizer" / "ckpt-0000001.pt").write_bytes(b"x")
-    (out / "summary.md").write_text("old")
+    with demo_folder(out, fresh=False):  # what the demo writes is listed in its manifest
+        write_bytes(out / "runs" / "tokenizer" / "ckpt-0000001.pt", b"x")
+        write_text(out / "summary.md", "old")
     (out / "my-notes.md").write_text("keep me")  # the user's own file in the demo's folder
     prepare_folder(out, fresh=True)
-    assert sorted(os.listdir(out)) == sorted([MARKER, "my-notes.md"])
+    assert sorted(os.listdir(out)) == sorted([MARKER, MANIFEST, ".lock", "my-notes.md"])
     prepare_folder(out, fresh=False)  # a marked folder is accepted again
     (out / MARKER).unlink()
     with pytest.raises(Exception, match="not created by `coordtok demo`"):
