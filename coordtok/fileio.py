@@ -80,7 +80,8 @@ def atomic_path(path: str | Path, what: str = "file") -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(e, OSError) or (isinstance(e, RuntimeError) and _looks_like_io(e)):
-            detail = _reason(e) if isinstance(e, OSError) else str(e).strip().splitlines()[0]
+            detail = (_reason(e) if isinstance(e, OSError) else _SHORT_WRITE if _is_serializer_failure(e)
+                      else str(e).strip().splitlines()[0])
             raise OutputError(f"{path}: writing the {what} failed ({detail}); the previous {what}, if any, "
                               f"is intact") from None
         raise
@@ -115,10 +116,23 @@ def note_written(path: str | Path) -> None:
             callback(Path(path))
 
 
-def _looks_like_io(e: RuntimeError) -> bool:
-    """``torch.save`` reports a full disk as ``RuntimeError: ... file write failed``."""
+_SHORT_WRITE = "the file could not be written in full: the disk is full, or a quota or file size limit is reached"
+
+
+def _is_serializer_failure(e: RuntimeError) -> bool:
+    """``torch.save``'s zip writer (PyTorchStreamWriter, ``inline_container.cc``) checks each write
+    landed where it should; a short write (full disk, quota, ``ulimit -f``) fails that check as
+    ``[enforce fail at inline_container.cc:...] . unexpected pos 704 vs 598``."""
     text = str(e).lower()
-    return any(k in text for k in ("write failed", "failed writing", "no space", "errno", "i/o error"))
+    return "inline_container" in text or "unexpected pos" in text or "pytorchstreamwriter" in text
+
+
+def _looks_like_io(e: RuntimeError) -> bool:
+    """``torch.save`` reports a full disk as ``RuntimeError: ... file write failed`` or as a failed
+    check of its zip writer (:func:`_is_serializer_failure`)."""
+    text = str(e).lower()
+    return (any(k in text for k in ("write failed", "failed writing", "no space", "errno", "i/o error"))
+            or _is_serializer_failure(e))
 
 
 def write_with(path: str | Path, write: Callable, binary: bool = True, what: str = "file") -> Path:
