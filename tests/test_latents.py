@@ -23,7 +23,8 @@ TOKENS = 8 * 8 + 16 * 8 + 16 * 8
 
 
 def _files(folder):
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+    """The cache's content (the lock file holds its last writer's pid and time, not content)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".lock"}
 
 
 def _numpy_planes(flat: np.ndarray) -> dict:
