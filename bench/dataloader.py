@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -91,22 +92,25 @@ def float32_before(path, start):
 
 
 # ---------------------------------------------------------------------------- measurements
-def per_clip(ds, rounds: int) -> dict[str, float]:
-    """Median seconds per clip of every way, interleaved clip by clip."""
+def per_clip(ds, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median CPU seconds and wall seconds per clip of every way, interleaved clip by clip. CPU
+    time (of this process, one thread) is what a worker core spends, whatever else runs on the
+    machine; wall time is what it took here."""
     ways = {"decode": lambda p, s, i: decode(p, s), "decoder_resize": lambda p, s, i: decoder_resize(p, s),
             "reference": lambda p, s, i: reference_transform(p, s), "float32_before": lambda p, s, i: float32_before(p, s),
             "ours": lambda p, s, i: ds[i]}
-    times = {k: [] for k in ways}
+    cpu, wall = {k: [] for k in ways}, {k: [] for k in ways}
     for r in range(rounds):
         ds.set_epoch(r)
         for i in range(len(ds)):
             info = ds.videos[i]
             start = ds.window_start(i, info.frames)
             for name, fn in ways.items():
-                tic = time.perf_counter()
+                tic, cpu_tic = time.perf_counter(), time.process_time()
                 fn(info.path, start, i)
-                times[name].append(time.perf_counter() - tic)
-    return {k: statistics.median(v) for k, v in times.items()}
+                cpu[name].append(time.process_time() - cpu_tic)
+                wall[name].append(time.perf_counter() - tic)
+    return {k: statistics.median(v) for k, v in cpu.items()}, {k: statistics.median(v) for k, v in wall.items()}
 
 
 def loader_rate(ds, workers: int, batches: int, batch_size: int = 4) -> float:
@@ -180,20 +184,22 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = make_files(Path(tmp), args.files)
         ds = VideoClipDataset(files, num_frames=FRAMES, size=SIZE, uint8=True, cache_dir=False)
-        t = per_clip(ds, args.rounds)
-        print(f"\nper clip, one thread, median of {len(ds) * args.rounds} clips ({args.files} files x {args.rounds}):")
+        t, wall = per_clip(ds, args.rounds)
+        print(f"\nper clip, one thread, median of {len(ds) * args.rounds} clips ({args.files} files x {args.rounds}); "
+              f"CPU time (clips/s per core), then wall time here (load average {os.getloadavg()[0]:.1f}):")
         labels = {"decode": "decord get_batch of 128 contiguous frames (decode only)",
                   "decoder_resize": "decord decoding to 171x128 (swscale in the decoder)",
                   "reference": "the reference's transform (decord, per-frame PIL bicubic, to float)",
                   "float32_before": "float32 bicubic antialiased resize (this project before)",
                   "ours": "this project's item (decord, uint8 bicubic antialiased, uint8 out)"}
         for k, label in labels.items():
-            print(f"  {label:<72} {t[k] * 1e3:7.1f} ms  {1 / t[k]:6.2f} clips/s")
-        print(f"  ours / decode-only rate: {t['decode'] / t['ours']:.2f}")
+            print(f"  {label:<72} {t[k] * 1e3:7.1f} ms CPU {1 / t[k]:6.2f} clips/s | {wall[k] * 1e3:7.1f} ms wall")
+        print(f"  ours / decode-only rate: {t['decode'] / t['ours']:.2f} (CPU), {wall['decode'] / wall['ours']:.2f} (wall)")
         print("\nDataLoader (uint8 batches of 4, persistent workers, prefetch 2):")
         for w in (1, 2):
             rate = loader_rate(ds, w, args.batches * w)
-            print(f"  {w} worker{'s' if w > 1 else ' '}: {rate:6.2f} clips/s, {rate / w:6.2f} per worker")
+            print(f"  {w} worker{'s' if w > 1 else ' '}: {rate:6.2f} clips/s, {rate / w:6.2f} per worker (wall; load "
+                  f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
         print("\nresize quality, PSNR over a 128-frame clip against float32 bicubic antialiased frames:")
         for k, v in quality(files[0]).items():
             print(f"  {k:<52} {v:5.1f} dB")

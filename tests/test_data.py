@@ -100,6 +100,7 @@ def test_item_shape_dtype_range(clips, tmp_path):
     assert -1 <= item["video"].min() and item["video"].max() <= 1 and item["video"].std() > 0.1
     assert item["num_frames"] == 16 and item["path"] == str(clips["long"].resolve())
     assert 0 <= item["start"] <= 40 - 16
+    assert item["label"] == -1 and item["class_name"] == ""  # no classes outside UCF-101
 
 
 def test_resize_keeps_aspect_then_center_crops(clips, tmp_path):
