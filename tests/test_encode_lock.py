@@ -49,3 +49,31 @@ def test_encode_into_a_locked_cache_is_one_line_and_writes_nothing(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and "another encode" in err.splitlines()[-1], err
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_two_process_encode_into_a_locked_cache_stops_on_every_rank(tmp_path):
+    """Rank 0 takes the lock; when it cannot, every rank stops with its line (a rank that went on
+    alone would wait forever at the next collective), and with the lock free both ranks encode."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    exe = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    launch = [exe, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "-m", "coordtok", *ENCODE, "--clips-per-video", "2", "--shard-size", "1"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "COORDTOK_CACHE": str(tmp_path / "c")}
+    out = tmp_path / "latents"
+    out.mkdir()
+    with FolderLock(out, "encode", "choose another --out", lambda m: None):
+        held = subprocess.run([*launch, "--out", str(out)], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert held.returncode != 0 and held.stderr.count("coordtok: error:") == 2, held.stderr[-3000:]
+    assert held.stderr.count(f"another encode (pid {os.getpid()} ") == 2
+    # no traceback from the project's code (the launcher prints its own for a failed rank)
+    assert f'File "{root / "sit"}' not in held.stderr and f'File "{root / "coordtok"}' not in held.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    free = subprocess.run([*launch, "--out", str(out)], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert free.returncode == 0, free.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("shard-*.safetensors")) == ["shard-00000.safetensors",
+                                                                         "shard-00001.safetensors"]
