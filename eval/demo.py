@@ -29,12 +29,14 @@ import json
 import os
 import stat
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from coordtok.checkpoint import list_checkpoints
 from coordtok.config import DataConfig, load_tokenizer_config
 from coordtok.errors import CoordTokError
 from coordtok.fileio import check_writable, recording, write_json, write_text
@@ -74,6 +76,8 @@ QUICK = DemoPlan(stage1_steps=20, stage2_steps=4, magvit2_steps=2, promag_steps=
 # deletes exactly those.
 MARKER = ".coordtok-demo"
 MANIFEST = ".coordtok-demo-manifest.json"
+# The run folders the stages train in, under runs/ (each resumed on a second run).
+RUN_NAMES = ("tokenizer", "tokenizer-stage2", "magvit2", "promag-4x", "promag-8x", "regen", "sit")
 
 
 class DemoFolderError(CoordTokError):
@@ -106,6 +110,7 @@ class Manifest:
     """
 
     def __init__(self, out: Path):
+        self._mutex = threading.Lock()  # a writer thread may finish a file while another does
         self.out = Path(os.path.abspath(out))
         self.path = self.out / MANIFEST
         self.files, self.folders = self.load(out)
@@ -133,6 +138,10 @@ class Manifest:
         rel = os.path.relpath(os.path.abspath(path), self.out)
         if rel.startswith(".." + os.sep) or rel == ".." or rel in (MARKER, MANIFEST, *LOCK_FILES):
             return
+        with self._mutex:
+            self._add(rel)
+
+    def _add(self, rel: str) -> None:
         new = rel not in self.files
         self.files.add(rel)
         parent = os.path.dirname(rel)
@@ -194,7 +203,17 @@ def prepare_folder(out: Path, fresh: bool) -> None:
                               f"so --fresh cannot tell them from yours; delete what you do not need yourself, or "
                               f"choose a new folder")
     if fresh:
-        Manifest(out).remove_all()
+        manifest = Manifest(out)
+        # A stage resumes from what its run folder holds: checkpoints the demo did not write (yours,
+        # or an older demo's) would make this "fresh" demo continue them. Checked before deleting.
+        for name in RUN_NAMES:
+            found = [p for p in list_checkpoints(out / "runs" / name)
+                     if os.path.relpath(p, out) not in manifest.files]
+            if found:
+                raise DemoFolderError(f"{found[0]}: checkpoints the demo did not write (not in {MANIFEST}) are in "
+                                      f"the demo's run folder, so --fresh would continue them; move them elsewhere "
+                                      f"or choose a new --out")
+        manifest.remove_all()
     write_text(out / MARKER, "written by `coordtok demo`; `coordtok demo --fresh` deletes only the demo's outputs\n")
 
 

@@ -73,3 +73,20 @@ def test_a_manifest_naming_a_path_outside_the_folder_deletes_nothing(tmp_path, c
     assert main(["demo", "--quick", "--fresh", "--out", str(out)]) == 2
     assert "not a path inside the demo's folder" in one_line(capsys)
     assert victim.read_text() == "years of work"
+
+
+def test_fresh_refuses_checkpoints_it_did_not_write_in_a_demo_run_folder(tmp_path, capsys):
+    """--fresh keeps them, so the fresh demo would resume them: it says so instead."""
+    from coordtok.fileio import write_bytes
+    from eval.demo import demo_folder
+
+    out = tmp_path / "demo"
+    with demo_folder(out, fresh=False):
+        write_bytes(out / "runs" / "tokenizer" / "ckpt-0000020.pt", b"the demo's")
+    theirs = out / "runs" / "tokenizer" / "ckpt-0000500.pt"
+    theirs.write_bytes(b"not the demo's")
+    assert main(["demo", "--quick", "--fresh", "--out", str(out)]) == 2
+    line = one_line(capsys)
+    assert str(theirs) in line and "would continue them" in line
+    assert theirs.read_bytes() == b"not the demo's"
+    assert (out / "runs" / "tokenizer" / "ckpt-0000020.pt").is_file()  # refused before deleting anything
