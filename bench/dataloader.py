@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -113,21 +114,27 @@ def per_clip(ds, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
     return {k: statistics.median(v) for k, v in cpu.items()}, {k: statistics.median(v) for k, v in wall.items()}
 
 
-def loader_rate(ds, workers: int, batches: int, batch_size: int = 4) -> float:
-    """Clips/s through a DataLoader of ``workers`` processes, after its first batch (start-up)."""
+def loader_rate(ds, workers: int, batches: int, batch_size: int = 4) -> tuple[float, float]:
+    """``(clips/s, worker CPU seconds per clip)`` through a DataLoader of ``workers`` processes:
+    the rate after its first batch (start-up) in wall time, and the CPU time its workers spent on
+    all clips, read from the finished workers' resource usage."""
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, persistent_workers=True,
                                          prefetch_factor=2, sampler=torch.utils.data.RandomSampler(
                                              ds, replacement=True, num_samples=batch_size * (batches + 1),
                                              generator=torch.Generator().manual_seed(0)))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     it = iter(loader)
-    next(it)
+    first = next(it)["video"].shape[0]
     tic, n = time.perf_counter(), 0
     for batch in it:
         assert batch["video"].dtype == torch.uint8
         n += batch["video"].shape[0]
     rate = n / (time.perf_counter() - tic)
-    del it, loader
-    return rate
+    del it, loader  # the last references (a persistent loader keeps its iterator): workers joined, so
+    # their CPU time is in RUSAGE_CHILDREN now
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return rate, cpu / (n + first)
 
 
 def psnr_255(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -197,8 +204,9 @@ def main(argv=None) -> None:
         print(f"  ours / decode-only rate: {t['decode'] / t['ours']:.2f} (CPU), {wall['decode'] / wall['ours']:.2f} (wall)")
         print("\nDataLoader (uint8 batches of 4, persistent workers, prefetch 2):")
         for w in (1, 2):
-            rate = loader_rate(ds, w, args.batches * w)
-            print(f"  {w} worker{'s' if w > 1 else ' '}: {rate:6.2f} clips/s, {rate / w:6.2f} per worker (wall; load "
+            rate, cpu = loader_rate(ds, w, args.batches * w)
+            print(f"  {w} worker{'s' if w > 1 else ' '}: {1 / cpu:6.2f} clips/s per worker core (worker CPU time "
+                  f"{cpu * 1e3:.1f} ms per clip); wall here {rate:6.2f} clips/s, {rate / w:6.2f} per worker (load "
                   f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
         print("\nresize quality, PSNR over a 128-frame clip against float32 bicubic antialiased frames:")
         for k, v in quality(files[0]).items():
