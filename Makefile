@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/tokenizer_step.py
 	$(PY) bench/reconstruct.py
+	$(PY) -m bench.dataloader
 
 clean:
 	rm -rf $(VENV) demo_out runs .pytest_cache
