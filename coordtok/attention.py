@@ -18,6 +18,7 @@ to SDPA with one log line saying why, and an explicit ``xformers`` request is a 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -34,6 +35,7 @@ _BACKEND_ENV = "COORDTOK_ATTENTION"  # auto | sdpa | xformers
 XFORMERS_DEVICE_TYPES = ("cuda",)  # device types xformers has kernels for
 # (device, dtype) -> None when xformers ran there, else why it cannot (filled by _xformers_failure)
 _probed: dict[tuple[str, torch.dtype], str | None] = {}
+_memory_efficient_meta = False  # see memory_efficient_on_meta
 
 
 class AttentionBackendError(CoordTokError, RuntimeError):
@@ -144,5 +146,23 @@ def attention(
 
     q, k, v = (rearrange(x, "b n h d -> b h n d") for x in (q, k, v))
     mask = None if key_mask is None else key_mask[:, None, None, :]  # broadcast over heads, queries
+    if _memory_efficient_meta and q.device.type == "meta":
+        out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)[0]
+        return rearrange(out, "b h n d -> b n h d")
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return rearrange(out, "b h n d -> b n h d")
+
+
+@contextlib.contextmanager
+def memory_efficient_on_meta():
+    """Within it, attention on the meta device runs the flash kernel's shape function: autograd then
+    saves what the memory-efficient kernels of a GPU (and of a CPU) save -- q, k, v, the output and
+    the log-sum-exp -- not the ``N x N`` weights of SDPA's math path, which the meta device otherwise
+    takes. For memory accounting (:func:`eval.profile.step_memory_estimate`); FLOP counting keeps the
+    math path."""
+    global _memory_efficient_meta
+    before, _memory_efficient_meta = _memory_efficient_meta, True
+    try:
+        yield
+    finally:
+        _memory_efficient_meta = before

@@ -274,7 +274,8 @@ class LPIPS(nn.Module):
             taps_x, taps_y = zip(*(t.chunk(2) for t in self._taps(torch.cat([x, y]))))
         # Under fp16 autocast the trunk runs in half precision, but the normalisation (a sum of
         # squares over up to 512 channels) and the heads run in fp32, where they cannot overflow.
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        # (the meta device, where memory is estimated, has no autocast of its own: CPU's stands in)
+        with torch.autocast(device_type="cpu" if x.device.type == "meta" else x.device.type, enabled=False):
             dist = x.new_zeros((x.shape[0], 1, 1, 1), dtype=torch.float32)
             for fx, fy, lin in zip(taps_x, taps_y, self.lins):
                 diff = (normalize_channels(fx.float()) - normalize_channels(fy.float())).pow(2)  # (N, C, h, w)

