@@ -122,9 +122,10 @@ _SHORT_WRITE = "the file could not be written in full: the disk is full, or a qu
 def _is_serializer_failure(e: RuntimeError) -> bool:
     """``torch.save``'s zip writer (PyTorchStreamWriter, ``inline_container.cc``) checks each write
     landed where it should; a short write (full disk, quota, ``ulimit -f``) fails that check as
-    ``[enforce fail at inline_container.cc:...] . unexpected pos 704 vs 598``."""
+    ``[enforce fail at inline_container.cc:...] . unexpected pos 704 vs 598``, or, when the Python
+    file object's stream fails first, as ``basic_ios::clear: iostream error``."""
     text = str(e).lower()
-    return "inline_container" in text or "unexpected pos" in text or "pytorchstreamwriter" in text
+    return any(k in text for k in ("inline_container", "unexpected pos", "pytorchstreamwriter", "iostream error"))
 
 
 def _looks_like_io(e: RuntimeError) -> bool:
