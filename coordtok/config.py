@@ -145,7 +145,7 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
     if annotation is float and isinstance(value, str):
         # YAML 1.1 reads 3e-4 (no dot) as a string; a number field means the number.
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if annotation in (bool, int, float, str):
@@ -155,6 +155,10 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
               str: isinstance(value, (str, Path))}[annotation]
         if not ok:
             raise ConfigError(f"{where}: must be {_TYPE_NAMES[annotation]}, got {value!r}")
+        if annotation is float and not math.isfinite(value):
+            # NaN passes every range check (nan < 0 and nan > 0 are both false) and reaches torch
+            # ("Invalid learning rate: nan") or silently trains to non-finite weights (inf).
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
         return float(value) if annotation is float else str(value) if annotation is str else value
     if annotation is dict or origin is dict:
         if not isinstance(value, dict):
