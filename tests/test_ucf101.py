@@ -81,10 +81,10 @@ def test_a_clip_is_read_in_one_pass_of_increasing_frames(ucf, tmp_path, monkeypa
 def test_a_clip_costs_about_what_decoding_it_costs(ucf, tmp_path, one_thread):
     """128 frames of 320x240 XviD to 128x128 on one thread: the dataset item within 2x of decord's
     own decoding of the same frames (the issue asks for >= 0.7 of the decoder's rate, i.e. 1.43x,
-    measured quietly by bench.dataloader; 2x leaves room for a busy shared CPU, while the float32
-    resize this replaced took ~10x). The item as loaders take it (uint8; floats are made on the
-    device). CPU time of this process (one thread), which other processes on a shared machine do
-    not inflate; best of 3 each."""
+    which bench.dataloader measures; 2x leaves room for a busy shared CPU, while the float32 resize
+    this replaced took 6.5x). The item as loaders take it (uint8; floats are made on the device).
+    CPU time of this process (one thread), which other processes on a shared machine inflate far
+    less than wall time; best of 3 each."""
     ds = VideoClipDataset([ucf["long"]], num_frames=128, size=128, uint8=True, cache_dir=tmp_path / "c").eval()
 
     def decode():
