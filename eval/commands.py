@@ -128,7 +128,7 @@ def cmd_profile(args) -> None:
     for path in args.baseline:
         if load_run_config(path)[0] == "coordtok":
             raise ConfigError(f"--baseline {path}: a CoordTok config (no kind:); pass it with --config")
-    out = check_writable(args.out, "profile folder")
+    out = check_writable(args.out, "profile folder", create=False)  # made by the report: a refused profile leaves none
     device = resolve_device(args.device).type
     rows = profile(args.config, args.frames, num_coords=args.num_coords, device=device,
                    measure_memory=not args.no_memory, budget_gb=args.budget_gb,

@@ -328,3 +328,61 @@ def test_ffmpeg_write_errors_are_not_ignored():
             (-25, "", "killed by SIGXFSZ (the file size limit"), (1, "Unknown encoder 'libx264'\n", "Unknown encoder")):
         with pytest.raises(OSError, match=re.escape(needle)):
             _check_ffmpeg(status, stderr)
+
+
+# ---------------------------------------------------------------------------- profile memory
+
+
+@pytest.fixture
+def no_real_step(monkeypatch):
+    """Fails the test if a real training step (a measuring child process) starts."""
+    import eval.profile
+
+    def refuse(*a, **k):
+        raise AssertionError("a real step ran")
+    monkeypatch.setattr(eval.profile, "step_memory", refuse)
+
+
+def test_profile_refuses_a_clip_that_cannot_fit_before_any_step(tmp_path, capsys, monkeypatch, no_real_step):
+    import eval.profile
+
+    # 8 GB available, whatever this machine has: the tiny model's 100000-frame step needs ~23 GB by
+    # the estimate (its activations grow with the clip); the 16-frame step (~0.06 GB) is not run either
+    monkeypatch.setattr(eval.profile, "available_memory", lambda device: (8 * 10 ** 9, "MemAvailable in /proc/meminfo"))
+    argv = ["profile", "--config", TINY, "--frames", "16,100000", "--no-full", "--device", "cpu", "--out",
+            str(tmp_path / "p")]
+    assert main(argv) == 2
+    _one_line_error(capsys, "100000 frames, CoordTok (sampled coordinates): one training step needs an estimated",
+                    "but 8.0 GB is available on cpu (MemAvailable in /proc/meminfo)", "--no-memory")
+    assert not (tmp_path / "p").exists()
+    # FLOPs alone need no memory: the same clip lengths are profiled on the meta device
+    assert main(argv + ["--no-memory"]) == 0
+    rows = json.loads((tmp_path / "p" / "profile.json").read_text())["rows"]
+    assert [r["frames"] for r in rows] == [16, 100000] and all(r["flops"] > 0 for r in rows)
+
+
+def test_profile_refuses_a_budget_beyond_the_machine(tmp_path, capsys, no_real_step):
+    from eval.profile import available_memory
+
+    available, source = available_memory("cpu")
+    assert source == "MemAvailable in /proc/meminfo" and 0 < available < 10 ** 15
+    assert main(["profile", "--config", TINY, "--frames", "16", "--no-full", "--device", "cpu", "--max-batch",
+                 "--budget-gb", "1000000", "--out", str(tmp_path / "p")]) == 2
+    _one_line_error(capsys, "--budget-gb 1000000: more than the", "available on cpu (MemAvailable in /proc/meminfo)",
+                    f"pass --budget-gb {available // 10 ** 9} or less")
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_step_the_allocator_refuses_counts_as_out_of_memory(monkeypatch):
+    import eval.profile
+
+    failed = subprocess.CompletedProcess([], 1, "", "RuntimeError: [enforce fail at alloc_cpu.cpp:116] data. "
+                                         "DefaultCPUAllocator: can't allocate memory: you tried to allocate 96 GB")
+    monkeypatch.setattr(eval.profile.subprocess, "run", lambda *a, **k: failed)
+    assert eval.profile.step_memory(to_dict_tiny(), "coordtok", 1024, 1, "cpu") == {"peak_bytes": None, "oom": True}
+
+
+def to_dict_tiny() -> dict:
+    from coordtok.config import load_model_config, to_dict
+
+    return to_dict(load_model_config(TINY))
