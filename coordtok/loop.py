@@ -481,7 +481,7 @@ def tensorboard_writer(run_dir: Path, is_main: bool):
     return writer
 
 
-def _on_main_then_all(accelerator, fn) -> None:
+def on_main_then_all(accelerator, fn) -> None:
     """Run ``fn`` on the main process; a :class:`CoordTokError` it raises is raised on every rank."""
     message = None
     if accelerator.is_main_process:
@@ -547,7 +547,7 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
     folder = ckpt.RunFolder(t.out_dir, task.kind, is_main, log)
     # The main process takes the lock; if it cannot, every rank stops with its message (a rank
     # that went on alone would wait forever in DDP's first all-reduce).
-    _on_main_then_all(accelerator, folder.acquire)
+    on_main_then_all(accelerator, folder.acquire)
     try:
         state = folder.resume_state(resume)
         if state is not None:

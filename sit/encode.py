@@ -28,7 +28,7 @@ from coordtok.checkpoint import load_tokenizer
 from coordtok.config import ConfigError, DataConfig
 from coordtok.fileio import check_writable, write_bytes, write_json
 from coordtok.locking import FolderLock
-from coordtok.loop import _on_main_then_all, inference_precision, resolve_inference_precision
+from coordtok.loop import inference_precision, on_main_then_all, resolve_inference_precision
 from coordtok.triplane import num_tokens
 
 from .cache import FORMAT_VERSION, INDEX_NAME, LatentCacheError, read_index, shard_name, weights_fingerprint
@@ -183,7 +183,7 @@ def _encode_dataset(
         check_writable(out_dir, "latent cache")
         held.enter_context(FolderLock(out_dir, "encode", "choose another --out", log))
 
-    _on_main_then_all(accelerator, lock_cache)
+    on_main_then_all(accelerator, lock_cache)
     # The index and the shard sidecars name their encoding: never overwrite another cache.
     for found in [index_path, *sorted(out_dir.glob("shard-*.json"))]:
         try:
