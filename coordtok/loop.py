@@ -438,7 +438,9 @@ class NonFiniteGuard:
             self.in_a_row[phase] = 0
             return True
         n = self.in_a_row[phase] = self.in_a_row.get(phase, 0) + 1
-        warnings.warn(f"step {step + 1}: non-finite {what}, update skipped ({n} in a row)", stacklevel=2)
+        ranks = (f" on every rank (this is rank {self.accelerator.process_index})"
+                 if self.accelerator.num_processes > 1 else "")
+        warnings.warn(f"step {step + 1}: non-finite {what}, update skipped{ranks} ({n} in a row)", stacklevel=2)
         if n >= self.max_bad:
             where = save(step)
             raise TrainingDiverged(
@@ -446,6 +448,17 @@ class NonFiniteGuard:
                 f"(step {step}, no bad update applied) is in {where}. {self.hint}, then --resume: a resumed run "
                 f"takes the config's optimizer settings.")
         return False
+
+
+def ranks_not_finite(accelerator, loss: torch.Tensor) -> list[int]:
+    """The ranks whose ``loss`` is not finite (the same list on every rank: one all-reduce of a
+    flag per rank, which every rank must call); ``[]`` when all are finite."""
+    world = accelerator.num_processes
+    flags = torch.zeros(world, device=loss.device)
+    flags[accelerator.process_index] = float(not bool(torch.isfinite(loss.detach()).all()))
+    if world > 1:
+        flags = accelerator.reduce(flags, reduction="sum")
+    return [r for r, bad in enumerate(flags.tolist()) if bad]
 
 
 def grads_finite(module: torch.nn.Module) -> bool:
@@ -627,14 +640,22 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
                     with sync:
                         with autocast():
                             out = task.loss(phase, batch, ctx)
-                        finite = finite and bool(torch.isfinite(out["loss"]))
+                        # Every rank decides together, before any backward: a rank that skipped
+                        # it while the others enter DDP's gradient all-reduce (or the backward
+                        # all-reduce of the LFQ entropy) would pair its next collective with the
+                        # wrong one (gloo aborts, NCCL hangs).
+                        bad_ranks = ranks_not_finite(accelerator, out["loss"])
+                        finite = not bad_ranks
                         if finite:
                             scaler.scale(out["loss"].float() / t.grad_accum).backward()
                     for k, v in out.items():
                         key = k if phase == task.phases[0] else f"{phase}_{k}"
                         sums[key] = sums.get(key, 0.0) + v.detach().float() / t.grad_accum
+                    if not finite:  # (every rank leaves at the same micro-batch: same metric keys)
+                        break
                 grads_ok = not check_grads or not finite or grads_finite(module)
-                what = "loss" if not finite else "gradient"
+                what = "gradient" if finite else "loss" + (
+                    f" on rank {', '.join(map(str, bad_ranks))} of {world}" if world > 1 else "")
                 # (after a later phase fails, the main update of this step is in: it is step + 1's state)
                 saver = save if phase == task.phases[0] else (lambda _: save(step + 1))
                 if not guard.step_ok(finite and grads_ok, step, f"{phase} {what}", saver, phase):
