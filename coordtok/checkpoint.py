@@ -145,10 +145,13 @@ def load_latest(run_dir: str | Path, map_location="cpu", log=None) -> tuple[dict
 
 
 def rng_state() -> dict:
-    """Every global RNG's state as tensors and plain data (loadable with ``weights_only``).
+    """This process's global RNG states as tensors and plain data (loadable with ``weights_only``).
 
     numpy's legacy state ``(name, keys uint32 (624,), pos, has_gauss, cached_gaussian)`` is
     stored as a dict with ``keys`` an int64 tensor (a pickled numpy array would be refused).
+    ``cuda`` is the state of this process's own GPU only (``torch.cuda.current_device()``): a
+    process of a multi-GPU run draws on its own device, and a job resumed with fewer visible
+    GPUs (SLURM binds one per task) must not need the others' states.
     """
     name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     return {
@@ -156,12 +159,16 @@ def rng_state() -> dict:
         "numpy": {"bit_generator": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "cuda": torch.cuda.get_rng_state(torch.cuda.current_device()) if torch.cuda.is_available() else None,
     }
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore :func:`rng_state` exactly; also takes numpy's tuple form (older in-memory states)."""
+def set_rng_state(state: dict) -> str | None:
+    """Restore :func:`rng_state` exactly; also takes numpy's tuple form (older in-memory states).
+
+    Checkpoints written before the per-process device state hold a list of every visible GPU's
+    state: this process takes its own device's entry. Returns a note when the device state could
+    not be restored (no GPU here, or no entry for this device), else None."""
     random.setstate(state["python"])
     np_state = state["numpy"]
     if isinstance(np_state, dict):
@@ -170,8 +177,48 @@ def set_rng_state(state: dict) -> None:
                     np_state["cached_gaussian"])
     np.random.set_state(np_state)
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None:
+        return None
+    if not torch.cuda.is_available():
+        return "no CUDA device here for the saved CUDA RNG state"
+    device = torch.cuda.current_device()
+    if isinstance(cuda, (list, tuple)):  # an older checkpoint: one state per visible GPU
+        if device >= len(cuda):
+            return f"the checkpoint holds CUDA RNG states of {len(cuda)} GPU(s), none for GPU {device}"
+        cuda = cuda[device]
+    torch.cuda.set_rng_state(cuda, device)
+    return None
+
+
+def restore_rng(state: dict, rank: int, world: int, log=None) -> None:
+    """Restore this process's RNG states from a checkpoint written by :func:`coordtok.loop.fit`.
+
+    ``state["rng_ranks"]`` holds every writing process's :func:`rng_state` (``state["rng"]``,
+    rank 0's, is all a single-process run stores). Each rank takes its own. When the run has
+    another number of processes than the one that wrote the checkpoint, ranks without a saved
+    state take rank 0's CPU states (python, numpy, torch) and keep a fresh device state; ``log``
+    (the main process's) gets one line saying what could not be restored.
+    """
+    states = state.get("rng_ranks") or [state["rng"]]
+    notes = []
+    if rank < len(states):
+        note = set_rng_state(states[rank])
+    else:
+        note = set_rng_state({**states[0], "cuda": None})
+    if note and log is not None:
+        notes.append(note)
+    if len(states) != world and log is not None:
+        if world > len(states):
+            extra = f"rank {len(states)}" if world == len(states) + 1 else f"ranks {len(states)}-{world - 1}"
+            notes.append(f"{extra} start(s) with rank 0's CPU RNG state and a fresh device RNG state")
+        else:
+            gone = f"rank {world}" if len(states) == world + 1 else f"ranks {world}-{len(states) - 1}"
+            notes.append(f"the RNG states of {gone} are not used")
+        notes[-1] = (f"resume: the checkpoint was written by {len(states)} process(es), this run has {world}: "
+                     + notes[-1])
+    if notes:
+        log("; ".join(notes))
 
 
 def load_run(path: str | Path, kind: str | None, what: str, map_location="cpu") -> tuple[dict, Path]:

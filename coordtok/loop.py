@@ -595,7 +595,7 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
         if state is not None:
             if state.get("scaler") is not None and scaler.is_enabled():
                 scaler.load_state_dict(state["scaler"])
-            ckpt.set_rng_state(state["rng"])
+            ckpt.restore_rng(state, rank, world, log if is_main else None)
 
         dataset = task.dataset()
         sampler = GlobalBatchSampler(len(dataset), global_micro, rank, world, t.seed, start=step * t.grad_accum)
@@ -605,6 +605,13 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
         last_ckpt = None
 
         def save(step_: int) -> Path | None:
+            # Every process's RNG states (each draws its own; on a GPU each from its own device),
+            # gathered on every rank: a collective, so every rank calls save().
+            rngs = [ckpt.rng_state()]
+            if world > 1:
+                from accelerate.utils import gather_object
+
+                rngs = gather_object(rngs)
             if not is_main:
                 return None
             payload = {
@@ -612,7 +619,8 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
                 **{ckpt.module_key(n): accelerator.unwrap_model(task.wrapped[n]).state_dict() for n in names},
                 **{ckpt.optimizer_key(n): opt.state_dict() for n, opt in optimizers.items()},
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "rng": ckpt.rng_state(), "config": task.config.to_dict(), "config_text": config_text,
+                "rng": rngs[0], **({"rng_ranks": rngs} if world > 1 else {}),
+                "config": task.config.to_dict(), "config_text": config_text,
                 "metrics": dict(last), **task.extra_state(),
             }
             return folder.save(payload, step_, t.keep_checkpoints)
