@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -244,51 +243,49 @@ def test_a_released_size_states_the_heads_it_assumed():
 
 # ---------------------------------------------------------------------------- videos on a full disk
 
-FULL_DISK = """import resource, signal, sys
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # our writes get EFBIG (ffmpeg's own are killed by SIGXFSZ)
-resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))  # smaller than any mp4 (an all-black one is ~1.7 kB)
-from coordtok.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+@pytest.fixture
+def full_disk_for_videos(tmp_path, monkeypatch):
+    """ffmpeg behind a wrapper that gives it a file size limit of ~1 kB (an all-black mp4 is ~1.7 kB)
+    with SIGXFSZ ignored: its writes fail with EFBIG as they would on a full disk ("Error writing
+    trailer: File too large"), while every other file the command touches (sample parts, DataLoader
+    shared memory, caches) is unaffected."""
+    import imageio_ffmpeg
+
+    wrapper = tmp_path / "ffmpeg-on-a-full-disk"
+    wrapper.write_text(f"#!/bin/sh\ntrap '' XFSZ\nulimit -f 1\nexec '{imageio_ffmpeg.get_ffmpeg_exe()}' \"$@\"\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(wrapper))  # imageio_ffmpeg.get_ffmpeg_exe() reads it each call
 
 
-def _run_with_a_full_disk(argv: list[str]):
-    return subprocess.run([sys.executable, "-c", FULL_DISK, *argv], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[1])
-
-
-def _assert_video_refused(res, out: Path) -> None:
-    assert res.returncode == 2, res.stderr[-2000:]
-    err = res.stderr.strip().splitlines()[-1]
-    assert err.startswith("coordtok: error:") and f"{out}: writing the video failed (ffmpeg" in err, err
-    assert not out.exists()
+def _assert_video_refused(status: int, capsys, out: Path) -> None:
+    assert status == 2
+    err = _one_line_error(capsys, f"{out}: writing the video failed (ffmpeg exited with status",
+                          "File too large")
+    assert not out.exists(), err
     assert not list(out.parent.glob(f".{out.name}.*"))  # no temporary file left either
 
 
-def test_reconstruct_on_a_full_disk_is_one_line_and_no_file(regen_ckpt, tmp_path):
+def test_reconstruct_on_a_full_disk_is_one_line_and_no_file(regen_ckpt, tmp_path, capsys, full_disk_for_videos):
     out = tmp_path / "r.mp4"
-    res = _run_with_a_full_disk(["reconstruct", "--ckpt", str(regen_ckpt), "--video", BIKES, "--frames", "9",
-                                 "--out", str(out)])
-    _assert_video_refused(res, out)
+    status = main(["reconstruct", "--ckpt", str(regen_ckpt), "--video", BIKES, "--frames", "9", "--out", str(out)])
+    _assert_video_refused(status, capsys, out)
 
 
-def test_sample_on_a_full_disk_is_one_line_and_no_file(tokenizer_a, tmp_path):
+def test_sample_on_a_full_disk_is_one_line_and_no_file(tokenizer_a, tmp_path, capsys, full_disk_for_videos):
     out = tmp_path / "samples"
-    res = _run_with_a_full_disk(["sample", "--sit-ckpt", str(FIX / "sit_run" / "checkpoints" / "0000100.pt"),
-                                 "--tokenizer-ckpt", str(tokenizer_a), "--num", "1", "--steps", "3", "--out", str(out),
-                                 "--no-progress"])
-    _assert_video_refused(res, out / "sample_0000.mp4")
+    status = main(["sample", "--sit-ckpt", str(FIX / "sit_run" / "checkpoints" / "0000100.pt"), "--tokenizer-ckpt",
+                   str(tokenizer_a), "--num", "1", "--steps", "3", "--out", str(out), "--no-progress"])
+    _assert_video_refused(status, capsys, out / "sample_0000.mp4")
 
 
-def test_eval_recon_on_a_full_disk_is_one_line_and_no_file(regen_ckpt, tmp_path):
+def test_eval_recon_on_a_full_disk_is_one_line_and_no_file(regen_ckpt, tmp_path, capsys, full_disk_for_videos):
     data = tmp_path / "videos"
     data.mkdir()
     (data / "bikes.mp4").symlink_to(BIKES)
     out = tmp_path / "eval"
-    res = _run_with_a_full_disk(["eval-recon", "--ckpt", str(regen_ckpt), "--data", str(data), "--out", str(out),
-                                 "--num-clips", "1", "--frames", "9", "--no-fvd", "--extend", "--write-videos", "1",
-                                 "--no-progress"])
-    _assert_video_refused(res, out / "recon_0000.mp4")
+    status = main(["eval-recon", "--ckpt", str(regen_ckpt), "--data", str(data), "--out", str(out), "--num-clips", "1",
+                   "--frames", "9", "--no-fvd", "--extend", "--write-videos", "1", "--no-progress"])
+    _assert_video_refused(status, capsys, out / "recon_0000.mp4")
 
 
 @pytest.fixture
