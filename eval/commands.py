@@ -85,7 +85,7 @@ def cmd_eval_recon(args, analysis: bool = False) -> None:
                         batch_size=args.batch_size, frames=args.frames, frames_per_chunk=args.frames_per_chunk,
                         vgg_path=args.vgg, write_videos=args.write_videos, analysis=analysis or args.analysis,
                         progress=not args.no_progress, device=args.device, hints=reference_hints(args),
-                        precision=args.precision, **_chunk_options(args))
+                        precision=args.precision, num_workers=args.num_workers, **_chunk_options(args))
     if result:
         result.pop("analysis", None)
         print(json.dumps(result, indent=2))
@@ -178,6 +178,8 @@ def register(sub) -> None:
         ev.add_argument("--kind", choices=("folder", "ucf101"), default=None)
         ev.add_argument("--split", default=None, help="ucf101: train | test (default test); folder: a subfolder")
         ev.add_argument("--batch-size", type=positive_int, default=1)
+        ev.add_argument("--num-workers", type=nonnegative_int, default=2,
+                        help="DataLoader processes decoding real clips ahead of the reconstruction")
         ev.add_argument("--frames-per-chunk", type=positive_int, default=None)
         ev.add_argument("--vgg", default=None, help="vgg16-397923af.pth for LPIPS")
         ev.add_argument("--write-videos", type=nonnegative_int, default=4, help="side-by-side mp4s of the first clips")

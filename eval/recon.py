@@ -36,8 +36,10 @@ from .tokenizers import CoordTokReconstructor, Reconstructor, load_reconstructor
 
 
 def _to_model(clips_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(B, T, H, W, 3)`` -> float ``(B, 3, T, H, W)`` in [-1, 1]."""
-    return rearrange(clips_u8.float() / 127.5 - 1, "b t h w c -> b c t h w")
+    """uint8 ``(B, T, H, W, 3)`` -> float ``(B, 3, T, H, W)`` in [-1, 1], on the clips' device."""
+    from coordtok.data import to_model_video
+
+    return to_model_video(rearrange(clips_u8, "b t h w c -> b c t h w"))
 
 
 @torch.no_grad()
@@ -83,7 +85,7 @@ def eval_recon(ckpt, real, out_dir, num_clips: int = 10000, seed: int = 0, kind:
                detector_path=None, sub_clip_frames: int = 16, batch_size: int = 1, frames: int | None = None,
                frames_per_chunk: int | None = None, vgg_path=None, write_videos: int = 4, analysis: bool = False,
                progress: bool = True, device=None, hints: dict | None = None, precision: str = "auto",
-               **options) -> dict:
+               num_workers: int = 2, **options) -> dict:
     """Evaluate the tokenizer(s) in ``ckpt`` (a checkpoint, or a list of them: one table) on the
     same ``num_clips`` random clips of ``real``; see the module docstring.
 
@@ -131,7 +133,8 @@ def eval_recon(ckpt, real, out_dir, num_clips: int = 10000, seed: int = 0, kind:
         folder = out if len(toks) == 1 else out / f"{k:02d}-{_slug(tok.name)}"
         with inference_precision(precision, device.type):
             results.append(_evaluate(accelerator, c, tok, clips, frames, folder, seed, det, lpips, lpips_note,
-                                     sub_clip_frames, batch_size, write_videos, analysis, progress, precision))
+                                     sub_clip_frames, batch_size, write_videos, analysis, progress, precision,
+                                     num_workers))
     if not accelerator.is_main_process:
         return {}
     if len(results) > 1:
@@ -161,9 +164,10 @@ def _slug(name: str) -> str:
 
 def _evaluate(accelerator, ckpt, tok: Reconstructor, clips, frames: int, out: Path, seed: int, det, lpips,
               lpips_note, sub_clip_frames: int, batch_size: int, write_videos: int, analysis: bool,
-              progress: bool, precision: str) -> dict:
+              progress: bool, precision: str, num_workers: int = 0) -> dict:
     """One tokenizer on the clips (this process's share); the main process gathers, writes and
-    returns the result."""
+    returns the result. ``num_workers`` processes decode the real clips ahead of the
+    reconstruction (uint8 batches, pinned for a GPU; 0: decoded here, between batches)."""
     from accelerate.utils import gather_object
 
     from .analysis import dynamics_magnitude, frequency_magnitude, write_analysis
@@ -174,10 +178,11 @@ def _evaluate(accelerator, ckpt, tok: Reconstructor, clips, frames: int, out: Pa
     rows, feats = [], {"real": [], "fake": [], "real_sub": [], "fake_sub": []}
     bar = tqdm(total=len(mine), disable=not (progress and accelerator.is_main_process), desc=tok.name[:40],
                unit="clip", file=sys.stderr)
-    for first in range(0, len(mine), batch_size):
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(clips, mine), batch_size=batch_size,
+                                         num_workers=num_workers, pin_memory=device.type == "cuda")
+    for first, real_u8 in zip(range(0, len(mine), batch_size), loader):  # real_u8: (B, T, H, W, 3)
         idx = mine[first:first + batch_size]
-        real_u8 = torch.stack([clips[i] for i in idx])  # (B, T, H, W, 3)
-        video = _to_model(real_u8).to(device)
+        video = _to_model(real_u8.to(device, non_blocking=True))
         rec, boundaries = tok.reconstruct(video)
         m = video_metrics(video, rec, lpips=lpips)
         fake_u8 = torch.from_numpy(to_uint8(rec.cpu()))
