@@ -367,6 +367,15 @@ class RunFolder:
         self.log(f"resuming from {where} (step {state.get('step')})")
         return state
 
+    def load_decided(self, path: str | Path) -> dict:
+        """Load the checkpoint another process chose with :meth:`resume_state` (the other ranks
+        of a multi-process run), checked as :meth:`resume_state` checks it."""
+        state = load(path)
+        if state.get("kind") != self.kind:
+            raise CheckpointError(f"{path}: a {state.get('kind')!r} checkpoint cannot resume a {self.kind!r} run")
+        self.resumed_from = Path(path)
+        return state
+
     # -- save and prune
     def save(self, payload: dict, step: int, keep: int) -> Path:
         """Write ``payload`` as ``ckpt-<step>.pt`` atomically, then prune this run's older ones."""

@@ -510,6 +510,52 @@ def on_main_then_all(accelerator, fn) -> None:
         raise ckpt.CheckpointError(message)
 
 
+def _resume_on_every_rank(accelerator, folder: ckpt.RunFolder, resume) -> dict | None:
+    """The checkpoint state this process continues from (None: a fresh start).
+
+    Rank 0 decides the file and the step (:meth:`coordtok.checkpoint.RunFolder.resume_state`);
+    every other rank loads that same file -- by name inside its own ``out_dir`` when the file is
+    in the run folder (nodes that do not share the folder each hold a copy), else by its path --
+    and never picks its own newest one, which on a node with other files would start the ranks
+    at different steps. A rank that cannot read it, or reads another step, stops every rank with
+    one line naming the rank and the file.
+    """
+    if accelerator.num_processes == 1:
+        return folder.resume_state(resume)
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    rank, state, decided = accelerator.process_index, None, [None, None, None, None]
+    if accelerator.is_main_process:
+        try:
+            state = folder.resume_state(resume)
+            where = folder.resumed_from
+            name = None if state is None else (
+                where.name if where.parent.resolve() == folder.path.resolve() else str(where.resolve()))
+            decided = [None, name, None if state is None else int(state["step"]), folder.run_id]
+        except CoordTokError as e:
+            decided = [str(e), None, None, None]
+    message, name, step, folder.run_id = broadcast_object_list(decided)
+    if message is not None:
+        raise ckpt.CheckpointError(message)
+    error = None
+    if not accelerator.is_main_process and name is not None:
+        path = Path(name) if Path(name).is_absolute() else folder.path / name
+        why = None
+        try:
+            state = folder.load_decided(path)
+            if int(state.get("step", -1)) != step:
+                why = f"{path}: holds step {state.get('step')}"
+        except CoordTokError as e:
+            why = str(e)
+        if why is not None:
+            error = (f"rank {rank}: {why}, but rank 0 resumes from {name} (step {step}); every process must "
+                     f"read the same checkpoint (a train.out_dir shared by all nodes, or that file copied to each)")
+    errors = [e for e in gather_object([error]) if e]
+    if errors:
+        raise ckpt.CheckpointError(errors[0])
+    return state
+
+
 def _mean_over_ranks(accelerator, sums: dict[str, torch.Tensor]) -> dict[str, float]:
     return {k: accelerator.reduce(v, reduction="mean").item() for k, v in sums.items()}
 
@@ -562,7 +608,7 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
     # that went on alone would wait forever in DDP's first all-reduce).
     on_main_then_all(accelerator, folder.acquire)
     try:
-        state = folder.resume_state(resume)
+        state = _resume_on_every_rank(accelerator, folder, resume)
         if state is not None:
             task.check_resume(state, folder.resumed_from)
         elif t.init_from:
