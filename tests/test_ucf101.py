@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import decord
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
