@@ -120,6 +120,8 @@ class FolderLock:
                     continue
                 pid, host = _parse_holder(holder)
                 if host == socket.gethostname() and pid is not None and not _pid_alive(pid):
+                    # Two processes taking over the same stale file at the same instant could both
+                    # succeed (unlink, then O_EXCL each); a window of microseconds on a fallback path.
                     self.log(f"{self.held_path}: left by {holder}, which is no longer running; taking the lock over")
                     try:
                         self.held_path.unlink()
