@@ -63,8 +63,9 @@ def _xformers_failure(device: torch.device, dtype: torch.dtype) -> str | None:
         if xops is None:
             return "xformers is not installed (or fails to import)"
         try:
-            # Outside any autocast, with autograd on (the caller may be in a no_grad inference pass).
-            with torch.autocast(device.type, enabled=False), torch.enable_grad():
+            # Outside any autocast, with autograd on: the caller may be in a no_grad or inference_mode
+            # pass, where the probe's backward would fail for a reason of the caller's, not of xformers.
+            with torch.inference_mode(False), torch.autocast(device.type, enabled=False), torch.enable_grad():
                 q = torch.zeros(1, 8, 1, 16, device=device, dtype=dtype, requires_grad=True)
                 xops.memory_efficient_attention(q, q, q).sum().backward()
             _probed[key] = None

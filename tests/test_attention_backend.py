@@ -88,6 +88,16 @@ def test_working_xformers_is_used_after_its_probe(fake_xformers, caplog):
     torch.testing.assert_close(out, want, rtol=0, atol=1e-6)  # -inf bias vs boolean mask: same weights
 
 
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_first_call_in_an_inference_pass_still_probes_right(fake_xformers, context, caplog):
+    """The probe runs a backward: the caller's no_grad / inference_mode must not make it fail."""
+    ops = fake_xformers(broken=False)
+    q, k, v = _qkv()
+    with caplog.at_level(logging.WARNING, logger="coordtok.attention"), context():
+        attn.attention(q, k, v)
+    assert not caplog.records and ops.calls == [(1, 8, 1, 16), (2, 12, 4, 8)]
+
+
 def test_probe_is_per_dtype(fake_xformers):
     ops = fake_xformers(broken=False)
     q, k, v = _qkv()
