@@ -9,6 +9,8 @@ inputs, so every rebuilt tensor equals the saved one bit for bit, and the backwa
 exactly the plain step's operations in the same order. Any difference at all (tolerance 0) means
 the recomputation saw something else.
 """
+import sys
+
 import pytest
 import torch
 import yaml
@@ -180,3 +182,22 @@ def test_training_loop_turns_it_on_from_the_config(tmp_path, capfd):
     assert plain.keys() == ckpt.keys()
     for name in plain:
         assert torch.equal(plain[name], ckpt[name]), name
+
+
+def test_two_processes_with_checkpointing_match_one_without(tmp_path):
+    """DDP over two gloo processes with every block checkpointed (its gradient hooks fire during the
+    recomputing backward) trains what one plain process trains: bit-identical ranks, the same
+    gradient up to float32 summation order (2 x half the batch against the whole batch)."""
+    from helpers import assert_same_gradients
+    from test_multiprocess import ROOT, _accelerate, _run
+
+    script = str(ROOT / "tests" / "mp_checkpointing.py")
+    two, one = tmp_path / "two", tmp_path / "one"
+    _run([_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+          "no", "--dynamo_backend", "no", script, str(two), "2", "1"], env={"ACCELERATE_USE_CPU": "1"})
+    _run([sys.executable, script, str(one), "2", "0"])
+    r0, r1 = torch.load(two / "rank0.pt"), torch.load(two / "rank1.pt")
+    assert all(torch.equal(r0[k], r1[k]) for k in r0), "ranks disagree"
+    g0, g1, g_single = (torch.load(p) for p in (two / "grads0.pt", two / "grads1.pt", one / "grads0.pt"))
+    assert all(torch.equal(g0[n], g1[n]) for n in g0)
+    assert_same_gradients(g0, g_single)
