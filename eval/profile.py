@@ -444,10 +444,11 @@ def check_memory(targets, frames: list[int], num_coords: int, device: str, budge
 
 def profile(config, frames: list[int], num_coords: int = 1024, device: str | None = None,
             measure_memory: bool = True, budget_gb: float = 24.0, max_batch_search: bool | None = None,
-            modes: tuple[str, ...] = MODES, progress=print, baselines=(), estimate_batch: int = 1,
+            modes: tuple[str, ...] = MODES, progress=print, baselines=(), estimate_batch: int | None = None,
             measure_checkpointing: bool = False) -> list[dict]:
-    """One row per (clip length, tokenizer): FLOPs, peak memory, max batch (GPU), and the estimated
-    per-GPU bytes of a step at ``estimate_batch`` with and without activation checkpointing
+    """One row per (clip length, tokenizer): FLOPs, peak memory, max batch (GPU), and, given an
+    ``estimate_batch`` (``coordtok profile``: 1 unless ``--estimate-batch``), the estimated per-GPU
+    bytes of a step at that batch with and without activation checkpointing
     (:func:`step_memory_estimate`; ``est_bytes``, ``est_bytes_ckpt``).
 
     ``config`` is a CoordTok config (its ``modes``: sampled coordinates, every patch);
@@ -468,9 +469,10 @@ def profile(config, frames: list[int], num_coords: int = 1024, device: str | Non
             row = {"frames": t, "mode": mode, "family": family,
                    "clip_frames": clip_frames(family, model_cfg, t),
                    **step_flops(model_cfg, mode, num_coords, family=family, frames=t)}
-            est = step_memory_estimate(family, model_cfg, t, mode, num_coords, estimate_batch)
-            row.update(est_batch=estimate_batch, est_bytes=est["total_bytes"],
-                       est_bytes_ckpt=est["total_bytes_checkpointed"])
+            if estimate_batch:
+                est = step_memory_estimate(family, model_cfg, t, mode, num_coords, estimate_batch)
+                row.update(est_batch=estimate_batch, est_bytes=est["total_bytes"],
+                           est_bytes_ckpt=est["total_bytes_checkpointed"])
             if measure_memory:
                 mem = step_memory(model_cfg, mode, num_coords, 1, device, family=family, frames=t)
                 row["peak_bytes"] = mem.get("peak_bytes")
@@ -504,9 +506,10 @@ def write_report(rows: list[dict], out_dir: str | Path, title: str, device: str)
     write_json(out / "profile.json", {"title": title, "device": device, "rows": rows}, what="profile")
     est_batch = next((r["est_batch"] for r in rows if "est_batch" in r), None)
     lines = [f"# {title}", "", f"device for memory: {device}", "",
-             "Peak memory: measured, one step at batch 1 (with activation checkpointing where measured). "
-             f"Estimated: per-GPU bytes of an fp32 step with AdamW at batch {est_batch}, from the model's shapes "
-             "(`eval.profile.step_memory_estimate`), without / with `train.activation_checkpointing`.", "",
+             "Peak memory: measured, one step at batch 1 (with activation checkpointing where measured)."
+             + ("" if est_batch is None else
+                f" Estimated: per-GPU bytes of an fp32 step with AdamW at batch {est_batch}, from the model's "
+                "shapes (`eval.profile.step_memory_estimate`), without / with `train.activation_checkpointing`."), "",
              "| frames | tokenizer | frames in the step | TFLOP / step | peak memory (GB) | peak, checkpointed (GB) "
              "| estimated (GB) | estimated, checkpointed (GB) | max batch |",
              "|---|---|---|---|---|---|---|---|---|"]
