@@ -133,12 +133,44 @@ def load(path: str | Path, map_location="cpu") -> dict:
     return obj
 
 
+def _write_order(info: dict | None, path: Path) -> tuple:
+    """Sort key, larger = written later: a checkpoint's write serial (format 3), then its step;
+    older checkpoints without a serial were written before any that has one."""
+    step = int(CKPT_RE.match(path.name).group(1))
+    serial = (info or {}).get("serial")
+    return (serial is not None, serial or 0, step)
+
+
+def newest_first(run_dir: str | Path) -> list[tuple[Path, dict]]:
+    """The readable checkpoints of ``run_dir`` with their :func:`peek`, most recently written
+    first. After a branch (a run resumed from an older checkpoint), the newest checkpoint is the
+    one the branch wrote last, not the highest step of the abandoned branch."""
+    found = [(p, peek(p)) for p in list_checkpoints(run_dir)]
+    return sorted([(p, i) for p, i in found if i is not None], key=lambda e: _write_order(e[1], e[0]), reverse=True)
+
+
 def load_latest(run_dir: str | Path, map_location="cpu", log=None) -> tuple[dict, Path] | None:
-    """Newest readable checkpoint in ``run_dir``; broken newer ones are reported and skipped."""
+    """Most recently written readable checkpoint in ``run_dir`` (:func:`newest_first`); broken
+    files with a higher step are reported and skipped."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    for path in list_checkpoints(run_dir):
+    readable = newest_first(run_dir)
+    for path, _ in readable:
         try:
-            return load(path, map_location), path
+            state = load(path, map_location)
+        except CheckpointError as e:
+            log(f"warning: {e}; falling back to the previous checkpoint")
+            continue
+        known = {p for p, _ in readable}
+        for other in list_checkpoints(run_dir):
+            if other not in known and _write_order(None, other)[2] > int(state.get("step", 0)):
+                try:
+                    load(other, map_location)
+                except CheckpointError as e:
+                    log(f"warning: {e}; falling back to the previous checkpoint")
+        return state, path
+    for other in list_checkpoints(run_dir):
+        try:
+            load(other, map_location)
         except CheckpointError as e:
             log(f"warning: {e}; falling back to the previous checkpoint")
     return None
@@ -242,7 +274,9 @@ def load_run(path: str | Path, kind: str | None, what: str, map_location="cpu") 
 # ---------------------------------------------------------------------------- run folders
 
 # Checkpoint format version: 2 stores the RNG state as tensors and plain data (loadable with
-# weights_only), a run id, and (tokenizers) the LayerNorm epsilons in the model config.
+# weights_only), a run id, and (tokenizers) the LayerNorm epsilons in the model config. Entries
+# added since are optional and read with .get (a file without them is still version 2): the
+# lineage (``serial``, ``parent``), each process's RNG state (``rng_ranks``), ``finite_weights``.
 VERSION = 2
 
 
@@ -257,7 +291,7 @@ def optimizer_key(name: str) -> str:
 
 
 def peek(path: str | Path) -> dict | None:
-    """``{"kind", "step", "run_id"}`` of a checkpoint without reading its tensors (memory-mapped,
+    """``{"kind", "step", "run_id", "serial", "parent", "finite_weights"}`` of a checkpoint without reading its tensors (memory-mapped,
     safe load); None when the file is unreadable or not a checkpoint of this project."""
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
@@ -266,7 +300,8 @@ def peek(path: str | Path) -> dict | None:
         return None
     if not isinstance(obj, dict) or "model" not in obj:
         return None
-    return {"kind": obj.get("kind"), "step": obj.get("step"), "run_id": obj.get("run_id")}
+    return {"kind": obj.get("kind"), "step": obj.get("step"), "run_id": obj.get("run_id"),
+            "serial": obj.get("serial"), "parent": obj.get("parent"), "finite_weights": obj.get("finite_weights")}
 
 
 class RunFolder:
@@ -289,6 +324,12 @@ class RunFolder:
         self.run_id: str | None = None
         self.resumed_from: Path | None = None
         self._peeks: dict[tuple[str, int, int], dict | None] = {}
+        # Lineage: every checkpoint records its write serial (one counter per folder) and its
+        # parent (the checkpoint the run continued from, or its previous one); ``tip`` is the
+        # newest checkpoint of this run's lineage as (name, serial).
+        self.serial = 0
+        self.tip: tuple[str, int | None] | None = None
+        self._written: set[int] = set()
 
     # -- lock
     def acquire(self) -> None:
@@ -347,12 +388,14 @@ class RunFolder:
                     f"{self.path}: already holds checkpoints ({existing[0].name}, ...); continue that run with "
                     f"--resume, or choose another train.out_dir (--out-dir) for a new one")
             self.run_id = uuid.uuid4().hex[:12]
+            self.serial = self._max_serial()
             return None
         if resume is True:
             found = load_latest(self.path, log=self.log)
             if found is None:
                 self.log(f"no checkpoint in {self.path}; starting from scratch")
                 self.run_id = uuid.uuid4().hex[:12]
+                self.serial = self._max_serial()
                 return None
             state, where = found
         else:
@@ -365,7 +408,43 @@ class RunFolder:
         # files then count as another run's and are never pruned.
         self.run_id = state.get("run_id") or uuid.uuid4().hex[:12]
         self.log(f"resuming from {where} (step {state.get('step')})")
+        where = Path(where)
+        inside = where.parent.resolve() == self.path.resolve()
+        self.tip = (where.name if inside else str(where.resolve()), state.get("serial"))
+        self.serial = self._max_serial()
+        lineage = set(self.lineage())
+        other = [p.name for p, info in newest_first(self.path) if p not in lineage and info["kind"] == self.kind]
+        if other:
+            self.log(f"resume: {', '.join(other)} {'is' if len(other) == 1 else 'are'} not on the branch this run "
+                     f"continues (another branch of this folder's checkpoints): kept, never pruned; --resume <file> "
+                     f"continues one")
         return state
+
+    def _max_serial(self) -> int:
+        return max([info.get("serial") or 0 for p in list_checkpoints(self.path)
+                    if (info := self._peek(p)) is not None] + [0])
+
+    def lineage(self) -> list[Path]:
+        """This run's lineage, newest first: the tip, its parent, the parent's parent, ... (files
+        of the folder). Checkpoints of the format before lineage (no serial) were written by
+        linear runs: below one, every older checkpoint of its run id is in the lineage."""
+        chain: list[Path] = []
+        want = self.tip
+        while want is not None:
+            path = self.path / want[0]
+            info = self._peek(path) if path.parent == self.path and CKPT_RE.match(path.name) else None
+            if info is None or (want[1] is not None and info.get("serial") != want[1]) or path in chain:
+                break
+            chain.append(path)
+            if info.get("serial") is None:
+                step = _write_order(None, path)[2]
+                chain += [p for p in list_checkpoints(self.path)
+                          if _write_order(None, p)[2] < step and (i := self._peek(p)) is not None
+                          and i.get("serial") is None and i["run_id"] == info["run_id"]]
+                break
+            parent = info.get("parent")
+            want = (parent["name"], parent.get("serial")) if isinstance(parent, dict) else None
+        return chain
 
     def load_decided(self, path: str | Path) -> dict:
         """Load the checkpoint another process chose with :meth:`resume_state` (the other ranks
@@ -380,9 +459,33 @@ class RunFolder:
     def save(self, payload: dict, step: int, keep: int) -> Path:
         """Write ``payload`` as ``ckpt-<step>.pt`` atomically, then prune this run's older ones."""
         path = checkpoint_path(self.path, step)
-        atomic_save({**payload, "version": VERSION, "run_id": self.run_id}, path)
+        if path.exists():
+            info = self._peek(path)
+            if info is None or info.get("serial") not in self._written:
+                self._move_aside(path)
+        parent = {"name": self.tip[0], "serial": self.tip[1]} if self.tip is not None else None
+        self.serial += 1
+        atomic_save({**payload, "version": VERSION, "run_id": self.run_id, "serial": self.serial,
+                     "parent": parent}, path)
+        self._written.add(self.serial)
+        self.tip = (path.name, self.serial)
         self.prune(keep)
         return path
+
+    def _move_aside(self, path: Path) -> Path:
+        """Rename a checkpoint of another branch that this run's checkpoint of the same step would
+        replace (never delete it): ``ckpt-0000500.pt`` -> ``ckpt-0000500.abandoned-1.pt``."""
+        n = 1
+        while (aside := path.with_name(f"{path.stem}.abandoned-{n}.pt")).exists():
+            n += 1
+        try:
+            path.rename(aside)
+        except OSError as e:
+            raise CheckpointError(f"{path}: a checkpoint of another branch that this run would replace, and it "
+                                  f"cannot be moved aside ({e.strerror or e}); move it yourself") from None
+        self.log(f"{path.name} (another branch) renamed to {aside.name}, so this run's checkpoint of the same step "
+                 f"does not replace it")
+        return aside
 
     def _peek(self, path: Path) -> dict | None:
         try:
@@ -395,8 +498,9 @@ class RunFolder:
         return self._peeks[key]
 
     def prune(self, keep: int) -> list[Path]:
-        """Delete this run's checkpoints beyond its newest ``keep`` readable ones; returns them."""
-        own = [p for p in list_checkpoints(self.path)
+        """Delete the checkpoints of this run's lineage (:meth:`lineage`: the branch it continues)
+        beyond its newest ``keep``; returns them. Another branch's checkpoints are never pruned."""
+        own = [p for p in self.lineage()
                if (info := self._peek(p)) is not None and info["run_id"] == self.run_id and info["kind"] == self.kind]
         removed = []
         for path in own[max(1, keep):]:
