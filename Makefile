@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# on one CUDA GPU, under 8 minutes: training steps, attention backends, max batch, sampling -> gpu_check.md
+gpu-check: $(STAMP)
+	$(PY) -m bench.gpu_check
 
 bench: $(STAMP)
 	$(PY) bench/tokenizer_step.py
