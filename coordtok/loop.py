@@ -14,8 +14,9 @@ step, a validation now and then, extra checkpoint state). :func:`fit` owns every
   function of ``(seed, step, position in the global batch)`` and N processes x K accumulation
   steps see exactly the batches of one process;
 * the micro-batch loop (``no_sync`` until the last micro-batch), the non-finite guard (a step
-  whose loss or gradient is not finite is never applied; too many in a row stop the run with a
-  checkpoint of the last good state), gradient clipping, logging, checkpoint cadence.
+  whose loss or gradient is not finite is never applied, every rank deciding together; too many
+  in a row stop the run and name the newest checkpoint known good), gradient clipping, logging,
+  checkpoint cadence.
 
 Seeds: :func:`mix_seed` makes independent streams from integers; :class:`SeedTag` names every
 stream the project draws from, in one place.
@@ -416,7 +417,40 @@ class Task(abc.ABC):
 
 
 class TrainingDiverged(CoordTokError, RuntimeError):
-    """Too many consecutive non-finite steps; a checkpoint of the last good state was written."""
+    """Too many consecutive non-finite steps; the message names the newest checkpoint known good
+    (:func:`known_good`), or says there is none."""
+
+
+# A state "explodes" when the loss its weights give rose above the run's first loss (that of the
+# untrained weights) by more than this many times that loss's size: training lowers a loss from
+# where it starts, so a rise of 10x the starting level is divergence, not batch-to-batch noise.
+EXPLODING = 10.0
+
+
+def loss_is_sane(loss: float | None, first: float | None) -> bool:
+    """Whether ``loss`` (the loss some weights gave) is finite and not exploding against ``first``
+    (the run's first loss; None: unknown, only finiteness is checked)."""
+    if loss is None or not math.isfinite(loss):
+        return False
+    return first is None or not math.isfinite(first) or loss - first <= EXPLODING * abs(first)
+
+
+def known_good(folder: ckpt.RunFolder, judged: dict[int, float], first: float | None) -> tuple[Path | None, list[str]]:
+    """``(the newest checkpoint of the run's lineage known good, the newer ones that are not)``.
+
+    A checkpoint is known good when its weights are all finite (recorded when it was written)
+    and the loss those weights gave on the next step's batch (``judged[step]``) is
+    :func:`loss_is_sane`. The loss a checkpoint records is that of the batch *before* its update,
+    which says nothing about the weights after it (an lr of 1e9 gives a normal loss, then weights
+    of 1e9): hence the next step's loss.
+    """
+    bad = []
+    for path in folder.lineage():
+        info = ckpt.peek(path) or {}
+        if info.get("finite_weights") and loss_is_sane(judged.get(int(info.get("step", -1))), first):
+            return path, bad
+        bad.append(path.name)
+    return None, bad
 
 
 class NonFiniteGuard:
@@ -429,9 +463,10 @@ class NonFiniteGuard:
         self.accelerator, self.max_bad, self.hint = accelerator, max_bad, hint
         self.in_a_row: dict[str, int] = {}  # per phase: a discriminator failing alone counts too
 
-    def step_ok(self, finite: bool, step: int, what: str, save, phase: str = "model") -> bool:
-        """True when ``phase``'s update may be applied. ``save(step)`` writes the last good state
-        before stopping."""
+    def step_ok(self, finite: bool, step: int, what: str, advise, phase: str = "model") -> bool:
+        """True when ``phase``'s update may be applied. ``advise()``: what the stop message says
+        to do (which checkpoint is good). Nothing is written on a stop: the weights in memory
+        are those of the last applied step, which already gave the bad losses."""
         # Every rank must take the same decision, or DDP would deadlock on the next all-reduce.
         flag = torch.tensor([0.0 if finite else 1.0], device=self.accelerator.device)
         if bool(self.accelerator.reduce(flag, reduction="sum").item() == 0):
@@ -442,11 +477,8 @@ class NonFiniteGuard:
                  if self.accelerator.num_processes > 1 else "")
         warnings.warn(f"step {step + 1}: non-finite {what}, update skipped{ranks} ({n} in a row)", stacklevel=2)
         if n >= self.max_bad:
-            where = save(step)
-            raise TrainingDiverged(
-                f"{n} consecutive non-finite steps at step {step + 1}; stopped. The last good state "
-                f"(step {step}, no bad update applied) is in {where}. {self.hint}, then --resume: a resumed run "
-                f"takes the config's optimizer settings.")
+            raise TrainingDiverged(f"{n} consecutive non-finite steps at step {step + 1}; stopped (no checkpoint "
+                                   f"written: these weights give non-finite values). {advise()}")
         return False
 
 
@@ -649,6 +681,25 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
         writer = tensorboard_writer(folder.path, is_main)
         last: dict[str, float] = dict((state or {}).get("metrics") or {})  # a finished run reports them
         last_ckpt = None
+        # The loss the weights after `step` applied steps gave (the first batch tried on them):
+        # what says whether a checkpoint of those weights is good (known_good). Carried in every
+        # checkpoint (the newest entries), with the run's first loss, for the runs resumed later.
+        judged: dict[int, float] = {int(k): float(v) for k, v in ((state or {}).get("judged") or {}).items()}
+        first_loss = (state or {}).get("first_loss")
+
+        def advise() -> str:
+            if not is_main:
+                return task.hint
+            good, bad = known_good(folder, judged, first_loss)
+            newer = f"; newer ones had already diverged: {', '.join(bad)}" if bad else ""
+            if good is not None:
+                k = int(ckpt.peek(good)["step"])
+                was = f", the run's first loss was {first_loss:.4g}" if first_loss is not None else ""
+                return (f"The newest checkpoint known good is {good} (step {k}: its weights gave a loss of "
+                        f"{judged[k]:.4g}{was}){newer}. {task.hint}, then --resume {good}: a resumed run takes "
+                        f"the config's optimizer settings.")
+            why = "each one had already diverged: " + ", ".join(bad) if bad else "none was written"
+            return f"No checkpoint of this run is known good ({why}). {task.hint} and start afresh in a new train.out_dir."
 
         def save(step_: int) -> Path | None:
             # Every process's RNG states (each draws its own; on a GPU each from its own device),
@@ -668,6 +719,9 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
                 "rng": rngs[0], **({"rng_ranks": rngs} if world > 1 else {}),
                 "config": task.config.to_dict(), "config_text": config_text,
                 "metrics": dict(last), **task.extra_state(),
+                "finite_weights": all(bool(torch.isfinite(p).all())
+                                      for p in accelerator.unwrap_model(task.wrapped["model"]).parameters()),
+                "judged": {k: judged[k] for k in sorted(judged)[-64:]}, "first_loss": first_loss,
             }
             return folder.save(payload, step_, t.keep_checkpoints)
 
@@ -681,7 +735,7 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
         while step < t.max_steps:
             micro_batches = [next(batches) for _ in range(t.grad_accum)]
             sums: dict[str, torch.Tensor] = {}
-            applied = True
+            applied = main_loss_finite = True
             for phase in task.phases:
                 module, opt = task.wrapped[phase], optimizers[phase]
                 opt.zero_grad(set_to_none=True)  # an earlier phase's backward may have reached this module
@@ -707,12 +761,13 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
                         sums[key] = sums.get(key, 0.0) + v.detach().float() / t.grad_accum
                     if not finite:  # (every rank leaves at the same micro-batch: same metric keys)
                         break
+                if phase == task.phases[0]:
+                    main_loss_finite = finite
                 grads_ok = not check_grads or not finite or grads_finite(module)
                 what = "gradient" if finite else "loss" + (
                     f" on rank {', '.join(map(str, bad_ranks))} of {world}" if world > 1 else "")
                 # (after a later phase fails, the main update of this step is in: it is step + 1's state)
-                saver = save if phase == task.phases[0] else (lambda _: save(step + 1))
-                if not guard.step_ok(finite and grads_ok, step, f"{phase} {what}", saver, phase):
+                if not guard.step_ok(finite and grads_ok, step, f"{phase} {what}", advise, phase):
                     opt.zero_grad(set_to_none=True)
                     if phase == task.phases[0]:  # the main module's update is the step: skip all of it
                         applied = False
@@ -730,12 +785,16 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
                 scaler.step(opt)  # skips the update when an fp16 gradient overflowed
                 scaler.update()
                 opt.zero_grad(set_to_none=True)
-            if not applied:
+            if not applied:  # (a finite loss whose gradient was not: the weights themselves were fine)
+                judged.setdefault(step, float(sums["loss"]) if main_loss_finite else math.nan)
                 continue
             step += 1
             done_since_log += 1
             task.after_step(step)
             last.update(task.summarize(_mean_over_ranks(accelerator, sums)))
+            judged.setdefault(step - 1, float(last["loss"]))
+            if first_loss is None and math.isfinite(last["loss"]):
+                first_loss = float(last["loss"])
             bar.update(1)
             if step % t.log_every == 0 or step == t.max_steps:
                 rate = done_since_log / max(time.time() - tic, 1e-9)

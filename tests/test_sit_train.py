@@ -102,14 +102,22 @@ def test_nan_losses_are_skipped_then_the_run_stops(cache, tmp_path, monkeypatch)
 
     real = st.training_loss
 
-    def poisoned(*a, **kw):
-        loss, stats = real(*a, **kw)
+    seen = []
+
+    def poisoned(model, *a, **kw):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        loss, stats = real(model, *a, **kw)
         return loss * float("nan"), stats
 
     monkeypatch.setattr(st, "training_loss", poisoned)
-    with pytest.warns(UserWarning, match="non-finite"), pytest.raises(TrainingDiverged, match="2 consecutive"):
+    with pytest.warns(UserWarning, match="non-finite") as caught, \
+            pytest.raises(TrainingDiverged, match="2 consecutive non-finite steps at step 1") as stop:
         train_sit(sit_run(tmp_path, 10, max_bad_steps=2), cache, progress=False)
-    assert (tmp_path / "ckpt-0000000.pt").is_file()
+    said = [str(w.message) for w in caught if "non-finite" in str(w.message)]
+    assert said == [f"step 1: non-finite model loss, update skipped ({n} in a row)" for n in (1, 2)]
+    assert len(seen) == 2 and all(torch.equal(seen[0][k], seen[1][k]) for k in seen[0]), "an update was applied"
+    assert "No checkpoint of this run is known good (none was written)" in str(stop.value)
+    assert not list(tmp_path.glob("ckpt-*.pt"))
 
 
 def test_sit_train_cli_errors_are_one_line(cache, tmp_path, capsys):

@@ -58,19 +58,29 @@ def test_truncated_latest_checkpoint_falls_back(tmp_path, capsys):
 
 
 def test_nan_loss_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
+    """Every loss NaN: each step is skipped (the weights every call sees are the initial ones),
+    the third in a row stops the run, nothing is written, and the message says no checkpoint is
+    good."""
     import coordtok.train as tr
 
     real = tr.tokenizer_loss
+    seen = []
 
-    def poisoned(*a, **kw):
-        out = real(*a, **kw)
+    def poisoned(model, core, *a, **kw):
+        seen.append({k: v.detach().clone() for k, v in core.state_dict().items()})
+        out = real(model, core, *a, **kw)
         out["loss"] = out["loss"] * float("nan")
         return out
 
     monkeypatch.setattr(tr, "tokenizer_loss", poisoned)
-    with pytest.warns(UserWarning, match="non-finite"), pytest.raises(TrainingDiverged, match="3 consecutive"):
+    with pytest.warns(UserWarning, match="non-finite") as caught, \
+            pytest.raises(TrainingDiverged, match="3 consecutive non-finite steps at step 1") as stop:
         train(small_run(tmp_path, 10, max_bad_steps=3), progress=False)
-    assert (tmp_path / "ckpt-0000000.pt").is_file()  # the last good state was saved
+    said = [str(w.message) for w in caught if "non-finite" in str(w.message)]
+    assert said == [f"step 1: non-finite model loss, update skipped ({n} in a row)" for n in (1, 2, 3)]
+    assert len(seen) == 3 and all(torch.equal(seen[0][k], s[k]) for s in seen for k in s), "an update was applied"
+    assert "No checkpoint of this run is known good (none was written)" in str(stop.value)
+    assert not list(tmp_path.glob("ckpt-*.pt"))
 
 
 class _InfGradient(torch.autograd.Function):
@@ -103,7 +113,7 @@ def test_a_non_finite_gradient_is_never_applied(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tr, "tokenizer_loss", poisoned)
     with pytest.warns(UserWarning, match="non-finite model gradient"), \
-            pytest.raises(TrainingDiverged, match=r"last good state \(step 2"):
+            pytest.raises(TrainingDiverged, match=r"newest checkpoint known good is \S+ckpt-0000002.pt \(step 2"):
         train(small_run(tmp_path / "bad", 10, max_bad_steps=2), progress=False)
     a = ckpt.load(tmp_path / "good" / "ckpt-0000002.pt")["model"]
     b = ckpt.load(tmp_path / "bad" / "ckpt-0000002.pt")["model"]
