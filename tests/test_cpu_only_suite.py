@@ -19,6 +19,8 @@ def _gpu_machine(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda *a, **k: torch.get_rng_state())  # a checkpoint's
 
 
 def test_cuda_is_hidden_here_and_in_the_processes_tests_start():
@@ -74,6 +76,7 @@ def test_the_profiler_searches_where_it_measures(device, monkeypatch):
     _gpu_machine(monkeypatch)
     monkeypatch.setattr(eval.profile, "max_batch", lambda *a, **k: calls.append(a[4]) or 1)
     monkeypatch.setattr(eval.profile, "step_memory", lambda *a, **k: {"peak_bytes": 1})
+    monkeypatch.setattr(eval.profile, "available_memory", lambda device: (10 ** 13, "a mocked GPU"))
     eval.profile.profile("configs/tokenizer/tiny.yaml", [16], device=device, modes=("coordtok",),
                          progress=lambda *_: None)
     assert calls == (["cuda"] if device is None else [])
