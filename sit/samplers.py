@@ -15,6 +15,11 @@ the spreading of the noise). The score comes from the same velocity evaluation (
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import math
+from typing import Callable
+
 import torch
 from torchdiffeq import odeint
 from tqdm.auto import tqdm
@@ -34,6 +39,10 @@ class SamplingStepsError(CoordTokError, ValueError):
     """A step count a sampler cannot take."""
 
 
+class SamplerOptionError(CoordTokError, ValueError):
+    """A sampler option out of its range (one line naming the choices)."""
+
+
 def check_steps(num_steps: int, minimum: int = 1, name: str = "num_steps") -> int:
     """``num_steps`` if it is in ``minimum..MAX_STEPS``, else one line naming the range and why."""
     if not minimum <= num_steps <= MAX_STEPS:
@@ -44,8 +53,16 @@ def check_steps(num_steps: int, minimum: int = 1, name: str = "num_steps") -> in
 FIXED_GRID_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
 
 
-def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """``eps ~ N(0, I)`` shaped like ``x`` (one place, so tests can corrupt it on purpose)."""
+def _noise_like(x: torch.Tensor, generator) -> torch.Tensor:
+    """``eps ~ N(0, I)`` shaped like ``x`` (one place, so tests can corrupt it on purpose).
+
+    ``generator``: one ``torch.Generator`` (or None) for the whole batch, or a sequence of one per
+    row of ``x``: row ``b`` is then drawn from ``generator[b]`` alone, so a sample's noise does not
+    depend on the batch it is in (``coordtok sample`` across processes)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}")
+        return torch.stack([_randn_like(row, g) for row, g in zip(x, generator)])
     return _randn_like(x, generator)
 
 
@@ -69,6 +86,39 @@ def _mean_step(velocity, x: torch.Tensor, t: float, step: float, path: AffinePat
     return x + drift * step
 
 
+# SiT's last-step choices after an SDE grid that ends at 1 - last_step_size.
+LAST_STEPS = ("mean", "tweedie", "euler", "none")
+
+
+def check_last_step(kind: str) -> str:
+    if kind not in LAST_STEPS:
+        raise SamplerOptionError(f"last step {kind!r}: choose one of {', '.join(LAST_STEPS)}")
+    return kind
+
+
+def last_step(velocity, x: torch.Tensor, t: float, size: float, kind: str, path: AffinePath,
+              diffusion_norm: float = 1.0) -> torch.Tensor:
+    """The noise-free step from ``t`` (``= 1 - size``) to ``t = 1`` that ends an SDE grid.
+
+    ``mean`` (the paper's): ``x + drift(x, t) * size`` with the SDE drift ``v + w_t score``;
+    ``euler``: ``x + v * size`` (the probability-flow drift); ``tweedie``: ``E[x1 | x_t = x] =
+    (x + sigma_t^2 score) / alpha_t`` (Tweedie's formula, the posterior mean: it removes the
+    remaining noise at the cost of the posterior's spread, ``sigma_t^2 / alpha_t^2`` times the
+    score's curvature); ``none``: ``x`` as it is at ``t`` (no call). One velocity call otherwise.
+    """
+    check_last_step(kind)
+    if kind == "none":
+        return x
+    if kind == "mean":
+        return _mean_step(velocity, x, t, size, path, diffusion_norm)
+    t_b = _batch_t(t, x)
+    v = velocity(x, t_b)
+    if kind == "euler":
+        return x + v * size
+    tt = expand_t_like_x(t_b, x)
+    return (x + path.sigma_t(tt) ** 2 * path.velocity_to_score(v, x, t_b)) / path.alpha_t(tt)
+
+
 def _sde_grid(num_steps: int, last_step_size: float) -> list[float]:
     check_steps(num_steps, 2)
     if not 0.0 <= last_step_size < 1.0:
@@ -86,6 +136,7 @@ def euler_maruyama(
     generator: torch.Generator | None = None,
     path: AffinePath | None = None,
     progress: bool = False,
+    last_step_kind: str = "mean",
 ) -> torch.Tensor:
     """The paper's Euler-Maruyama SDE sampler.
 
@@ -99,7 +150,9 @@ def euler_maruyama(
     to ``t = 1``. Velocity calls: exactly ``num_steps`` (250 for the paper's setting: 249 EM
     steps + 1 mean step); the reference made twice as many by calling the network again for the
     score. With ``last_step_size = 0`` the grid reaches 1, there is no mean step, and the count is
-    ``num_steps - 1``.
+    ``num_steps - 1``. ``last_step_kind`` picks the last step (:func:`last_step`: ``mean``, the
+    paper's, ``tweedie``, ``euler`` or ``none``, which stops at ``1 - last_step_size`` and
+    saves that call).
 
     Args:
         velocity: ``velocity(x, t) -> v``; ``t`` is ``(B,)``.
@@ -111,6 +164,7 @@ def euler_maruyama(
         ``x`` at ``t = 1``, shaped like ``noise``.
     """
     path = path if path is not None else LinearPath()
+    check_last_step(last_step_kind)
     grid = _sde_grid(num_steps, last_step_size)
     x = noise
     for t, t_next in tqdm(list(zip(grid[:-1], grid[1:])), disable=not progress, desc="euler-maruyama"):
@@ -118,7 +172,7 @@ def euler_maruyama(
         drift, w_t = sde_drift(velocity, x, t, path, diffusion_norm)
         x = x + drift * dt + torch.sqrt(2 * w_t * dt) * _noise_like(x, generator)
     if last_step_size > 0:
-        x = _mean_step(velocity, x, grid[-1], last_step_size, path, diffusion_norm)
+        x = last_step(velocity, x, grid[-1], last_step_size, last_step_kind, path, diffusion_norm)
     return x
 
 
@@ -132,6 +186,7 @@ def heun_sde(
     generator: torch.Generator | None = None,
     path: AffinePath | None = None,
     progress: bool = False,
+    last_step_kind: str = "mean",
 ) -> torch.Tensor:
     """The reference's stochastic Heun variant; same grid and last step as :func:`euler_maruyama`.
 
@@ -145,6 +200,7 @@ def heun_sde(
     for 250 steps).
     """
     path = path if path is not None else LinearPath()
+    check_last_step(last_step_kind)
     grid = _sde_grid(num_steps, last_step_size)
     x = noise
     for t, t_next in tqdm(list(zip(grid[:-1], grid[1:])), disable=not progress, desc="heun-sde"):
@@ -155,7 +211,7 @@ def heun_sde(
         k2, _ = sde_drift(velocity, x_hat + dt * k1, t_next, path, diffusion_norm)
         x = x_hat + 0.5 * dt * (k1 + k2)
     if last_step_size > 0:
-        x = _mean_step(velocity, x, grid[-1], last_step_size, path, diffusion_norm)
+        x = last_step(velocity, x, grid[-1], last_step_size, last_step_kind, path, diffusion_norm)
     return x
 
 
@@ -201,4 +257,189 @@ def ode(
     return xs[-1]
 
 
-SAMPLERS = {"sde": euler_maruyama, "heun_sde": heun_sde, "ode": ode}
+def _flow_grid(num_steps: int) -> list[float]:
+    """``num_steps`` equal steps over ``[0, 1]`` (float64 endpoints, so the last is exactly 1)."""
+    check_steps(num_steps, 1)
+    return torch.linspace(0.0, 1.0, num_steps + 1, dtype=torch.float64).tolist()
+
+
+@torch.no_grad()
+def heun_ode(velocity, noise: torch.Tensor, num_steps: int = 25, progress: bool = False) -> torch.Tensor:
+    """Heun's method (explicit trapezoid, order 2) on the probability-flow ODE ``dx/dt = v(x, t)``,
+    ``num_steps`` equal steps over ``[0, 1]``:
+
+        K1 = v(x, t);  K2 = v(x + h K1, t + h);  x <- x + h (K1 + K2) / 2
+
+    Velocity calls: ``2 num_steps`` (the last step evaluates at ``t = 1``, where the velocity of
+    the linear path is finite). Deterministic: the same noise gives the same sample.
+    """
+    grid = _flow_grid(num_steps)
+    x = noise
+    for t, t_next in tqdm(list(zip(grid[:-1], grid[1:])), disable=not progress, desc="heun-ode"):
+        h = t_next - t
+        k1 = velocity(x, _batch_t(t, x))
+        k2 = velocity(x + h * k1, _batch_t(t_next, x))
+        x = x + 0.5 * h * (k1 + k2)
+    return x
+
+
+# Adams-Bashforth weights of the newest ... oldest velocities, orders 1-4 (uniform steps).
+ADAMS_BASHFORTH = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
+# Explicit Runge-Kutta starters of order 1-3 as (nodes c, rows of a, weights b): Euler, Heun, Kutta's third order.
+_RK_STARTERS = {
+    1: ((0.0,), ((),), (1.0,)),
+    2: ((0.0, 1.0), ((), (1.0,)), (0.5, 0.5)),
+    3: ((0.0, 0.5, 1.0), ((), (0.5,), (-1.0, 2.0)), (1 / 6, 4 / 6, 1 / 6)),
+}
+
+
+def adams_bashforth_calls(num_steps: int, order: int) -> int:
+    """Velocity calls of :func:`adams_bashforth`: one per step, plus the starter's extra stages."""
+    starter = min(order - 1, num_steps)
+    return num_steps + starter * (order - 2) if order > 2 else num_steps
+
+
+@torch.no_grad()
+def adams_bashforth(velocity, noise: torch.Tensor, num_steps: int = 48, order: int = 3,
+                    progress: bool = False) -> torch.Tensor:
+    """Adams-Bashforth multistep on the probability-flow ODE, ``num_steps`` equal steps over ``[0, 1]``.
+
+    Step ``j`` reuses the velocities of the ``order`` newest grid points:
+    ``x_{j+1} = x_j + h sum_i b_i v(x_{j-i}, t_{j-i})`` (:data:`ADAMS_BASHFORTH`), one new call a
+    step. The first ``order - 1`` steps have too little history; they take an explicit
+    Runge-Kutta step of order ``order - 1`` (Euler, Heun, Kutta's third order), whose local error
+    ``O(h^order)`` keeps the global error ``O(h^order)`` (a lower-order Adams start would cap it at
+    ``O(h^2)``). Calls: ``num_steps + (order - 1)(order - 2)`` (:func:`adams_bashforth_calls`; 50
+    for order 3 at 48 steps). The last step evaluates nothing at ``t = 1``.
+    """
+    if order not in ADAMS_BASHFORTH:
+        raise SamplerOptionError(f"Adams-Bashforth order {order}: choose one of {', '.join(map(str, ADAMS_BASHFORTH))}")
+    grid = _flow_grid(num_steps)
+    x = noise
+    history: list[torch.Tensor] = []  # velocities at the grid points so far, newest last
+    for j, (t, t_next) in enumerate(tqdm(list(zip(grid[:-1], grid[1:])), disable=not progress, desc=f"adams-{order}")):
+        h = t_next - t
+        history.append(velocity(x, _batch_t(t, x)))
+        history = history[-order:]
+        if j < order - 1:  # the Runge-Kutta start; its first stage is the velocity just taken
+            nodes, rows, weights = _RK_STARTERS[order - 1]
+            stages = [history[-1]]
+            for c, row in zip(nodes[1:], rows[1:]):
+                stages.append(velocity(x + h * sum(a * k for a, k in zip(row, stages)), _batch_t(t + c * h, x)))
+            x = x + h * sum(b * k for b, k in zip(weights, stages))
+        else:
+            x = x + h * sum(b * k for b, k in zip(ADAMS_BASHFORTH[order], reversed(history)))
+    return x
+
+
+def _coefficients(path: AffinePath, t: float) -> tuple[float, float]:
+    tt = torch.tensor(t, dtype=torch.float64)
+    return float(path.alpha_t(tt)), float(path.sigma_t(tt))
+
+
+@torch.no_grad()
+def dpm_solver_pp(
+    velocity,
+    noise: torch.Tensor,
+    num_steps: int = 25,
+    order: int = 2,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    path: AffinePath | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """DPM-Solver++ (multistep, data prediction) driven by a velocity, ``num_steps`` equal steps in ``t``.
+
+    Each call gives the data prediction ``D = E[x1 | x_t]``
+    (:meth:`~sit.transport.AffinePath.velocity_to_data`). With ``rho = e^{-h} = (alpha_t
+    sigma_s) / (sigma_t alpha_s)`` (``h`` the step in log signal-to-noise ``log(alpha / sigma)``,
+    from ``t`` to ``s``), one step is
+
+        x_s = (sigma_s / sigma_t) rho^eta x_t + alpha_s (1 - rho^(1 + eta)) D' + sigma_s sqrt(1 - rho^(2 eta)) eps
+
+    with ``D' = D`` (order 1) or ``D + (D - D_prev) h / (2 h_prev)`` (order 2, "2M", the midpoint
+    form of Lu et al. 2022 and k-diffusion's ``dpmpp_2m_sde``). ``eta = 0`` is the
+    probability-flow ODE solver (DPM-Solver++(2M); order 1 = DDIM); ``eta = 1`` the SDE solver
+    whose order-1 step is the exact DDPM posterior ``q(x_s | x_t, x1 = D)``, a stochastic sampler
+    that needs few steps. The first step (from ``t = 0``, where ``alpha = 0``: ``rho = 0``) and
+    the last (to ``t = 1``, ``sigma = 0``: ``x_1 = D``, Tweedie's posterior mean) are order 1.
+    Velocity calls: ``num_steps`` (none at ``t = 1``).
+    """
+    if order not in (1, 2):
+        raise SamplerOptionError(f"DPM-Solver++ order {order}: choose 1 or 2")
+    if not 0.0 <= eta <= 1.0:
+        raise SamplerOptionError(f"DPM-Solver++ eta {eta}: must be in [0, 1] (0: ODE, 1: DDPM-like SDE)")
+    path = path if path is not None else LinearPath()
+    grid = _flow_grid(num_steps)
+    x = noise
+    d_prev, h_prev = None, math.inf
+    for t, s in tqdm(list(zip(grid[:-1], grid[1:])), disable=not progress, desc="dpm-solver++"):
+        t_b = _batch_t(t, x)
+        d = path.velocity_to_data(velocity(x, t_b), x, t_b)
+        (alpha_t, sigma_t), (alpha_s, sigma_s) = _coefficients(path, t), _coefficients(path, s)
+        if sigma_s == 0.0:  # the end of the path: the posterior mean
+            x = d
+            break
+        rho = alpha_t * sigma_s / (sigma_t * alpha_s)
+        h = -math.log(rho) if rho > 0 else math.inf
+        d_step = d
+        if order == 2 and d_prev is not None and math.isfinite(h_prev):
+            d_step = d + (d - d_prev) * (h / (2 * h_prev))
+        x = (sigma_s / sigma_t) * rho**eta * x + alpha_s * (1 - rho ** (1 + eta)) * d_step
+        if eta > 0:
+            x = x + sigma_s * math.sqrt(1 - rho ** (2 * eta)) * _noise_like(x, generator)
+        d_prev, h_prev = d, h
+    return x
+
+
+# ---------------------------------------------------------------------------- the registry
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """A named sampler: ``fn`` with fixed ``options``, callable like ``fn``.
+
+    ``sampler(velocity, noise, num_steps=..., generator=..., path=..., diffusion_norm=...,
+    last_step_size=..., method=..., ...)``: keyword arguments ``fn`` does not take are dropped
+    (a deterministic solver has no generator, an ODE solver no diffusion), so one call site
+    serves every sampler. ``calls(steps)`` is the number of velocity (network) calls for
+    ``steps`` (``None``: adaptive), with each sampler's default last step.
+    """
+
+    name: str
+    fn: Callable
+    summary: str
+    stochastic: bool
+    calls: Callable[[int], int | None]
+    options: dict = dataclasses.field(default_factory=dict)
+    min_steps: int = 1
+
+    def __call__(self, velocity, noise: torch.Tensor, **kwargs) -> torch.Tensor:
+        accepted = inspect.signature(self.fn).parameters
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+        return self.fn(velocity, noise, **{**kwargs, **self.options})
+
+
+def _registry(*samplers: Sampler) -> dict[str, Sampler]:
+    return {s.name: s for s in samplers}
+
+
+SAMPLERS = _registry(
+    Sampler("sde", euler_maruyama, "the paper's: Euler-Maruyama SDE on [0, 0.96] + a mean step (250 steps = 250 calls)",
+            True, lambda n: n, min_steps=2),
+    Sampler("heun_sde", heun_sde, "the reference's stochastic Heun: noise, then a Heun step (2 calls a step)",
+            True, lambda n: 2 * (n - 1) + 1, min_steps=2),
+    Sampler("ode", ode, "probability-flow ODE with torchdiffeq (dopri5, adaptive, by default)", False,
+            lambda n: None),
+    Sampler("heun_ode", heun_ode, "probability-flow ODE, Heun (order 2, 2 calls a step)", False, lambda n: 2 * n),
+    Sampler("ab2", adams_bashforth, "probability-flow ODE, Adams-Bashforth order 2 (1 call a step)", False,
+            lambda n: adams_bashforth_calls(n, 2), {"order": 2}),
+    Sampler("ab3", adams_bashforth, "probability-flow ODE, Adams-Bashforth order 3 (steps + 2 calls)", False,
+            lambda n: adams_bashforth_calls(n, 3), {"order": 3}),
+    Sampler("ab4", adams_bashforth, "probability-flow ODE, Adams-Bashforth order 4 (steps + 6 calls)", False,
+            lambda n: adams_bashforth_calls(n, 4), {"order": 4}),
+    Sampler("dpmpp_2m", dpm_solver_pp, "probability-flow ODE, DPM-Solver++(2M) (1 call a step)", False,
+            lambda n: n, {"order": 2, "eta": 0.0}),
+    Sampler("ddpm", dpm_solver_pp, "stochastic, DDPM ancestral steps from the velocity (1 call a step)", True,
+            lambda n: n, {"order": 1, "eta": 1.0}),
+    Sampler("dpmpp_2m_sde", dpm_solver_pp, "stochastic, SDE-DPM-Solver++(2M) (1 call a step)", True,
+            lambda n: n, {"order": 2, "eta": 1.0}),
+)

@@ -84,6 +84,15 @@ class AffinePath(abc.ABC):
         d_alpha_t, d_sigma_t = self.d_alpha_t(t), self.d_sigma_t(t)
         return (alpha_t * v - d_alpha_t * x) / (sigma_t * (d_alpha_t * sigma_t - alpha_t * d_sigma_t))
 
+    def velocity_to_data(self, v: torch.Tensor, x: torch.Tensor, t) -> torch.Tensor:
+        """``E[x1 | x_t = x]`` from the velocity: ``(d_sigma_t x - sigma_t v) / (alpha_t d_sigma_t -
+        d_alpha_t sigma_t)`` (the module docstring's ``a``, solved without dividing by ``alpha_t``,
+        so it holds at ``t = 0`` too; linear path: ``x + (1 - t) v``)."""
+        t = expand_t_like_x(t, x)
+        alpha_t, sigma_t = self.alpha_t(t), self.sigma_t(t)
+        d_alpha_t, d_sigma_t = self.d_alpha_t(t), self.d_sigma_t(t)
+        return (d_sigma_t * x - sigma_t * v) / (alpha_t * d_sigma_t - d_alpha_t * sigma_t)
+
 
 class LinearPath(AffinePath):
     """``alpha_t = t``, ``sigma_t = 1 - t`` (the paper's path); target velocity ``x1 - x0``."""
@@ -104,6 +113,10 @@ class LinearPath(AffinePath):
         # The general formula with its bracket equal to 1, written out.
         t = expand_t_like_x(t, x)
         return (t * v - x) / (1 - t)
+
+    def velocity_to_data(self, v, x, t):
+        t = expand_t_like_x(t, x)
+        return x + (1 - t) * v
 
 
 class GVPPath(AffinePath):

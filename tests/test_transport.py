@@ -259,13 +259,21 @@ def test_euler_maruyama_determinism():
 
 
 def test_samplers_work_under_no_grad_and_any_shape():
+    """No graph is built even inside enable_grad with a velocity whose weight requires grad, and
+    the samplers are elementwise in the state: a (2, 3, 4, 5) input gives the flattened (2, 60)
+    input's result (same generator), and Euler on v = w x is x (1 + w h)^N."""
     weight = torch.nn.Parameter(torch.tensor(0.5))
-    x = torch.randn(2, 3, 4, 5)
+    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
     for sampler in (euler_maruyama, heun_sde):
-        out = sampler(lambda x, t: weight * x, x, num_steps=5)
-        assert out.shape == x.shape and not out.requires_grad
-    out = ode(lambda x, t: weight * x, x, method="euler", num_steps=4)
-    assert out.shape == x.shape and not out.requires_grad
+        with torch.enable_grad():
+            out = sampler(lambda x, t: weight * x, x, num_steps=5, generator=torch.Generator().manual_seed(1))
+        flat = sampler(lambda x, t: weight * x, x.reshape(2, 60), num_steps=5, generator=torch.Generator().manual_seed(1))
+        assert out.shape == x.shape and out.grad_fn is None and not out.requires_grad
+        assert torch.equal(out.reshape(2, 60), flat)
+    with torch.enable_grad():
+        out = ode(lambda x, t: weight * x, x, method="euler", num_steps=4)
+    assert out.shape == x.shape and out.grad_fn is None
+    assert torch.allclose(out, x * (1 + 0.5 / 4) ** 4, rtol=1e-6, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- training loss
