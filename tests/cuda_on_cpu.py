@@ -156,11 +156,16 @@ class _CudaFunctions(TorchFunctionMode):
 @contextlib.contextmanager
 def cuda_on_cpu():
     """The block runs with :class:`OnCuda` tensors as CUDA tensors (module docstring), under
-    ``no_grad``; ``torch.cuda.is_available()`` is True inside."""
-    saved = torch.cuda._lazy_init, torch.cuda.is_available
-    torch.cuda._lazy_init, torch.cuda.is_available = (lambda: None), (lambda: True)
+    ``no_grad``; inside, ``torch.cuda`` reports one bf16-capable GPU (so ``torch.autocast("cuda")``
+    can be entered too)."""
+    fakes = {"_lazy_init": lambda: None, "is_available": lambda: True, "current_device": lambda: 0,
+             "is_bf16_supported": lambda *a, **k: True}
+    saved = {name: getattr(torch.cuda, name) for name in fakes}
+    for name, fn in fakes.items():
+        setattr(torch.cuda, name, fn)
     try:
         with _CudaFunctions(), _CudaOps(), torch.no_grad():
             yield
     finally:
-        torch.cuda._lazy_init, torch.cuda.is_available = saved
+        for name, fn in saved.items():
+            setattr(torch.cuda, name, fn)
