@@ -766,7 +766,6 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
                 grads_ok = not check_grads or not finite or grads_finite(module)
                 what = "gradient" if finite else "loss" + (
                     f" on rank {', '.join(map(str, bad_ranks))} of {world}" if world > 1 else "")
-                # (after a later phase fails, the main update of this step is in: it is step + 1's state)
                 if not guard.step_ok(finite and grads_ok, step, f"{phase} {what}", advise, phase):
                     opt.zero_grad(set_to_none=True)
                     if phase == task.phases[0]:  # the main module's update is the step: skip all of it
