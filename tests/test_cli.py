@@ -87,9 +87,11 @@ def test_quick_demo_writes_summary_and_video(tmp_path):
 
     own = {MARKER, MANIFEST, ".lock"}
     listed = json.loads((out / MANIFEST).read_text())
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(
-        own | set(listed["files"]))
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_dir()) == sorted(listed["folders"])
+    # (listed files the demo itself removed since, pruned checkpoints or scratch files, are gone)
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - own <= set(listed["files"])
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_dir()} <= set(listed["folders"])
+    assert {"runs/tokenizer/ckpt-0000020.pt", "runs/sit/.lock", "latents/index.json", "summary.md"} <= set(
+        listed["files"]) and any(f.startswith("runs/tokenizer/tb/events.out.tfevents.") for f in listed["files"])
     mine = ["runs/my-own-run/ckpt-0000100.pt", "samples/mine.mp4", "reconstructions/mine.mp4"]
     for rel in mine:
         (out / rel).parent.mkdir(exist_ok=True)
