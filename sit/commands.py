@@ -121,9 +121,12 @@ def register(sub) -> None:
     sa.add_argument("--num", type=positive_int, required=True, help="number of videos")
     sa.add_argument("--sampler", choices=("sde", "ode", "heun_sde"), default="sde",
                     help="sde: the paper's Euler-Maruyama; ode: torchdiffeq dopri5")
-    sa.add_argument("--steps", type=positive_int, default=250)
+    sa.add_argument("--steps", type=positive_int, default=None,
+                    help="sampler steps (default 250, the paper's; at most 10000); an adaptive --sampler ode "
+                         "(dopri5) picks its own and ignores them")
     sa.add_argument("--seed", type=nonnegative_int, default=0)
-    sa.add_argument("--out", required=True, help="output folder")
+    sa.add_argument("--out", required=True,
+                    help="output folder: new or empty, or this same run's (resumed: finished samples are skipped)")
     sa.add_argument("--format", choices=("mp4", "npz"), default="mp4",
                     help="mp4 files, or samples.npz with uint8 videos (N, T, H, W, 3) for FVD")
     sa.add_argument("--batch-size", type=positive_int, default=8)

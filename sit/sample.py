@@ -7,17 +7,35 @@ denormalize with the statistics stored in the SiT checkpoint (or ``--latent-stat
 default) -> uint8 frames -> ``sample_<index>.mp4`` files or one ``samples.npz`` (key ``videos``,
 uint8 ``(N, T, H, W, 3)``, the input of FVD), plus one ``contact_sheet.png``.
 
-Randomness: the initial noise of sample ``i`` comes from its own generator seeded by
-``(seed, i)``; the SDE's Brownian increments from one generator per batch seeded by
-``(seed, batch index, batch size)``. So a seed gives identical videos for a given batch size;
-the ODE sampler with a fixed-grid method is independent of the batch size too (up to float
-rounding).
+Randomness: sample ``i`` depends only on ``(seed, i)``: its initial noise and its SDE's
+Brownian increments come from its own generators on the sampling device, seeded by
+``mix_seed(seed, i, tag)``. Batches are fixed by index (global batch ``b`` holds samples
+``[b B, (b + 1) B)`` for ``--batch-size B``), so however many processes run, and however often a
+run is resumed, each sample is computed in the same batch with the same numbers. (Another batch
+size changes only float rounding; another device type draws other noise.)
+
+Many processes (``accelerate launch ... coordtok sample``): process ``r`` of ``W`` samples the
+batches ``b = r, r + W, ...``; each clip is decoded alone (in ``--frames-per-chunk`` chunks when
+given). mp4: every sample is its own file ``sample_<i>.mp4``. npz: every finished batch is a
+shard file in ``DIR/.parts/``; when all are written the main process merges them into
+``samples.npz`` and removes them. The contact sheet is made at the end from thumbnails kept in
+``.parts/`` (the 8 frames it shows of each of the first videos).
+
+The folder is the run's: ``sampling.json`` (seed, num, sampler, steps, format, batch size,
+precision, device type and the fingerprints of the SiT's and the tokenizer's weights and of the
+latent statistics) is written first. The same command again (after a kill, or on more or fewer
+processes) resumes: finished samples are skipped. A folder with another run's manifest, or with
+files a sampling run does not write (a user's, an older run's without a manifest), is refused
+with one line, so that two runs' samples never mix and nothing is overwritten.
 """
 from __future__ import annotations
 
 import dataclasses
 import contextlib
+import hashlib
+import json
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -30,13 +48,15 @@ from tqdm.auto import tqdm
 
 from coordtok.checkpoint import load_tokenizer
 from coordtok.errors import CoordTokError
-from coordtok.fileio import atomic_path, check_writable
-from coordtok.loop import SeedTag, inference_precision, mix_seed, resolve_device, resolve_inference_precision
+from coordtok.fileio import atomic_path, check_writable, write_json
+from coordtok.locking import HELD_SUFFIX, LOCK_NAME, FolderLock
+from coordtok.loop import (SeedTag, on_main_then_all, inference_precision, mix_seed, resolve_device,
+                           resolve_inference_precision)
 from coordtok.triplane import Triplane
 
 from .cache import short_fingerprint, weights_fingerprint
 from .checkpoint import load_sit, require_stats
-from .samplers import SAMPLERS, check_steps
+from .samplers import FIXED_GRID_METHODS, SAMPLERS, check_steps
 from .models import TriplaneSiT
 from .stats import LatentStats
 from .transport import make_path
@@ -78,10 +98,93 @@ def _check_tokenizer_fingerprint(sit_ckpt, tokenizer_ckpt, recorded: str | None,
         log(f"warning: {what}; sampling anyway (--allow-tokenizer-mismatch)")
 
 
-def _initial_noise(seed: int, first: int, batch: int, shape) -> torch.Tensor:
-    """``(B, *shape)``: sample ``first + b``'s noise from its own generator ``(seed, first + b)``."""
-    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(mix_seed(seed, i, SeedTag.SAMPLE_NOISE)))
-                        for i in range(first, first + batch)])
+DEFAULT_STEPS = 250  # the paper's
+MANIFEST_NAME = "sampling.json"
+PARTS_NAME = ".parts"  # finished batches (npz) and the contact sheet's thumbnails, until the run completes
+SHEET_FRAMES = 8  # columns of the contact sheet (coordtok.video_io.contact_sheet's default)
+# atomic_path's temporary files (".<name>.<8 random>.tmp<suffix>"), _NpzWriter's scratch and
+# check_writable's probe: what a killed run of ours leaves in the folder
+_TEMP = re.compile(r"\.(?P<base>.+)\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?")
+_SCRATCH = re.compile(r"\.videos\.[a-z0-9_]{8}\.npy|\.write-test\.[a-z0-9_]{8}")
+
+
+def _sample_name(i: int) -> str:
+    return f"sample_{i:04d}.mp4"
+
+
+def _sheet_frames(length: int) -> np.ndarray:
+    """The frames :func:`coordtok.video_io.contact_sheet` shows of a clip (its evenly spaced
+    columns); the sheet of these 8-frame thumbnails is the sheet of the whole clips."""
+    return np.linspace(0, length - 1, SHEET_FRAMES).round().astype(int)
+
+
+def _sample_noise(seed: int, i: int, shape, device: torch.device) -> torch.Tensor:
+    """``shape``: sample ``i``'s initial noise, drawn on ``device`` from its own generator ``(seed, i)``."""
+    g = torch.Generator(device=device).manual_seed(mix_seed(seed, i, SeedTag.SAMPLE_NOISE))
+    return torch.randn(tuple(shape), generator=g, device=device)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path, "sample part") as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def _ours(name: str, num: int, fmt: str) -> bool:
+    """Whether a folder entry is one that a sampling run of ``num`` videos in ``fmt`` writes."""
+    if name in (MANIFEST_NAME, "contact_sheet.png", PARTS_NAME, LOCK_NAME, LOCK_NAME + HELD_SUFFIX):
+        return True
+    if _SCRATCH.fullmatch(name):
+        return True
+    temp = _TEMP.fullmatch(name)
+    if temp:
+        return not _TEMP.fullmatch(temp["base"]) and _ours(temp["base"], num, fmt)
+    if fmt == "npz":
+        return name == "samples.npz"
+    index = re.fullmatch(r"sample_(\d+)\.mp4", name)
+    return bool(index) and int(index[1]) < num and name == _sample_name(int(index[1]))
+
+
+def _claim_folder(out_dir: Path, manifest: dict, log, claim: bool = True) -> None:
+    """Make ``out_dir`` this run's (the caller holds its lock): a new or empty folder gets the
+    manifest; a folder with the same manifest is this run, resumed (the temporary files of a killed
+    run are removed); a folder with another manifest, or with files the sampler does not write, is
+    refused, so that two runs' samples never mix and no user file is overwritten. ``claim=False``
+    only checks (before the lock file is made)."""
+    path = out_dir / MANIFEST_NAME
+    run = manifest["run"]
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())["run"]
+            if not isinstance(old, dict):
+                raise ValueError("not a sampling manifest")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SamplingError(f"{path}: unreadable sampling manifest ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                                f"choose another --out") from None
+        diff = [k for k in sorted(set(old) | set(run)) if old.get(k) != run.get(k)]
+        if diff:
+            said = ", ".join(f"{k} {old.get(k)!r} there, {run.get(k)!r} now" for k in diff[:3] if k != "sample_config")
+            raise SamplingError(f"{out_dir} holds the samples of another sampling run ({MANIFEST_NAME} differs: "
+                                f"{said or 'sample_config'}{', ...' if len(diff) > 3 else ''}); choose another --out, "
+                                f"or repeat that run's arguments to finish it")
+    entries = sorted(p.name for p in out_dir.iterdir())
+    foreign = [n for n in entries if not _ours(n, run["num"], run["format"])
+               or (not path.exists() and n not in (LOCK_NAME, LOCK_NAME + HELD_SUFFIX))]
+    if foreign:
+        raise SamplingError(f"{out_dir} holds files that this sampling run did not write ({', '.join(foreign[:3])}"
+                            f"{f' and {len(foreign) - 3} more' if len(foreign) > 3 else ''}"
+                            f"{'' if path.exists() else f'; no {MANIFEST_NAME}'}); choose an empty or new --out")
+    if not claim:
+        return
+    stale = [n for n in entries if _TEMP.fullmatch(n) or _SCRATCH.fullmatch(n)]
+    parts = out_dir / PARTS_NAME
+    if parts.is_dir():
+        stale += [f"{PARTS_NAME}/{p.name}" for p in parts.iterdir() if _TEMP.fullmatch(p.name)]
+    for name in stale:  # a killed run's unfinished files: ours, and nobody else is writing here
+        (out_dir / name).unlink(missing_ok=True)
+    if path.exists():
+        log(f"resuming the sampling run in {out_dir} (same {MANIFEST_NAME}); finished samples are skipped")
+    else:
+        write_json(path, manifest, what="sampling manifest")
 
 
 class _NpzWriter:
@@ -120,7 +223,7 @@ def sample_videos(
     num: int,
     out_dir: str | Path,
     sampler: str = "sde",
-    steps: int = 250,
+    steps: int | None = None,
     seed: int = 0,
     batch_size: int = 8,
     fmt: str = "mp4",
@@ -143,7 +246,8 @@ def sample_videos(
         sampler: ``sde`` (the paper's Euler-Maruyama), ``heun_sde`` or ``ode`` (torchdiffeq with
             the checkpoint's ``sample.ode_method``, dopri5 by default: ``steps`` then only
             matters for fixed-grid methods).
-        steps: sampler steps (velocity calls for ``sde``); the paper uses 250.
+        steps: sampler steps (velocity calls for ``sde``); None: 250, the paper's. An adaptive
+            ``ode`` method picks its own steps: a given ``steps`` is then ignored, which one line says.
         fmt: ``mp4`` -> ``sample_<index>.mp4`` per video; ``npz`` -> ``samples.npz`` with ``videos``
             uint8 ``(N, T, H, W, 3)``. Both write ``contact_sheet.png`` (first ``contact_rows`` videos).
         frames_per_chunk: decode that many frames at a time (bounded memory) instead of the whole
@@ -156,9 +260,16 @@ def sample_videos(
         allow_tokenizer_mismatch: sample with a tokenizer whose weights' fingerprint differs from
             the one the SiT checkpoint records (refused otherwise).
 
-    Returns ``{"num", "out_dir", "files", "contact_sheet", "sit_step", "sampler", "steps", "seed",
-    "precision"}``.
+    The folder gets ``sampling.json`` first; the same call again resumes (finished samples are
+    skipped), another run's folder or one holding other files is refused (module docstring). Under
+    ``accelerate launch`` the processes share the batches and write what one process writes.
+
+    Returns ``{"num", "out_dir", "files" (every sample file of the run), "contact_sheet", "sit_step",
+    "sampler", "steps" (None for an adaptive ode), "seed", "precision", "processes", "skipped" (samples
+    found finished), "manifest"}``.
     """
+    from accelerate import Accelerator
+
     from coordtok.video_io import contact_sheet, to_uint8, write_mp4, write_png
 
     if num < 1 or batch_size < 1:
@@ -167,70 +278,177 @@ def sample_videos(
         raise SamplingError(f"--format must be mp4 or npz, got {fmt!r}")
     if sampler not in SAMPLERS:
         raise SamplingError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    check_steps(steps, 1 if sampler == "ode" else 2, "--steps")  # SDE grids need two points
+    steps_given = steps is not None
+    steps = DEFAULT_STEPS if steps is None else steps
+    check_steps(steps, getattr(SAMPLERS[sampler], "min_steps", 1), "--steps")  # SDE grids need two points
     if frames_per_chunk is not None and frames_per_chunk < 1:
         raise SamplingError(f"--frames-per-chunk must be >= 1, got {frames_per_chunk}")
     if not fps > 0:
         raise SamplingError(f"--fps must be positive, got {fps}")
-    device = resolve_device(device)
+    # Under `accelerate launch` every process takes its share of the batches (one process: all).
+    procs = Accelerator()  # (a bare PartialState does not join the process group on CPUs)
+    rank, world, is_main = procs.process_index, procs.num_processes, procs.is_main_process
+    device = procs.device if world > 1 and device is None else resolve_device(device)
+    log = (lambda msg: tqdm.write(msg, file=sys.stderr)) if is_main else (lambda msg: None)
     out_dir = check_writable(out_dir, "sample folder", create=False)
 
-    model, stats, configs = load_sit(sit_ckpt, latent_stats=latent_stats, heads=heads)
+    model, stats, configs = load_sit(sit_ckpt, latent_stats=latent_stats, heads=heads, log=log)
     stats = require_stats(stats, sit_ckpt)
-    tokenizer, _ = load_tokenizer(tokenizer_ckpt)
+    tokenizer, _ = load_tokenizer(tokenizer_ckpt, log=log)
     _check_fit(sit_ckpt, tokenizer_ckpt, model, stats, configs, tokenizer)
-    _check_tokenizer_fingerprint(sit_ckpt, tokenizer_ckpt, configs.get("tokenizer_fingerprint"),
-                                 weights_fingerprint(tokenizer), allow_tokenizer_mismatch,
-                                 lambda msg: print(msg, file=sys.stderr))
-    precision = resolve_inference_precision(precision, device.type, configs["sit"].train.mixed_precision,
-                                            lambda msg: print(msg, file=sys.stderr))
-    check_writable(out_dir, "sample folder")  # now create it: the inputs fit together
-    model.to(device)
-    tokenizer.to(device).eval().requires_grad_(False)
+    tokenizer_fp = weights_fingerprint(tokenizer)
+    _check_tokenizer_fingerprint(sit_ckpt, tokenizer_ckpt, configs.get("tokenizer_fingerprint"), tokenizer_fp,
+                                 allow_tokenizer_mismatch, log)
+    precision = resolve_inference_precision(precision, device.type, configs["sit"].train.mixed_precision, log)
+    s = configs["sit"].sample
+    adaptive = sampler == "ode" and s.ode_method not in FIXED_GRID_METHODS
+    if adaptive and steps_given:
+        log(f"note: --steps {steps} is ignored: --sampler ode uses {s.ode_method}, an adaptive method that picks its "
+            f"own steps (sample.atol {s.atol}, sample.rtol {s.rtol} in the SiT config)")
+    manifest = {
+        "run": {"seed": seed, "num": num, "sampler": sampler, "steps": None if adaptive else steps,
+                "format": fmt, "batch_size": batch_size, "frames_per_chunk": frames_per_chunk,
+                "fps": fps if fmt == "mp4" else None, "precision": precision, "device": device.type,
+                "sample_config": dataclasses.asdict(s), "path": configs["sit"].train.path,
+                "sit_fingerprint": weights_fingerprint(model), "tokenizer_fingerprint": tokenizer_fp,
+                "stats": hashlib.sha1(json.dumps(stats.to_dict(), sort_keys=True).encode()).hexdigest()},
+        "sit_ckpt": str(Path(configs["path"]).resolve()), "sit_step": configs["step"],
+        "tokenizer_ckpt": str(Path(tokenizer_ckpt).resolve()),
+    }
+
+    with contextlib.ExitStack() as held:
+        def claim_folder():  # main process: create, lock, check and claim the folder with the manifest
+            if out_dir.is_dir():  # a folder that is not ours gets no lock file either
+                _claim_folder(out_dir, manifest, log, claim=False)
+            check_writable(out_dir, "sample folder")  # now create it: the inputs fit together
+            held.enter_context(FolderLock(out_dir, "sampling run", "choose another --out", log))
+            _claim_folder(out_dir, manifest, log)
+
+        on_main_then_all(procs, claim_folder)
+        return _sample_into(out_dir, model, tokenizer, stats, configs, manifest, procs, device, log, progress,
+                            contact_rows, to_uint8, contact_sheet, write_mp4, write_png)
+
+
+def _sample_into(out_dir: Path, model, tokenizer, stats: LatentStats, configs: dict, manifest: dict, procs, device,
+                 log, progress: bool, contact_rows: int, to_uint8, contact_sheet, write_mp4, write_png) -> dict:
+    """The sampling loop of :func:`sample_videos` in a claimed folder: this process's batches,
+    skipping finished ones; then the main process merges (npz), writes the sheet and cleans up."""
+    run = manifest["run"]
+    num, batch_size, fmt, seed, sampler = run["num"], run["batch_size"], run["format"], run["seed"], run["sampler"]
+    steps, frames_per_chunk, fps, precision = run["steps"], run["frames_per_chunk"], run["fps"], run["precision"]
+    rank, world, is_main = procs.process_index, procs.num_processes, procs.is_main_process
     s = configs["sit"].sample
     path = make_path(configs["sit"].train.path)
     tc = tokenizer.config
     shape = (stats.per_token()[0].shape[1], stats.channels)
+    parts = out_dir / PARTS_NAME
+    merged = out_dir / "samples.npz"
+    sheet_path = out_dir / "contact_sheet.png"
+    rows = min(contact_rows, num)
 
-    def velocity(x, t):
-        return model(x, t)
+    def thumb(i: int) -> Path:
+        return parts / f"thumb-{i:06d}.npy"
 
-    def run_sampler(noise: torch.Tensor, g: torch.Generator, show: bool) -> torch.Tensor:
-        if sampler == "ode":
-            return SAMPLERS["ode"](velocity, noise, method=s.ode_method, atol=s.atol, rtol=s.rtol, num_steps=steps,
-                                   progress=show)
-        return SAMPLERS[sampler](velocity, noise, num_steps=steps, diffusion_norm=s.diffusion_norm,
-                                 last_step_size=s.last_step_size, generator=g, path=path, progress=show)
+    def batch_file(b: int) -> Path:
+        return parts / f"batch-{b:06d}.npy"
+
+    def missing(b: int) -> list[int]:
+        """The samples of global batch ``b`` still to write (all of them or none for npz)."""
+        first, last = b * batch_size, min(num, (b + 1) * batch_size)
+        if fmt == "npz":
+            return [] if merged.is_file() or batch_file(b).is_file() else list(range(first, last))
+        sheet_done = sheet_path.is_file() or all(thumb(i).is_file() for i in range(first, min(last, rows)))
+        return [i for i in range(first, last) if not (out_dir / _sample_name(i)).is_file() or not sheet_done]
 
     num_batches = (num + batch_size - 1) // batch_size
-    npz = _NpzWriter(out_dir / "samples.npz", (num, tc.frames, tc.size, tc.size, 3)) if fmt == "npz" else None
-    files, sheet_videos = [], []
-    bar = tqdm(total=num, disable=not progress, desc="sample", unit="video", dynamic_ncols=True, file=sys.stderr)
+    mine = list(range(rank, num_batches, world))  # global batch b: samples [b B, (b + 1) B), on rank b % world
+    todo = {b: m for b in mine if (m := missing(b))}
+    done = num - sum(len(missing(b)) for b in range(num_batches))
+    # network calls per batch as the sampler states them (None: adaptive; counted on the first batch)
+    per_batch = SAMPLERS[sampler].calls(steps) if steps is not None else None
+    log(f"sampling {num} videos ({sampler}, " + (f"{steps} steps, {per_batch} network calls per batch" if per_batch
+        else "steps " + ("adaptive" if steps is None else str(steps))) + f") in {num_batches} batches of up to "
+        f"{batch_size} on {world} process{'es' if world > 1 else ''}"
+        + (f"; {done} already written in {out_dir}, skipped" if done else "") + f"; device {device}, {precision}")
+    model.to(device)
+    tokenizer.to(device).eval().requires_grad_(False)
+    calls = 0
+    bar = tqdm(total=per_batch * len(todo) if per_batch else None, disable=not (progress and is_main),
+               desc="sample (network calls)", unit="call", dynamic_ncols=True, file=sys.stderr)
+
+    def velocity(x, t):
+        nonlocal calls
+        v = model(x, t)
+        calls += 1
+        bar.update(1)
+        return v
+
+    def run_sampler(noise: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        # one call for every registered sampler: each takes the keyword arguments it knows
+        return SAMPLERS[sampler](velocity, noise, num_steps=steps if steps is not None else 1,
+                                 diffusion_norm=s.diffusion_norm, last_step_size=s.last_step_size,
+                                 generator=generators, path=path, method=s.ode_method, atol=s.atol, rtol=s.rtol)
+
     try:
         with torch.no_grad(), inference_precision(precision, device.type):
-            for b in range(num_batches):
-                first = b * batch_size
-                n = min(batch_size, num - first)
-                noise = _initial_noise(seed, first, n, shape).to(device)
-                g = torch.Generator().manual_seed(mix_seed(seed, b, batch_size, SeedTag.SAMPLE_SDE))
-                x = run_sampler(noise, g, progress)
-                triplane = Triplane.unflatten(stats.denormalize(x.float()), tuple(stats.grid))
-                videos = to_uint8(tokenizer.decode_video(triplane, None, frames_per_chunk))  # (n, T, H, W, 3)
-                if npz is not None:
-                    npz.put(first, videos)
+            for k, (b, want) in enumerate(todo.items()):
+                first, last = b * batch_size, min(num, (b + 1) * batch_size)
+                indices = list(range(first, last))  # the whole batch, so a sample's batch never changes
+                noise = torch.stack([_sample_noise(seed, i, shape, device) for i in indices])
+                generators = [torch.Generator(device=device).manual_seed(mix_seed(seed, i, SeedTag.SAMPLE_SDE))
+                              for i in indices]
+                x = run_sampler(noise, generators)
+                if k == 0 and calls * len(todo) != bar.total:  # counted: now the ETA is known
+                    bar.total = calls * len(todo)
+                    bar.refresh()
+                triplanes = Triplane.unflatten(stats.denormalize(x.float()), tuple(stats.grid))
+                videos = []
+                for j, i in enumerate(indices):  # decoded one clip at a time, in frame chunks: bounded memory
+                    video = to_uint8(tokenizer.decode_video(triplanes[j:j + 1], None, frames_per_chunk))[0]
+                    if i < rows and not thumb(i).is_file():
+                        _save_npy(thumb(i), video[_sheet_frames(len(video))])
+                    videos.append(video)
+                if fmt == "npz":
+                    _save_npy(batch_file(b), np.stack(videos))
                 else:
-                    for k, frames in enumerate(videos):
-                        files.append(str(write_mp4(out_dir / f"sample_{first + k:04d}.mp4", frames, fps=fps)))
-                sheet_videos.extend(list(videos[: max(0, contact_rows - len(sheet_videos))]))
-                bar.update(n)
-        if npz is not None:
-            files.append(str(npz.close()))
-            npz = None
+                    for i, video in zip(indices, videos):
+                        if i in want and not (out_dir / _sample_name(i)).is_file():
+                            write_mp4(out_dir / _sample_name(i), video, fps=fps)
     finally:
         bar.close()
-        if npz is not None:
-            npz.abort()
-    sheet = write_png(out_dir / "contact_sheet.png", contact_sheet(sheet_videos))
-    return {"num": num, "out_dir": str(out_dir), "files": files, "contact_sheet": str(sheet),
-            "sit_step": configs["step"], "sampler": sampler, "steps": steps, "seed": seed,
-            "precision": precision}
+    procs.wait_for_everyone()
+    if is_main:
+        _finish(out_dir, num, fmt, rows, num_batches, batch_size, (tc.frames, tc.size, tc.size, 3), thumb, batch_file,
+                contact_sheet, write_png, log)
+    procs.wait_for_everyone()
+    files = [str(merged)] if fmt == "npz" else [str(out_dir / _sample_name(i)) for i in range(num)]
+    return {"num": num, "out_dir": str(out_dir), "files": files,
+            "contact_sheet": str(sheet_path) if sheet_path.is_file() else None, "sit_step": configs["step"],
+            "sampler": sampler, "steps": steps, "seed": seed, "precision": precision, "processes": world,
+            "skipped": done, "manifest": str(out_dir / MANIFEST_NAME)}
+
+
+def _finish(out_dir: Path, num: int, fmt: str, rows: int, num_batches: int, batch_size: int, video_shape: tuple,
+            thumb, batch_file, contact_sheet, write_png, log) -> None:
+    """Main process, every batch written: the contact sheet from the thumbnails, ``samples.npz``
+    from the batch files (npz), then this run's scratch files removed."""
+    sheet_path, merged, parts = out_dir / "contact_sheet.png", out_dir / "samples.npz", out_dir / PARTS_NAME
+    if not sheet_path.is_file():
+        if all(thumb(i).is_file() for i in range(rows)):
+            write_png(sheet_path, contact_sheet([np.load(thumb(i)) for i in range(rows)]))
+        else:
+            log(f"note: {out_dir} has no contact sheet and its thumbnails are gone; the samples are complete")
+    if fmt == "npz" and not merged.is_file():
+        npz = _NpzWriter(merged, (num, *video_shape))
+        try:
+            for b in range(num_batches):
+                npz.put(b * batch_size, np.load(batch_file(b), mmap_mode="r"))
+            npz.close()
+        finally:
+            if npz.arr is not None:
+                npz.abort()
+    if parts.is_dir():
+        for p in list(parts.glob("thumb-*.npy")) + list(parts.glob("batch-*.npy")) + list(parts.glob(".*.tmp.npy")):
+            p.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            parts.rmdir()  # kept if it holds anything else
