@@ -287,8 +287,14 @@ def sample_videos(
         raise SamplingError(f"--fps must be positive, got {fps}")
     # Under `accelerate launch` every process takes its share of the batches (one process: all).
     procs = Accelerator()  # (a bare PartialState does not join the process group on CPUs)
-    rank, world, is_main = procs.process_index, procs.num_processes, procs.is_main_process
-    device = procs.device if world > 1 and device is None else resolve_device(device)
+    world, is_main = procs.num_processes, procs.is_main_process
+    if world > 1:  # each process on its own device (accelerate's); --device may only name its type
+        if device is not None and torch.device(device).type != procs.device.type:
+            raise SamplingError(f"--device {device}: under accelerate launch every process samples on its own "
+                                f"{procs.device.type} device; drop --device (or launch with ACCELERATE_USE_CPU=1)")
+        device = procs.device
+    else:
+        device = resolve_device(device)
     log = (lambda msg: tqdm.write(msg, file=sys.stderr)) if is_main else (lambda msg: None)
     out_dir = check_writable(out_dir, "sample folder", create=False)
 
