@@ -2,8 +2,8 @@
 
     python -m bench.samplers [--tiers 1 2] [--dim 10240] [--n 512] [--n2 512] [--all] [--out runs/bench-samplers]
 
-Two tiers, each with every sampler of :data:`sit.samplers.SAMPLERS` at about 50 calls (and a
-few at 25), two seeds each:
+Two tiers, each with samplers of :data:`sit.samplers.SAMPLERS` at <= 50 calls (:data:`CANDIDATES`;
+``--all`` adds :data:`MORE`, some at ~25 calls), two seeds each:
 
 * tier 1: the exact velocity of a Gaussian mixture (:class:`sit.mixture.GaussianMixture`, 8 modes,
   unequal weights, per-dimension stds log-uniform in [0.2, 1]) in ``--dim`` dimensions (10240 =
