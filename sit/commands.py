@@ -119,8 +119,11 @@ def register(sub) -> None:
                     help="sample with a tokenizer other than the one the SiT checkpoint records (its weights' "
                          "fingerprint differs); refused otherwise")
     sa.add_argument("--num", type=positive_int, required=True, help="number of videos")
-    sa.add_argument("--sampler", choices=("sde", "ode", "heun_sde"), default="sde",
-                    help="sde: the paper's Euler-Maruyama; ode: torchdiffeq dopri5")
+    from .samplers import SAMPLERS
+
+    sa.add_argument("--sampler", choices=tuple(SAMPLERS), default="sde",
+                    help="sde: the paper's Euler-Maruyama (default); ode: torchdiffeq dopri5; the others are the "
+                         "registered fixed-step solvers of sit.samplers.SAMPLERS (see the README)")
     sa.add_argument("--steps", type=positive_int, default=None,
                     help="sampler steps (default 250, the paper's; at most 10000); an adaptive --sampler ode "
                          "(dopri5) picks its own and ignores them")

@@ -253,3 +253,11 @@ def test_an_adaptive_ode_says_it_ignores_steps(sit, tokenizer, tmp_path, capsys)
     assert main(argv) == 0
     assert "ignored" not in capsys.readouterr().err
     assert json.loads((tmp_path / "b" / "sampling.json").read_text())["run"]["steps"] is None
+
+
+def test_every_registered_sampler_is_a_choice_and_samples(sit, tokenizer, tmp_path, capsys):
+    """The CLI offers the registry (it offered three); a multistep solver runs through the same call."""
+    assert main(_argv(sit, tokenizer, tmp_path / "a", "--sampler", "dpmpp_2m", num=1, fmt="npz", progress=True)) == 0
+    err = capsys.readouterr().err
+    assert "3 network calls per batch" in err and "3/3" in err, err[-1500:]
+    assert json.loads((tmp_path / "a" / "sampling.json").read_text())["run"]["sampler"] == "dpmpp_2m"
