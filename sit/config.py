@@ -103,7 +103,7 @@ class SampleConfig(Section):
 
     SECTION: typing.ClassVar[str] = "sample"
 
-    sampler: str = "sde"  # "sde" (Euler-Maruyama) | "heun_sde" | "ode"
+    sampler: str = "sde"  # a name of sit.samplers.SAMPLERS; "sde" is the paper's Euler-Maruyama
     steps: int = 250
     diffusion_norm: float = 1.0
     last_step_size: float = 0.04
@@ -112,8 +112,10 @@ class SampleConfig(Section):
     rtol: float = 1e-3
 
     def validate(self) -> None:
-        if self.sampler not in ("sde", "heun_sde", "ode"):
-            raise ConfigError(f"'sampler' must be 'sde', 'heun_sde' or 'ode', got {self.sampler!r}")
+        from .samplers import SAMPLERS  # here, not at the top: samplers pulls in torchdiffeq
+
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"'sampler' must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.steps < 2:
             raise ConfigError(f"'steps' must be >= 2, got {self.steps}")
         if not 0.0 <= self.last_step_size < 1.0:

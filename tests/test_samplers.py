@@ -251,3 +251,15 @@ def test_euler_maruyama_last_step_kinds_change_only_the_last_step():
     # The default is the paper's mean step.
     assert torch.equal(euler_maruyama(velocity, noise, num_steps=50, generator=torch.Generator().manual_seed(1)),
                        ends["mean"])
+
+
+def test_a_config_names_any_registered_sampler():
+    """``sample.sampler`` in a SiT config takes every name of the registry (it used to take only
+    sde, heun_sde and ode) and refuses others in one line listing them."""
+    from coordtok.config import ConfigError
+    from sit.config import SampleConfig
+
+    for name in SAMPLERS:
+        SampleConfig(sampler=name).validate()
+    with pytest.raises(ConfigError, match="must be one of sde, .*dpmpp_2m"):
+        SampleConfig(sampler="euler_a").validate()
