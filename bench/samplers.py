@@ -1,4 +1,4 @@
-"""Samplers at <= 50 network calls against the paper's 250-step Euler-Maruyama (issue 19, points 2-3).
+"""Samplers at <= 50 network calls against the paper's 250-step Euler-Maruyama.
 
     python -m bench.samplers [--tiers 1 2] [--dim 10240] [--n 512] [--n2 512] [--all] [--out runs/bench-samplers]
 
@@ -14,7 +14,7 @@ Two tiers, each with samplers of :data:`sit.samplers.SAMPLERS` at <= 50 calls (:
 * tier 2: a tiny CoordTok-SiT trained here on cached latents (:mod:`bench.samplers_tier2`, reused
   from ``--out``): FD and precision / recall in its 320-dimensional normalized latent space.
 
-The goal (issue 19): a sampler at <= 50 calls whose distance to the 250-step Euler-Maruyama samples
+The goal: a sampler at <= 50 calls whose distance to the 250-step Euler-Maruyama samples
 (another seed) is within 2x its own seed-to-seed distance, ``d(S_a, EM_b) <= 2 d(S_a, S_b)``, for
 every distance of the tier. Sample sets are cached under ``OUT/sets`` so a rerun only computes
 what is missing.
