@@ -27,13 +27,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from coordtok.baselines.checkpoint import load_baseline  # noqa: E402
-from coordtok.baselines.train import load_promag_run_config, psnr_from_mse, train_baseline  # noqa: E402
+from baselines.checkpoint import load_baseline  # noqa: E402
+from baselines.train import ProMAGTask, load_promag_run_config, psnr_from_mse  # noqa: E402
+from coordtok.loop import fit  # noqa: E402
 from coordtok.config import DataConfig  # noqa: E402
 from coordtok.data import build_dataset  # noqa: E402
-from coordtok.loop import cpu_info, resolve_precision  # noqa: E402
+from coordtok.devices import cpu_info, resolve_precision  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "baselines"
 
@@ -48,9 +50,19 @@ def run(config: str, out: Path, steps: int, args, **train) -> tuple[dict, list[f
     if args.model_over:
         over["model"] = args.model_over
     cfg = load_promag_run_config(CONFIGS / config, over)
+    task = ProMAGTask(cfg)
+    model_params = {id(p) for p in task.modules["model"].parameters()}
     marks: list[float] = []
-    result = train_baseline(cfg, progress=False, on_gradients=lambda step, modules: marks.append(time.perf_counter())
-                            if "model" in modules else None)
+
+    def mark(optimizer, args, kwargs):  # the model's optimizer step ends each training step
+        if any(id(p) in model_params for group in optimizer.param_groups for p in group["params"]):
+            marks.append(time.perf_counter())
+
+    handle = register_optimizer_step_post_hook(mark)
+    try:
+        result = fit(task, progress=False)
+    finally:
+        handle.remove()
     return result, [b - a for a, b in zip(marks, marks[1:])]
 
 
@@ -108,7 +120,7 @@ def main() -> None:
             model, _ = load_baseline(run_dir)
             trainable = sum(p.numel() for p in model.parameters())
             if "grown" in name:
-                from coordtok.baselines.train import inherited_names
+                from baselines.train import inherited_names
                 frozen = inherited_names(model.cfg)
                 trainable = sum(p.numel() for n, p in model.named_parameters() if n not in frozen)
             step_s = statistics.median(times[2:] or times)

@@ -36,7 +36,7 @@ def peak_rss_gb() -> float:
 def machine() -> str:
     """The CPU model, the instruction sets that decide CPU speed and precision, and what
     ``mixed_precision: auto`` picks on it (bf16 only with native bf16)."""
-    from coordtok.loop import cpu_info, resolve_precision
+    from coordtok.devices import cpu_info, resolve_precision
 
     info = cpu_info()
     auto = resolve_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")

@@ -354,7 +354,7 @@ def section_sample(device: torch.device, batch: int, deadline: float, sit_config
                    tokenizer_config: str = "configs/tokenizer/large.yaml") -> str:
     from coordtok import CoordTok, Triplane
     from coordtok.config import load_model_config
-    from coordtok.loop import inference_precision
+    from coordtok.devices import inference_precision
     from sit.models import TriplaneSiT
     from sit.samplers import euler_maruyama
 
@@ -391,7 +391,7 @@ def run(out: Path, budget_s: float, sample_batch: int, device: torch.device | No
     """Every section within ``budget_s``, the report written to ``out`` (and returned). ``device``
     defaults to the current CUDA GPU; the tests run it on a CPU with tiny models and shapes."""
     from coordtok.fileio import check_writable_file, write_text
-    from coordtok.loop import cpu_info
+    from coordtok.devices import cpu_info
 
     out = check_writable_file(out, "report")
     device = device or torch.device("cuda", torch.cuda.current_device())

@@ -2,7 +2,7 @@
 within-chunk level?
 
 Zhang et al. 2025 decode a long video chunk by chunk and close the seams by *latent extension*
-(``sit/regen.py``): each chunk after the first is decoded one frame wider, that frame guided by the
+(``baselines/regen.py``): each chunk after the first is decoded one frame wider, that frame guided by the
 previous chunk's stored sampling states. This trains the tiny REGEN (``configs/baselines/regen-tiny.yaml``)
 on the sample clips' frames 0..127 at ``--size`` (default 32 x 32: at 64 x 64 the tiny decoder does
 not learn to reconstruct within a CPU budget), then reconstructs ``--num-clips`` random 128-frame
@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from common import machine  # noqa: E402
 from coordtok.config import DataConfig  # noqa: E402
 from eval.recon import eval_recon  # noqa: E402
-from sit.regen_train import load_regen_run_config, train_regen  # noqa: E402
+from baselines.regen_train import load_regen_run_config, train_regen  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "baselines" / "regen-tiny.yaml"
 # (videos, frame range, clips): the training frames, and bikes' last 128 frames (122..249; 128..249

@@ -64,7 +64,7 @@ def prepare(out: str | Path = "runs/bench-samplers", plan: Tier2Plan | None = No
 
     tic = time.perf_counter()
     sit_cfg = load_sit_run_config(SIT_CONFIG, {"train": {
-        "max_steps": plan.sit_steps, "batch_size": plan.sit_batch, "out_dir": str(out / "sit"), "sample_every": 0,
+        "max_steps": plan.sit_steps, "batch_size": plan.sit_batch, "out_dir": str(out / "sit"), "val_every": 0,
         "ckpt_every": 500, "log_every": 100}})
     rs = train_sit(sit_cfg, latents, resume=True)
     seconds["sit"] = time.perf_counter() - tic

@@ -555,6 +555,20 @@ def load_tokenizer(path: str | Path, map_location="cpu", with_info: bool = False
     return (model, state, info or state.get("info")) if with_info else (model, state)
 
 
+def check_same_model(where, old: dict | None, new: dict, action: str,
+                     fix: str = "use the run's own config, or another out_dir for a new run") -> None:
+    """Nothing when a checkpoint's model section ``old`` (None: unknown, nothing to check) agrees
+    with the config's ``new``; else a one-line :class:`CheckpointError` naming the first key
+    where they differ: ``"<where>: <action>: its model differs from the config's (model.<key>:
+    <old> in the checkpoint, <new> in the config); <fix>"``."""
+    if old is None:
+        return
+    key = next((k for k in new if k not in old or old[k] != new[k]), None)
+    if key is not None:
+        raise CheckpointError(f"{where}: {action}: its model differs from the config's (model.{key}: "
+                              f"{old.get(key, 'absent')!r} in the checkpoint, {new[key]!r} in the config); {fix}")
+
+
 def load_model(path: str | Path, kinds: dict, map_location="cpu", weights: str = "ema"):
     """A model of one of ``kinds`` in eval mode from a checkpoint file or a run folder (its newest
     readable checkpoint): ``(model, state)``. The loader of every trainer that stores its run

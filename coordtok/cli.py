@@ -32,7 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="coordtok", description="CoordTok long-video tokenizer, CoordTok-SiT, and the conv-3D "
                                              "baselines they are measured against.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    coordtok_commands.CONVERTERS.clear()  # registration below adds the other packages' converters and trainers
     for package in (coordtok_commands, sit_commands, eval_commands):
         package.register(sub)
     return p

@@ -92,8 +92,8 @@ def reference_hints(args) -> dict:
 
 
 def add_precision_option(p) -> None:
-    """``--precision`` of the inference commands (:func:`coordtok.loop.resolve_inference_precision`)."""
-    from .loop import INFERENCE_PRECISIONS
+    """``--precision`` of the inference commands (:func:`coordtok.devices.resolve_inference_precision`)."""
+    from .devices import INFERENCE_PRECISIONS
 
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto",
                    help="auto: TF32 matmuls on CUDA (bf16 autocast where the checkpoint was trained in bf16), "

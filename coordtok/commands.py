@@ -8,83 +8,51 @@ from pathlib import Path
 from .cliargs import add_config_options, config_text, positive_int, resume_arg, train_overrides
 
 
-def _baseline_trainer():
-    from .baselines.train import load_baseline_run_config, train_baseline
-
-    return load_baseline_run_config, train_baseline
-
-
-# Trainers of the other tokenizers, by the config file's top-level ``kind:`` (a CoordTok config has
-# none): ``kind -> () -> (load_run_config, train)``. Other packages add theirs when they register
-# their commands (sit: REGEN).
-TRAINERS: dict = {"magvit2": _baseline_trainer, "promag": _baseline_trainer}
-
-
-def trainer_for(config, kind: str):
-    """``(load_run_config, train)`` of a config file's ``kind``; one line for a kind nobody trains."""
-    from .config import ConfigError
-
-    if kind not in TRAINERS:
-        raise ConfigError(f"{config}: kind: {kind!r} is not a tokenizer this project trains "
-                          f"(known: {', '.join(sorted(TRAINERS))}; a CoordTok config has no kind)")
-    return TRAINERS[kind]()
-
-
 def load_run_config(config, overrides: dict | None = None):
     """``(kind, run config)`` of a tokenizer config file, read and checked exactly as ``train``
-    reads it (``"coordtok"`` for a file without ``kind:``): an empty file, an unknown kind or a bad
-    value is the same one-line error. For the commands that take a config to build a model from
-    (``profile``); registered trainers only, so call it from a command."""
-    from .config import load_tokenizer_config, load_yaml
+    reads it (:data:`coordtok.kinds.KINDS`; CoordTok for a file without ``kind:``): an empty file,
+    an unknown kind or a bad value is the same one-line error."""
+    from .kinds import kind_of_config
 
-    kind = load_yaml(config).get("kind")
-    if kind is None:
-        return "coordtok", load_tokenizer_config(config, overrides)
-    load, _ = trainer_for(config, kind)
-    return kind, load(config, overrides)
+    kind = kind_of_config(config, role="tokenizer")
+    return kind.name, kind.load_config(config, overrides)
 
 
 def cmd_train(args) -> None:
-    from .config import SECTIONS, ConfigError, TrainConfig, from_dict, load_tokenizer_config, load_yaml, read_sections
-    from .train import train
+    from .config import ConfigError
+    from .kinds import kind_of_config
+    from .loop import fit
 
     overrides = train_overrides(args)
-    kind = load_yaml(args.config).get("kind")
-    if kind is not None:
-        trainer_for(args.config, kind)  # an unknown kind is refused before any other check
-        if args.stage == 2:
-            raise ConfigError(f"--stage is for CoordTok configs; {args.config} is a {kind} config")
-        if args.init_from:
-            overrides.setdefault("train", {})["init_from"] = args.init_from
-        load, run = trainer_for(args.config, kind)
-        result = run(load(args.config, overrides), resume=resume_arg(args), progress=not args.no_progress,
-                     config_text=config_text(args.config))
-        print(json.dumps(result, indent=2))
-        return
+    kind = kind_of_config(args.config, role="tokenizer")  # an unknown kind is refused before any other check
     if args.stage == 2:
-        # The stage-2 defaults come from the train section alone (its stage-1 settings, e.g. more
-        # coordinates than a stage-2 clip has, are not checked against the model here).
-        raw, source = read_sections(args.config, SECTIONS, overrides, required=("model", "train"))
-        base = from_dict(TrainConfig, raw.get("train"), f"{source}: train")
-        t = overrides.setdefault("train", {})
-        t.setdefault("stage", 2)
-        t.setdefault("lpips_weight", base.stage2_lpips_weight)
-        t.setdefault("max_steps", base.stage2_max_steps)
-        t.setdefault("out_dir", base.out_dir.rstrip("/") + "-stage2")
-        if args.init_from:
-            t["init_from"] = args.init_from
-        elif not base.init_from and not args.resume:
-            raise ConfigError("--stage 2 needs --init-from STAGE1_CHECKPOINT (or train.init_from in the config)")
-    elif args.init_from:
+        if kind.name != "coordtok":
+            raise ConfigError(f"--stage is for CoordTok configs; {args.config} is a {kind.name} config")
+        stage2_overrides(args, overrides)
+    if args.init_from:
         overrides.setdefault("train", {})["init_from"] = args.init_from
-    cfg = load_tokenizer_config(args.config, overrides)
-    result = train(cfg, resume=resume_arg(args), progress=not args.no_progress, config_text=config_text(args.config))
+    cfg = kind.load_config(args.config, overrides)
+    result = fit(kind.resolve("task")(cfg), resume=resume_arg(args), progress=not args.no_progress,
+                 config_text=config_text(args.config))
     print(json.dumps(result, indent=2))
 
 
-# Converters tried in order by `coordtok convert`: ``fn(raw, args) -> (state, info)`` or None when the
-# file is not theirs. Other packages add theirs when they register their commands (sit: the SiT).
-CONVERTERS: list = []
+def stage2_overrides(args, overrides: dict) -> None:
+    """``--stage 2``: the train section's stage-2 defaults (``stage2_lpips_weight``,
+    ``stage2_max_steps``, ``out_dir`` + ``-stage2``) under what the user set."""
+    from .config import SECTIONS, ConfigError, TrainConfig, from_dict, read_sections
+
+    # The stage-2 defaults come from the train section alone (its stage-1 settings, e.g. more
+    # coordinates than a stage-2 clip has, are not checked against the model here).
+    raw, source = read_sections(args.config, SECTIONS, overrides, required=("model", "train"))
+    base = from_dict(TrainConfig, raw.get("train"), f"{source}: train")
+    tc = overrides.setdefault("train", {})
+    tc.setdefault("stage", 2)
+    tc.setdefault("lpips_weight", base.stage2_lpips_weight)
+    tc.setdefault("max_steps", base.stage2_max_steps)
+    tc.setdefault("out_dir", base.out_dir.rstrip("/") + "-stage2")
+    if not (args.init_from or base.init_from or args.resume):
+        raise ConfigError("--stage 2 needs --init-from STAGE1_CHECKPOINT (or train.init_from in the config)")
 
 
 def convert_tokenizer(raw: dict, args):
@@ -105,6 +73,7 @@ def cmd_convert(args) -> None:
     """A checkpoint of the reference implementation (or of this project) as this project's own file."""
     from .checkpoint import CheckpointError, atomic_save, load_any
     from .fileio import check_writable_file
+    from .kinds import KINDS
 
     out = check_writable_file(args.out, "converted checkpoint")
     if Path(out).resolve() == Path(args.ckpt).resolve():
@@ -113,7 +82,7 @@ def cmd_convert(args) -> None:
         raise CheckpointError(f"--out {out}: already exists and would be replaced; choose another file, or pass "
                               f"--force to replace it")
     raw = load_any(args.ckpt)
-    for convert in [convert_tokenizer, *CONVERTERS]:
+    for convert in [kind.resolve("converter") for kind in KINDS.values() if kind.converter]:
         found = convert(raw, args)
         if found is not None:
             state, info = found

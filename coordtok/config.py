@@ -31,6 +31,12 @@ class ConfigError(CoordTokError, ValueError):
     """A config file or dict is malformed: unknown key, wrong type or impossible value."""
 
 
+def require(cond: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``cond`` holds (the checks of every ``validate``)."""
+    if not cond:
+        raise ConfigError(message)
+
+
 # ---------------------------------------------------------------------------- reading
 
 
@@ -178,6 +184,8 @@ def from_dict(cls, data: dict | None, where: str):
         raise ConfigError(f"{where}: must be a mapping of keys, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
+    renamed = getattr(cls, "RENAMED", {})  # old key -> its new name: old files and checkpoints still read
+    data = {renamed.get(k, k): v for k, v in data.items()}
     kwargs = {}
     for key, value in data.items():
         if key not in names:
@@ -304,10 +312,6 @@ class ModelConfig(Section):
     dec_norm_eps: float = 1e-5
 
     def validate(self) -> None:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(msg)
-
         for name in ("frames", "size", "enc_dim", "enc_layers", "enc_heads", "cross_layers", "latent_xy",
                      "latent_t", "latent_channels", "dec_dim", "dec_layers", "dec_heads", "enc_patch_t", "enc_patch_xy",
                      "latent_patch_xy", "latent_patch_t", "dec_patch_xy", "dec_patch_t", "mlp_ratio"):
@@ -445,6 +449,10 @@ class LoopConfig(Section):
     max_bad_steps: int = 10  # consecutive skipped (non-finite) steps before the run stops
     init_from: str | None = None  # weights to start from (a checkpoint or run folder)
     out_dir: str = "runs/run"
+    ema: float | None = None  # EMA decay of the model (stepped every step; evaluation uses it); None: no EMA
+    val_every: int = 5000  # steps between the task's periodic figures (validation PSNR, SiT's sample look); 0: never
+    allow_tf32: bool = True  # CUDA: TF32 matmuls and convolutions for what runs in fp32
+    num_workers: int | None = None  # DataLoader workers; None: the task's (a video task: data.num_workers)
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0 for the first): a pure function of the
@@ -473,6 +481,9 @@ class LoopConfig(Section):
             raise ConfigError(f"'betas' must be two values in [0, 1), got {self.betas}")
         if not self.out_dir:
             raise ConfigError("'out_dir' must name a folder")
+        if self.ema is not None and not 0.0 <= self.ema <= 1.0:
+            raise ConfigError(f"'ema' must be in [0, 1] (or null for no EMA), got {self.ema}")
+        positive(self, "val_every", "num_workers", allow_zero=("val_every", "num_workers"))
 
 
 @dataclass
@@ -488,7 +499,6 @@ class TrainConfig(LoopConfig):
     stage2_max_steps: int = 50_000  # what `coordtok train --stage 2` sets max_steps to
     lpips_vgg_path: str | None = None  # vgg16-397923af.pth; default: $COORDTOK_VGG16 or the torch hub cache
     mixed_precision: str = "fp16"  # the paper trains in fp16 on GPUs
-    val_every: int = 5000
     val_clips: int = 8
     out_dir: str = "runs/tokenizer"
 
@@ -496,7 +506,7 @@ class TrainConfig(LoopConfig):
         super().validate()
         if self.stage not in (1, 2):
             raise ConfigError(f"'stage' must be 1 or 2, got {self.stage}")
-        positive(self, "num_coords", "num_frames_stage2", "val_every", "stage2_max_steps", "l2_weight",
+        positive(self, "num_coords", "num_frames_stage2", "stage2_max_steps", "l2_weight",
                  "lpips_weight", "stage2_lpips_weight", "val_clips",
                  allow_zero=("l2_weight", "lpips_weight", "stage2_lpips_weight", "val_clips"))
 

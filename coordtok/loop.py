@@ -1,25 +1,22 @@
 """The one training skeleton: :func:`fit` runs every trainer of the project.
 
-A trainer (the tokenizer's, the SiT's, the baselines') is a :class:`Task`: the modules it
-trains, the loss of one micro-batch, and small hooks for what else it does (an EMA after each
-step, a validation now and then, extra checkpoint state). :func:`fit` owns everything else, once:
+A trainer (CoordTok's, the SiT's, the baselines') is a :class:`Task`: the modules it trains, the
+loss of one micro-batch, and a few hooks (starting weights, validation, extra checkpoint state).
+:func:`fit` owns everything else, once, in four phases that read top to bottom:
 
-* ``accelerate`` (devices, DDP, mixed precision resolved by :func:`resolve_precision`);
-* the run folder (:class:`coordtok.checkpoint.RunFolder`: locked while the run writes to it, a
-  fresh run refuses a folder holding another run's checkpoints, pruning removes only this run's
-  own older checkpoints);
-* restore (``--resume`` continues from the newest readable checkpoint and applies the config's
-  optimizer hyper-parameters, saying what changed) and atomic saves;
-* the data order: a :class:`GlobalBatchSampler` over virtual indices, so every draw is a pure
-  function of ``(seed, step, position in the global batch)`` and N processes x K accumulation
-  steps see exactly the batches of one process;
-* the micro-batch loop (``no_sync`` until the last micro-batch), the non-finite guard (a step
-  whose loss or gradient is not finite is never applied, every rank deciding together; too many
-  in a row stop the run and name the newest checkpoint known good), gradient clipping, logging,
-  checkpoint cadence.
+1. setup: ``accelerate`` (devices, DDP), the precision (:func:`coordtok.devices.resolve_precision`),
+   the split of the global batch over processes and accumulation steps, the locked run folder;
+2. restore: a resumed checkpoint (rank 0 decides which; the config's optimizer settings win), or
+   the task's starting weights (:meth:`Task.start`);
+3. the loop: a :class:`GlobalBatchSampler` makes every batch a pure function of ``(seed, step,
+   position in the global batch)``, so N processes x K accumulation steps see the batches of one
+   process and a resumed run continues exactly; a step whose loss or gradient is not finite on
+   any rank is skipped by every rank (:class:`NonFiniteGuard`);
+4. save: atomic checkpoints (:class:`coordtok.checkpoint.RunFolder`) with modules, optimizers,
+   EMA, RNG states and the losses that say which checkpoint is known good.
 
-Seeds: :func:`mix_seed` makes independent streams from integers; :class:`SeedTag` names every
-stream the project draws from, in one place.
+Run settings (EMA, validation cadence, TF32, workers, checkpoints) are the ``train:`` section's:
+:class:`coordtok.config.LoopConfig`.
 """
 from __future__ import annotations
 
@@ -27,44 +24,21 @@ import abc
 import contextlib
 import functools
 import math
-import platform
 import sys
 import time
 import warnings
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from . import checkpoint as ckpt
 from .activation_checkpointing import set_activation_checkpointing
 from .config import ConfigError, LoopConfig
+from .devices import cpu_info, resolve_precision
 from .errors import CoordTokError
-
-
-# ---------------------------------------------------------------------------- seeds
-
-
-class SeedTag(IntEnum):
-    """The streams of :func:`mix_seed`; a draw is ``mix_seed(seed, ..., tag)``. The values are part
-    of the checkpoint format (a resumed run must draw what it drew before): never renumber."""
-
-    COORDS = 7  # tokenizer: the coordinates (or stage-2 frames) of a clip
-    SIT_NOISE = 11  # SiT training: t and x0 of a latent
-    SIT_LOOK = 23  # SiT training: the periodic EMA sample
-    SAMPLE_NOISE = 31  # `coordtok sample`: the initial noise of a sample
-    SAMPLE_SDE = 37  # `coordtok sample`: the Brownian increments of a batch
-    BASELINE = 41  # baseline tokenizers: per-clip randomness (KL sample, quantizer dropout, ...)
-    BASELINE_GAN = 43  # baseline tokenizers: discriminator-side randomness
-    REGEN = 47  # REGEN decoder training: t and noise of a chunk
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers; stable across processes and Python runs."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+from .seeds import SeedTag, mix_seed
 
 
 # ---------------------------------------------------------------------------- data order
@@ -135,23 +109,23 @@ def split_global_batch(batch_size: int, grad_accum: int, world: int, source: str
     return batch_size // (world * grad_accum), batch_size // grad_accum
 
 
-# ---------------------------------------------------------------------------- optimizer and precision
+# ---------------------------------------------------------------------------- optimizer
 
 
-def build_optimizer(model: torch.nn.Module, t: LoopConfig) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, tc: LoopConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; no weight decay on biases and norm gains (1-D
     parameters), as nanoGPT / timm. Group 0 decays, group 1 does not."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": tc.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     # The fused kernel updates every parameter in one pass instead of a Python loop of per-tensor
     # ops (70 ms per CoordTok-S step on the 2-core CPU, BENCHMARKS.md). Meta tensors (FLOP
     # counting) have no fused kernel.
     fused = all(p.device.type in ("cpu", "cuda") for p in params) and bool(params)
-    return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), fused=fused)
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.betas), fused=fused)
 
 
-def apply_hyperparameters(optimizer: torch.optim.Optimizer, t: LoopConfig) -> list[str]:
+def apply_hyperparameters(optimizer: torch.optim.Optimizer, tc: LoopConfig) -> list[str]:
     """Set the config's lr, betas and weight decay on a (restored) optimizer; what changed, as text.
 
     A resumed optimizer state carries the hyper-parameters it was saved with; the config is what
@@ -159,7 +133,7 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, t: LoopConfig) -> li
     """
     changes = []
     for k, group in enumerate(optimizer.param_groups):
-        want = {"lr": t.lr, "betas": tuple(t.betas), "weight_decay": t.weight_decay if k == 0 else 0.0}
+        want = {"lr": tc.lr, "betas": tuple(tc.betas), "weight_decay": tc.weight_decay if k == 0 else 0.0}
         for key, value in want.items():
             old = tuple(group[key]) if key == "betas" else group[key]
             if old != value:
@@ -172,124 +146,6 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, t: LoopConfig) -> li
 def _fmt_hp(v) -> str:
     return "(" + ", ".join(f"{x:g}" for x in v) + ")" if isinstance(v, tuple) else f"{v:g}"
 
-
-@functools.lru_cache(maxsize=1)
-def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
-    """The CPU model and the instruction sets that decide CPU precision and speed, read from
-    ``cpuinfo`` (Linux's ``/proc/cpuinfo`` layout; elsewhere only the platform's name)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and model in ("", platform.machine(), platform.processor()):
-                    model = value.strip()
-                elif key in ("flags", "Features"):
-                    flags |= set(value.split())
-    except OSError:
-        pass
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve")
-    return {"model": model, "instruction_sets": [w for w in wanted if w in flags],
-            "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"})}
-
-
-def resolve_precision(requested: str, device_type: str, log=None, option: str = "train.mixed_precision") -> str:
-    """The mixed precision a run uses: ``"no"``, ``"fp16"`` or ``"bf16"``.
-
-    ``auto``: on CUDA bf16 where the GPU supports it, else fp16; on a CPU bf16 autocast only with
-    native bf16 instructions (avx512_bf16 or AMX: 1.6x faster than fp32 there), fp32 otherwise
-    (emulated bf16 is ~3.5x slower than fp32). fp16 on a CPU falls back to fp32. ``option`` names
-    the setting in the notes and errors.
-    """
-    log = log or (lambda msg: None)
-    cuda = device_type == "cuda"
-    if requested == "auto":
-        if cuda:
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_info()["native_bf16"] else "no"
-    if requested == "fp16" and not cuda:
-        log(f"note: {option}=fp16 needs a GPU; fp32 on the CPU")
-        return "no"
-    if requested == "bf16":
-        if cuda and not torch.cuda.is_bf16_supported():
-            raise ConfigError(f"{option}=bf16: this GPU does not support bf16; use fp16 or auto")
-        if not cuda and not cpu_info()["native_bf16"]:
-            log("note: this CPU has no native bf16 (avx512_bf16/AMX): bf16 autocast is emulated and slower "
-                f"than fp32; {option}=auto would pick fp32")
-    return requested
-
-
-INFERENCE_PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
-
-
-def resolve_inference_precision(requested: str, device_type: str, config_says: str | None = None,
-                                log=None) -> str:
-    """The precision of an inference command (``sample``, ``encode``, ``eval-recon``, ``eval-fvd``):
-    ``"fp32"``, ``"tf32"`` (fp32 tensors, TF32 matmuls and convolutions; CUDA only), ``"bf16"`` or
-    ``"fp16"`` (autocast, with TF32 for what autocast keeps in fp32).
-
-    ``auto``: bf16 on a CUDA GPU with bf16 when ``config_says`` so (the ``mixed_precision`` the
-    model was trained with), else TF32 on CUDA and fp32 on a CPU (CPU results stay exact). bf16
-    and fp16 are checked by :func:`resolve_precision` (fp16 on a CPU falls back to fp32).
-    """
-    if requested not in INFERENCE_PRECISIONS:
-        raise ConfigError(f"--precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {requested!r}")
-    log = log or (lambda msg: None)
-    cuda = device_type == "cuda"
-    if requested == "auto":
-        if not cuda:
-            return "fp32"
-        return "bf16" if config_says == "bf16" and torch.cuda.is_bf16_supported() else "tf32"
-    if requested == "tf32" and not cuda:
-        log("note: --precision tf32 is a CUDA matmul mode; fp32 on the CPU")
-        return "fp32"
-    if requested in ("bf16", "fp16"):
-        mixed = resolve_precision(requested, device_type, log, "--precision")
-        return "fp32" if mixed == "no" else mixed
-    return requested
-
-
-@contextlib.contextmanager
-def inference_precision(precision: str, device_type: str):
-    """Run the block in ``precision`` (:func:`resolve_inference_precision`'s answer) on
-    ``device_type``: on CUDA TF32 matmuls and convolutions on for everything but ``fp32`` (off
-    for ``fp32``: a user asking for fp32 gets it whatever was set before), restored afterwards;
-    autocast for ``bf16`` / ``fp16``."""
-    with contextlib.ExitStack() as stack:
-        if device_type == "cuda":
-            saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-            stack.callback(_set_tf32, *saved)
-            _set_tf32(precision != "fp32", precision != "fp32")
-        if precision in ("bf16", "fp16"):
-            stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16 if precision == "bf16"
-                                               else torch.float16))
-        yield
-
-
-def _set_tf32(matmul: bool, cudnn: bool) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = matmul
-    torch.backends.cudnn.allow_tf32 = cudnn
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` (default: ``cuda`` when available, else ``cpu``), checked: asking for a GPU that
-    is not there is a one-line error, not a traceback from deep inside torch."""
-    if device is None or device == "":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"--device {device!r}: not a device (cpu, cuda, cuda:0, ...)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: no CUDA GPU is available here (torch {torch.__version__}); "
-                              f"use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif dev.type not in ("cpu", "meta") and dev.type != "mps":
-        raise ConfigError(f"--device {device}: unsupported device type {dev.type!r} (cpu or cuda)")
-    return dev
 
 
 # ---------------------------------------------------------------------------- the task interface
@@ -311,27 +167,33 @@ class StepContext:
 
 
 class Task(abc.ABC):
-    """What a trainer tells :func:`fit`. Override :meth:`loss`; the other hooks are optional.
+    """What a trainer tells :func:`fit`: :meth:`dataset` and :meth:`loss`; the other hooks are optional.
 
-    Attributes set by the trainer before :func:`fit`:
-        kind: the checkpoint kind (``"coordtok"``, ``"sit"``, ``"magvit2"``, ...).
+    Attributes the trainer sets before :func:`fit`:
+        kind: the checkpoint kind, a row of :data:`coordtok.kinds.KINDS`.
+        config: the whole run config; ``config.train`` is a :class:`~coordtok.config.LoopConfig`
+            (it drives the loop), ``to_dict()`` goes into every checkpoint.
         modules: ``{name: module}`` trained by the run; ``"model"`` is the main one. Each gets an
-            AdamW (:meth:`optimizer`); DDP wraps each.
+            AdamW; DDP wraps each.
         phases: the order in which modules are updated within a step (a GAN: the generator,
             then the discriminator); one backward and one optimizer step per phase.
-        config: the whole run config (``to_dict()`` goes into every checkpoint).
+
+    Set by :func:`fit`: ``accelerator``, ``wrapped`` (the DDP-wrapped modules) and ``ema`` (an
+    exponential moving average of ``modules["model"]`` when ``train.ema`` is set: stepped after
+    every applied step, checkpointed, restored, started from the weights of :meth:`start`).
     """
 
     kind: str = "model"
+    what: str = "model"  # how messages name this task's checkpoints
     phases: tuple[str, ...] = ("model",)
+    num_workers: int = 0  # DataLoader workers when train.num_workers is unset
     hint: str = "Lower train.lr (e.g. --set train.lr=...), set train.max_grad_norm or use fp32"
 
     def __init__(self):
+        self.config = None
         self.modules: dict[str, torch.nn.Module] = {}
-        self.wrapped: dict[str, torch.nn.Module] = {}  # filled by fit(): the DDP-wrapped modules
+        self.wrapped: dict[str, torch.nn.Module] = {}
         self.accelerator = None
-        # An exponential moving average of modules["model"] (coordtok.ema.create_ema), if the task
-        # keeps one: stepped after every applied step with train.ema, checkpointed as "ema".
         self.ema: torch.nn.Module | None = None
 
     # -- data
@@ -345,73 +207,52 @@ class Task(abc.ABC):
             return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         return batch.to(device, non_blocking=True)
 
+    # -- starting weights
+    def start(self, log) -> None:
+        """A fresh run's starting weights: those of ``train.init_from`` (:meth:`init_from`) when the
+        config names one, else the modules as built. A task that starts from another model (a
+        grown ProMAG stage from its parent) overrides this."""
+        if self.config.train.init_from:
+            self.init_from(self.config.train.init_from, log)
+
+    def init_from(self, path: str, log) -> None:
+        """Take the weights of checkpoint ``path`` (a model of the same architecture)."""
+        raise ConfigError(f"train.init_from is not supported for {self.kind} runs")
+
+    def setup(self) -> None:
+        """After the modules are on their device (``self.accelerator`` is set): move helpers
+        that are not trained (a loss network, statistics) there too."""
+
     # -- the step
     @abc.abstractmethod
     def loss(self, phase: str, batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         """Losses of one micro-batch for ``phase``; ``"loss"`` is what is backpropagated (a mean
         over the micro-batch, so the accumulated gradient is that of the global batch's mean)."""
 
-    def setup(self) -> None:
-        """After the modules are on their device (``self.accelerator`` is set): move helpers
-        that are not trained (a loss network, statistics) there too."""
-
-    def optimizer(self, name: str, module: torch.nn.Module, t: LoopConfig) -> torch.optim.Optimizer:
-        return build_optimizer(module, t)
-
-    def lr_at(self, step: int, phase: str = "model") -> float:
-        """The learning rate of ``phase``'s optimizer at step ``step`` (``train.lr`` with its
-        warm-up and schedule; a discriminator may have its own)."""
-        return self.config.train.lr_at(step)
-
     def after_step(self, step: int) -> None:
-        """After every applied optimizer step; ``step`` counts applied steps. Steps the EMA."""
-        if self.ema is not None:
-            from .ema import update_ema
-
-            update_ema(self.ema, self.modules["model"], self.config.train.ema)
+        """After every applied optimizer step (and the EMA's); ``step`` counts applied steps."""
 
     def summarize(self, metrics: dict[str, float]) -> dict[str, float]:
         """Derived figures from the step's averaged metrics (e.g. PSNR from the MSE)."""
         return metrics
 
     def periodic(self, step: int, log) -> dict[str, float]:
-        """Main process only, at the task's own cadence (validation, a sample look): figures to log."""
+        """Main process only, every ``train.val_every`` steps and at the last (validation, a
+        sample look): figures to log."""
         return {}
 
-    # -- state
-    def init_from(self, path: str, log) -> None:
-        """Take starting weights from ``path`` (``train.init_from``) when the run starts fresh."""
-        raise ConfigError(f"train.init_from is not supported for {self.kind} runs")
-
+    # -- checkpoints
     def check_resume(self, state: dict, where: Path) -> None:
         """Refuse a checkpoint that cannot continue this run (e.g. another architecture)."""
-        old = (state.get("config") or {}).get("model")
-        new = self.config.to_dict().get("model")
-        if old is not None and new is not None:
-            diff = [k for k in new if k in old and old[k] != new[k]] + [k for k in new if k not in old]
-            if diff:
-                k = diff[0]
-                raise ckpt.CheckpointError(
-                    f"{where}: cannot resume: the checkpoint's model differs from the config's (model.{k}: "
-                    f"{old.get(k, 'absent')!r} in the checkpoint, {new[k]!r} in the config); use the run's own "
-                    f"config, or another out_dir for a new run")
+        ckpt.check_same_model(where, (state.get("config") or {}).get("model"), self.config.to_dict().get("model"),
+                              "cannot resume")
 
     def extra_state(self) -> dict:
-        """Checkpoint entries beyond modules, optimizers and RNG (the EMA; statistics, ...)."""
-        return {"ema": self.ema.state_dict()} if self.ema is not None else {}
+        """Checkpoint entries beyond modules, optimizers, EMA and RNG (statistics, ...)."""
+        return {}
 
     def load_extra_state(self, state: dict, log) -> None:
         """Restore :meth:`extra_state` from a resumed checkpoint."""
-        if self.ema is None:
-            return
-        if state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
-        else:  # a run that starts keeping an EMA on resume starts it from the current weights
-            from .ema import update_ema
-
-            log("resume: the checkpoint has no EMA; starting it from the model's weights")
-            update_ema(self.ema, self.modules["model"], 0.0)
-
 
 # ---------------------------------------------------------------------------- pieces of the loop
 
@@ -595,25 +436,28 @@ def _mean_over_ranks(accelerator, sums: dict[str, torch.Tensor]) -> dict[str, fl
 # ---------------------------------------------------------------------------- fit
 
 
-def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, progress: bool = True,
-        num_workers: int = 0, source: str = "<config>", config_text: str | None = None,
-        periodic_every: int | None = None, on_gradients=None, on_finish=None, log=None) -> dict:
-    """Train ``task`` as ``t`` says; returns ``{"step", <last metrics>, "run_dir", "checkpoint"}``.
+def fit(task: Task, *, resume: bool | str | Path | None = None, progress: bool = True,
+        config_text: str | None = None, log=None) -> dict:
+    """Train ``task`` as ``task.config.train`` says; returns ``{"step", <last metrics>, "run_dir",
+    "checkpoint"}``. The trained weights stay in ``task.modules`` (and ``task.ema``).
 
     Args:
-        resume: ``True`` continues from the newest readable checkpoint of ``t.out_dir`` (a fresh
-            start when there is none), a path continues from that file; falsy starts fresh, which
-            an ``out_dir`` holding checkpoints refuses.
-        periodic_every: steps between :meth:`Task.periodic` calls (and at the last step); None: never.
-        on_gradients: ``fn(step, modules)`` after the backward of every step, before clipping and
-            the optimizer (tests compare gradients, which an optimizer would amplify).
-        on_finish: ``fn(module, accelerator)`` on every process at the end (tests compare weights).
+        resume: ``True`` continues from the newest readable checkpoint of ``train.out_dir`` (a
+            fresh start when there is none), a path continues from that file; falsy starts fresh,
+            which an ``out_dir`` holding checkpoints refuses.
+        config_text: the config file's text, stored in every checkpoint.
+        log: ``fn(message)`` for notes (default: stderr, above the progress bar).
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
     from tqdm.auto import tqdm
 
+    from .ema import create_ema, update_ema
+
+    tc = task.config.train
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+
+    # -- setup: devices, precision, the batch split, the run folder --------------------------
     # Autocast and the fp16 loss scaler are ours, not accelerate's: its mixed-precision setting is
     # process-wide state that cannot change between runs, and a demo or a test suite trains
     # several models in one process (e.g. an fp32 tokenizer, then a bf16 SiT).
@@ -621,47 +465,39 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
     # The device accelerate runs on, not whether a GPU exists: ACCELERATE_USE_CPU=1 on a GPU
     # machine trains on its CPUs, in the CPU's precision.
-    device_type = accelerator.device.type
-    precision = resolve_precision(t.mixed_precision, device_type, log)
-    autocast = functools.partial(torch.autocast, accelerator.device.type,
+    device = accelerator.device
+    precision = resolve_precision(tc.mixed_precision, device.type, log)
+    autocast = functools.partial(torch.autocast, device.type,
                                  dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
                                  enabled=precision != "no")
-    scaler = torch.amp.GradScaler(accelerator.device.type, enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tc.allow_tf32
     task.accelerator = accelerator
     is_main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
-    local_batch, global_micro = split_global_batch(t.batch_size, t.grad_accum, world, source)
-    if device_type == "cuda":
-        tf32 = getattr(t, "allow_tf32", True)
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-
-    folder = ckpt.RunFolder(t.out_dir, task.kind, is_main, log)
+    local_batch, global_micro = split_global_batch(tc.batch_size, tc.grad_accum, world, task.config.source)
+    folder = ckpt.RunFolder(tc.out_dir, task.kind, is_main, log)
     # The main process takes the lock; if it cannot, every rank stops with its message (a rank
     # that went on alone would wait forever in DDP's first all-reduce).
     on_main_then_all(accelerator, folder.acquire)
     try:
+        # -- restore: a checkpoint of this run, or the starting weights ---------------------
+        if tc.ema is not None:
+            task.ema = create_ema(task.modules["model"])
         state = _resume_on_every_rank(accelerator, folder, resume)
         if state is not None:
             task.check_resume(state, folder.resumed_from)
-        elif t.init_from:
-            task.init_from(t.init_from, log)
-        optimizers = {name: task.optimizer(name, task.modules[name], t) for name in task.phases}
+        else:
+            task.start(log)
+        optimizers = {name: build_optimizer(task.modules[name], tc) for name in task.phases}
         step = 0
         if state is not None:
-            for name, module in task.modules.items():
-                module.load_state_dict(state[ckpt.module_key(name)])
-            for name, opt in optimizers.items():
-                opt.load_state_dict(state[ckpt.optimizer_key(name)])
-                changes = apply_hyperparameters(opt, t)
-                if changes and is_main:
-                    log(f"resume: {name} optimizer takes the config's {', '.join(changes)}")
-            task.load_extra_state(state, log)
-            step = int(state["step"])
+            step = _restore(task, optimizers, state, tc, log if is_main else (lambda msg: None))
         if is_main:
             log(f"precision: {'fp32' if precision == 'no' else precision} "
-                f"({'CUDA' if device_type == 'cuda' else cpu_info()['model']})")
-        blocks = set_activation_checkpointing(task.modules["model"], t.activation_checkpointing)
-        if is_main and t.activation_checkpointing:
+                f"({'CUDA' if device.type == 'cuda' else cpu_info()['model']})")
+        blocks = set_activation_checkpointing(task.modules["model"], tc.activation_checkpointing)
+        if is_main and tc.activation_checkpointing:
             log(f"activation checkpointing: {blocks} blocks recompute their activations in the backward")
 
         names = list(task.modules)
@@ -669,6 +505,8 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
         prepared = prepared if isinstance(prepared, (list, tuple)) else [prepared]
         task.wrapped = dict(zip(names, prepared[:len(names)]))
         optimizers = dict(zip(task.phases, prepared[len(names):]))
+        if task.ema is not None:
+            task.ema.to(device)
         task.setup()
         if state is not None:
             if state.get("scaler") is not None and scaler.is_enabled():
@@ -676,8 +514,9 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
             ckpt.restore_rng(state, rank, world, log if is_main else None)
 
         dataset = task.dataset()
-        sampler = GlobalBatchSampler(len(dataset), global_micro, rank, world, t.seed, start=step * t.grad_accum)
-        batches = step_loader(dataset, sampler, num_workers, accelerator.device)
+        sampler = GlobalBatchSampler(len(dataset), global_micro, rank, world, tc.seed, start=step * tc.grad_accum)
+        workers = tc.num_workers if tc.num_workers is not None else task.num_workers
+        batches = step_loader(dataset, sampler, workers, device)
         writer = tensorboard_writer(folder.path, is_main)
         last: dict[str, float] = dict((state or {}).get("metrics") or {})  # a finished run reports them
         last_ckpt = None
@@ -688,18 +527,7 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
         first_loss = (state or {}).get("first_loss")
 
         def advise() -> str:
-            if not is_main:
-                return task.hint
-            good, bad = known_good(folder, judged, first_loss)
-            newer = f"; newer ones had already diverged: {', '.join(bad)}" if bad else ""
-            if good is not None:
-                k = int(ckpt.peek(good)["step"])
-                was = f", the run's first loss was {first_loss:.4g}" if first_loss is not None else ""
-                return (f"The newest checkpoint known good is {good} (step {k}: its weights gave a loss of "
-                        f"{judged[k]:.4g}{was}){newer}. {task.hint}, then --resume {good}: a resumed run takes "
-                        f"the config's optimizer settings.")
-            why = "each one had already diverged: " + ", ".join(bad) if bad else "none was written"
-            return f"No checkpoint of this run is known good ({why}). {task.hint} and start afresh in a new train.out_dir."
+            return advice(folder, judged, first_loss, task.hint) if is_main else task.hint
 
         def save(step_: int) -> Path | None:
             # Every process's RNG states (each draws its own; on a GPU each from its own device),
@@ -715,36 +543,38 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
                 "kind": task.kind, "step": step_,
                 **{ckpt.module_key(n): accelerator.unwrap_model(task.wrapped[n]).state_dict() for n in names},
                 **{ckpt.optimizer_key(n): opt.state_dict() for n, opt in optimizers.items()},
+                "ema": task.ema.state_dict() if task.ema is not None else None,
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "rng": rngs[0], **({"rng_ranks": rngs} if world > 1 else {}),
                 "config": task.config.to_dict(), "config_text": config_text,
                 "metrics": dict(last), **task.extra_state(),
-                "finite_weights": all(bool(torch.isfinite(p).all())
-                                      for p in accelerator.unwrap_model(task.wrapped["model"]).parameters()),
+                "finite_weights": all(bool(torch.isfinite(p).all()) for p in task.modules["model"].parameters()),
                 "judged": {k: judged[k] for k in sorted(judged)[-64:]}, "first_loss": first_loss,
             }
-            return folder.save(payload, step_, t.keep_checkpoints)
+            return folder.save(payload, step_, tc.keep_checkpoints)
 
-        bar = tqdm(total=t.max_steps, initial=step, disable=not (progress and is_main), desc=task.kind,
+        # -- the loop: one optimizer step per phase per step, every rank in step ---------------
+        bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and is_main), desc=task.kind,
                    dynamic_ncols=True, file=sys.stderr)
-        guard = NonFiniteGuard(accelerator, t.max_bad_steps, task.hint)
+        guard = NonFiniteGuard(accelerator, tc.max_bad_steps, task.hint)
         for module in task.wrapped.values():
             module.train()
         check_grads = not scaler.is_enabled()  # with a loss scaler, skipped inf-gradient steps are routine
+        main = task.phases[0]  # the main module's phase: its update is the step
         tic, done_since_log = time.time(), 0
-        while step < t.max_steps:
-            micro_batches = [next(batches) for _ in range(t.grad_accum)]
+        while step < tc.max_steps:
+            micro_batches = [next(batches) for _ in range(tc.grad_accum)]
             sums: dict[str, torch.Tensor] = {}
             applied = main_loss_finite = True
             for phase in task.phases:
+                prefix = "" if phase == main else f"{phase}_"
                 module, opt = task.wrapped[phase], optimizers[phase]
                 opt.zero_grad(set_to_none=True)  # an earlier phase's backward may have reached this module
                 finite = True
                 for micro, batch in enumerate(micro_batches):
-                    ctx = StepContext(step, micro, micro * global_micro + rank * local_batch, t.seed,
-                                      accelerator.device)
-                    batch = task.collate_to(batch, accelerator.device)
-                    sync = contextlib.nullcontext() if micro == t.grad_accum - 1 else accelerator.no_sync(module)
+                    ctx = StepContext(step, micro, micro * global_micro + rank * local_batch, tc.seed, device)
+                    batch = task.collate_to(batch, device)
+                    sync = contextlib.nullcontext() if micro == tc.grad_accum - 1 else accelerator.no_sync(module)
                     with sync:
                         with autocast():
                             out = task.loss(phase, batch, ctx)
@@ -755,32 +585,28 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
                         bad_ranks = ranks_not_finite(accelerator, out["loss"])
                         finite = not bad_ranks
                         if finite:
-                            scaler.scale(out["loss"].float() / t.grad_accum).backward()
+                            scaler.scale(out["loss"].float() / tc.grad_accum).backward()
                     for k, v in out.items():
-                        key = k if phase == task.phases[0] else f"{phase}_{k}"
-                        sums[key] = sums.get(key, 0.0) + v.detach().float() / t.grad_accum
+                        sums[prefix + k] = sums.get(prefix + k, 0.0) + v.detach().float() / tc.grad_accum
                     if not finite:  # (every rank leaves at the same micro-batch: same metric keys)
                         break
-                if phase == task.phases[0]:
+                if phase == main:
                     main_loss_finite = finite
                 grads_ok = not check_grads or not finite or grads_finite(module)
                 what = "gradient" if finite else "loss" + (
                     f" on rank {', '.join(map(str, bad_ranks))} of {world}" if world > 1 else "")
                 if not guard.step_ok(finite and grads_ok, step, f"{phase} {what}", advise, phase):
                     opt.zero_grad(set_to_none=True)
-                    if phase == task.phases[0]:  # the main module's update is the step: skip all of it
+                    if phase == main:  # the main module's update is the step: skip all of it
                         applied = False
                         break
                     continue  # a later phase (a discriminator): its update alone is skipped, the step counts
-                scaler.unscale_(opt)  # (a no-op without fp16) so clipping and the hook see true gradients
-                if on_gradients is not None:
-                    on_gradients(step, {phase: accelerator.unwrap_model(module)})
-                if t.max_grad_norm:
-                    sums[("" if phase == task.phases[0] else f"{phase}_") + "grad_norm"] = torch.nn.utils.clip_grad_norm_(
-                        module.parameters(), t.max_grad_norm).detach().float()
-                lr_now = task.lr_at(step, phase)
+                scaler.unscale_(opt)  # (a no-op without fp16) so clipping sees true gradients
+                if tc.max_grad_norm:
+                    sums[prefix + "grad_norm"] = torch.nn.utils.clip_grad_norm_(
+                        module.parameters(), tc.max_grad_norm).detach().float()
                 for group in opt.param_groups:  # the schedule is a function of the step: exact on resume
-                    group["lr"] = lr_now
+                    group["lr"] = tc.lr_at(step)
                 scaler.step(opt)  # skips the update when an fp16 gradient overflowed
                 scaler.update()
                 opt.zero_grad(set_to_none=True)
@@ -789,35 +615,77 @@ def fit(task: Task, t: LoopConfig, *, resume: bool | str | Path | None = None, p
                 continue
             step += 1
             done_since_log += 1
+            if task.ema is not None:
+                update_ema(task.ema, task.modules["model"], tc.ema)
             task.after_step(step)
             last.update(task.summarize(_mean_over_ranks(accelerator, sums)))
             judged.setdefault(step - 1, float(last["loss"]))
             if first_loss is None and math.isfinite(last["loss"]):
                 first_loss = float(last["loss"])
             bar.update(1)
-            if step % t.log_every == 0 or step == t.max_steps:
+            if step % tc.log_every == 0 or step == tc.max_steps:
                 rate = done_since_log / max(time.time() - tic, 1e-9)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in list(last.items())[:3]} | {"steps_s": f"{rate:.2f}"})
-                if writer is not None:
-                    for k, v in last.items():
-                        if isinstance(v, float) and math.isfinite(v):
-                            writer.add_scalar(f"train/{k}", v, step)
-                    writer.add_scalar("train/steps_per_s", rate, step)
+                write_scalars(writer, "train", {**last, "steps_per_s": rate}, step)
                 tic, done_since_log = time.time(), 0
-            if periodic_every and (step % periodic_every == 0 or step == t.max_steps) and is_main:
+            if tc.val_every and (step % tc.val_every == 0 or step == tc.max_steps) and is_main:
                 figures = task.periodic(step, log)
                 last.update(figures)
-                if writer is not None:
-                    for k, v in figures.items():
-                        writer.add_scalar(f"periodic/{k}", v, step)
-            if step % t.ckpt_every == 0 or step == t.max_steps:
+                write_scalars(writer, "periodic", figures, step)
+
+            # -- save: atomically, every ckpt_every steps and at the last ------------------------
+            if step % tc.ckpt_every == 0 or step == tc.max_steps:
                 last_ckpt = save(step)
             accelerator.wait_for_everyone()
         bar.close()
         if writer is not None:
             writer.close()
-        if on_finish is not None:
-            on_finish(accelerator.unwrap_model(task.wrapped["model"]), accelerator)
     finally:
         folder.release()
     return {"step": step, **last, "run_dir": str(folder.path), "checkpoint": str(last_ckpt) if last_ckpt else None}
+
+
+def _restore(task: Task, optimizers: dict, state: dict, tc: LoopConfig, log) -> int:
+    """Load a resumed checkpoint's modules, optimizers (taking the config's hyper-parameters),
+    EMA and the task's extra state; returns its step."""
+    from .ema import update_ema
+
+    for name, module in task.modules.items():
+        module.load_state_dict(state[ckpt.module_key(name)])
+    for name, opt in optimizers.items():
+        opt.load_state_dict(state[ckpt.optimizer_key(name)])
+        changes = apply_hyperparameters(opt, tc)
+        if changes:
+            log(f"resume: {name} optimizer takes the config's {', '.join(changes)}")
+    if task.ema is not None:
+        if state.get("ema") is not None:
+            task.ema.load_state_dict(state["ema"])
+        else:  # a run that starts keeping an EMA on resume starts it from the current weights
+            log("resume: the checkpoint has no EMA; starting it from the model's weights")
+            update_ema(task.ema, task.modules["model"], 0.0)
+    task.load_extra_state(state, log)
+    return int(state["step"])
+
+
+def advice(folder: ckpt.RunFolder, judged: dict[int, float], first_loss: float | None, hint: str) -> str:
+    """What a diverged run's stop message tells the user to do: the newest checkpoint known good
+    (:func:`known_good`) to resume from with ``hint`` applied, or to start afresh."""
+    good, bad = known_good(folder, judged, first_loss)
+    newer = f"; newer ones had already diverged: {', '.join(bad)}" if bad else ""
+    if good is not None:
+        k = int(ckpt.peek(good)["step"])
+        was = f", the run's first loss was {first_loss:.4g}" if first_loss is not None else ""
+        return (f"The newest checkpoint known good is {good} (step {k}: its weights gave a loss of "
+                f"{judged[k]:.4g}{was}){newer}. {hint}, then --resume {good}: a resumed run takes "
+                f"the config's optimizer settings.")
+    why = "each one had already diverged: " + ", ".join(bad) if bad else "none was written"
+    return f"No checkpoint of this run is known good ({why}). {hint} and start afresh in a new train.out_dir."
+
+
+def write_scalars(writer, group: str, values: dict, step: int) -> None:
+    """The finite numbers of ``values`` as ``group/<name>`` scalars (nothing without a writer)."""
+    if writer is None:
+        return
+    for k, v in values.items():
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            writer.add_scalar(f"{group}/{k}", v, step)

@@ -14,6 +14,8 @@ batch)``, like the clips and their windows; so a resumed run continues exactly, 
 """
 from __future__ import annotations
 
+import abc
+import contextlib
 import math
 from pathlib import Path
 
@@ -22,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .checkpoint import CheckpointError, load_run, load_tokenizer, module_key
-from .config import TokenizerRunConfig
+from .checkpoint import CheckpointError, check_same_model, load_run, load_tokenizer, module_key
+from .config import TokenizerRunConfig, to_dict
 from .ema import update_ema
-from .loop import EpochIndexed, SeedTag, StepContext, Task, fit
+from .loop import EpochIndexed, StepContext, Task, fit
+from .seeds import SeedTag
 from .model import CoordTok, frame_coords, frames_from_patches, gather_patches, random_coords, random_frames
 
 
@@ -72,20 +75,30 @@ def tokenizer_loss(model, core: CoordTok, video: torch.Tensor, num_frames: torch
 
 
 @torch.no_grad()
-def validate(core: CoordTok, dataset, n: int, device, frames_per_chunk: int | None = None) -> float:
-    """Mean PSNR (dB, [0, 1] pixels) of full-clip reconstructions of the first ``n`` held-out clips."""
-    was_training = core.training
-    core.eval()
-    total = []
+def validation_psnr(reconstruct, dataset, n: int, device) -> float:
+    """Mean PSNR (dB, [-1, 1] pixels, reconstructions clamped) over the first ``n`` clips of
+    ``dataset``, each over its valid frames. ``reconstruct(i, video (1, 3, T, H, W), num_frames (1,))``
+    returns clip ``i``'s reconstruction; the caller puts its model in eval mode. Every trainer's
+    validation metric."""
+    scores = []
     for i in range(min(n, len(dataset))):
         item = dataset[i]
         video = item["video"][None].to(device)
-        nf = torch.tensor([item["num_frames"]], device=device)
-        rec = core.reconstruct(video, nf, frames_per_chunk).clamp(-1, 1)
-        valid = slice(0, int(nf))
-        total.append(psnr_from_mse(F.mse_loss(rec[:, :, valid], video[:, :, valid]).item()))
-    core.train(was_training)
-    return float(np.mean(total)) if total else float("nan")
+        nf = int(item.get("num_frames", video.shape[2]))
+        rec = reconstruct(i, video, torch.tensor([nf], device=device)).float().clamp(-1, 1)
+        scores.append(psnr_from_mse(F.mse_loss(rec[:, :, :nf], video[:, :, :nf].float()).item()))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module):
+    """``model`` in eval mode for the block, back in the mode it was in afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 class VideoTask(Task):
@@ -93,21 +106,22 @@ class VideoTask(Task):
     sets (``cfg.data``, ``cfg.val_data``), an optional LPIPS loss network, the seed set before the
     modules are built. Batches are ``{"video", "num_frames"}``."""
 
-    what = "tokenizer"  # how messages name this task's checkpoints
+    what = "tokenizer"
 
     def __init__(self, cfg, lpips_weight: float = 0.0, lpips_vgg_path: str | None = None):
         super().__init__()
         from .data import build_dataset  # decord is imported only when data is needed
 
-        self.config, t = cfg, cfg.train
+        self.config, tc = cfg, cfg.train
         # LPIPS first: a missing weight file must stop the run before any heavy work.
         self.lpips = None
         if lpips_weight > 0:
             from .lpips import LPIPS
             self.lpips = LPIPS.from_pretrained(lpips_vgg_path)
-        self.train_set = build_dataset(cfg.data, t.seed, uint8=True)  # floats on the device: collate_to
-        self.val_set = build_dataset(cfg.val_data, t.seed, deterministic=True) if cfg.val_data is not None else None
-        torch.manual_seed(t.seed)  # the subclass builds its modules next
+        self.train_set = build_dataset(cfg.data, tc.seed, uint8=True)  # floats on the device: collate_to
+        self.val_set = build_dataset(cfg.val_data, tc.seed, deterministic=True) if cfg.val_data is not None else None
+        self.num_workers = cfg.data.num_workers
+        torch.manual_seed(tc.seed)  # the subclass builds its modules next
 
     def dataset(self):
         return EpochIndexed(self.train_set, lambda item: {"video": item["video"], "num_frames": item["num_frames"]})
@@ -125,13 +139,8 @@ class VideoTask(Task):
         other modules, a discriminator, where the checkpoint has them); its EMA where it keeps one,
         else the EMA starts at the weights."""
         state, where = load_run(path, self.kind, self.what, "cpu")
-        old = (state.get("config") or {}).get("model")
-        new = self.config.to_dict()["model"]
-        if old != new:
-            key = next((k for k in new if (old or {}).get(k) != new[k]), "?")
-            raise CheckpointError(f"{where}: cannot initialise from it: its model differs from the config's "
-                                  f"(model.{key}: {(old or {}).get(key)!r} in the checkpoint, {new.get(key)!r} in the "
-                                  f"config)")
+        check_same_model(where, (state.get("config") or {}).get("model") or {}, self.config.to_dict()["model"],
+                         "cannot initialise from it", "use the checkpoint's model settings")
         for name, module in self.modules.items():
             if state.get(module_key(name)) is not None:
                 module.load_state_dict(state[module_key(name)])
@@ -145,22 +154,28 @@ class VideoTask(Task):
         log(f"initialised from {where} (step {state.get('step')})")
 
     def setup(self):
-        for helper in (self.lpips, self.ema):
-            if helper is not None:
-                helper.to(self.accelerator.device)
+        if self.lpips is not None:
+            self.lpips.to(self.accelerator.device)
 
+    def eval_model(self) -> torch.nn.Module:
+        """The weights validation and evaluation use: the EMA where the run keeps one."""
+        return self.ema if self.ema is not None else self.modules["model"]
 
-def train_video_task(task: VideoTask, cfg, resume=None, progress: bool = True, config_text: str | None = None,
-                     on_finish=None, on_gradients=None, loop_config=None) -> dict:
-    """:func:`coordtok.loop.fit` for a :class:`VideoTask`: validation every ``train.val_every``
-    steps when the config has ``val_data``; ``loop_config`` replaces ``cfg.train`` for the loop."""
-    t = cfg.train
-    result = fit(task, loop_config or t, resume=resume, progress=progress, num_workers=cfg.data.num_workers,
-                 source=cfg.source, config_text=config_text,
-                 periodic_every=t.val_every if cfg.val_data is not None else None,
-                 on_finish=on_finish, on_gradients=on_gradients)
-    result.setdefault("val_psnr", float("nan"))
-    return result
+    def periodic(self, step, log):
+        if self.val_set is None:
+            return {}
+        n = min(self.config.train.val_clips, len(self.val_set))
+        with evaluating(self.eval_model()) as model:
+            psnr = validation_psnr(self.val_codec(model), self.val_set, n, self.accelerator.device)
+        log(f"step {step}: validation PSNR {psnr:.2f} dB on {n} clips ({self.val_note(model)})")
+        return {"val_psnr": psnr}
+
+    @abc.abstractmethod
+    def val_codec(self, model):
+        """``(i, video, num_frames) -> reconstruction`` of validation clip ``i`` by ``model``."""
+
+    def val_note(self, model) -> str:
+        return "EMA" if model is self.ema else "model"
 
 
 class TokenizerTask(VideoTask):
@@ -169,64 +184,47 @@ class TokenizerTask(VideoTask):
     kind = "coordtok"
 
     def __init__(self, cfg: TokenizerRunConfig):
-        t = cfg.train
-        super().__init__(cfg, t.lpips_weight, t.lpips_vgg_path)
+        tc = cfg.train
+        super().__init__(cfg, tc.lpips_weight, tc.lpips_vgg_path)
         self.modules = {"model": CoordTok(cfg.model)}
-        self.per_clip = t.num_coords if t.stage == 1 else t.num_frames_stage2
+        self.per_clip = tc.num_coords if tc.stage == 1 else tc.num_frames_stage2
 
     def init_from(self, path: str, log) -> None:
         m = self.config.model  # a reference file's heads and clip shape are the config's
         init, _, info = load_tokenizer(path, with_info=True, enc_heads=m.enc_heads, dec_heads=m.dec_heads,
                                        frames=m.frames, size=m.size)
-        if init.config != self.config.model:
-            raise_mismatch(path, init.config, self.config.model)
+        check_same_model(path, to_dict(init.config), to_dict(m), "cannot initialise from it",
+                         "use the checkpoint's model settings")
         self.modules["model"].load_state_dict(init.state_dict())
         log(f"initialised from {path}" + (f" ({info})" if info else ""))
 
     def loss(self, phase, batch, ctx: StepContext):
-        core = self.modules["model"]
+        core, tc = self.modules["model"], self.config.train
         video, num_frames = batch["video"], batch["num_frames"]
         seeds = ctx.item_seeds(video.shape[0], SeedTag.COORDS)
-        coords = sample_targets(core, num_frames.cpu(), self.config.train.stage, self.per_clip, seeds)
-        t = self.config.train
+        coords = sample_targets(core, num_frames.cpu(), tc.stage, self.per_clip, seeds)
         return tokenizer_loss(self.wrapped["model"], core, video, num_frames, coords.to(ctx.device),
-                              self.per_clip if t.stage == 2 else None, t.l2_weight, t.lpips_weight, self.lpips)
+                              self.per_clip if tc.stage == 2 else None, tc.l2_weight, tc.lpips_weight, self.lpips)
 
     def summarize(self, metrics):
         return {**metrics, "psnr": psnr_from_mse(metrics["mse"])}
 
-    def periodic(self, step, log):
-        if self.val_set is None:
-            return {}
-        psnr = validate(self.modules["model"], self.val_set, self.config.train.val_clips, self.accelerator.device)
-        log(f"step {step}: validation PSNR {psnr:.2f} dB on {min(self.config.train.val_clips, len(self.val_set))} clips")
-        return {"val_psnr": psnr}
+    def val_codec(self, model):
+        return lambda i, video, num_frames: model.reconstruct(video, num_frames)
 
     def check_resume(self, state, where):
         from .config import model_config_from_checkpoint
 
         old = model_config_from_checkpoint(state["config"]["model"])
-        if old != self.config.model:
-            raise_mismatch(where, old, self.config.model, resuming=True)
-
-
-def raise_mismatch(where, old, new, resuming: bool = False) -> None:
-    """A one-line error naming the first model key where a checkpoint and the config differ."""
-    from .checkpoint import CheckpointError
-    from .config import to_dict
-
-    a, b = to_dict(old), to_dict(new)
-    key = next(k for k in b if a.get(k) != b[k])
-    action = "cannot resume" if resuming else "cannot initialise from it"
-    raise CheckpointError(f"{where}: {action}: its model differs from the config's (model.{key}: {a.get(key)!r} "
-                          f"in the checkpoint, {b[key]!r} in the config); use the checkpoint's model settings")
+        check_same_model(where, to_dict(old), to_dict(self.config.model), "cannot resume",
+                         "use the checkpoint's model settings")
 
 
 def train(cfg: TokenizerRunConfig, resume: bool | str | Path | None = None, progress: bool = True,
-          config_text: str | None = None, on_finish=None, on_gradients=None) -> dict:
-    """Train a tokenizer; returns ``{"step", "loss", "mse", "psnr", "val_psnr", "run_dir", "checkpoint"}``.
+          config_text: str | None = None) -> dict:
+    """Train a tokenizer; returns ``{"step", "loss", "mse", "psnr", ("val_psnr"), "run_dir", "checkpoint"}``.
 
     ``resume``: ``True`` continues from the newest good checkpoint of ``cfg.train.out_dir`` (if
     any), a path continues from that file.
     """
-    return train_video_task(TokenizerTask(cfg), cfg, resume, progress, config_text, on_finish, on_gradients)
+    return fit(TokenizerTask(cfg), resume=resume, progress=progress, config_text=config_text)

@@ -38,7 +38,7 @@ def cmd_reconstruct(args) -> None:
     from coordtok.config import ConfigError
     from coordtok.data import VideoClipDataset
     from coordtok.fileio import check_writable_file
-    from coordtok.loop import resolve_device
+    from coordtok.devices import resolve_device
 
     from .recon import evaluate_clip
     from .tokenizers import load_reconstructor
@@ -116,7 +116,7 @@ def cmd_profile(args) -> None:
     from coordtok.commands import load_run_config
     from coordtok.config import ConfigError
     from coordtok.fileio import check_writable
-    from coordtok.loop import resolve_device
+    from coordtok.devices import resolve_device
 
     from .profile import profile, write_report
 

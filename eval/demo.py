@@ -246,26 +246,24 @@ class _Clock:
 
 def train_baselines(plan: DemoPlan, runs: Path, clock: _Clock) -> dict:
     """The tiny MAGVIT-v2, ProMAG 4x -> 8x and REGEN on the same frames CoordTok trained on."""
-    from coordtok.baselines.train import load_baseline_run_config, train_baseline
-    from sit.regen_train import load_regen_run_config, train_regen
+    from coordtok.kinds import kind_of_config
+    from coordtok.loop import fit
 
     out = {}
     steps = {"magvit2": plan.magvit2_steps, "promag-4x": plan.promag_steps, "promag-8x": plan.promag_steps,
              "regen": plan.regen_steps}
-    for name, config, load, run in (
-            ("magvit2", "magvit2-tiny.yaml", load_baseline_run_config, train_baseline),
-            ("promag-4x", "promag-tiny-4x.yaml", load_baseline_run_config, train_baseline),
-            ("promag-8x", "promag-tiny-8x.yaml", load_baseline_run_config, train_baseline),
-            ("regen", "regen-tiny.yaml", load_regen_run_config, train_regen)):
+    for name, config in (("magvit2", "magvit2-tiny.yaml"), ("promag-4x", "promag-tiny-4x.yaml"),
+                         ("promag-8x", "promag-tiny-8x.yaml"), ("regen", "regen-tiny.yaml")):
         n = steps[name]
         train = {"max_steps": n, "out_dir": str(runs / name), "val_every": n, "ckpt_every": n, "log_every": 10}
         if name == "promag-8x":
             train["grow_from"] = str(runs / "promag-4x")
-        cfg = load(BASELINES / config, {"train": train})
+        kind = kind_of_config(BASELINES / config, role="tokenizer")
+        cfg = kind.load_config(BASELINES / config, {"train": train})
         _say(f"{name}: {n} steps of {config} on {cfg.data.frames}-frame windows of bikes + bigbuckbunny "
              f"({cfg.data.size}x{cfg.data.size})")
         with clock(f"{name} training"):
-            out[name] = run(cfg, resume=True)
+            out[name] = fit(kind.resolve("task")(cfg), resume=True)
     return out
 
 
@@ -360,7 +358,7 @@ def _run_demo(out: Path, plan: DemoPlan) -> dict:
     _say(f"tiny CoordTok-SiT: {plan.sit_steps} steps on {index['num_latents']} latents")
     with clock("SiT training"):
         sit_cfg = load_sit_run_config(SIT_CONFIG, {"train": {"max_steps": plan.sit_steps, "out_dir": str(runs / "sit"),
-                                                              "sample_every": 0}})
+                                                              "val_every": 0}})
         rs = train_sit(sit_cfg, latents, resume=True)
     _say(f"sampling {plan.samples} unconditional 128-frame videos (Euler-Maruyama, {plan.sample_steps} steps)")
     with clock("sampling + decoding"):

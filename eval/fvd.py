@@ -37,7 +37,7 @@ from tqdm import tqdm
 from coordtok.config import DataConfig, to_dict
 from coordtok.errors import CoordTokError
 from coordtok.fileio import write_json
-from coordtok.loop import inference_precision, resolve_inference_precision
+from coordtok.devices import inference_precision, resolve_inference_precision
 
 from .frechet import FeatureStats, frechet_distance, fvd_from_features  # noqa: F401 (re-exported)
 
@@ -295,7 +295,7 @@ def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFA
         clip_frames: ``16`` for the 16-frame variant (``frames`` must be a multiple).
         size: real clip side; default: the fake videos' (square) frame size.
         cache_dir, batch_size, num_workers, progress: see :func:`real_stats`.
-        precision: :data:`coordtok.loop.INFERENCE_PRECISIONS` of the detector (``auto``: TF32 on
+        precision: :data:`coordtok.devices.INFERENCE_PRECISIONS` of the detector (``auto``: TF32 on
             CUDA, fp32 on a CPU); recorded in the result.
 
     Returns:

@@ -44,6 +44,7 @@ from coordtok.attention import memory_efficient_on_meta
 from coordtok.config import ModelConfig, load_model_config, load_yaml, to_dict
 from coordtok.errors import CoordTokError
 from coordtok.fileio import atomic_path, write_json, write_text
+from coordtok.kinds import get_kind, kind_of_config
 from coordtok.model import CoordTok, frame_coords, gather_patches, random_coords, random_frames
 
 from .flops import counter
@@ -89,87 +90,81 @@ def training_step(model: CoordTok, video: torch.Tensor, coords: torch.Tensor, op
 
 
 def family_of(config) -> str:
-    """``coordtok`` for a CoordTok config, else the baseline's ``kind:`` (magvit2, promag, regen)."""
-    raw = load_yaml(config) if not isinstance(config, dict) else config
-    return raw.get("kind", "coordtok")
+    """The kind of a tokenizer config (:data:`coordtok.kinds.KINDS`): ``coordtok`` without ``kind:``."""
+    return kind_of_config(config).name
+
+
+def model_config(family: str, model_cfg: dict):
+    """The model section of a ``family`` config as its dataclass, checked."""
+    from coordtok.config import from_dict
+
+    return from_dict(get_kind(family).resolve("model_config"), model_cfg, f"profile: {family} model")
 
 
 def clip_frames(family: str, model_cfg: dict, frames: int) -> int:
-    """Frames a tokenizer of ``family`` takes for a ``frames``-long clip in one training step."""
-    if family in ("magvit2", "promag"):
-        factor = _baseline_config(family, model_cfg).time_factor
-        return 1 + math.ceil(frames / factor) * factor
-    return frames
-
-
-def _baseline_config(family: str, model_cfg: dict):
-    from coordtok.config import from_dict
-
-    if family == "magvit2":
-        from coordtok.baselines.magvit2 import MagvitV2Config as cls
-    elif family == "promag":
-        from coordtok.baselines.promag import ProMAGConfig as cls
-    else:
-        from sit.regen import RegenConfig as cls
-    return from_dict(cls, model_cfg, f"profile: {family} model")
+    """Frames a tokenizer of ``family`` takes for a ``frames``-long clip in one training step: a
+    causal conv-3D tokenizer (its config has a ``time_factor``) ``1 + k time_factor`` frames."""
+    if family in ("coordtok", "sit"):
+        return frames
+    factor = getattr(model_config(family, model_cfg), "time_factor", None)
+    return 1 + math.ceil(frames / factor) * factor if factor else frames
 
 
 def build_step(family: str, model_cfg: dict, frames: int, mode: str, num_coords: int, batch: int, device):
     """``(model, inputs, step_fn)``: one training step of ``family`` on a ``frames``-long clip batch
     (``sit``: on a batch of triplane latents); ``step_fn(model, inputs, optimizer=None)`` runs
-    forward + backward (+ the optimizer)."""
-    device = torch.device(device)
-    if family == "coordtok":
-        cfg = model_for_frames(ModelConfig(**model_cfg), frames)
-        with device:
-            model = CoordTok(cfg)
-        video = torch.empty(batch, 3, frames, cfg.size, cfg.size, device=device).uniform_(-1, 1)
-        inputs = (video, coords_for(model, mode, num_coords, batch, device))
-        if mode == "stage2":
-            from coordtok.lpips import LPIPS
-            from coordtok.train import tokenizer_loss
+    forward + backward (+ the optimizer). The step is the kind's ``profile`` entry."""
+    kind = get_kind(family, "profile")
+    return kind.resolve("profile")(kind, dict(model_cfg), frames, mode, num_coords, batch, torch.device(device))
 
-            with device:
-                lpips = LPIPS()  # random weights: the step's cost does not depend on them
-            patch_frames = inputs[1].shape[1] // (model.patch_grid[1] * model.patch_grid[2])
 
-            def stage2(m, x, opt=None):
-                tokenizer_loss(m, m, x[0], None, x[1], patch_frames, 1.0, 1.0, lpips)["loss"].backward()
-                _optimizer_step(opt)
-            return model, inputs, stage2
-        return model, inputs, lambda m, x, opt=None: training_step(m, *x, optimizer=opt)
-    if family == "sit":
-        # CoordTok-SiT's flow-matching step over the triplane latents (``frames`` does not apply)
-        from sit.models import TriplaneSiT
-        from sit.transport import training_loss
-
-        with device:
-            model = TriplaneSiT.from_config(dict(model_cfg))
-        tl, hl, wl = model.grid
-        x1 = torch.empty(batch, hl * wl + tl * wl + tl * hl, model.in_channels, device=device).normal_()
-
-        def sit_step(m, x, opt=None):
-            training_loss(m, x)[0].backward()
-            _optimizer_step(opt)
-        return model, x1, sit_step
-    cfg = _baseline_config(family, model_cfg)
-    if family == "magvit2":
-        from coordtok.baselines.magvit2 import MagvitV2 as cls
-    elif family == "promag":
-        from coordtok.baselines.promag import ProMAG as cls
-    else:
-        from sit.regen import Regen as cls
+def coordtok_step(kind, model_cfg: dict, frames: int, mode: str, num_coords: int, batch: int, device):
+    """CoordTok: the whole clip encoded, ``num_coords`` random patches (``mode`` coordtok), every
+    patch (``full``) or whole random frames with LPIPS (``stage2``) decoded."""
+    cfg = model_for_frames(ModelConfig(**model_cfg), frames)
     with device:
-        model = cls(cfg)
-    if family == "regen":
-        chunks = batch * math.ceil(frames / model.chunk_frames)
-        video = torch.empty(chunks, 3, model.chunk_frames, cfg.size, cfg.size, device=device).uniform_(-1, 1)
+        model = CoordTok(cfg)
+    video = torch.empty(batch, 3, frames, cfg.size, cfg.size, device=device).uniform_(-1, 1)
+    inputs = (video, coords_for(model, mode, num_coords, batch, device))
+    if mode == "stage2":
+        from coordtok.lpips import LPIPS
+        from coordtok.train import tokenizer_loss
 
-        def step(m, x, opt=None):
-            m.loss(x)[0].backward()
+        with device:
+            lpips = LPIPS()  # random weights: the step's cost does not depend on them
+        patch_frames = inputs[1].shape[1] // (model.patch_grid[1] * model.patch_grid[2])
+
+        def stage2(m, x, opt=None):
+            tokenizer_loss(m, m, x[0], None, x[1], patch_frames, 1.0, 1.0, lpips)["loss"].backward()
             _optimizer_step(opt)
-        return model, video, step
-    video = torch.empty(batch, 3, clip_frames(family, model_cfg, frames), cfg.size, cfg.size,
+        return model, inputs, stage2
+    return model, inputs, lambda m, x, opt=None: training_step(m, *x, optimizer=opt)
+
+
+def sit_step(kind, model_cfg: dict, frames: int, mode: str, num_coords: int, batch: int, device):
+    """CoordTok-SiT's flow-matching step over the triplane latents (``frames`` does not apply)."""
+    from sit.models import TriplaneSiT
+    from sit.transport import training_loss
+
+    with device:
+        model = TriplaneSiT.from_config(dict(model_cfg))
+    tl, hl, wl = model.grid
+    x1 = torch.empty(batch, hl * wl + tl * wl + tl * hl, model.in_channels, device=device).normal_()
+
+    def step(m, x, opt=None):
+        training_loss(m, x)[0].backward()
+        _optimizer_step(opt)
+    return model, x1, step
+
+
+def conv3d_step(kind, model_cfg: dict, frames: int, mode: str, num_coords: int, batch: int, device):
+    """A causal conv-3D autoencoder (MAGVIT-v2, ProMAG): one pass over ``1 + k time_factor``
+    frames, reconstruction loss plus its quantizer / KL terms (the discriminator step is left out
+    of every tokenizer alike)."""
+    cfg = model_config(kind.name, model_cfg)
+    with device:
+        model = kind.resolve("model")(cfg)
+    video = torch.empty(batch, 3, clip_frames(kind.name, model_cfg, frames), cfg.size, cfg.size,
                         device=device).uniform_(-1, 1)
 
     def step(m, x, opt=None):
@@ -177,6 +172,21 @@ def build_step(family: str, model_cfg: dict, frames: int, mode: str, num_coords:
         loss = torch.nn.functional.mse_loss(recon.float(), x.float())
         loss = loss + sum(aux[k] for k in ("commitment", "entropy", "kl") if k in aux)
         loss.backward()
+        _optimizer_step(opt)
+    return model, video, step
+
+
+def regen_step(kind, model_cfg: dict, frames: int, mode: str, num_coords: int, batch: int, device):
+    """REGEN: its decoder's flow-matching step over the ``ceil(T / (1 + k))`` chunks that cover
+    the clip (it is trained chunk by chunk)."""
+    cfg = model_config(kind.name, model_cfg)
+    with device:
+        model = kind.resolve("model")(cfg)
+    chunks = batch * math.ceil(frames / model.chunk_frames)
+    video = torch.empty(chunks, 3, model.chunk_frames, cfg.size, cfg.size, device=device).uniform_(-1, 1)
+
+    def step(m, x, opt=None):
+        m.loss(x)[0].backward()
         _optimizer_step(opt)
     return model, video, step
 

@@ -32,7 +32,7 @@ from coordtok.video_io import side_by_side, to_uint8, write_mp4
 
 from .metrics import video_metrics
 from .seams import seam_jump
-from .tokenizers import CoordTokReconstructor, Reconstructor, load_reconstructor
+from .tokenizers import CoordTokReconstructor, Reconstructor, load_reconstructor, protocol_variants
 
 
 def _to_model(clips_u8: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,7 @@ def evaluate_clip(tokenizer, video: torch.Tensor, num_frames: int, out_path: str
 
 
 def _reference_boundaries(frames: int) -> list[int]:
-    from coordtok.baselines.chunking import chunk_boundaries
+    from coordtok.chunking import chunk_boundaries
 
     return chunk_boundaries(frames)
 
@@ -92,13 +92,13 @@ def eval_recon(ckpt, real, out_dir, num_clips: int = 10000, seed: int = 0, kind:
     ``frames``: clip length (default: the first tokenizer's, 128 for the chunk tokenizers).
     ``options``: the chunk tokenizers' protocol switches (:func:`eval.tokenizers.load_reconstructor`);
     a switch left unset evaluates both settings (ProMAG with and without blending, REGEN with and
-    without latent extension). ``precision``: :data:`coordtok.loop.INFERENCE_PRECISIONS` (``auto``:
+    without latent extension). ``precision``: :data:`coordtok.devices.INFERENCE_PRECISIONS` (``auto``:
     TF32 on CUDA, fp32 on a CPU) of the tokenizers and the detector; the metrics are fp32 always.
     Returns the one result, or ``{"results": [...]}`` for several.
     """
     from accelerate import Accelerator
 
-    from coordtok.loop import inference_precision, resolve_device, resolve_inference_precision
+    from coordtok.devices import inference_precision, resolve_device, resolve_inference_precision
 
     from .fvd import real_clips
 
@@ -145,17 +145,13 @@ def eval_recon(ckpt, real, out_dir, num_clips: int = 10000, seed: int = 0, kind:
 
 
 def variants(ckpt, frames_per_chunk=None, hints=None, options=None) -> list[Reconstructor]:
-    """The tokenizer in ``ckpt`` under each protocol the comparison reports: its paper's, and for
-    ProMAG without blending, for REGEN without latent extension, unless ``options`` fixes one."""
-    from .tokenizers import checkpoint_kind
-
+    """The tokenizer in ``ckpt`` under each protocol the comparison reports
+    (:func:`eval.tokenizers.protocol_variants`: its paper's, and for ProMAG without blending, for
+    REGEN without latent extension), except the switches ``options`` fixes."""
     options = dict(options or {})
-    kind = checkpoint_kind(ckpt)
-    if kind == "promag" and "blend" not in options:
-        return [load_reconstructor(ckpt, blend=b, **options) for b in ("linear", "drop")]
-    if kind == "regen" and "extend" not in options:
-        return [load_reconstructor(ckpt, extend=e, **options) for e in (True, False)]
-    return [load_reconstructor(ckpt, frames_per_chunk=frames_per_chunk, hints=hints, **options)]
+    chosen = [{**v, **options} for v in protocol_variants(ckpt)]
+    chosen = [dict(t) for t in dict.fromkeys(tuple(sorted(v.items())) for v in chosen)]  # fixed switches: one each
+    return [load_reconstructor(ckpt, frames_per_chunk=frames_per_chunk, hints=hints, **v) for v in chosen]
 
 
 def _slug(name: str) -> str:

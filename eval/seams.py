@@ -9,7 +9,7 @@ the same change in the ground truth::
     jump(t)  = d_recon(t) - d_real(t)
 
 averaged over the *boundary pairs* (``t`` in ``boundaries``: frame ``t`` is the first frame a new
-chunk contributes, :func:`coordtok.baselines.chunking.chunk_boundaries`) and over the
+chunk contributes, :func:`coordtok.chunking.chunk_boundaries`) and over the
 *within-chunk pairs* (every other ``t``). A seamless reconstruction has the same mean jump at both.
 
 For a tokenizer without chunks (CoordTok) pass the same boundaries as the chunked baseline it is

@@ -8,7 +8,7 @@ implementation's files; the conv-3D baselines MAGVIT-v2, ProMAG, REGEN) and retu
 * a chunk tokenizer cuts the clip into the windows it can take (causal 1 + 16 frames overlapping
   by one frame, the duplicate dropped; ProMAG's 17-frame chunks overlapping by 4 frames with
   linear blending; REGEN's chunks with or without latent extension), reconstructs each and stitches
-  them (:func:`coordtok.baselines.chunking.reconstruct_chunked`).
+  them (:func:`coordtok.chunking.reconstruct_chunked`).
 
 Each reports the token count it spent on the clip and the frames where its chunks meet, for the
 seam measure (:mod:`eval.seams`). A tokenizer without chunks reports the boundaries a 17-frame
@@ -17,13 +17,16 @@ causal tokenizer would have, so seam numbers compare the same frame pairs.
 from __future__ import annotations
 
 import abc
+import inspect
+import pkgutil
 from pathlib import Path
 
 import torch
 
-from coordtok.baselines.chunking import chunk_boundaries, chunk_windows, reconstruct_chunked
+from coordtok.chunking import chunk_boundaries, chunk_windows, reconstruct_chunked
 from coordtok.checkpoint import CheckpointError, load_any, load_run, load_tokenizer
 from coordtok.config import ConfigError
+from coordtok.kinds import get_kind, tokenizers
 from coordtok.model import CoordTok
 
 
@@ -34,6 +37,14 @@ class Reconstructor(abc.ABC):
     size: int  # frame side the model takes
     max_frames: int | None  # longest clip it takes (None: any length, by chunks)
     default_frames: int  # the clip length evaluated by default
+    # The protocol switches a comparison reports each value of, unless the user fixes one
+    # (``eval-recon`` without --blend evaluates ProMAG blended and not): ``{option: values}``.
+    protocols: dict[str, tuple] = {}
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, path, **options) -> "Reconstructor":
+        """The tokenizer in checkpoint ``path`` (file or run folder) with this protocol's ``options``."""
 
     @abc.abstractmethod
     def tokens(self, frames: int) -> int:
@@ -65,6 +76,12 @@ class CoordTokReconstructor(Reconstructor):
         self.name = f"CoordTok ({c.num_latent_tokens} tokens)"
         self.size, self.max_frames, self.default_frames = c.size, c.frames, c.frames
         self.frames_per_chunk = frames_per_chunk
+
+    @classmethod
+    def load(cls, path, frames_per_chunk: int | None = None, hints: dict | None = None):
+        """``hints`` (``heads``, ...) read a reference-format file (:func:`coordtok.checkpoint.load_tokenizer`)."""
+        model, _ = load_tokenizer(path, **(hints or {}))
+        return cls(model, frames_per_chunk)
 
     def tokens(self, frames: int) -> int:
         return self.model.config.num_latent_tokens
@@ -99,6 +116,12 @@ class MagvitReconstructor(Reconstructor):
         self.name = "MAGVIT-v2, causal 1+16-frame chunks"
         self.size, self.max_frames, self.default_frames = model.cfg.size, None, 128
 
+    @classmethod
+    def load(cls, path):
+        from baselines.checkpoint import load_baseline
+
+        return cls(load_baseline(path)[0])
+
     def tokens(self, frames: int) -> int:
         return self.model.tokens(frames)
 
@@ -114,6 +137,8 @@ class MagvitReconstructor(Reconstructor):
 
 
 class ProMAGReconstructor(Reconstructor):
+    protocols = {"blend": ("linear", "drop")}
+
     def __init__(self, model, blend: str = "linear"):
         if blend not in ("linear", "drop"):
             raise ConfigError(f"--blend must be linear or drop, got {blend!r}")
@@ -123,6 +148,12 @@ class ProMAGReconstructor(Reconstructor):
         self.name = f"ProMAG {c.time_factor}x, 17-frame chunks, {how}"
         self.size, self.max_frames, self.default_frames = c.size, None, 128
         self.overlap = model.chunk_overlap if blend == "linear" else 1
+
+    @classmethod
+    def load(cls, path, blend: str = "linear"):
+        from baselines.checkpoint import load_baseline
+
+        return cls(load_baseline(path)[0], blend)
 
     def tokens(self, frames: int) -> int:
         _, t, h, w = self.model.latent_shape(self.model.chunk_frames)
@@ -140,12 +171,20 @@ class ProMAGReconstructor(Reconstructor):
 
 
 class RegenReconstructor(Reconstructor):
+    protocols = {"extend": (True, False)}
+
     def __init__(self, model, extend: bool = True, steps: int = 1, seed: int = 0):
         self.model, self.extend, self.steps, self.seed = model.eval(), extend, steps, seed
         n = model.chunk_frames
         how = "latent extension" if extend else "no latent extension"
         self.name = f"REGEN, {n}-frame chunks, {how}, {steps}-step decoding"
         self.size, self.max_frames, self.default_frames = model.cfg.size, None, 128
+
+    @classmethod
+    def load(cls, path, extend: bool = True, steps: int = 1):
+        from baselines.regen_train import load_regen
+
+        return cls(load_regen(path)[0], extend=extend, steps=steps)
 
     def tokens(self, frames: int) -> int:
         return self.model.tokens(frames)
@@ -161,24 +200,6 @@ class RegenReconstructor(Reconstructor):
     def to(self, device):
         self.model.to(device)
         return self
-
-
-def load_baseline_reconstructor(path, kind: str, blend: str | None = None, extend: bool | None = None,
-                                steps: int | None = None) -> Reconstructor:
-    """The baseline tokenizer of ``kind`` in checkpoint ``path`` with its long-video protocol."""
-    if kind in ("magvit2", "promag"):
-        from coordtok.baselines.checkpoint import load_baseline
-
-        model, _ = load_baseline(path)
-        if kind == "magvit2":
-            return MagvitReconstructor(model)
-        return ProMAGReconstructor(model, blend or "linear")
-    if kind == "regen":
-        from sit.regen_train import load_regen
-
-        model, _ = load_regen(path)
-        return RegenReconstructor(model, extend=True if extend is None else extend, steps=steps or 1)
-    raise CheckpointError(f"{path}: a {kind!r} checkpoint is not a tokenizer (CoordTok, MAGVIT-v2, ProMAG or REGEN)")
 
 
 # ---------------------------------------------------------------------------- loading
@@ -199,16 +220,38 @@ def checkpoint_kind(path: str | Path) -> str:
     return kind
 
 
-def load_reconstructor(path: str | Path, frames_per_chunk: int | None = None, hints: dict | None = None,
-                       **options) -> Reconstructor:
-    """The tokenizer in checkpoint ``path`` (file or run folder) as a :class:`Reconstructor`.
+def load_reconstructor(path: str | Path, **options) -> Reconstructor:
+    """The tokenizer in checkpoint ``path`` (file or run folder) as a :class:`Reconstructor`, by
+    the checkpoint's kind (:data:`coordtok.kinds.KINDS`).
 
-    ``options`` are the chunk tokenizers' protocol switches (``blend`` for ProMAG, ``extend`` and
-    ``steps`` for REGEN); ``frames_per_chunk`` is CoordTok's bounded-memory decoding; ``hints``
-    (``heads``, ...) read a reference-format CoordTok file (:func:`coordtok.checkpoint.load_tokenizer`).
+    ``options`` are its reconstructor's (``frames_per_chunk``: CoordTok's bounded-memory decoding,
+    ``hints``: a reference-format CoordTok file's; ``blend`` for ProMAG; ``extend`` and ``steps``
+    for REGEN); an option another tokenizer takes is a one-line error.
     """
-    kind = checkpoint_kind(path)
-    if kind == "coordtok":
-        model, _ = load_tokenizer(path, **(hints or {}))
-        return CoordTokReconstructor(model, frames_per_chunk)
-    return load_baseline_reconstructor(path, kind, **options)
+    kind = get_kind(checkpoint_kind(path), str(path))
+    if kind.reconstructor is None:
+        raise CheckpointError(f"{path}: a {kind.title} checkpoint is not a tokenizer "
+                              f"(known: {', '.join(k.title for k in tokenizers())})")
+    load = kind.resolve("reconstructor")
+    accepted = set(inspect.signature(load).parameters)
+    # CoordTok's decoding options mean nothing to a chunk tokenizer (it decodes chunk by chunk
+    # anyway); another tokenizer's protocol switch (--blend for REGEN) is a mistake.
+    unknown = sorted(k for k, v in options.items() if k not in accepted and v is not None and k not in COORDTOK_ONLY)
+    if unknown:
+        raise ConfigError(f"{path}: {', '.join(unknown)} does not apply to a {kind.title} tokenizer")
+    return load(path, **{k: v for k, v in options.items() if k in accepted and v is not None})
+
+
+COORDTOK_ONLY = ("frames_per_chunk", "hints")
+
+
+def protocol_variants(path: str | Path) -> list[dict]:
+    """The protocol options a comparison evaluates the tokenizer in ``path`` under: its paper's
+    and each alternative (ProMAG blended and not, REGEN with latent extension and without);
+    ``[{}]`` for a tokenizer with one protocol."""
+    kind = get_kind(checkpoint_kind(path), str(path))
+    cls = pkgutil.resolve_name(kind.reconstructor.rpartition(".")[0]) if kind.reconstructor else None
+    variants = [{}]
+    for option, values in (getattr(cls, "protocols", None) or {}).items():
+        variants = [{**v, option: value} for v in variants for value in values]
+    return variants

@@ -68,18 +68,7 @@ def convert_sit_file(raw: dict, args):
     return to_project_checkpoint(configs, stats), info
 
 
-def _regen_trainer():
-    from .regen_train import load_regen_run_config, train_regen
-
-    return load_regen_run_config, train_regen
-
-
 def register(sub) -> None:
-    from coordtok.commands import CONVERTERS, TRAINERS
-
-    CONVERTERS.append(convert_sit_file)
-    TRAINERS["regen"] = _regen_trainer
-
     e = sub.add_parser("encode", help="encode random 128-frame clips into a latent cache (+ normalization stats)")
     e.add_argument("--tokenizer-ckpt", required=True,
                    help="CoordTok checkpoint or run folder (this project's or the reference's)")

@@ -60,6 +60,7 @@ class SiTTrainConfig(LoopConfig):
     """The ``train:`` section (``coordtok sit-train``); defaults are the paper's SiT settings."""
 
     SECTION: typing.ClassVar[str] = "train"
+    RENAMED: typing.ClassVar[dict] = {"sample_every": "val_every"}
 
     weight_decay: float = 0.0
     batch_size: int = 64
@@ -69,9 +70,7 @@ class SiTTrainConfig(LoopConfig):
     ckpt_every: int = 10_000
     out_dir: str = "runs/sit"
     ema: float = 0.9999  # EMA decay over parameters (buffers are copied); sampling uses the EMA
-    allow_tf32: bool = True
-    num_workers: int = 0  # DataLoader workers reading latent shards (memory-mapped, cheap)
-    sample_every: int = 10_000  # draw sample_num latents with the EMA model every this many steps; 0 = off
+    val_every: int = 10_000  # draw sample_num latents with the EMA model every this many steps; 0 = off
     sample_num: int = 4
     sample_steps: int = 50  # Euler-Maruyama steps of that periodic look (cheap, not the 250 of `sample`)
     path: str = "linear"  # "linear" | "gvp"
@@ -85,9 +84,9 @@ class SiTTrainConfig(LoopConfig):
             raise ConfigError(f"'path' must be 'linear' or 'gvp', got {self.path!r}")
         if self.prediction != "velocity":
             raise ConfigError(f"'prediction' must be 'velocity', got {self.prediction!r}")
-        if not 0.0 <= self.ema <= 1.0:
-            raise ConfigError(f"'ema' must be in [0, 1], got {self.ema}")
-        positive(self, "sample_num", "sample_every", "num_workers", allow_zero=("sample_every", "num_workers"))
+        if self.ema is None:
+            raise ConfigError("'ema' must be a decay in [0, 1]: sampling uses the EMA weights")
+        positive(self, "sample_num")
         if self.sample_steps < 2:
             raise ConfigError(f"'sample_steps' must be >= 2, got {self.sample_steps}")
 

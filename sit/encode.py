@@ -28,7 +28,8 @@ from coordtok.checkpoint import load_tokenizer
 from coordtok.config import ConfigError, DataConfig
 from coordtok.fileio import check_writable, write_bytes, write_json
 from coordtok.locking import FolderLock
-from coordtok.loop import inference_precision, on_main_then_all, resolve_inference_precision
+from coordtok.devices import inference_precision, resolve_inference_precision
+from coordtok.loop import on_main_then_all
 from coordtok.triplane import num_tokens
 
 from .cache import FORMAT_VERSION, INDEX_NAME, LatentCacheError, read_index, shard_name, weights_fingerprint
@@ -137,7 +138,7 @@ def _encode_dataset(
         seed: seeds the random windows: item ``i``'s window depends only on ``(seed, i)``.
         shard_size: latents per shard file.
         batch_size: clips per encoder call (per process).
-        precision: :data:`coordtok.loop.INFERENCE_PRECISIONS`; ``auto``: TF32 on CUDA (bf16
+        precision: :data:`coordtok.devices.INFERENCE_PRECISIONS`; ``auto``: TF32 on CUDA (bf16
             autocast when the tokenizer was trained in bf16), fp32 on a CPU. The stored latents
             are float32 either way; ``index.json`` records the precision.
         num_workers: DataLoader workers decoding videos (default: the data spec's).

@@ -50,8 +50,9 @@ from coordtok.checkpoint import load_tokenizer
 from coordtok.errors import CoordTokError
 from coordtok.fileio import atomic_path, check_writable, write_json
 from coordtok.locking import HELD_SUFFIX, LOCK_NAME, FolderLock
-from coordtok.loop import (SeedTag, on_main_then_all, inference_precision, mix_seed, resolve_device,
-                           resolve_inference_precision)
+from coordtok.devices import inference_precision, resolve_device, resolve_inference_precision
+from coordtok.loop import on_main_then_all
+from coordtok.seeds import SeedTag, mix_seed
 from coordtok.triplane import Triplane
 
 from .cache import short_fingerprint, weights_fingerprint
@@ -255,7 +256,7 @@ def sample_videos(
         latent_stats: a ``stats.json`` or a reference run's ``log.txt`` with the latent
             normalization statistics (needed for a reference SiT checkpoint, which holds none).
         heads: attention heads of a reference SiT whose arguments do not name them.
-        precision: :data:`coordtok.loop.INFERENCE_PRECISIONS`; ``auto``: TF32 on CUDA (bf16
+        precision: :data:`coordtok.devices.INFERENCE_PRECISIONS`; ``auto``: TF32 on CUDA (bf16
             autocast when the SiT was trained in bf16), fp32 on a CPU.
         allow_tokenizer_mismatch: sample with a tokenizer whose weights' fingerprint differs from
             the one the SiT checkpoint records (refused otherwise).

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from coordtok.errors import CoordTokError
 
-from .transport import AffinePath, LinearPath, _randn_like, expand_t_like_x
+from .transport import AffinePath, LinearPath, randn_like, expand_t_like_x
 
 MAX_STEPS = 10_000
 # Why a bound: every step is one network evaluation (two for Heun) and the paper samples with 250.
@@ -62,8 +62,8 @@ def _noise_like(x: torch.Tensor, generator) -> torch.Tensor:
     if isinstance(generator, (list, tuple)):
         if len(generator) != x.shape[0]:
             raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}")
-        return torch.stack([_randn_like(row, g) for row, g in zip(x, generator)])
-    return _randn_like(x, generator)
+        return torch.stack([randn_like(row, g) for row, g in zip(x, generator)])
+    return randn_like(x, generator)
 
 
 def _batch_t(t: float, x: torch.Tensor) -> torch.Tensor:

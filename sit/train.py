@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from coordtok.config import ConfigError
-from coordtok.loop import EpochIndexed, SeedTag, StepContext, Task, fit, mix_seed
+from coordtok.loop import EpochIndexed, fit, StepContext, Task
+from coordtok.seeds import mix_seed, SeedTag
 from coordtok.triplane import PLANES
 
 from coordtok import checkpoint as ckpt
@@ -32,7 +33,6 @@ from coordtok import checkpoint as ckpt
 from .cache import LatentDataset, short_fingerprint
 from .checkpoint import load_sit
 from .config import SiTRunConfig
-from coordtok.ema import create_ema
 from .models import TriplaneSiT
 from .samplers import euler_maruyama
 from .stats import STATS_NAME, LatentStats, compute_stats, plane_values
@@ -66,12 +66,12 @@ def sample_look(ema: TriplaneSiT, stats: LatentStats, cfg: SiTRunConfig, device)
     """Draw ``train.sample_num`` latents with the EMA model (Euler-Maruyama, ``train.sample_steps``
     steps, fixed seed so looks are comparable across steps) and return their per-plane statistics
     in normalized units (a good model gives mean ~ 0, std ~ 1) and in latent units."""
-    t, s = cfg.train, cfg.sample
-    g = torch.Generator().manual_seed(mix_seed(t.seed, SeedTag.SIT_LOOK))
+    tc, s = cfg.train, cfg.sample
+    g = torch.Generator().manual_seed(mix_seed(tc.seed, SeedTag.SIT_LOOK))
     num_tokens = stats.per_token()[0].shape[1]
-    noise = torch.randn(t.sample_num, num_tokens, stats.channels, generator=g).to(device)
-    x = euler_maruyama(lambda x_, t_: ema(x_, t_), noise, num_steps=t.sample_steps, diffusion_norm=s.diffusion_norm,
-                       last_step_size=s.last_step_size, generator=g, path=make_path(t.path))
+    noise = torch.randn(tc.sample_num, num_tokens, stats.channels, generator=g).to(device)
+    x = euler_maruyama(ema, noise, num_steps=tc.sample_steps, diffusion_norm=s.diffusion_norm,
+                       last_step_size=s.last_step_size, generator=g, path=make_path(tc.path))
     out = {"finite": float(torch.isfinite(x).all())}
     for space, flat in (("norm", x), ("latent", stats.denormalize(x))):
         planes = plane_values(flat.float().cpu(), stats.grid)
@@ -88,7 +88,7 @@ class SiTTask(Task):
 
     def __init__(self, cfg: SiTRunConfig, latents_dir: str | Path):
         super().__init__()
-        self.config, t, m = cfg, cfg.train, cfg.model
+        self.config, tc, m = cfg, cfg.train, cfg.model
         self.latents_dir = Path(latents_dir)
         self.latents = LatentDataset(self.latents_dir)
         if tuple(m.grid) != self.latents.grid or m.channels != self.latents.channels:
@@ -96,10 +96,9 @@ class SiTTask(Task):
                 f"{cfg.source}: model.grid {list(m.grid)} with model.channels {m.channels} does not fit the latents "
                 f"in {self.latents_dir} (grid {list(self.latents.grid)}, {self.latents.channels} channels); set them "
                 f"to the tokenizer's")
-        torch.manual_seed(t.seed)
-        self.modules = {"model": TriplaneSiT(m)}
-        self.ema = create_ema(self.modules["model"])
-        self.path = make_path(t.path)
+        torch.manual_seed(tc.seed)
+        self.modules = {"model": TriplaneSiT(m)}  # fit() keeps its EMA (train.ema): sampling uses it
+        self.path = make_path(tc.path)
         self.stats: LatentStats | None = None
         self.shape = (self.latents.num_tokens, self.latents.channels)
 
@@ -110,7 +109,6 @@ class SiTTask(Task):
             raise ConfigError(f"normalization statistics are for grid {self.stats.grid} x {self.stats.channels} "
                               f"channels, the latents in {self.latents_dir} are {self.latents.grid} x "
                               f"{self.latents.channels}")
-        self.ema.to(self.accelerator.device)
 
     def dataset(self):
         return EpochIndexed(self.latents)
@@ -154,7 +152,7 @@ class SiTTask(Task):
                   file=sys.stderr)
 
     def extra_state(self):
-        return {**super().extra_state(), "stats": self.stats.to_dict(),
+        return {"stats": self.stats.to_dict(),
                 "tokenizer_config": self.latents.tokenizer_config,
                 "tokenizer_fingerprint": self.latents.tokenizer_fingerprint,
                 "tokenizer_ckpt": self.latents.index.get("tokenizer_ckpt"), "latents": str(self.latents_dir.resolve())}
@@ -170,13 +168,10 @@ class SiTTask(Task):
 
 
 def train_sit(cfg: SiTRunConfig, latents_dir: str | Path, resume: bool | str | Path | None = None,
-              progress: bool = True, config_text: str | None = None, on_finish=None, on_gradients=None) -> dict:
+              progress: bool = True, config_text: str | None = None) -> dict:
     """Train a TriplaneSiT on a latent cache; returns ``{"step", "loss", "run_dir", "checkpoint"}``.
 
     ``resume``: ``True`` continues from the newest good checkpoint of ``cfg.train.out_dir`` (if
     any), a path continues from that file.
     """
-    t = cfg.train
-    return fit(SiTTask(cfg, latents_dir), t, resume=resume, progress=progress, num_workers=t.num_workers,
-               source=cfg.source, config_text=config_text, periodic_every=t.sample_every or None,
-               on_finish=on_finish, on_gradients=on_gradients)
+    return fit(SiTTask(cfg, latents_dir), resume=resume, progress=progress, config_text=config_text)

@@ -41,7 +41,7 @@ def expand_t_like_x(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], *([1] * (x.ndim - 1)))
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Standard normal noise shaped like ``x``, drawn on the generator's device (so a seeded CPU
     generator gives the same numbers whatever device ``x`` is on)."""
     device = generator.device if generator is not None else x.device
@@ -184,7 +184,7 @@ def training_loss(
         u = torch.rand(batch, generator=generator, device=device, dtype=x1.dtype).to(x1.device)
         t = t_eps + (1 - 2 * t_eps) * u
     if x0 is None:
-        x0 = _randn_like(x1, generator)
+        x0 = randn_like(x1, generator)
     x_t, u_t = path.plan(t, x0, x1)
     v = model(x_t, t)
     if v.shape != u_t.shape:

@@ -1,19 +1,47 @@
-"""Helpers shared by the tests: gradients compared up to float32 reduction order, parameter counts."""
+"""Helpers shared by the tests: a training run watched from outside, gradients compared up to
+float32 reduction order, parameter counts."""
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 
-def first_step_gradients(train_fn, *args, **kwargs) -> dict[str, torch.Tensor]:
-    """The gradient of the first optimizer step of ``train_fn(*args, **kwargs)`` (a tokenizer or SiT
-    trainer), taken before the optimizer touches it."""
-    grads = {}
+class StepRecorder:
+    """Watches ``fit(task)`` through torch's global optimizer-step hooks, so the trainers carry no
+    test callbacks: before every optimizer step of one of ``task``'s modules, ``on_step(phase)``
+    (optional) runs, and the first step's gradients of each phase are kept in ``grads[phase]``
+    (by parameter name, as the optimizer receives them: after DDP's all-reduce, unscaling and
+    clipping). After ``fit``, ``task.modules`` hold this process's trained weights."""
 
-    def keep(step, modules):
-        if step == 0:
-            grads.update({n: p.grad.detach().clone() for n, p in modules["model"].named_parameters()
-                          if p.grad is not None})
+    def __init__(self, task, on_step=None):
+        self.names = {id(p): (phase, n) for phase, m in task.modules.items() for n, p in m.named_parameters()}
+        self.on_step, self.grads, self.handle = on_step, {}, None
 
-    train_fn(*args, progress=False, on_gradients=keep, **kwargs)
-    return grads
+    def __enter__(self):
+        self.handle = register_optimizer_step_pre_hook(self._before_step)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+    def _before_step(self, optimizer, args, kwargs):
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        phases = {self.names[id(p)][0] for p in params if id(p) in self.names}
+        if len(phases) != 1:  # another optimizer than one of this task's
+            return
+        phase = phases.pop()
+        if self.on_step is not None:
+            self.on_step(phase)
+        if phase not in self.grads:
+            self.grads[phase] = {self.names[id(p)][1]: p.grad.detach().clone() for p in params if p.grad is not None}
+
+
+def first_step_gradients(task, **fit_kwargs) -> dict[str, torch.Tensor]:
+    """``fit(task)`` (no progress bar), and the gradients of its first optimizer step of the main
+    module, as the optimizer receives them."""
+    from coordtok.loop import fit
+
+    with StepRecorder(task) as recorder:
+        fit(task, progress=False, **fit_kwargs)
+    return recorder.grads["model"]
 
 
 def assert_same_gradients(a: dict, b: dict, rel: float = 1e-4) -> None:

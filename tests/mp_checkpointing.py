@@ -1,5 +1,5 @@
 """Train the tiny tokenizer a few steps with or without ``train.activation_checkpointing``, saving
-this process's weights and first gradients (tests/mp_train.py's hooks). Launched by
+this process's weights and first gradients (tests/mp_train.py's fit_and_save). Launched by
 tests/test_activation_checkpointing.py plainly or as two gloo processes (``accelerate launch``)."""
 import sys
 from pathlib import Path
@@ -10,8 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main(out: str, steps: int, checkpointing: bool) -> None:
     from coordtok.config import load_tokenizer_config
-    from coordtok.train import train
-    from mp_train import save_first_gradients, save_weights
+    from coordtok.train import TokenizerTask
+    from mp_train import fit_and_save
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -21,7 +21,7 @@ def main(out: str, steps: int, checkpointing: bool) -> None:
                   "log_every": 1, "ckpt_every": 10 ** 9, "val_every": 10 ** 9, "mixed_precision": "no",
                   "activation_checkpointing": checkpointing},
         "data": {"names": ["bikes"], "frame_range": [0, 80], "frames": 32}, "val_data": None})
-    train(cfg, progress=False, on_finish=save_weights(out), on_gradients=save_first_gradients(out))
+    fit_and_save(TokenizerTask(cfg), out)
 
 
 if __name__ == "__main__":

@@ -48,58 +48,38 @@ def skip_batch(step: int):
     return real
 
 
-def keep_weights(out: Path):
-    def hook(model, accelerator):
-        task_modules = {"model": model}
-        disc = getattr(hook, "task", None)
-        if disc is not None:
-            task_modules["disc"] = accelerator.unwrap_model(disc.wrapped["disc"])
-        torch.save({f"{name}.{k}": v for name, m in task_modules.items() for k, v in m.state_dict().items()},
-                   out / f"rank{accelerator.process_index}.pt")
-    return hook
+def run(kind: str, out: Path, latents: str | None):
+    from coordtok.loop import fit
 
-
-def run(kind: str, out: Path, latents: str | None, task_cls):
     out.mkdir(parents=True, exist_ok=True)
-    hook = keep_weights(out)
-    if task_cls is not None:  # reach the discriminator through the task the trainer builds
-        real_init = task_cls.setup
-
-        def setup(self):
-            hook.task = self
-            real_init(self)
-        task_cls.setup = setup
     common = {"max_steps": STEPS, "out_dir": str(out / "run"), "batch_size": 4, "log_every": 1,
               "ckpt_every": 10 ** 9, "mixed_precision": "no"}
+    if kind == "tokenizer":
+        from coordtok.config import load_tokenizer_config
+        from coordtok.train import TokenizerTask
+
+        task = TokenizerTask(load_tokenizer_config("configs/tokenizer/tiny.yaml", {
+            "train": {**common, "num_coords": 256, "val_every": 10 ** 9},
+            "data": {"names": ["bikes"], "frame_range": [0, 140]}, "val_data": None}))
+    elif kind == "magvit2":
+        from baselines.train import MagvitV2Task, load_magvit2_run_config
+
+        task = MagvitV2Task(load_magvit2_run_config("configs/baselines/magvit2-tiny.yaml", {
+            "model": {"frames": 9, "size": 32, "disc_base_channels": 8, "disc_channel_multipliers": [1, 2, 2]},
+            "train": {**common, "gan_weight": 0.1, "r1_weight": 10.0, "lecam_weight": 0.001, "val_every": 10 ** 9},
+            "data": {"kind": "samples", "names": ["bikes"], "frame_range": [0, 140], "frames": 9, "size": 32,
+                     "num_workers": 0}, "val_data": None}))
+    else:
+        from sit.config import load_sit_run_config
+        from sit.train import SiTTask
+
+        task = SiTTask(load_sit_run_config("configs/sit/tiny.yaml", {"train": {**common, "val_every": 0}}), latents)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if kind == "tokenizer":
-            from coordtok.config import load_tokenizer_config
-            from coordtok.train import train
-
-            cfg = load_tokenizer_config("configs/tokenizer/tiny.yaml", {
-                "train": {**common, "num_coords": 256, "val_every": 10 ** 9},
-                "data": {"names": ["bikes"], "frame_range": [0, 140]}, "val_data": None})
-            train(cfg, progress=False, on_finish=hook)
-        elif kind == "magvit2":
-            from coordtok.baselines.train import load_magvit2_run_config, train_baseline
-
-            cfg = load_magvit2_run_config("configs/baselines/magvit2-tiny.yaml", {
-                "model": {"frames": 9, "size": 32, "disc_base_channels": 8, "disc_channel_multipliers": [1, 2, 2]},
-                "train": {**common, "gan_weight": 0.1, "r1_weight": 10.0, "lecam_weight": 0.001,
-                          "val_every": 10 ** 9},
-                "data": {"kind": "samples", "names": ["bikes"], "frame_range": [0, 140], "frames": 9, "size": 32,
-                         "num_workers": 0}, "val_data": None})
-            train_baseline(cfg, progress=False, on_finish=hook)
-        else:
-            from sit.config import load_sit_run_config
-            from sit.train import train_sit
-
-            cfg = load_sit_run_config("configs/sit/tiny.yaml", {"train": {**common, "sample_every": 0}})
-            train_sit(cfg, latents, progress=False, on_finish=hook)
-    import os
-
-    rank = int(os.environ.get("RANK", 0))
+        fit(task, progress=False)
+    rank = task.accelerator.process_index
+    torch.save({f"{name}.{k}": v for name, m in task.modules.items() for k, v in m.state_dict().items()},
+               out / f"rank{rank}.pt")
     (out / f"warnings{rank}.txt").write_text("\n".join(str(w.message) for w in caught
                                                        if "non-finite" in str(w.message)))
 
@@ -109,18 +89,18 @@ def main(kind: str, out: str, bad_rank: int, bad_step: int, phase: str, latents:
     if kind == "tokenizer":
         from coordtok.train import TokenizerTask as task_cls
     elif kind == "magvit2":
-        from coordtok.baselines.train import MagvitV2Task as task_cls
+        from baselines.train import MagvitV2Task as task_cls
     else:
         from sit.train import SiTTask as task_cls
     real_loss = poison_once(task_cls, bad_rank, bad_step, phase)
-    run(kind, out / "poisoned", latents, task_cls if kind == "magvit2" else None)
+    run(kind, out / "poisoned", latents)
     task_cls.loss = real_loss
     if phase == "model":  # the main update skipped: as if the step's batch were not in the stream
         skip_batch(bad_step)
     else:  # only the discriminator's update skipped: as if its loss were NaN on every rank
         for r in (0, 1):
             poison_once(task_cls, r, bad_step, phase)
-    run(kind, out / "reference", latents, task_cls if kind == "magvit2" else None)
+    run(kind, out / "reference", latents)
 
 
 if __name__ == "__main__":

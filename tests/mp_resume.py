@@ -26,16 +26,16 @@ def config(out_dir: Path, steps: int):
 
 def main(base: str, steps: int) -> int:
     from coordtok.errors import CoordTokError
-    from coordtok.train import train
+    from coordtok.loop import fit
+    from coordtok.train import TokenizerTask
 
     base = Path(base)
     rank = int(os.environ.get("RANK", 0))
 
-    def keep(model, accelerator):
-        torch.save(model.state_dict(), base / f"rank{accelerator.process_index}.pt")
-
     try:
-        train(config(base / f"node{rank}", steps), resume=True, progress=False, on_finish=keep)
+        task = TokenizerTask(config(base / f"node{rank}", steps))
+        fit(task, resume=True, progress=False)
+        torch.save(task.modules["model"].state_dict(), base / f"rank{rank}.pt")
     except CoordTokError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

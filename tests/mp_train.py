@@ -13,25 +13,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def save_weights(out: Path):
-    def hook(model, accelerator):
-        torch.save(model.state_dict(), out / f"rank{accelerator.process_index}.pt")
-    return hook
+def fit_and_save(task, out: Path) -> None:
+    """``fit(task)``, then this process's weights (``rank<r>.pt``) and its first step's gradients,
+    after DDP's all-reduce and before the optimizer, per phase: ``grads<r>.pt`` for the model,
+    ``<phase>_grads<r>.pt`` for a later phase (a discriminator)."""
+    from coordtok.loop import fit
+    from helpers import StepRecorder
 
-
-def save_first_gradients(out: Path):
-    """The first step's gradients, after DDP's all-reduce and before the optimizer, per rank and per
-    phase: ``grads<rank>.pt`` for the model, ``<phase>_grads<rank>.pt`` for a later phase (a
-    discriminator)."""
-    import os
-
-    def hook(step, modules):
-        if step == 0:
-            rank = int(os.environ.get("RANK", 0))
-            for phase, module in modules.items():
-                grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
-                torch.save(grads, out / (f"grads{rank}.pt" if phase == "model" else f"{phase}_grads{rank}.pt"))
-    return hook
+    with StepRecorder(task) as recorder:
+        fit(task, progress=False)
+    rank = task.accelerator.process_index
+    torch.save(task.modules["model"].state_dict(), out / f"rank{rank}.pt")
+    for phase, grads in recorder.grads.items():
+        torch.save(grads, out / (f"grads{rank}.pt" if phase == "model" else f"{phase}_grads{rank}.pt"))
 
 
 def main(kind: str, out: str, steps: int, latents: str | None = None) -> None:
@@ -39,15 +33,15 @@ def main(kind: str, out: str, steps: int, latents: str | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if kind == "tokenizer":
         from coordtok.config import load_tokenizer_config
-        from coordtok.train import train
+        from coordtok.train import TokenizerTask
 
         cfg = load_tokenizer_config("configs/tokenizer/tiny.yaml", {
             "train": {"max_steps": steps, "out_dir": str(out / "run"), "batch_size": 4, "num_coords": 256,
                       "log_every": 1, "ckpt_every": 10 ** 9, "val_every": 10 ** 9, "mixed_precision": "no"},
             "data": {"names": ["bikes"], "frame_range": [0, 140]}, "val_data": None})
-        train(cfg, progress=False, on_finish=save_weights(out), on_gradients=save_first_gradients(out))
+        fit_and_save(TokenizerTask(cfg), out)
     elif kind == "magvit2":
-        from coordtok.baselines.train import load_magvit2_run_config, train_baseline
+        from baselines.train import MagvitV2Task, load_magvit2_run_config
 
         # the GAN with R1 (a double backward through the DDP-wrapped discriminator) and LeCAM on
         cfg = load_magvit2_run_config("configs/baselines/magvit2-tiny.yaml", {
@@ -57,9 +51,9 @@ def main(kind: str, out: str, steps: int, latents: str | None = None) -> None:
                       "val_every": 10 ** 9, "mixed_precision": "no"},
             "data": {"kind": "samples", "names": ["bikes"], "frame_range": [0, 140], "frames": 9, "size": 32,
                      "num_workers": 0}, "val_data": None})
-        train_baseline(cfg, progress=False, on_finish=save_weights(out), on_gradients=save_first_gradients(out))
+        fit_and_save(MagvitV2Task(cfg), out)
     elif kind == "regen":
-        from sit.regen_train import load_regen_run_config, train_regen
+        from baselines.regen_train import RegenTask, load_regen_run_config
 
         cfg = load_regen_run_config("configs/baselines/regen-tiny.yaml", {
             "model": {"size": 32},
@@ -67,15 +61,15 @@ def main(kind: str, out: str, steps: int, latents: str | None = None) -> None:
                       "log_every": 1, "ckpt_every": 10 ** 9, "val_every": 10 ** 9, "mixed_precision": "no"},
             "data": {"kind": "samples", "names": ["bikes"], "frame_range": [0, 140], "size": 32, "num_workers": 0},
             "val_data": None})
-        train_regen(cfg, progress=False, on_finish=save_weights(out), on_gradients=save_first_gradients(out))
+        fit_and_save(RegenTask(cfg), out)
     else:
         from sit.config import load_sit_run_config
-        from sit.train import train_sit
+        from sit.train import SiTTask
 
         cfg = load_sit_run_config("configs/sit/tiny.yaml", {"train": {
             "max_steps": steps, "out_dir": str(out / "run"), "batch_size": 4, "ckpt_every": 10 ** 9,
-            "sample_every": 0, "log_every": 1, "mixed_precision": "no"}})
-        train_sit(cfg, latents, progress=False, on_finish=save_weights(out), on_gradients=save_first_gradients(out))
+            "val_every": 0, "log_every": 1, "mixed_precision": "no"}})
+        fit_and_save(SiTTask(cfg, latents), out)
 
 
 if __name__ == "__main__":

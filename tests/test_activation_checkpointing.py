@@ -155,7 +155,7 @@ def test_training_loop_turns_it_on_from_the_config(tmp_path, capfd):
     """``train.activation_checkpointing: true`` reaches the model's blocks in a real run, logs one line,
     and gives the first step's gradients of the run without it."""
     from coordtok.config import load_tokenizer_config
-    from coordtok.train import train
+    from coordtok.train import TokenizerTask
     from helpers import first_step_gradients
 
     def run(name, on):
@@ -164,14 +164,11 @@ def test_training_loop_turns_it_on_from_the_config(tmp_path, capfd):
                           "activation_checkpointing": on},
                 "model": {"frames": 16, "latent_t": 8}, "data": {"names": ["bikes"], "frame_range": [0, 40], "frames": 16},
                 "val_data": None}
-        seen = {}
-
-        def finish(module, accelerator):
-            seen["flags"] = {b.activation_checkpointing for b in checkpointed_blocks(module)}
         capfd.readouterr()
-        grads = first_step_gradients(train, load_tokenizer_config("configs/tokenizer/tiny.yaml", over),
-                                     on_finish=finish)
-        return grads, capfd.readouterr().err.splitlines(), seen["flags"]
+        task = TokenizerTask(load_tokenizer_config("configs/tokenizer/tiny.yaml", over))
+        grads = first_step_gradients(task)
+        flags = {b.activation_checkpointing for b in checkpointed_blocks(task.modules["model"])}
+        return grads, capfd.readouterr().err.splitlines(), flags
 
     plain, plain_lines, plain_flags = run("plain", False)
     ckpt, ckpt_lines, ckpt_flags = run("ckpt", True)

@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from coordtok import checkpoint as ckpt
-from coordtok.baselines import train as bt
-from coordtok.baselines.checkpoint import load_baseline
-from coordtok.baselines.train import (MagvitV2Task, ProMAGTask, clip_psnr, inherited_names, load_baseline_run_config,
+from baselines import train as bt
+from baselines.checkpoint import load_baseline
+from baselines.train import (MagvitV2Task, ProMAGTask, inherited_names, load_baseline_run_config,
                                       load_magvit2_run_config, load_promag_run_config, train_baseline)
 from coordtok.config import ConfigError
 from coordtok.data import build_dataset, to_model_video
 from coordtok.loop import StepContext
+from coordtok.train import validation_psnr
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "baselines"
 # One 17-frame window of bikes (frames 100..116, a rider crossing): the only clip the learning tests see.
@@ -184,16 +185,17 @@ def test_magvit2_in_the_loop_generator_phase_gives_the_discriminator_no_gradient
     """Through fit(): at every generator phase the discriminator's gradients are still None (the
     loop clears them only at the start of the discriminator phase and after its step)."""
     from coordtok.loop import fit
+    from helpers import StepRecorder
 
-    cfg = magvit_gan_config(tmp_path, 2)
-    task = MagvitV2Task(cfg)
+    task = MagvitV2Task(magvit_gan_config(tmp_path, 2))
     seen = []
 
-    def check(step, modules):
-        if "model" in modules:
+    def check(phase):
+        if phase == "model":
             seen.append([n for n, p in task.modules["disc"].named_parameters() if p.grad is not None])
 
-    fit(task, cfg.train, progress=False, on_gradients=check)
+    with StepRecorder(task, on_step=check):
+        fit(task, progress=False)
     assert seen == [[], []]
 
 
@@ -207,7 +209,7 @@ def test_magvit2_tiny_learns_a_real_clip(tmp_path):
     result = train_baseline(cfg, progress=False)
     model, state = load_baseline(tmp_path, weights="model")
     window = build_dataset(cfg.data, 0, deterministic=True)
-    psnr = clip_psnr(lambda clip: model(clip)[0], window, 1, "cpu")
+    psnr = validation_psnr(lambda i, clip, nf: model(clip)[0], window, 1, "cpu")
     assert psnr > 15.5, psnr
     assert result["codebook_use"] > 0 and result["perplexity"] > 1
     assert state["ema"] is not None  # the tiny config keeps an EMA (0.99); load_baseline defaults to it
@@ -248,7 +250,8 @@ def test_promag_tiny_learns_a_real_clip(promag_4x):
     0-2; the test asks for 16.0 dB."""
     out, cfg = promag_4x
     model, _ = load_baseline(out)
-    psnr = clip_psnr(model.codec, build_dataset(cfg.data, 0, deterministic=True), 1, "cpu")
+    psnr = validation_psnr(lambda i, clip, nf: model.codec(clip), build_dataset(cfg.data, 0, deterministic=True), 1,
+                           "cpu")
     assert psnr > 16.0, psnr
 
 

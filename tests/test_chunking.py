@@ -1,10 +1,10 @@
-"""Long videos through a chunk codec (coordtok.baselines.chunking) and the seam measure (eval.seams)."""
+"""Long videos through a chunk codec (coordtok.chunking) and the seam measure (eval.seams)."""
 import math
 
 import pytest
 import torch
 
-from coordtok.baselines.chunking import blend_weights, chunk_boundaries, chunk_windows, reconstruct_chunked
+from coordtok.chunking import blend_weights, chunk_boundaries, chunk_windows, reconstruct_chunked
 from eval.seams import frame_diffs, seam_jump
 
 MODES = [("drop", 1), ("linear", 4), ("linear", 1), ("drop", 0)]

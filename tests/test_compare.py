@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from coordtok.baselines.chunking import chunk_boundaries, reconstruct_chunked
+from coordtok.chunking import chunk_boundaries, reconstruct_chunked
 from coordtok.cli import main
 from coordtok.video_io import sample_video_paths, write_mp4
 from eval.metrics import video_metrics
@@ -64,7 +64,7 @@ def test_one_table_for_every_tokenizer_and_protocol(trained, tmp_path, capsys):
     assert all(np.isfinite(r["seam_boundary"]) and np.isfinite(r["seam_within"]) for r in results)
 
     # MAGVIT-v2's row is its model run window by window and stitched: the same PSNR from the checkpoint
-    from coordtok.baselines.checkpoint import load_baseline
+    from baselines.checkpoint import load_baseline
     from eval.fvd import real_clips, real_data
 
     clip = real_clips(real_data(real), FRAMES, 64, 1, 0)[0]

@@ -11,7 +11,7 @@ import torch
 
 import test_precision
 import test_profile
-from coordtok.loop import resolve_device
+from coordtok.devices import resolve_device
 
 
 def _gpu_machine(monkeypatch):

@@ -130,7 +130,7 @@ def test_samplers(cache, sampler):
 
 # ---------------------------------------------------------------------------- baselines and REGEN
 def test_magvit2_step_with_its_discriminator():
-    from coordtok.baselines.train import MagvitV2Task, load_magvit2_run_config
+    from baselines.train import MagvitV2Task, load_magvit2_run_config
 
     # R1 takes input gradients: this harness runs without autograd (module docstring).
     cfg = load_magvit2_run_config("configs/baselines/magvit2-tiny.yaml",
@@ -143,7 +143,7 @@ def test_magvit2_step_with_its_discriminator():
 
 
 def test_promag_step_with_its_discriminator():
-    from coordtok.baselines.train import ProMAGTask, load_promag_run_config
+    from baselines.train import ProMAGTask, load_promag_run_config
 
     cfg = load_promag_run_config("configs/baselines/promag-tiny-4x.yaml",
                                  {"train": {"gan_weight": 0.1, "r1_weight": 0.0}, **NO_VAL})
@@ -155,7 +155,7 @@ def test_promag_step_with_its_discriminator():
 
 @pytest.mark.parametrize("extend", [False, True])
 def test_regen_step(extend):
-    from sit.regen_train import RegenTask, load_regen_run_config
+    from baselines.regen_train import RegenTask, load_regen_run_config
 
     cfg = load_regen_run_config("configs/baselines/regen-tiny.yaml",
                                 {"train": {"extend_prob": 1.0 if extend else 0.0}, **NO_VAL})

@@ -49,7 +49,7 @@ def test_eval_recon_reports_rfvd_at_both_lengths_and_frame_metrics(setup, tmp_pa
     from eval.fvd import real_data, real_clips
     from eval.metrics import video_metrics
     from eval.seams import seam_jump
-    from coordtok.baselines.chunking import chunk_boundaries
+    from coordtok.chunking import chunk_boundaries
 
     clip = real_clips(real_data(root / "real"), 128, 64, 3, 0)[0]
     video = clip.permute(3, 0, 1, 2)[None].float() / 127.5 - 1

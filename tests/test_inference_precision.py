@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from coordtok import loop
+from coordtok import devices
 from coordtok.cli import main
 from coordtok.config import ConfigError, DataConfig
 from coordtok.model import CoordTok
@@ -34,7 +34,7 @@ def _fake_cuda(monkeypatch, bf16: bool = True):
 
 
 def _cpu(monkeypatch, native: bool):
-    monkeypatch.setattr(loop, "cpu_info", lambda *a: {"model": "test CPU", "instruction_sets": [],
+    monkeypatch.setattr(devices, "cpu_info", lambda *a: {"model": "test CPU", "instruction_sets": [],
                                                       "native_bf16": native})
 
 
@@ -56,23 +56,23 @@ def _cpu(monkeypatch, native: bool):
 def test_the_choice(requested, device, config_says, bf16_gpu, expected, monkeypatch):
     _fake_cuda(monkeypatch, bf16_gpu)
     _cpu(monkeypatch, native=True)
-    assert loop.resolve_inference_precision(requested, device, config_says) == expected
+    assert devices.resolve_inference_precision(requested, device, config_says) == expected
 
 
 def test_fallbacks_say_so_and_impossible_requests_are_one_line(monkeypatch):
     _fake_cuda(monkeypatch, bf16=False)
     _cpu(monkeypatch, native=False)
     notes = []
-    assert loop.resolve_inference_precision("tf32", "cpu", log=notes.append) == "fp32"
+    assert devices.resolve_inference_precision("tf32", "cpu", log=notes.append) == "fp32"
     assert "CUDA" in notes[-1]
-    assert loop.resolve_inference_precision("fp16", "cpu", log=notes.append) == "fp32"
+    assert devices.resolve_inference_precision("fp16", "cpu", log=notes.append) == "fp32"
     assert "--precision=fp16 needs a GPU" in notes[-1]
-    assert loop.resolve_inference_precision("bf16", "cpu", log=notes.append) == "bf16"
+    assert devices.resolve_inference_precision("bf16", "cpu", log=notes.append) == "bf16"
     assert "emulated" in notes[-1]
     with pytest.raises(ConfigError, match=r"--precision=bf16: this GPU does not support bf16"):
-        loop.resolve_inference_precision("bf16", "cuda")
+        devices.resolve_inference_precision("bf16", "cuda")
     with pytest.raises(ConfigError, match="--precision must be one of auto, fp32, tf32, bf16, fp16"):
-        loop.resolve_inference_precision("fp8", "cuda")
+        devices.resolve_inference_precision("fp8", "cuda")
 
 
 # ---------------------------------------------------------------------------- what the context sets
@@ -83,7 +83,7 @@ def test_fallbacks_say_so_and_impossible_requests_are_one_line(monkeypatch):
 def test_cuda_flags_and_autocast(precision, tf32, dtype, before, monkeypatch, tf32_flags):
     _fake_cuda(monkeypatch)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = before
-    with loop.inference_precision(precision, "cuda"):
+    with devices.inference_precision(precision, "cuda"):
         assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32
         assert torch.is_autocast_enabled("cuda") is (dtype is not None)
         if dtype is not None:
@@ -95,11 +95,11 @@ def test_cuda_flags_and_autocast(precision, tf32, dtype, before, monkeypatch, tf
 
 def test_cpu_leaves_the_cuda_flags_alone_and_autocasts_the_cpu(tf32_flags):
     torch.backends.cuda.matmul.allow_tf32 = False
-    with loop.inference_precision("bf16", "cpu"):
+    with devices.inference_precision("bf16", "cpu"):
         assert torch.backends.cuda.matmul.allow_tf32 is False
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
-    with loop.inference_precision("fp32", "cpu"):
+    with devices.inference_precision("fp32", "cpu"):
         assert not torch.is_autocast_enabled("cpu")
 
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from coordtok import checkpoint as ckpt
-from coordtok.baselines.train import load_magvit2_run_config, train_baseline
+from baselines.train import load_magvit2_run_config, train_baseline
 from coordtok.config import load_tokenizer_config
-from coordtok.loop import EXPLODING, TrainingDiverged, loss_is_sane
+from coordtok.loop import EXPLODING, loss_is_sane, TrainingDiverged
 from coordtok.train import train
 
 # The tiny models' initial weights are of order 1 at most (default inits, unit norm gains, sin-cos

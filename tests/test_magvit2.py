@@ -7,14 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coordtok.baselines.causal import AdaptiveGroupNorm, CausalConv3d, DepthToSpaceUpsample, FrameGroupNorm, \
+from baselines.causal import AdaptiveGroupNorm, CausalConv3d, DepthToSpaceUpsample, FrameGroupNorm, \
     ResBlock3d, causal_resize, inflate_image_kernel, norm_groups
-from coordtok.baselines.chunking import reconstruct_chunked
-from coordtok.baselines.discriminator import BlurPool3d, StyleGANDiscriminator3D, build_discriminator, \
+from coordtok.chunking import reconstruct_chunked
+from baselines.discriminator import BlurPool3d, StyleGANDiscriminator3D, build_discriminator, \
     discriminator_param_count
-from coordtok.baselines.gan import LeCAM, discriminator_loss, entropy_weight, generator_loss, r1_penalty
-from coordtok.baselines.lfq import LFQ, bit_codes, codebook_usage, lfq_entropy
-from coordtok.baselines.magvit2 import MagvitV2, MagvitV2Config, analytic_param_count, load_magvit2_config
+from baselines.gan import LeCAM, entropy_weight, nonsaturating_d_loss, nonsaturating_g_loss, r1_penalty
+from baselines.lfq import LFQ, bit_codes, codebook_usage, lfq_entropy
+from baselines.magvit2 import MagvitV2, MagvitV2Config, analytic_param_count, load_magvit2_config
 from coordtok.config import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "baselines"
@@ -361,10 +361,10 @@ def test_gan_losses_closed_form():
     real, fake = torch.tensor([2.0, 0.0]), torch.tensor([-1.0, 0.5])
     sp = lambda v: math.log1p(math.exp(v))  # softplus, in float64
     # float32 softplus and a mean of two: relative error a few eps (1e-7); 1e-6 leaves room
-    assert generator_loss(fake).item() == pytest.approx((sp(1.0) + sp(-0.5)) / 2, rel=1e-6)
-    assert discriminator_loss(real, fake).item() == pytest.approx(
+    assert nonsaturating_g_loss(fake).item() == pytest.approx((sp(1.0) + sp(-0.5)) / 2, rel=1e-6)
+    assert nonsaturating_d_loss(real, fake).item() == pytest.approx(
         (sp(-2.0) + sp(0.0)) / 2 + (sp(-1.0) + sp(0.5)) / 2, rel=1e-6)
-    assert generator_loss(torch.zeros(3)).item() == pytest.approx(math.log(2), rel=1e-6)
+    assert nonsaturating_g_loss(torch.zeros(3)).item() == pytest.approx(math.log(2), rel=1e-6)
 
 
 def test_r1_penalty_closed_form():

@@ -4,7 +4,7 @@ runs in the precision it names."""
 import pytest
 
 from coordtok import checkpoint as ckpt
-from coordtok import loop
+from coordtok import devices
 from coordtok.config import ConfigError, load_tokenizer_config
 from coordtok.train import train
 
@@ -29,33 +29,33 @@ SAPPHIRE = XEON.replace("Platinum 8259CL", "Platinum 8488C").replace("avx512_vnn
 def test_cpu_info_reads_the_model_and_native_bf16(text, model, native, tmp_path):
     path = tmp_path / "cpuinfo"
     path.write_text(text)
-    info = loop.cpu_info(path)
+    info = devices.cpu_info(path)
     assert info["model"] == model and info["native_bf16"] is native
     assert "avx512_vnni" in info["instruction_sets"] and ("avx512_bf16" in info["instruction_sets"]) == (text is EPYC)
 
 
 def test_cpu_info_without_proc_names_the_platform(tmp_path):
-    info = loop.cpu_info(tmp_path / "missing")
+    info = devices.cpu_info(tmp_path / "missing")
     assert info["native_bf16"] is False and info["instruction_sets"] == [] and info["model"]
 
 
 def _cpu(monkeypatch, native: bool):
-    monkeypatch.setattr(loop, "cpu_info", lambda *a: {"model": "test CPU", "instruction_sets": [],
+    monkeypatch.setattr(devices, "cpu_info", lambda *a: {"model": "test CPU", "instruction_sets": [],
                                                       "native_bf16": native})
 
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "no")])
 def test_auto_picks_bf16_only_with_native_bf16(native, expected, monkeypatch):
     _cpu(monkeypatch, native)
-    assert loop.resolve_precision("auto", "cpu") == expected
+    assert devices.resolve_precision("auto", "cpu") == expected
 
 
 def test_explicit_choices_on_a_cpu(monkeypatch):
     _cpu(monkeypatch, False)
     notes = []
-    assert loop.resolve_precision("no", "cpu", notes.append) == "no" and not notes
-    assert loop.resolve_precision("fp16", "cpu", notes.append) == "no" and "needs a GPU" in notes[-1]
-    assert loop.resolve_precision("bf16", "cpu", notes.append) == "bf16" and "emulated" in notes[-1]
+    assert devices.resolve_precision("no", "cpu", notes.append) == "no" and not notes
+    assert devices.resolve_precision("fp16", "cpu", notes.append) == "no" and "needs a GPU" in notes[-1]
+    assert devices.resolve_precision("bf16", "cpu", notes.append) == "bf16" and "emulated" in notes[-1]
 
 
 def test_the_config_refuses_an_unknown_precision():

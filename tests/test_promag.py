@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from coordtok.baselines.chunking import chunk_windows
-from coordtok.baselines.promag import (PatchGAN3D, ProMAG, ProMAGConfig, analytic_param_count,
+from coordtok.chunking import chunk_windows
+from baselines.promag import (PatchGAN3D, ProMAG, ProMAGConfig, analytic_param_count,
                                        discriminator_param_count, grow, hinge_d_loss, hinge_g_loss,
                                        load_promag_config, table4_config)
 from coordtok.config import ConfigError, from_dict

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from coordtok.config import ConfigError, from_dict
-from sit.regen import Regen, RegenConfig, analytic_param_count, load_regen_config
+from baselines.regen import Regen, RegenConfig, analytic_param_count, load_regen_config
 from helpers import param_count
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "baselines"

@@ -12,8 +12,10 @@ from coordtok import checkpoint as ckpt
 from coordtok.checkpoint import CheckpointError
 from coordtok.config import ConfigError
 from coordtok.data import build_dataset
-from sit.regen import Regen
-from sit.regen_train import RegenTask, extension_step, load_regen, load_regen_run_config, regen_psnr, train_regen
+from coordtok.train import validation_psnr
+from baselines.regen import Regen
+from baselines.regen_train import (RegenTask, extension_step, load_regen, load_regen_run_config, train_regen,
+                                   validation_decoder)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "baselines"
 # Two consecutive 9-frame chunks of bikes (frames 100..117): the only clip the learning test sees.
@@ -113,7 +115,7 @@ def test_learns_a_real_clip(tmp_path, monkeypatch):
     chunks = build_dataset(cfg.data, 0, deterministic=True)
     second = [{"video": chunks[0]["video"][:, 9:]}]
     grey = 10 * math.log10(4.0 / second[0]["video"].pow(2).mean().item())
-    psnr = regen_psnr(model, second, 1, "cpu", steps=1)
+    psnr = validation_psnr(validation_decoder(model, steps=1, seed=0), second, 1, "cpu")
     assert psnr > grey + 1.0, (psnr, grey)
 
 

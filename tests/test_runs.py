@@ -133,7 +133,7 @@ def test_sit_resume_uses_the_caches_current_statistics(cache, tmp_path, capsys):
     latents = tmp_path / "latents"
     shutil.copytree(cache, latents)
     cfg = lambda steps: load_sit_run_config("configs/sit/tiny.yaml", {"train": {  # noqa: E731
-        "max_steps": steps, "out_dir": str(tmp_path / "run"), "batch_size": 2, "ckpt_every": 1, "sample_every": 0,
+        "max_steps": steps, "out_dir": str(tmp_path / "run"), "batch_size": 2, "ckpt_every": 1, "val_every": 0,
         "mixed_precision": "no"}})
     train_sit(cfg(1), latents, progress=False)
     fixed = LatentStats.load(latents)

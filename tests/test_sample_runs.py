@@ -32,7 +32,7 @@ def tokenizer(root):
 def sit(cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("sit-sample-runs")
     cfg = load_sit_run_config(SIT_CONFIG, {"train": {
-        "max_steps": 2, "out_dir": str(out), "batch_size": 4, "log_every": 1, "ckpt_every": 2, "sample_every": 0,
+        "max_steps": 2, "out_dir": str(out), "batch_size": 4, "log_every": 1, "ckpt_every": 2, "val_every": 0,
         "mixed_precision": "no"}})
     train_sit(cfg, cache, progress=False)
     return out / "ckpt-0000002.pt"

@@ -15,7 +15,7 @@ from sit.cache import read_index
 from sit.stats import LatentStats
 from sit.models import SiTConfig, TriplaneSiT
 from sit.checkpoint import load_sit
-from sit.train import train_sit
+from sit.train import SiTTask, train_sit
 from helpers import assert_same_gradients, first_step_gradients
 from sit_common import SIT_CONFIG, tiny_tokenizer
 
@@ -29,7 +29,7 @@ def tokenizer_ckpt(root):
 def sit_run(out_dir, steps, **train_over):
     return load_sit_run_config(SIT_CONFIG, {"train": {
         "max_steps": steps, "out_dir": str(out_dir), "batch_size": 4, "log_every": 1, "ckpt_every": 2,
-        "keep_checkpoints": 5, "sample_every": 2, "sample_num": 2, "sample_steps": 3, "mixed_precision": "no",
+        "keep_checkpoints": 5, "val_every": 2, "sample_num": 2, "sample_steps": 3, "mixed_precision": "no",
         **train_over}})
 
 
@@ -65,10 +65,10 @@ def test_resume_is_bit_exact_model_and_ema(cache, tmp_path):
 
 def test_gradient_accumulation_matches_one_big_batch(cache, tmp_path):
     """batch 4 as 2 micro-batches of 2 == batch 4 at once (same latents, times and noise; mean loss)."""
-    a = first_step_gradients(train_sit, sit_run(tmp_path / "a", 1, sample_every=0), cache)
-    b = first_step_gradients(train_sit, sit_run(tmp_path / "b", 1, sample_every=0, grad_accum=2), cache)
+    a = first_step_gradients(SiTTask(sit_run(tmp_path / "a", 1, val_every=0), cache))
+    b = first_step_gradients(SiTTask(sit_run(tmp_path / "b", 1, val_every=0, grad_accum=2), cache))
     assert_same_gradients(a, b)
-    c = first_step_gradients(train_sit, sit_run(tmp_path / "c", 1, sample_every=0, seed=1), cache)
+    c = first_step_gradients(SiTTask(sit_run(tmp_path / "c", 1, val_every=0, seed=1), cache))
     with pytest.raises(AssertionError):
         assert_same_gradients(a, c)
 
@@ -76,7 +76,7 @@ def test_gradient_accumulation_matches_one_big_batch(cache, tmp_path):
 def test_ema_follows_the_decay(cache, tmp_path):
     """One step: EMA = decay * init + (1 - decay) * model, for every parameter; buffers copied."""
     decay = 0.75
-    train_sit(sit_run(tmp_path, 1, ema=decay, ckpt_every=1, sample_every=0), cache, progress=False)
+    train_sit(sit_run(tmp_path, 1, ema=decay, ckpt_every=1, val_every=0), cache, progress=False)
     state = ckpt.load(tmp_path / "ckpt-0000001.pt")
     torch.manual_seed(0)  # train.seed: the same initial weights as the run
     init = TriplaneSiT(SiTConfig.from_yaml(SIT_CONFIG)).state_dict()

@@ -45,7 +45,7 @@ def other_cache(other_tokenizer, tmp_path_factory):
 def _sit_train(run, latents, *extra):
     return main(["sit-train", "--config", str(SIT_CONFIG), "--out-dir", str(run), "--latents", str(latents),
                  "--no-progress", "--set", "train.batch_size=4", "--set", "train.ckpt_every=1",
-                 "--set", "train.sample_every=0", "--set", "train.log_every=1",
+                 "--set", "train.val_every=0", "--set", "train.log_every=1",
                  "--set", "train.mixed_precision=no", *extra])
 
 

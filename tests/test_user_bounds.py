@@ -52,7 +52,7 @@ def test_samplers_refuse_step_counts_out_of_range():
 def regen_ckpt(tmp_path_factory):
     """A REGEN checkpoint of 9-frame chunks at 16 x 16 (random weights: only the command is tested)."""
     from coordtok.config import from_dict
-    from sit.regen import Regen, RegenConfig
+    from baselines.regen import Regen, RegenConfig
 
     cfg = dict(frames=9, size=16, enc_channels=8, enc_multipliers=[1, 2, 2, 2], enc_spatial_down=[True, True, True],
                enc_blocks=1, hidden=64, depth=2, heads=4, patch=4, latent_patch=1)

@@ -13,8 +13,8 @@
 * :mod:`.checkpoint` -- :func:`~.checkpoint.load_baseline`, a trained MAGVIT-v2 or ProMAG.
 
 REGEN's encoder is built from these blocks; its diffusion decoder and training live in
-:mod:`sit.regen` and :mod:`sit.regen_train` (they use the SiT transport).
+:mod:`baselines.regen` and :mod:`baselines.regen_train` (they use the SiT transport).
 
-Import from the submodules (``from coordtok.baselines.magvit2 import MagvitV2``): the package
+Import from the submodules (``from baselines.magvit2 import MagvitV2``): the package
 itself imports nothing, so loading the shared causal blocks pulls in no model code.
 """

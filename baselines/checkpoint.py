@@ -1,6 +1,6 @@
 """Loading a trained baseline tokenizer (MAGVIT-v2 or ProMAG) from this project's checkpoints.
 
-A checkpoint of :func:`coordtok.baselines.train.train_baseline` holds the run config (``model:``
+A checkpoint of :func:`baselines.train.train_baseline` holds the run config (``model:``
 is the architecture), the training weights (``model``) and, where the run keeps one, the EMA
 (``ema``), which is what evaluation uses.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ..checkpoint import load_model
+from coordtok.checkpoint import load_model
 from .magvit2 import MagvitV2, MagvitV2Config
 from .promag import ProMAG, ProMAGConfig
 

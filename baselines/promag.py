@@ -2,7 +2,7 @@
 
 Mahapatra et al., "Progressive Growing of Video Tokenizers for Temporally Compact Latent Spaces",
 2025 (main text and supplement, Table 4). A MAGVIT-v2-style causal tokenizer (the blocks of
-:mod:`coordtok.baselines.causal`) with a continuous KL bottleneck, trained first at 4x temporal
+:mod:`baselines.causal`) with a continuous KL bottleneck, trained first at 4x temporal
 compression and then grown to 8x and 16x: each stage keeps the previous stage's weights, most of
 them frozen, and adds one new encoder level and one new decoder level.
 
@@ -66,7 +66,7 @@ terms for growing are only reconstruction, perceptual and a 1e-12 KL) keeps the 
 by the frozen parent decoder while the new levels learn the frames in between.
 
 Long videos (:meth:`ProMAG.reconstruct_long`): 17-frame chunks overlapping by 4 frames, blended in
-pixel space with linear weights (:func:`coordtok.baselines.chunking.reconstruct_chunked`).
+pixel space with linear weights (:func:`coordtok.chunking.reconstruct_chunked`).
 
 Discriminator (:class:`PatchGAN3D`): the SD-VAE PatchGAN with 3D convolutions, 3 layers, kernel
 3 x 4 x 4, 64 channels, hinge losses (:func:`hinge_d_loss`, :func:`hinge_g_loss`).
@@ -82,10 +82,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ConfigError, from_dict, load_yaml
+from coordtok.config import ConfigError, from_dict, load_yaml
 from .causal import (CausalConv3d, FrameGroupNorm, ResBlock3d, causal_resize, conv_params, norm_groups, norm_params,
                      res_block_params)
-from .chunking import CausalChunkGeometry, chunk_windows, reconstruct_chunked
+from coordtok.chunking import CausalChunkGeometry, chunk_windows, reconstruct_chunked
 
 __all__ = [
     "ProMAGConfig", "table4_config", "load_promag_config", "StridedCausalConv", "CausalUpsample",
@@ -140,10 +140,6 @@ class ProMAGConfig:
     disc_layers: int = 3  # PatchGAN3D strided layers
 
     def validate(self) -> None:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(msg)
-
         for name in ("frames", "size", "base_channels", "enc_blocks", "dec_blocks", "z_channels", "z_dim",
                      "norm_groups", "disc_channels", "disc_layers"):
             need(getattr(self, name) > 0, f"'{name}' must be positive, got {getattr(self, name)}")
@@ -243,7 +239,7 @@ class StridedCausalConv(CausalConv3d):
     """Strided causal 3x3x3 conv (with bias) that halves time and/or space.
 
     ``(B, C_in, 1 + 2k, H, W) -> (B, C_out, 1 + k, H/2, W/2)`` with both flags. Table 4 has levels
-    that halve time only, which :class:`~coordtok.baselines.causal.CausalDownsample` (space always
+    that halve time only, which :class:`~baselines.causal.CausalDownsample` (space always
     halved) cannot express; this is the same conv with the spatial stride optional.
     """
 
@@ -258,7 +254,7 @@ class CausalUpsample(nn.Module):
     "nearest + conv up".
 
     ``(B, C, 1 + k, H, W) -> (B, C, 1 + 2k, 2H, 2W)`` with both flags. Time follows
-    :func:`~coordtok.baselines.causal.causal_resize`: output frame 0 copies input frame 0 and frame
+    :func:`~baselines.causal.causal_resize`: output frame 0 copies input frame 0 and frame
     ``i >= 1`` copies ``ceil(i / 2)``, so no output frame sees a later input frame.
     """
 
@@ -454,7 +450,7 @@ class ProMAG(CausalChunkGeometry, nn.Module):
 
     def tokens(self, frames: int) -> int:
         """Latent positions for a ``frames``-long clip under ProMAG's long-video protocol: windows of
-        ``chunk_frames`` overlapping by ``chunk_overlap`` (:func:`~.chunking.chunk_windows`), each
+        ``chunk_frames`` overlapping by ``chunk_overlap`` (:func:`~coordtok.chunking.chunk_windows`), each
         costing one chunk's ``(1 + k) x h x w`` latent. 17 frames at 8x, 256^2: 3 x 32 x 32 = 3,072."""
         _, t, h, w = self.latent_shape(self.chunk_frames)
         return len(chunk_windows(frames, self.chunk_frames, self.chunk_overlap)) * t * h * w
@@ -509,7 +505,7 @@ class ProMAG(CausalChunkGeometry, nn.Module):
     def reconstruct_long(self, video: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """A long video ``(B, 3, T, H, W)`` through ``chunk_frames`` chunks overlapping by
         ``chunk_overlap``, each decoded from its posterior mean, the overlaps blended linearly in
-        pixel space. Returns :func:`~.chunking.reconstruct_chunked`'s ``(recon, info)``."""
+        pixel space. Returns :func:`~coordtok.chunking.reconstruct_chunked`'s ``(recon, info)``."""
         return reconstruct_chunked(self.codec, video, chunk=self.chunk_frames, overlap=self.chunk_overlap,
                                    blend="linear")
 

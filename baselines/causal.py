@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..activation_checkpointing import CheckpointedBlock
+from coordtok.activation_checkpointing import CheckpointedBlock
 
 __all__ = [
     "norm_groups",

@@ -2,7 +2,7 @@
 
 One task on the project's training skeleton (:func:`coordtok.loop.fit`). REGEN (Zhang et al.
 2025, supplement) trains its causal encoder and its diffusion-transformer decoder together through
-the decoder's flow-matching loss (:meth:`sit.regen.Regen.loss`, built on
+the decoder's flow-matching loss (:meth:`baselines.regen.Regen.loss`, built on
 :func:`sit.transport.training_loss`): the velocity of the linear path from noise ``x0`` to the
 chunk ``x1`` at time ``t``, conditioned on the chunk's latent.
 
@@ -13,7 +13,7 @@ pure reconstruction over the course of training; its schedule is not published. 
 * reconstruction: the decoder regenerates a ``1 + k``-frame chunk from its own latent;
 * backward extension: the window the long-video decoder uses for latent extension -- the chunk
   plus the previous chunk's last frame (``k + 2`` frames), the latent extended by the previous
-  chunk's latent frame 1 (:meth:`~sit.regen.Regen.loss` with ``prev_video``).
+  chunk's latent frame 1 (:meth:`~baselines.regen.Regen.loss` with ``prev_video``).
 
 Each optimizer step trains one of the two, the extension with probability ``train.extend_prob``
 (a draw that depends only on ``(seed, step)``, so every process and micro-batch of a step agree).
@@ -38,18 +38,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from coordtok.baselines.train import baseline_data_section, read_run_sections
+from .train import baseline_data_section, read_run_sections
 from coordtok.checkpoint import load_model
 from coordtok.config import ConfigError, DataConfig, LoopConfig, RunConfig, from_dict, positive
-from coordtok.ema import create_ema
-from coordtok.loop import SeedTag, StepContext, mix_seed
-from coordtok.train import VideoTask, train_video_task
+from coordtok.loop import StepContext
+from coordtok.seeds import mix_seed, SeedTag
+from coordtok.loop import fit
+from coordtok.train import VideoTask
 
 from .regen import Regen, RegenConfig
-from .train import time_and_noise
+from sit.train import time_and_noise
 
 __all__ = ["RegenTrainConfig", "RegenRunConfig", "load_regen_run_config", "extension_step", "TrainingRegen",
-           "RegenTask", "regen_psnr", "train_regen", "load_regen"]
+           "RegenTask", "validation_decoder", "train_regen", "load_regen"]
 
 
 @dataclass
@@ -58,9 +59,7 @@ class RegenTrainConfig(LoopConfig):
 
     extend_prob: float = 0.25  # fraction of steps that train the backward-extension window
     t_eps: float = 0.0  # training times drawn from U(t_eps, 1 - t_eps)
-    ema: float | None = None  # EMA decay (evaluation uses the EMA); None: no EMA
     decode_steps: int = 1  # Euler steps of the validation decode (1: REGEN's one-step decoder)
-    val_every: int = 5000
     val_clips: int = 8
     lr: float = 1e-4
     betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
@@ -75,14 +74,12 @@ class RegenTrainConfig(LoopConfig):
             raise ConfigError(f"'extend_prob' must be in [0, 1], got {self.extend_prob}")
         if not 0.0 <= self.t_eps < 0.5:
             raise ConfigError(f"'t_eps' must be in [0, 0.5), got {self.t_eps}")
-        if self.ema is not None and not 0.0 <= self.ema < 1.0:
-            raise ConfigError(f"'ema' must be in [0, 1) (or null for no EMA), got {self.ema}")
-        positive(self, "decode_steps", "val_every", "val_clips", allow_zero=("val_clips",))
+        positive(self, "decode_steps", "val_clips", allow_zero=("val_clips",))
 
 
 @dataclass
 class RegenRunConfig(RunConfig):
-    """A REGEN run: ``kind: regen``, ``model`` (:class:`~sit.regen.RegenConfig`), ``train``, ``data``
+    """A REGEN run: ``kind: regen``, ``model`` (:class:`~baselines.regen.RegenConfig`), ``train``, ``data``
     (clips of two chunks when ``extend_prob > 0``, else one) and optional ``val_data`` (one chunk)."""
 
     model: RegenConfig
@@ -133,8 +130,19 @@ def extension_step(seed: int, step: int, p: float) -> bool:
     return p > 0 and float(torch.rand((), generator=g)) < p
 
 
+def validation_decoder(model: Regen, steps: int, seed: int):
+    """``(i, video, num_frames) -> reconstruction`` for :func:`coordtok.train.validation_psnr`:
+    clip ``i`` decoded from its latent with ``steps`` Euler steps from noise seeded by ``(seed, i)``,
+    the same noise at every validation."""
+    def decode(i, video, num_frames):
+        g = torch.Generator().manual_seed(mix_seed(seed, i, int(SeedTag.REGEN)))
+        return model.decode(model.encode(video), steps=steps, generator=g).frames
+
+    return decode
+
+
 class TrainingRegen(Regen):
-    """:class:`~sit.regen.Regen` whose ``forward`` is its flow-matching loss: DDP all-reduces the
+    """:class:`~baselines.regen.Regen` whose ``forward`` is its flow-matching loss: DDP all-reduces the
     gradients of what runs inside ``forward`` only. Same parameters and state dict as ``Regen``."""
 
     def forward(self, video: torch.Tensor, t: torch.Tensor, x0: torch.Tensor,
@@ -142,19 +150,6 @@ class TrainingRegen(Regen):
         """``video (B, 3, 1 + k, H, W)``, ``t (B,)``, ``x0`` shaped like the target window ->
         :meth:`Regen.loss`'s ``(loss, stats)``."""
         return self.loss(video, prev_video=prev_video, t=t, x0=x0)
-
-
-@torch.no_grad()
-def regen_psnr(model: Regen, dataset, n: int, device, steps: int = 1, seed: int = 0) -> float:
-    """Mean PSNR (dB, [-1, 1] pixels clamped) of the first ``n`` clips (one chunk each) decoded
-    from their latents with ``steps`` Euler steps, each from noise seeded by ``(seed, clip)``."""
-    scores = []
-    for i in range(min(n, len(dataset))):
-        video = dataset[i]["video"][None].to(device)
-        g = torch.Generator().manual_seed(mix_seed(seed, i, int(SeedTag.REGEN)))
-        rec = model.decode(model.encode(video), steps=steps, generator=g).frames.float().clamp(-1, 1)
-        scores.append(10 * math.log10(4.0 / max(F.mse_loss(rec, video.float()).item(), 1e-12)))
-    return float(np.mean(scores)) if scores else float("nan")
 
 
 class RegenTask(VideoTask):
@@ -165,9 +160,7 @@ class RegenTask(VideoTask):
 
     def __init__(self, cfg: RegenRunConfig):
         super().__init__(cfg)
-        t = cfg.train
         self.modules = {"model": TrainingRegen(cfg.model)}
-        self.ema = create_ema(self.modules["model"]) if t.ema is not None else None
 
     def loss(self, phase, batch, ctx: StepContext):
         clip = batch["video"]
@@ -183,33 +176,26 @@ class RegenTask(VideoTask):
         loss, _ = self.wrapped["model"](video, tt.to(video.device, video.dtype), x0.to(video.device, video.dtype), prev)
         return {"loss": loss, ("extend_loss" if prev is not None else "recon_loss"): loss.detach()}
 
-    def periodic(self, step, log):
-        if self.val_set is None:
-            return {}
-        t = self.config.train
-        model = self.ema if self.ema is not None else self.modules["model"]
-        was_training = model.training
-        model.eval()
-        psnr = regen_psnr(model, self.val_set, t.val_clips, self.accelerator.device, t.decode_steps, t.seed)
-        model.train(was_training)
-        log(f"step {step}: validation PSNR {psnr:.2f} dB ({t.decode_steps}-step decode, "
-            f"{'EMA' if self.ema is not None else 'model'}) on {min(t.val_clips, len(self.val_set))} clips")
-        return {"val_psnr": psnr}
+    def val_codec(self, model):
+        return validation_decoder(model, self.config.train.decode_steps, self.config.train.seed)
+
+    def val_note(self, model):
+        return f"{self.config.train.decode_steps}-step decode, {super().val_note(model)}"
 
 
 def train_regen(cfg: RegenRunConfig, resume: bool | str | Path | None = None, progress: bool = True,
-                config_text: str | None = None, on_finish=None, on_gradients=None) -> dict:
+                config_text: str | None = None) -> dict:
     """Train REGEN; returns ``{"step", "loss", "recon_loss", "extend_loss", "val_psnr", "run_dir",
     "checkpoint"}`` (the latest value of each).
 
     ``resume``: ``True`` continues from the newest good checkpoint of ``cfg.train.out_dir`` (if
     any), a path continues from that file.
     """
-    return train_video_task(RegenTask(cfg), cfg, resume, progress, config_text, on_finish, on_gradients)
+    return fit(RegenTask(cfg), resume=resume, progress=progress, config_text=config_text)
 
 
 def load_regen(path: str | Path, map_location="cpu", weights: str = "ema") -> tuple[Regen, dict]:
-    """A :class:`~sit.regen.Regen` in eval mode from a checkpoint file or run folder: ``(model, state)``.
+    """A :class:`~baselines.regen.Regen` in eval mode from a checkpoint file or run folder: ``(model, state)``.
 
     ``weights``: ``"ema"`` (the EMA where the run keeps one, else the training weights) or
     ``"model"``. One-line :class:`~coordtok.checkpoint.CheckpointError` for another kind of

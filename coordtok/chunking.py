@@ -105,7 +105,7 @@ def reconstruct_chunked(codec_fn: Callable[[torch.Tensor], torch.Tensor], video:
     """Reconstruct a long video ``(B, C, T, H, W)`` window by window with ``codec_fn``.
 
     ``codec_fn`` maps a ``(B, C, chunk, H, W)`` clip to its reconstruction of the same shape (e.g.
-    ``lambda x: model(x)[0]`` for :class:`~coordtok.baselines.magvit2.MagvitV2`). Windows are
+    ``lambda x: model(x)[0]`` for :class:`~baselines.magvit2.MagvitV2`). Windows are
     :func:`chunk_windows`; a short last window is padded at its end by repeating its last frame and
     the padding is cut from the output. Overlaps are stitched as :func:`blend_weights` says,
     written as ``lerp(earlier, later, w)`` so that identical chunk outputs stitch back bit-exactly.

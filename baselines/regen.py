@@ -14,7 +14,7 @@ This is a small faithful version built on this package's transport (:func:`sit.t
 beyond what is said below is not published in enough detail; every choice of ours is marked.
 
 Encoder (``(B, 3, 1 + k, H, W)`` in [-1, 1] -> latent ``(B, 8, 2, H/8, W/8)``): the MAGVIT-v2-style
-causal encoder of :class:`coordtok.baselines.promag.CausalEncoder` -- causal conv, levels of res
+causal encoder of :class:`baselines.promag.CausalEncoder` -- causal conv, levels of res
 blocks with multipliers (1, 2, 4, 6) (one more level, 6, per doubling of the compression), a strided
 causal conv after every level but the last, middle res blocks, GroupNorm, SiLU, 1x1x1 conv to 8
 channels. The block count is not given; the multipliers are ProMAG's, so we take ProMAG's (2 per
@@ -65,12 +65,12 @@ import torch
 import torch.nn as nn
 from einops import rearrange, repeat
 
-from coordtok.baselines.promag import CausalEncoder, causal_encoder_param_count
+from .promag import CausalEncoder, causal_encoder_param_count
 from coordtok.config import ConfigError, from_dict, load_yaml
 
-from .models import FinalLayer, SiTBlock, TimestepEmbedder, sincos_1d
-from .samplers import FIXED_GRID_METHODS, euler_maruyama, ode
-from .transport import LinearPath, _randn_like, training_loss
+from sit.models import FinalLayer, SiTBlock, TimestepEmbedder, sincos_1d
+from sit.samplers import FIXED_GRID_METHODS, euler_maruyama, ode
+from sit.transport import LinearPath, randn_like, training_loss
 
 __all__ = ["RegenConfig", "load_regen_config", "RegenDiT", "Regen", "Decoded", "LongDecode",
            "analytic_param_count"]
@@ -101,10 +101,6 @@ class RegenConfig:
     latent_patch: int = 2  # latent patch (latent positions per side)
 
     def validate(self) -> None:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(msg)
-
         for name in ("frames", "size", "enc_channels", "enc_blocks", "latent_channels", "norm_groups", "hidden",
                      "depth", "heads", "patch", "latent_patch"):
             need(getattr(self, name) > 0, f"'{name}' must be positive, got {getattr(self, name)}")
@@ -337,7 +333,7 @@ class Regen(nn.Module):
         n_frames = self.cfg.frames + (1 if extended else 0)
         b, _, _, h, w = latent.shape
         sf = self.cfg.space_factor
-        noise = _randn_like(latent.new_empty(b, 3, n_frames, h * sf, w * sf), generator)
+        noise = randn_like(latent.new_empty(b, 3, n_frames, h * sf, w * sf), generator)
         base = self.velocity_model(latent, prev_latent)
         trace: list[tuple[float, torch.Tensor]] = []
 

@@ -38,10 +38,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ConfigError, from_dict, load_yaml
+from coordtok.config import ConfigError, from_dict, load_yaml
 from .causal import (AdaptiveGroupNorm, CausalConv3d, CausalDownsample, DepthToSpaceUpsample, FrameGroupNorm,
                      ResBlock3d, conv_params, norm_groups, norm_params, res_block_params)
-from .chunking import CausalChunkGeometry
+from coordtok.chunking import CausalChunkGeometry
 from .lfq import LFQ
 
 __all__ = ["MagvitV2Config", "MagvitV2", "Encoder", "Decoder", "analytic_param_count", "load_magvit2_config"]
@@ -67,15 +67,11 @@ class MagvitV2Config:
     entropy_groups: int = 2  # LFQ sub-codebooks for the entropy term (2 x 2^9 at paper scale)
     entropy_temperature: float = 0.01  # LFQ softmax temperature over -||z - c||^2
     pre_quant_norm: bool = False  # per-frame GroupNorm without affine before the quantizer
-    # 3D StyleGAN discriminator (coordtok.baselines.discriminator): width = base * mult per block
+    # 3D StyleGAN discriminator (baselines.discriminator): width = base * mult per block
     disc_base_channels: int = 128
     disc_channel_multipliers: tuple[int, ...] = (2, 4, 4, 4, 4)
 
     def validate(self) -> None:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(msg)
-
         for name in ("frames", "size", "base_channels", "num_res_blocks", "latent_channels", "norm_groups",
                      "entropy_groups", "disc_base_channels"):
             need(getattr(self, name) > 0, f"'{name}' must be positive, got {getattr(self, name)}")
@@ -214,7 +210,7 @@ class MagvitV2(CausalChunkGeometry, nn.Module):
 
     Fully convolutional: any ``T = 1 + 4k`` and ``H, W`` divisible by 8 work, though it is trained
     on ``cfg.frames x cfg.size^2`` chunks; long videos go through
-    :func:`coordtok.baselines.chunking.reconstruct_chunked`.
+    :func:`coordtok.chunking.reconstruct_chunked`.
     """
 
     NAME = "MAGVIT-v2"
@@ -234,11 +230,11 @@ class MagvitV2(CausalChunkGeometry, nn.Module):
         """Tokens (latent positions) for a ``frames``-long clip under the chunked protocol.
 
         The clip is cut into causal windows of ``chunk_frames`` overlapping by one frame
-        (:func:`~coordtok.baselines.chunking.chunk_windows`; a short last window is padded to a
+        (:func:`~coordtok.chunking.chunk_windows`; a short last window is padded to a
         full chunk), each costing one chunk's latent: 17 frames -> 5 x 16 x 16 = 1,280,
         128 frames -> 8 chunks = 10,240 at 128 x 128.
         """
-        from .chunking import chunk_windows
+        from coordtok.chunking import chunk_windows
 
         _, t, h, w = self.latent_shape(self.chunk_frames)
         return len(chunk_windows(frames, self.chunk_frames, 1)) * t * h * w

@@ -135,5 +135,5 @@ def discriminator_param_count(frames: int = 17, size: int = 128, base_channels: 
 
 
 def build_discriminator(cfg) -> StyleGANDiscriminator3D:
-    """The discriminator for a :class:`~coordtok.baselines.magvit2.MagvitV2Config`."""
+    """The discriminator for a :class:`~baselines.magvit2.MagvitV2Config`."""
     return StyleGANDiscriminator3D(cfg.frames, cfg.size, cfg.disc_base_channels, tuple(cfg.disc_channel_multipliers))

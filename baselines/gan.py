@@ -12,15 +12,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["generator_loss", "discriminator_loss", "r1_penalty", "LeCAM", "entropy_weight"]
+__all__ = ["nonsaturating_g_loss", "nonsaturating_d_loss", "r1_penalty", "LeCAM", "entropy_weight"]
 
 
-def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+def nonsaturating_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """Non-saturating generator loss ``mean(softplus(-D(G(z)))) = -mean(log sigmoid(D(G(z))))``."""
     return F.softplus(-fake_logits.float()).mean()
 
 
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+def nonsaturating_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """``mean(softplus(-D(x))) + mean(softplus(D(G(z))))``: the logistic loss with real = 1, fake = 0."""
     return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
 

@@ -3,7 +3,7 @@
 Two tasks on the project's one training skeleton (:func:`coordtok.loop.fit`, which owns devices,
 precision, DDP, the run folder, resume, checkpoints and the data order). A config's top-level
 ``kind:`` names the task: ``magvit2`` (:class:`MagvitV2Task`) or ``promag`` (:class:`ProMAGTask`);
-REGEN's is in :mod:`sit.regen_train`.
+REGEN's is in :mod:`baselines.regen_train`.
 
 MAGVIT-v2 (Yu et al., ICLR 2024, supplement A.2), per clip ``x`` and reconstruction ``x^``::
 
@@ -13,7 +13,7 @@ MAGVIT-v2 (Yu et al., ICLR 2024, supplement A.2), per clip ``x`` and reconstruct
 
 ``P`` is the paper's L2 between ResNet-50 logits; this project has no ImageNet ResNet-50 and
 uses LPIPS (VGG16, :mod:`coordtok.lpips`) in its place -- a stand-in, not the paper's term.
-``w_H`` is the annealed entropy weight (:func:`coordtok.baselines.gan.entropy_weight`: 4x the
+``w_H`` is the annealed entropy weight (:func:`baselines.gan.entropy_weight`: 4x the
 weight at step 0, falling to 1x over 2000 steps). Adam betas (0, 0.99) with no weight decay, lr
 1e-4 with linear warm-up and cosine decay, an EMA (0.999) of the generator that evaluation uses.
 The warm-up length and the number of steps are not in A.2: ours.
@@ -30,7 +30,7 @@ paper: LPIPS here. Adam (0.9, 0.99), lr 1e-4, weight decay 1e-4.
 
 Progressive growing (``train.grow_from``): a config whose model has ``grown_levels >= 1`` starts
 from its parent stage's checkpoint (its EMA weights where that run kept one) through
-:func:`coordtok.baselines.promag.grow`: inherited weights copied and frozen; the new encoder
+:func:`baselines.promag.grow`: inherited weights copied and frozen; the new encoder
 level, its mixing module and the new decoder level fresh; only the trainable parameters reach the
 optimizer. The grown model also decodes its latent through the frozen parent decoder to the video
 subsampled 2x in time (``aux["recon_sub"]``); that reconstruction is supervised too
@@ -67,21 +67,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..checkpoint import CheckpointError
-from ..config import (ConfigError, DataConfig, LoopConfig, RunConfig, data_section, from_dict, positive, read_sections,
+from coordtok.checkpoint import CheckpointError, check_same_model
+from coordtok.config import (ConfigError, DataConfig, LoopConfig, RunConfig, data_section, from_dict, positive, read_sections,
                       to_dict)
-from ..ema import create_ema, update_ema
-from ..loop import SeedTag, StepContext
-from ..train import VideoTask, psnr_from_mse, train_video_task
+from coordtok.ema import update_ema
+from coordtok.loop import StepContext
+from coordtok.seeds import SeedTag
+from coordtok.loop import fit
+from coordtok.train import VideoTask, psnr_from_mse
 from .discriminator import build_discriminator
-from .gan import LeCAM, discriminator_loss, entropy_weight, generator_loss, r1_penalty
+from .gan import LeCAM, entropy_weight, nonsaturating_d_loss, nonsaturating_g_loss, r1_penalty
 from .magvit2 import MagvitV2, MagvitV2Config
 from .promag import PatchGAN3D, ProMAG, ProMAGConfig, grow, hinge_d_loss, hinge_g_loss
 
 __all__ = [
     "SECTIONS", "BaselineTrainConfig", "MagvitV2TrainConfig", "ProMAGTrainConfig", "BaselineRunConfig",
     "MagvitV2RunConfig", "ProMAGRunConfig", "read_run_sections", "baseline_data_section", "load_magvit2_run_config",
-    "load_promag_run_config", "load_baseline_run_config", "psnr_from_mse", "call_frozen", "clip_psnr",
+    "load_promag_run_config", "load_baseline_run_config", "psnr_from_mse", "call_frozen",
     "BaselineTask", "MagvitV2Task", "NoisedProMAG", "posterior_noise", "promag_forward", "inherited_names",
     "ProMAGTask", "train_baseline",
 ]
@@ -99,17 +101,13 @@ class BaselineTrainConfig(LoopConfig):
     perceptual_weight: float = 0.0  # LPIPS weight (needs the VGG16 weights; 0 on CPU machines)
     gan_weight: float = 0.0  # 0: no discriminator, one phase per step
     r1_weight: float = 0.0  # R1 gradient penalty on real clips (discriminator phase)
-    ema: float | None = None  # EMA decay of the model (evaluation uses the EMA); None: no EMA
     lpips_vgg_path: str | None = None  # vgg16-397923af.pth; default: $COORDTOK_VGG16 or the torch hub cache
-    val_every: int = 5000
     val_clips: int = 8
 
     def validate(self) -> None:
         super().validate()
-        positive(self, "perceptual_weight", "gan_weight", "r1_weight", "val_every", "val_clips",
+        positive(self, "perceptual_weight", "gan_weight", "r1_weight", "val_clips",
                  allow_zero=("perceptual_weight", "gan_weight", "r1_weight", "val_clips"))
-        if self.ema is not None and not 0.0 <= self.ema < 1.0:
-            raise ConfigError(f"'ema' must be in [0, 1) (or null for no EMA), got {self.ema}")
 
 
 @dataclass
@@ -205,11 +203,11 @@ class ProMAGRunConfig(BaselineRunConfig):
 
     def validate(self) -> None:
         super().validate()
-        m, t = self.model, self.train
-        if m.grown_levels and not (t.grow_from or t.init_from):
+        m, tc = self.model, self.train
+        if m.grown_levels and not (tc.grow_from or tc.init_from):
             raise ConfigError(f"{self.source}: model.grown_levels is {m.grown_levels}: a grown model starts from its "
                               f"parent stage; set train.grow_from to the parent's checkpoint or run folder")
-        if t.grow_from and not m.grown_levels:
+        if tc.grow_from and not m.grown_levels:
             raise ConfigError(f"{self.source}: train.grow_from needs a grown model (model.grown_levels >= 1, e.g. "
                               f"configs/baselines/promag-8x.yaml)")
 
@@ -255,7 +253,7 @@ def load_promag_run_config(path_or_dict: str | Path | dict, overrides: dict | No
 
 
 def load_baseline_run_config(path_or_dict: str | Path | dict, overrides: dict | None = None):
-    """The run config of a ``kind: magvit2`` or ``kind: promag`` file (REGEN: :mod:`sit.regen_train`)."""
+    """The run config of a ``kind: magvit2`` or ``kind: promag`` file (REGEN: :mod:`baselines.regen_train`)."""
     raw, source = read_sections(path_or_dict, SECTIONS, None, ())
     loaders = {"magvit2": load_magvit2_run_config, "promag": load_promag_run_config}
     kind = raw.get("kind")
@@ -281,32 +279,20 @@ def call_frozen(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.func.functional_call(module, state, (x,))
 
 
-@torch.no_grad()
-def clip_psnr(codec, dataset, n: int, device) -> float:
-    """Mean PSNR (dB) of ``codec(clip (1, 3, T, H, W)) -> reconstruction`` over the first ``n`` clips
-    of ``dataset``, clamped to [-1, 1] before the comparison."""
-    scores = []
-    for i in range(min(n, len(dataset))):
-        video = dataset[i]["video"][None].to(device)
-        rec = codec(video).float().clamp(-1, 1)
-        scores.append(psnr_from_mse(F.mse_loss(rec, video.float()).item()))
-    return float(np.mean(scores)) if scores else float("nan")
-
-
 class BaselineTask(VideoTask):
     """What MAGVIT-v2 and ProMAG training share: data, LPIPS, the discriminator phase, the EMA,
     validation, init and extra checkpoint state. Subclasses build the modules and define
-    :meth:`generator_loss` and the discriminator's loss (:meth:`d_loss`, :meth:`g_adv`)."""
+    :meth:`autoencoder_loss` and the adversarial terms on the discriminator's logits
+    (:meth:`g_adv`, :meth:`d_adv`)."""
 
     def __init__(self, cfg: BaselineRunConfig):
-        t = cfg.train
-        super().__init__(cfg, t.perceptual_weight, t.lpips_vgg_path)
+        tc = cfg.train
+        super().__init__(cfg, tc.perceptual_weight, tc.lpips_vgg_path)
         self.modules = {"model": self.build_model()}
         self.phases = ("model",)
-        if t.gan_weight > 0:
+        if tc.gan_weight > 0:
             self.modules["disc"] = self.build_discriminator()
             self.phases = ("model", "disc")
-        self.ema = create_ema(self.modules["model"]) if t.ema is not None else None
         self._fakes: dict[int, torch.Tensor] = {}  # generator output per micro-batch, for the disc phase
 
     # -- what a subclass defines
@@ -319,7 +305,7 @@ class BaselineTask(VideoTask):
         """The discriminator (built only with ``train.gan_weight > 0``)."""
 
     @abc.abstractmethod
-    def generator_loss(self, video: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    def autoencoder_loss(self, video: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict, torch.Tensor]:
         """``(loss, metrics, reconstruction)`` of the model phase without the adversarial term."""
 
     @abc.abstractmethod
@@ -327,8 +313,8 @@ class BaselineTask(VideoTask):
         """The generator's adversarial loss on the discriminator's logits of its output."""
 
     @abc.abstractmethod
-    def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-        """The discriminator's loss on real and fake logits."""
+    def d_adv(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        """The discriminator's adversarial loss on real and fake logits."""
 
     @abc.abstractmethod
     def codec(self, model: nn.Module):
@@ -346,35 +332,35 @@ class BaselineTask(VideoTask):
 
     def loss(self, phase, batch, ctx: StepContext):
         video = batch["video"]
-        t = self.config.train
+        tc = self.config.train
         if phase == "model":
-            loss, out, recon = self.generator_loss(video, ctx)
-            if t.gan_weight > 0:
+            loss, out, recon = self.autoencoder_loss(video, ctx)
+            if tc.gan_weight > 0:
                 adv = self.g_adv(call_frozen(self.modules["disc"], recon))
-                loss = loss + t.gan_weight * adv
+                loss = loss + tc.gan_weight * adv
                 out["gan"] = adv.detach()
                 # The discriminator phase of this step judges this very output (as every GAN
                 # tokenizer's trainer does: both losses from one forward), detached.
                 self._fakes[ctx.micro] = recon.detach()
             out["loss"] = loss
             return out
-        return self.discriminator_loss(video, self._fakes.pop(ctx.micro), ctx)
+        return self.disc_loss(video, self._fakes.pop(ctx.micro), ctx)
 
-    def discriminator_loss(self, video: torch.Tensor, fake: torch.Tensor, ctx: StepContext) -> dict:
-        """The discriminator's loss on real clips and the generator's (detached) output.
+    def disc_loss(self, video: torch.Tensor, fake: torch.Tensor, ctx: StepContext) -> dict:
+        """The discriminator phase's loss on real clips and the generator's (detached) output.
 
         Real and fake go through the DDP-wrapped discriminator in one batch: one forward per
         backward, as DDP requires (for the MAGVIT-v2 discriminator, without normalization, the
         same logits as two calls)."""
-        t = self.config.train
-        real = video.detach().requires_grad_(t.r1_weight > 0)
+        tc = self.config.train
+        real = video.detach().requires_grad_(tc.r1_weight > 0)
         logits = self.wrapped["disc"](torch.cat([real, fake.to(real.dtype)]))
         real_logits, fake_logits = logits[: len(real)], logits[len(real):]
-        loss = self.d_loss(real_logits, fake_logits)
+        loss = self.d_adv(real_logits, fake_logits)
         out = {"real": real_logits.detach().float().mean(), "fake": fake_logits.detach().float().mean()}
-        if t.r1_weight > 0:
+        if tc.r1_weight > 0:
             r1 = r1_penalty(real_logits, real)
-            loss = loss + t.r1_weight * r1
+            loss = loss + tc.r1_weight * r1
             out["r1"] = r1.detach()
         out["loss"] = loss + self.d_regularizer(real_logits, fake_logits, out)
         return out
@@ -386,21 +372,9 @@ class BaselineTask(VideoTask):
     def summarize(self, metrics):
         return {**metrics, "psnr": psnr_from_mse(metrics["mse"])} if "mse" in metrics else metrics
 
-    def eval_model(self) -> nn.Module:
-        """The weights evaluation uses: the EMA where the run keeps one."""
-        return self.ema if self.ema is not None else self.modules["model"]
-
-    def periodic(self, step, log):
-        if self.val_set is None:
-            return {}
-        model = self.eval_model()
-        was_training = model.training
-        model.eval()
-        psnr = clip_psnr(self.codec(model), self.val_set, self.config.train.val_clips, self.accelerator.device)
-        model.train(was_training)
-        n = min(self.config.train.val_clips, len(self.val_set))
-        log(f"step {step}: validation PSNR {psnr:.2f} dB on {n} clips ({'EMA' if self.ema is not None else 'model'})")
-        return {"val_psnr": psnr}
+    def val_codec(self, model):
+        codec = self.codec(model)
+        return lambda i, video, num_frames: codec(video)
 
     def check_resume(self, state, where):
         super().check_resume(state, where)
@@ -436,14 +410,14 @@ class MagvitV2Task(BaselineTask):
         self.lecam.to(self.accelerator.device)
         self._logit_sums = self._logit_sums.to(self.accelerator.device)
 
-    def generator_loss(self, video, ctx):
-        t = self.config.train
+    def autoencoder_loss(self, video, ctx):
+        tc = self.config.train
         if ctx.micro == 0:
             self._logit_sums.zero_()
         recon, aux = self.wrapped["model"](video)
         mse = F.mse_loss(recon.float(), video.float())
-        w_h = entropy_weight(ctx.step, t.entropy_weight, t.entropy_anneal_steps, t.entropy_anneal_factor)
-        loss = t.l2_weight * mse + t.commitment_weight * aux["commitment"] + w_h * aux["entropy"]
+        w_h = entropy_weight(ctx.step, tc.entropy_weight, tc.entropy_anneal_steps, tc.entropy_anneal_factor)
+        loss = tc.l2_weight * mse + tc.commitment_weight * aux["commitment"] + w_h * aux["entropy"]
         out = {"mse": mse.detach(), "commitment": aux["commitment"].detach(), "entropy": aux["entropy"].detach(),
                "codebook_use": torch.tensor(aux["codebook_use"], device=video.device),
                "perplexity": torch.tensor(aux["perplexity"], device=video.device)}
@@ -451,14 +425,14 @@ class MagvitV2Task(BaselineTask):
         return loss, out, recon
 
     def g_adv(self, fake_logits):
-        return generator_loss(fake_logits)
+        return nonsaturating_g_loss(fake_logits)
 
-    def d_loss(self, real_logits, fake_logits):
-        return discriminator_loss(real_logits, fake_logits)
+    def d_adv(self, real_logits, fake_logits):
+        return nonsaturating_d_loss(real_logits, fake_logits)
 
     def d_regularizer(self, real_logits, fake_logits, out):
-        t = self.config.train
-        if t.lecam_weight == 0:
+        tc = self.config.train
+        if tc.lecam_weight == 0:
             return 0.0
         # Against the statistics as they were before this step; they move once the step is done
         # (after_step), with the mean logits of the whole global batch.
@@ -466,7 +440,7 @@ class MagvitV2Task(BaselineTask):
         out["lecam"] = reg.detach()
         self._logit_sums += torch.stack([real_logits.detach().float().sum(), fake_logits.detach().float().sum(),
                                          real_logits.new_tensor(float(len(real_logits)), dtype=torch.float32)])
-        return t.lecam_weight * reg
+        return tc.lecam_weight * reg
 
     def after_step(self, step):
         super().after_step(step)
@@ -494,7 +468,7 @@ class MagvitV2Task(BaselineTask):
 
 
 class NoisedProMAG(ProMAG):
-    """:class:`~coordtok.baselines.promag.ProMAG` whose ``forward`` takes the posterior's noise.
+    """:class:`~baselines.promag.ProMAG` whose ``forward`` takes the posterior's noise.
 
     ``ProMAG.forward`` draws the reparametrization noise of the whole batch from one generator; a
     trainer needs each clip's own (a function of its position in the global batch), and DDP needs
@@ -538,7 +512,7 @@ def inherited_names(cfg: ProMAGConfig) -> set[str]:
 
 class ProMAGTask(BaselineTask):
     """ProMAG as a :class:`coordtok.loop.Task`: a stage trained from scratch, or a grown stage
-    (``model.grown_levels >= 1``) started from its parent with :func:`~coordtok.baselines.promag.grow`.
+    (``model.grown_levels >= 1``) started from its parent with :func:`~baselines.promag.grow`.
     The objective is in the module docstring."""
 
     kind = "promag"
@@ -558,20 +532,18 @@ class ProMAGTask(BaselineTask):
     def build_discriminator(self):
         return PatchGAN3D.from_config(self.config.model)
 
-    def init_from(self, path, log):
-        t = self.config.train
-        if not t.grow_from:
-            return super().init_from(path, log)
+    def start(self, log):
+        """A grown stage starts from its parent stage (``train.grow_from``, :func:`grow`); a stage
+        trained from scratch from ``train.init_from`` as every task."""
+        path = self.config.train.grow_from
+        if not path:
+            return super().start(log)
         from .checkpoint import load_baseline
 
         parent, state = load_baseline(path)
-        want = self.config.model.parent()
-        if not isinstance(parent, ProMAG) or parent.cfg != want:
-            old = to_dict(parent.cfg) if isinstance(parent, ProMAG) else {}
-            new = to_dict(want)
-            key = next((k for k in new if old.get(k) != new[k]), "?")
-            raise CheckpointError(f"{path}: cannot grow from it: its model is not this config's parent stage "
-                                  f"(model.{key}: {old.get(key)!r} in the checkpoint, {new.get(key)!r} expected)")
+        check_same_model(path, to_dict(parent.cfg) if isinstance(parent, ProMAG) else {},
+                         to_dict(self.config.model.parent()), "cannot grow from it",
+                         "train.grow_from takes the checkpoint of this config's parent stage")
         child = grow(parent, self.config.model)
         model = self.modules["model"]
         model.load_state_dict(child.state_dict())
@@ -589,25 +561,25 @@ class ProMAGTask(BaselineTask):
         diff = recon.float() - target.float()
         return diff.abs().mean() if self.config.train.recon_loss == "l1" else diff.pow(2).mean()
 
-    def generator_loss(self, video, ctx):
-        t = self.config.train
+    def autoencoder_loss(self, video, ctx):
+        tc = self.config.train
         core = self.modules["model"]
         recon, aux = promag_forward(self.wrapped["model"], core, video, ctx.item_seeds(len(video), SeedTag.BASELINE))
         rec = self.recon_error(recon, video)
-        loss = t.recon_weight * rec + t.kl_weight * aux["kl"]
+        loss = tc.recon_weight * rec + tc.kl_weight * aux["kl"]
         mse = F.mse_loss(recon.float(), video.float())
         out = {"recon": rec.detach(), "kl": aux["kl"].detach(), "mse": mse.detach()}
         loss = self.add_perceptual(loss, out, recon, video)
         if "recon_sub" in aux:
             sub = self.recon_error(aux["recon_sub"], aux["video_sub"])
-            loss = loss + t.sub_weight * sub
+            loss = loss + tc.sub_weight * sub
             out["recon_sub"] = sub.detach()
         return loss, out, recon
 
     def g_adv(self, fake_logits):
         return hinge_g_loss(fake_logits)
 
-    def d_loss(self, real_logits, fake_logits):
+    def d_adv(self, real_logits, fake_logits):
         return hinge_d_loss(real_logits, fake_logits)
 
     def codec(self, model):
@@ -618,17 +590,13 @@ class ProMAGTask(BaselineTask):
 
 
 def train_baseline(cfg: MagvitV2RunConfig | ProMAGRunConfig, resume: bool | str | Path | None = None,
-                   progress: bool = True, config_text: str | None = None, on_finish=None, on_gradients=None) -> dict:
+                   progress: bool = True, config_text: str | None = None) -> dict:
     """Train a MAGVIT-v2 or ProMAG tokenizer; returns ``{"step", "loss", "mse", "psnr", ...,
-    "val_psnr", "run_dir", "checkpoint"}`` (the last step's metrics; ``disc_*`` for the
+    ("val_psnr"), "run_dir", "checkpoint"}`` (the last step's metrics; ``disc_*`` for the
     discriminator phase).
 
     ``resume``: ``True`` continues from the newest good checkpoint of ``cfg.train.out_dir`` (if
     any), a path continues from that file. A grown ProMAG run starts from ``train.grow_from``.
     """
     task = {MagvitV2RunConfig: MagvitV2Task, ProMAGRunConfig: ProMAGTask}[type(cfg)](cfg)
-    t = cfg.train
-    # fit() calls Task.init_from on a fresh start only; ProMAGTask.init_from grows from grow_from.
-    loop_t = dataclasses.replace(t, init_from=t.grow_from, grow_from=None) if getattr(t, "grow_from", None) else t
-    result = train_video_task(task, cfg, resume, progress, config_text, on_finish, on_gradients, loop_config=loop_t)
-    return result
+    return fit(task, resume=resume, progress=progress, config_text=config_text)
