@@ -1,9 +1,23 @@
 """CoordTok-SiT: a Scalable Interpolant Transformer generating CoordTok triplane latents.
 
-Modules: ``config`` (YAML sections), ``models`` (TriplaneSiT), ``transport`` / ``samplers`` (flow
-matching, Euler-Maruyama, ODE), ``ema``, ``latents`` (latent cache + normalization statistics),
-``train`` (``coordtok sit-train``), ``sample`` (``coordtok sample``). The last three are imported
-on demand (they pull in accelerate, safetensors, the tokenizer).
+Modules:
+
+* ``config``: the ``model:`` / ``train:`` / ``sample:`` sections of a SiT config;
+* ``models``: :class:`TriplaneSiT` and its blocks;
+* ``transport``: interpolant paths and the flow-matching training loss;
+* ``samplers``: the registry of samplers (:data:`SAMPLERS`: Euler-Maruyama, Heun, ODE, ...);
+* ``mixture``: Gaussian mixtures with a closed-form velocity (the samplers' ground truth);
+* ``cache``: the latent cache ``coordtok encode`` writes, read back for training;
+* ``stats``: per-plane, per-channel latent normalization statistics;
+* ``encode``: ``coordtok encode`` (a tokenizer's triplanes -> latent cache);
+* ``train``: ``coordtok sit-train`` (a :class:`coordtok.loop.Task`);
+* ``sample``: ``coordtok sample`` (SiT samples decoded by the tokenizer into videos);
+* ``checkpoint`` / ``reference``: loading this project's SiT checkpoints and the reference's;
+* ``commands``: the ``encode``, ``sit-train`` and ``sample`` subcommands.
+
+Only ``config``, ``models``, ``transport`` and ``samplers`` are imported here; the others on
+demand (they pull in accelerate, safetensors, the tokenizer). The EMA helpers are the project's
+one copy, :mod:`coordtok.ema`.
 """
 from coordtok.ema import create_ema, update_ema
 
