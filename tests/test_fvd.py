@@ -71,10 +71,49 @@ def test_fvd_of_a_set_against_itself_is_zero_and_grows_with_a_mean_shift():
     assert values[-1] == pytest.approx(4.0 * direction @ direction, rel=1e-8)
 
 
+def _singular_tolerance(s1, s2, shift2, c):
+    """How far the computed distance may lie from the closed form when ``s2 = c^2 s1`` is singular.
+
+    Round-off: the computed product ``s1 s2`` (each entry a D-term float64 sum: error <= D u |s1||s2|,
+    whose 2-norm is <= D^2 u ||s1|| ||s2||; the Schur form adds O(D u ||s1 s2||)) moves each
+    eigenvalue by at most ``delta``; since |sqrt(l + d) - sqrt(l)| <= sqrt(|d|) for every l >= 0
+    (the real part of a complex root too), the trace of the root moves by <= D sqrt(delta), which is
+    large for the D - rank null eigenvalues (sqrt of round-off); the traces and the squared mean shift
+    add D u of their size. Regularisation: should ``sqrtm`` give a non-finite root, frechet_distance
+    adds its ``eps`` to both diagonals; sqrt((l + e)(c^2 l + e)) <= c l + e (1 + c^2) / (2c) (AM-GM)
+    lowers the distance by at most D e (1 + c^2) / c.
+    """
+    import inspect
+
+    d, u = s1.shape[0], np.finfo(np.float64).eps / 2
+    delta = d ** 2 * u * np.linalg.norm(s1, 2) * np.linalg.norm(s2, 2)
+    eps = inspect.signature(frechet_distance).parameters["eps"].default
+    return 2 * d * np.sqrt(delta) + d * eps * (1 + c ** 2) / c + d * u * (np.trace(s1) + np.trace(s2) + shift2)
+
+
 def test_singular_covariances_give_a_finite_distance():
+    """Fewer samples than dimensions (rank-deficient covariances): the distance is finite and equals
+    the closed form: 0 for a set against itself, |delta mu|^2 for a shifted copy (same singular
+    covariance), and |delta mu|^2 + (1 - c)^2 tr S for features in a 3-d subspace against c times them
+    shifted (sqrtm(S c^2 S) = c S), within :func:`_singular_tolerance`."""
     rng = np.random.default_rng(4)
     a, b = rng.normal(size=(5, 20)), rng.normal(size=(6, 20))  # fewer samples than dimensions
-    assert np.isfinite(fvd_from_features(a, b))
+    v = rng.normal(size=20)
+    s = np.cov(a, rowvar=False)
+    assert np.linalg.matrix_rank(s) == 4
+    tol = _singular_tolerance(s, s, v @ v, 1.0)
+    assert abs(fvd_from_features(a, a)) <= tol
+    assert abs(fvd_from_features(a, a + v) - v @ v) <= tol
+    # Different singular covariances: 8 samples in a random 3-d subspace of R^20, against 1.7 x them.
+    c = 1.7
+    y = rng.normal(size=(8, 3)) @ np.linalg.qr(rng.normal(size=(20, 3)))[0].T
+    s = np.cov(y, rowvar=False)
+    assert np.linalg.matrix_rank(s) == 3
+    shift2 = np.sum((y.mean(0) - (c * y + v).mean(0)) ** 2)
+    expected = shift2 + (1 - c) ** 2 * np.trace(s)
+    assert abs(fvd_from_features(y, c * y + v) - expected) <= _singular_tolerance(s, c ** 2 * s, shift2, c)
+    d_ab = fvd_from_features(a, b)
+    assert np.isfinite(d_ab) and d_ab > 0
 
 
 def test_feature_stats_batched_float64_equals_numpy():
