@@ -30,8 +30,8 @@ gpu-check: $(STAMP)
 	$(PY) -m bench.gpu_check
 
 bench: $(STAMP)
-	$(PY) bench/tokenizer_step.py
-	$(PY) bench/reconstruct.py
+	$(PY) -m bench.tokenizer_step
+	$(PY) -m bench.reconstruct
 	$(PY) -m bench.dataloader
 
 clean:

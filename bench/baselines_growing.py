@@ -12,30 +12,27 @@ This runs that comparison with the tiny configs on the sample clips:
 3. evaluate both on held-out 17-frame windows of bikes (frames 128..249, never trained on):
    MSE and PSNR of the posterior mean's reconstruction, and the median wall time of a step.
 
-    python bench/baselines_growing.py                       # ~6-10 min on 2 shared cores
-    python bench/baselines_growing.py --steps-4x 2000 --steps-8x 1000 --threads 2
+    python -m bench.baselines_growing                       # ~6-10 min on 2 shared cores
+    python -m bench.baselines_growing --steps-4x 2000 --steps-8x 1000 --threads 2
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
-import torch  # noqa: E402
-from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from baselines.checkpoint import load_baseline  # noqa: E402
-from baselines.train import ProMAGTask, load_promag_run_config, psnr_from_mse  # noqa: E402
-from coordtok.loop import fit  # noqa: E402
-from coordtok.config import DataConfig  # noqa: E402
-from coordtok.data import build_dataset  # noqa: E402
-from coordtok.devices import cpu_info, resolve_precision  # noqa: E402
+from baselines.checkpoint import load_baseline
+from baselines.train import ProMAGTask, load_promag_run_config, psnr_from_mse
+from coordtok.config import DataConfig
+from coordtok.data import build_dataset
+from coordtok.devices import cpu_info, resolve_precision
+from coordtok.loop import fit
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "baselines"
 

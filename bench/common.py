@@ -7,8 +7,11 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository: children run ``python -m bench.x`` from it
 
 
 def matmul_rate(dtype=torch.float32, n: int = 2048, seconds: float = 3.0) -> float:
@@ -44,9 +47,11 @@ def machine() -> str:
             f"cores, torch {torch.__version__}, {torch.get_num_threads()} threads; mixed_precision auto -> {auto}")
 
 
-def run_child(script: str, *args: str) -> dict:
-    """Run ``script --child args...`` in a fresh process (its own peak RSS) and parse its JSON line."""
-    out = subprocess.run([sys.executable, script, "--child", *args], capture_output=True, text=True, check=False)
+def run_child(module: str, *args: str) -> dict:
+    """Run ``python -m module --child args...`` in a fresh process (its own peak RSS), from the
+    repository root whatever the caller's folder, and parse its JSON line."""
+    out = subprocess.run([sys.executable, "-m", module, "--child", *args], capture_output=True, text=True, check=False,
+                         cwd=ROOT)
     if out.returncode != 0:
-        raise RuntimeError(f"{script} {' '.join(args)} failed:\n{out.stderr[-2000:]}")
+        raise RuntimeError(f"python -m {module} {' '.join(args)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -4,23 +4,18 @@
 "chunked": 16 frames (4096 coordinates) at a time. Each variant runs in a fresh process so its
 peak RSS is its own.
 
-    python bench/reconstruct.py [--config configs/tokenizer/small.yaml] [--chunks 0,16]
+    python -m bench.reconstruct [--config configs/tokenizer/small.yaml] [--chunks 0,16]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-
-from common import machine, peak_rss_gb, run_child  # noqa: E402
-from coordtok import CoordTok  # noqa: E402
+from bench.common import machine, peak_rss_gb, run_child
+from coordtok import CoordTok
 
 
 def child(config: str, chunk: int) -> dict:
@@ -52,7 +47,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"full-clip reconstruction, {a.config}, one 128-frame clip:")
     for chunk in (int(x) for x in a.chunks.split(",")):
-        r = run_child(__file__, "--config", a.config, "--chunk", str(chunk))
+        r = run_child("bench.reconstruct", "--config", a.config, "--chunk", str(chunk))
         what = "all coordinates at once" if chunk == 0 else f"{chunk} frames per chunk"
         print(f"  {what}: {r['total_s']:.1f} s (encode {r['encode_s']:.2f} s), peak RSS {r['peak_rss_gb']:.2f} GB "
               f"(model loaded: {r['rss_before_gb']:.2f} GB)")

@@ -10,26 +10,22 @@ windows of the training frames and the held-out window (bikes 122..249) with and
 extension, at each ``--steps`` count, and prints PSNR and the seam jump (``eval/seams.py``): at chunk
 boundaries, within chunks, and their difference.
 
-    python bench/regen_extension.py                    # ~12 min on 2 shared cores (6000 steps)
-    python bench/regen_extension.py --run RUN_DIR      # evaluate a finished run only
+    python -m bench.regen_extension                    # ~12 min on 2 shared cores (6000 steps)
+    python -m bench.regen_extension --run RUN_DIR      # evaluate a finished run only
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-
-from common import machine  # noqa: E402
-from coordtok.config import DataConfig  # noqa: E402
-from eval.recon import eval_recon  # noqa: E402
-from baselines.regen_train import load_regen_run_config, train_regen  # noqa: E402
+from baselines.regen_train import load_regen_run_config, train_regen
+from bench.common import machine
+from coordtok.config import DataConfig
+from eval.recon import eval_recon
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "baselines" / "regen-tiny.yaml"
 # (videos, frame range, clips): the training frames, and bikes' last 128 frames (122..249; 128..249

@@ -7,21 +7,17 @@ runs of a finished ``make demo`` (``demo_out/runs``, or ``--runs``); REGEN is de
 with several sampling steps (latent extension guides the overlapped frame at every step, so a
 one-step decode gives it one step to act).
 
-    python bench/seams.py [--runs demo_out/runs] [--num-clips 8] [--regen-steps 1,8]
+    python -m bench.seams [--runs demo_out/runs] [--num-clips 8] [--regen-steps 1,8]
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import machine  # noqa: E402
-from coordtok.config import DataConfig  # noqa: E402
-from eval.recon import eval_recon, markdown_table  # noqa: E402
+from bench.common import machine
+from coordtok.config import DataConfig
+from eval.recon import eval_recon, markdown_table
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ The reference SiT sampler evaluates the network twice per Euler-Maruyama step (o
 velocity, once more for the score); ours derives the score from the same velocity, so one
 evaluation per step. The count below is taken by wrapping the network.
 
-    python bench/sit_sample.py [--steps 250] [--batches 1,8] [--skip-sample]
+    python -m bench.sit_sample [--steps 250] [--batches 1,8] [--skip-sample]
 
 Two more measurements (``python -m bench.sit_sample --tiny`` / ``--flops``):
 
@@ -22,19 +22,14 @@ Two more measurements (``python -m bench.sit_sample --tiny`` / ``--flops``):
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-
-from common import machine, peak_rss_gb  # noqa: E402
-from coordtok import CoordTok, Triplane  # noqa: E402
-from sit.models import TriplaneSiT  # noqa: E402
-from sit.samplers import euler_maruyama  # noqa: E402
+from bench.common import machine, peak_rss_gb
+from coordtok import CoordTok, Triplane
+from sit.models import TriplaneSiT
+from sit.samplers import euler_maruyama
 
 
 def latent_tokens(model) -> int:
@@ -159,9 +154,10 @@ def tiny_samplers(step_counts: list[int], tiny_sit: str = "configs/sit/tiny.yaml
 
 def video_flops(sit_config: str, tokenizer_config: str, steps: int) -> None:
     """Exact FLOPs of one 128-frame video: SiT forward (batch 1) x network calls + CoordTok decoding."""
+    from einops import repeat
+
     from coordtok.model import frame_coords
     from eval.flops import counter
-    from einops import repeat
 
     with torch.device("meta"):
         sit = TriplaneSiT.from_config(sit_config).eval()

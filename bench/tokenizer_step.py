@@ -4,27 +4,22 @@ Prints time per step, FLOPs (torch.utils.flop_counter), achieved FLOP/s as a fra
 machine's own fp32 matmul rate (measured in the same run) and peak RSS (each variant in a fresh
 process), for fp32 and bf16 autocast.
 
-    python bench/tokenizer_step.py [--config configs/tokenizer/small.yaml] [--steps 5]
+    python -m bench.tokenizer_step [--config configs/tokenizer/small.yaml] [--steps 5]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-
-from common import machine, matmul_rate, peak_rss_gb, run_child  # noqa: E402
-from coordtok import CoordTok  # noqa: E402
-from coordtok.model import gather_patches, random_coords  # noqa: E402
-from coordtok.loop import build_optimizer  # noqa: E402
-from coordtok.config import TrainConfig  # noqa: E402
-from eval.flops import attention_flops, counter  # noqa: E402
+from bench.common import machine, matmul_rate, peak_rss_gb, run_child
+from coordtok import CoordTok
+from coordtok.config import TrainConfig
+from coordtok.loop import build_optimizer
+from coordtok.model import gather_patches, random_coords
+from eval.flops import attention_flops, counter
 
 
 def child(config: str, precision: str, steps: int, num_coords: int) -> dict:
@@ -75,8 +70,8 @@ def main() -> None:
     print(f"fp32 matmul rate (2048^3 GEMM): {rate / 1e9:.1f} GFLOP/s")
     print(f"stage-1 step, {a.config}, batch 1, N={a.num_coords}:")
     for precision in ("fp32", "bf16"):
-        r = run_child(__file__, "--config", a.config, "--steps", str(a.steps), "--num-coords", str(a.num_coords),
-                      "--precision", precision)
+        r = run_child("bench.tokenizer_step", "--config", a.config, "--steps", str(a.steps),
+                      "--num-coords", str(a.num_coords), "--precision", precision)
         achieved = r["flops"] / r["median_s"]
         total = (r["flops"] + r["attention_flops"]) / r["median_s"]
         print(f"  {precision}: {r['median_s']:.2f} s/step (min {r['min_s']:.2f}), peak RSS {r['peak_rss_gb']:.2f} GB")
