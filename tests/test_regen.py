@@ -255,7 +255,8 @@ def test_reconstruct_long_pads_and_trims():
 
     out = model.reconstruct_long(video, steps=2, generator=torch.Generator().manual_seed(0))
     assert out.shape == video.shape
-    assert torch.equal(out[:, :, :9], model.reconstruct_long(first, steps=2, generator=torch.Generator().manual_seed(0)))
+    direct = model.reconstruct_long(first, steps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, :, :9], direct)
     g = torch.Generator().manual_seed(0)  # the same draws in the same order: chunk 0's noise, then chunk 1's
     alone = model.decode(latents[0], steps=2, generator=g)
     second = model.decode(latents[1], steps=2, generator=g, prev_latent=latents[0], guide=alone.trace)
