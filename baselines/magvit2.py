@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from coordtok.config import ConfigError, from_dict, load_yaml
+from coordtok.config import ConfigError, from_dict, load_yaml, positive, require
 from .causal import (AdaptiveGroupNorm, CausalConv3d, CausalDownsample, DepthToSpaceUpsample, FrameGroupNorm,
                      ResBlock3d, conv_params, norm_groups, norm_params, res_block_params)
 from coordtok.chunking import CausalChunkGeometry
@@ -72,27 +72,27 @@ class MagvitV2Config:
     disc_channel_multipliers: tuple[int, ...] = (2, 4, 4, 4, 4)
 
     def validate(self) -> None:
-        for name in ("frames", "size", "base_channels", "num_res_blocks", "latent_channels", "norm_groups",
-                     "entropy_groups", "disc_base_channels"):
-            need(getattr(self, name) > 0, f"'{name}' must be positive, got {getattr(self, name)}")
-        need(len(self.channel_multipliers) >= 1, "'channel_multipliers' must not be empty")
-        need(all(m > 0 for m in self.channel_multipliers),
-             f"'channel_multipliers' must be positive, got {list(self.channel_multipliers)}")
-        need(len(self.temporal_downsample) == len(self.channel_multipliers) - 1,
-             f"'temporal_downsample' needs one flag per downsampling step ({len(self.channel_multipliers) - 1}), "
-             f"got {len(self.temporal_downsample)}")
-        need((self.frames - 1) % self.time_factor == 0,
-             f"'frames' ({self.frames}) must be 1 + a multiple of the temporal factor {self.time_factor}")
-        need(self.size % self.space_factor == 0,
-             f"'size' ({self.size}) is not divisible by the spatial factor {self.space_factor}")
-        need(self.latent_channels <= 62, f"'latent_channels' ({self.latent_channels}) must be <= 62 (int64 token ids)")
-        need(self.latent_channels % self.entropy_groups == 0,
-             f"'latent_channels' ({self.latent_channels}) is not divisible by 'entropy_groups' ({self.entropy_groups})")
-        need(self.latent_channels // self.entropy_groups <= 16,
-             f"sub-codebooks of 2^{self.latent_channels // self.entropy_groups} codes are too large for the "
-             f"entropy term: raise 'entropy_groups'")
-        need(self.entropy_temperature > 0, f"'entropy_temperature' must be positive, got {self.entropy_temperature}")
-        need(len(self.disc_channel_multipliers) >= 1, "'disc_channel_multipliers' must not be empty")
+        positive(self, "frames", "size", "base_channels", "num_res_blocks", "latent_channels", "norm_groups",
+                 "entropy_groups", "disc_base_channels", "entropy_temperature")
+        require(len(self.channel_multipliers) >= 1, "'channel_multipliers' must not be empty")
+        require(all(m > 0 for m in self.channel_multipliers),
+                f"'channel_multipliers' must be positive, got {list(self.channel_multipliers)}")
+        require(len(self.temporal_downsample) == len(self.channel_multipliers) - 1,
+                f"'temporal_downsample' needs one flag per downsampling step ({len(self.channel_multipliers) - 1}), "
+                f"got {len(self.temporal_downsample)}")
+        require((self.frames - 1) % self.time_factor == 0,
+                f"'frames' ({self.frames}) must be 1 + a multiple of the temporal factor {self.time_factor}")
+        require(self.size % self.space_factor == 0,
+                f"'size' ({self.size}) is not divisible by the spatial factor {self.space_factor}")
+        require(self.latent_channels <= 62,
+                f"'latent_channels' ({self.latent_channels}) must be <= 62 (int64 token ids)")
+        require(self.latent_channels % self.entropy_groups == 0,
+                f"'latent_channels' ({self.latent_channels}) is not divisible by "
+                f"'entropy_groups' ({self.entropy_groups})")
+        require(self.latent_channels // self.entropy_groups <= 16,
+                f"sub-codebooks of 2^{self.latent_channels // self.entropy_groups} codes are too large for the "
+                f"entropy term: raise 'entropy_groups'")
+        require(len(self.disc_channel_multipliers) >= 1, "'disc_channel_multipliers' must not be empty")
         from .discriminator import discriminator_shapes
         try:
             discriminator_shapes(self.frames, self.size, len(self.disc_channel_multipliers))

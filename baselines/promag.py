@@ -82,7 +82,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from coordtok.config import ConfigError, from_dict, load_yaml
+from coordtok.config import ConfigError, from_dict, load_yaml, positive, require
 from .causal import (CausalConv3d, FrameGroupNorm, ResBlock3d, causal_resize, conv_params, norm_groups, norm_params,
                      res_block_params)
 from coordtok.chunking import CausalChunkGeometry, chunk_windows, reconstruct_chunked
@@ -140,46 +140,45 @@ class ProMAGConfig:
     disc_layers: int = 3  # PatchGAN3D strided layers
 
     def validate(self) -> None:
-        for name in ("frames", "size", "base_channels", "enc_blocks", "dec_blocks", "z_channels", "z_dim",
-                     "norm_groups", "disc_channels", "disc_layers"):
-            need(getattr(self, name) > 0, f"'{name}' must be positive, got {getattr(self, name)}")
+        positive(self, "frames", "size", "base_channels", "enc_blocks", "dec_blocks", "z_channels", "z_dim",
+                 "norm_groups", "disc_channels", "disc_layers")
         ne, nd = len(self.enc_multipliers), len(self.dec_multipliers)
-        need(ne >= 1 and nd >= 1, "'enc_multipliers' and 'dec_multipliers' must not be empty")
-        need(all(m > 0 for m in self.enc_multipliers + self.dec_multipliers), "channel multipliers must be positive")
+        require(ne >= 1 and nd >= 1, "'enc_multipliers' and 'dec_multipliers' must not be empty")
+        require(all(m > 0 for m in self.enc_multipliers + self.dec_multipliers), "channel multipliers must be positive")
         for name in ("enc_spatial_down", "enc_temporal_down"):
-            need(len(getattr(self, name)) == ne, f"'{name}' needs one flag per encoder level ({ne}), "
-                                                 f"got {len(getattr(self, name))}")
+            require(len(getattr(self, name)) == ne, f"'{name}' needs one flag per encoder level ({ne}), "
+                                                    f"got {len(getattr(self, name))}")
         for name in ("dec_spatial_up", "dec_temporal_up"):
-            need(len(getattr(self, name)) == nd, f"'{name}' needs one flag per decoder level ({nd}), "
-                                                 f"got {len(getattr(self, name))}")
-        need(sum(self.enc_spatial_down) == sum(self.dec_spatial_up),
-             f"the encoder halves space {sum(self.enc_spatial_down)} times but the decoder doubles it "
-             f"{sum(self.dec_spatial_up)} times")
-        need(sum(self.enc_temporal_down) == sum(self.dec_temporal_up),
-             f"the encoder halves time {sum(self.enc_temporal_down)} times but the decoder doubles it "
-             f"{sum(self.dec_temporal_up)} times")
-        need((self.frames - 1) % self.time_factor == 0,
-             f"'frames' ({self.frames}) must be 1 + a multiple of the temporal factor {self.time_factor}")
-        need(self.size % self.space_factor == 0,
-             f"'size' ({self.size}) is not divisible by the spatial factor {self.space_factor}")
+            require(len(getattr(self, name)) == nd, f"'{name}' needs one flag per decoder level ({nd}), "
+                                                    f"got {len(getattr(self, name))}")
+        require(sum(self.enc_spatial_down) == sum(self.dec_spatial_up),
+                f"the encoder halves space {sum(self.enc_spatial_down)} times but the decoder doubles it "
+                f"{sum(self.dec_spatial_up)} times")
+        require(sum(self.enc_temporal_down) == sum(self.dec_temporal_up),
+                f"the encoder halves time {sum(self.enc_temporal_down)} times but the decoder doubles it "
+                f"{sum(self.dec_temporal_up)} times")
+        require((self.frames - 1) % self.time_factor == 0,
+                f"'frames' ({self.frames}) must be 1 + a multiple of the temporal factor {self.time_factor}")
+        require(self.size % self.space_factor == 0,
+                f"'size' ({self.size}) is not divisible by the spatial factor {self.space_factor}")
         g = self.grown_levels
-        need(0 <= g < min(ne, nd), f"'grown_levels' must be in [0, {min(ne, nd) - 1}], got {g}")
+        require(0 <= g < min(ne, nd), f"'grown_levels' must be in [0, {min(ne, nd) - 1}], got {g}")
         for j in range(ne - g, ne):
-            need(not self.enc_spatial_down[j] and self.enc_temporal_down[j],
-                 f"grown encoder level {j} must halve time only (spatial F, temporal T)")
-            need(self.enc_multipliers[j] == self.enc_multipliers[j - 1],
-                 f"grown encoder level {j} must keep the width of level {j - 1}")
+            require(not self.enc_spatial_down[j] and self.enc_temporal_down[j],
+                    f"grown encoder level {j} must halve time only (spatial F, temporal T)")
+            require(self.enc_multipliers[j] == self.enc_multipliers[j - 1],
+                    f"grown encoder level {j} must keep the width of level {j - 1}")
         for i in range(g):
-            need(not self.dec_spatial_up[i] and self.dec_temporal_up[i],
-                 f"grown decoder level {i} must double time only (spatial F, temporal T)")
-            need(self.dec_multipliers[i] == self.dec_multipliers[i + 1],
-                 f"grown decoder level {i} must keep the width of level {i + 1}")
+            require(not self.dec_spatial_up[i] and self.dec_temporal_up[i],
+                    f"grown decoder level {i} must double time only (spatial F, temporal T)")
+            require(self.dec_multipliers[i] == self.dec_multipliers[i + 1],
+                    f"grown decoder level {i} must keep the width of level {i + 1}")
         # the discriminator's input must survive its strided layers (kernel 4, padding 1: each
         # n -> (n - 2) // 2 + 1 in space) and the two stride-1 layers after them (each n -> n - 1)
         s = self.size
         for _ in range(self.disc_layers):
             s = (s - 2) // 2 + 1
-        need(s >= 3, f"a {self.size}^2 clip is too small for a {self.disc_layers}-layer PatchGAN3D")
+        require(s >= 3, f"a {self.size}^2 clip is too small for a {self.disc_layers}-layer PatchGAN3D")
 
     @property
     def time_factor(self) -> int:

@@ -66,7 +66,7 @@ import torch.nn as nn
 from einops import rearrange, repeat
 
 from .promag import CausalEncoder, causal_encoder_param_count
-from coordtok.config import ConfigError, from_dict, load_yaml
+from coordtok.config import from_dict, load_yaml, positive, require
 
 from sit.models import FinalLayer, SiTBlock, TimestepEmbedder, sincos_1d
 from sit.samplers import FIXED_GRID_METHODS, euler_maruyama, ode
@@ -101,29 +101,27 @@ class RegenConfig:
     latent_patch: int = 2  # latent patch (latent positions per side)
 
     def validate(self) -> None:
-        for name in ("frames", "size", "enc_channels", "enc_blocks", "latent_channels", "norm_groups", "hidden",
-                     "depth", "heads", "patch", "latent_patch"):
-            need(getattr(self, name) > 0, f"'{name}' must be positive, got {getattr(self, name)}")
-        need(self.mlp_ratio > 0, f"'mlp_ratio' must be positive, got {self.mlp_ratio}")
+        positive(self, "frames", "size", "enc_channels", "enc_blocks", "latent_channels", "norm_groups", "hidden",
+                 "depth", "heads", "patch", "latent_patch", "mlp_ratio")
         levels = len(self.enc_multipliers)
-        need(levels >= 2, "'enc_multipliers' needs at least two levels (one strided conv)")
-        need(all(m > 0 for m in self.enc_multipliers), "'enc_multipliers' must be positive")
-        need(len(self.enc_spatial_down) == levels - 1,
-             f"'enc_spatial_down' needs one flag per strided conv ({levels - 1}), got {len(self.enc_spatial_down)}")
-        need(self.frames == 1 + self.k,
-             f"'frames' must be 1 + 2^(levels - 1) = {1 + self.k} for {levels} levels (two latent frames), "
-             f"got {self.frames}")
-        need(self.size % self.patch == 0, f"'size' ({self.size}) is not divisible by 'patch' ({self.patch})")
-        need(self.size % (self.space_factor * self.latent_patch) == 0,
-             f"'size' ({self.size}) is not divisible by space factor x latent patch "
-             f"({self.space_factor} x {self.latent_patch})")
-        need(self.hidden % self.heads == 0, f"'hidden' ({self.hidden}) is not divisible by 'heads' ({self.heads})")
-        need(self.hidden % 8 == 0, f"'hidden' ({self.hidden}) must be a multiple of 8 (3D sin-cos positions)")
+        require(levels >= 2, "'enc_multipliers' needs at least two levels (one strided conv)")
+        require(all(m > 0 for m in self.enc_multipliers), "'enc_multipliers' must be positive")
+        require(len(self.enc_spatial_down) == levels - 1,
+                f"'enc_spatial_down' needs one flag per strided conv ({levels - 1}), got {len(self.enc_spatial_down)}")
+        require(self.frames == 1 + self.k,
+                f"'frames' must be 1 + 2^(levels - 1) = {1 + self.k} for {levels} levels (two latent frames), "
+                f"got {self.frames}")
+        require(self.size % self.patch == 0, f"'size' ({self.size}) is not divisible by 'patch' ({self.patch})")
+        require(self.size % (self.space_factor * self.latent_patch) == 0,
+                f"'size' ({self.size}) is not divisible by space factor x latent patch "
+                f"({self.space_factor} x {self.latent_patch})")
+        require(self.hidden % self.heads == 0, f"'hidden' ({self.hidden}) is not divisible by 'heads' ({self.heads})")
+        require(self.hidden % 8 == 0, f"'hidden' ({self.hidden}) must be a multiple of 8 (3D sin-cos positions)")
         # A token must be able to carry its patch: a narrower DiT cannot pass the noise of a
         # 3 x p x p patch through and leaves part of it in every decode (a PSNR ceiling).
-        need(self.hidden >= 3 * self.patch ** 2,
-             f"'hidden' ({self.hidden}) is narrower than a video patch (3 x {self.patch} x {self.patch} = "
-             f"{3 * self.patch ** 2} values); widen it or use a smaller 'patch'")
+        require(self.hidden >= 3 * self.patch ** 2,
+                f"'hidden' ({self.hidden}) is narrower than a video patch (3 x {self.patch} x {self.patch} = "
+                f"{3 * self.patch ** 2} values); widen it or use a smaller 'patch'")
 
     @property
     def k(self) -> int:

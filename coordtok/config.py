@@ -312,28 +312,26 @@ class ModelConfig(Section):
     dec_norm_eps: float = 1e-5
 
     def validate(self) -> None:
-        for name in ("frames", "size", "enc_dim", "enc_layers", "enc_heads", "cross_layers", "latent_xy",
-                     "latent_t", "latent_channels", "dec_dim", "dec_layers", "dec_heads", "enc_patch_t", "enc_patch_xy",
-                     "latent_patch_xy", "latent_patch_t", "dec_patch_xy", "dec_patch_t", "mlp_ratio"):
-            need(getattr(self, name) > 0, f"'{name}' must be positive, got {getattr(self, name)}")
-        for name in ("vit_norm_eps", "cross_norm_eps", "dec_norm_eps"):
-            need(getattr(self, name) > 0, f"'{name}' must be positive, got {getattr(self, name)}")
-        need(self.frames % self.enc_patch_t == 0,
-             f"'frames' ({self.frames}) is not divisible by 'enc_patch_t' ({self.enc_patch_t})")
-        need(self.size % self.enc_patch_xy == 0,
-             f"'size' ({self.size}) is not divisible by 'enc_patch_xy' ({self.enc_patch_xy})")
-        need(self.size % self.dec_patch_xy == 0,
-             f"'size' ({self.size}) is not divisible by 'dec_patch_xy' ({self.dec_patch_xy})")
-        need(self.frames % self.dec_patch_t == 0,
-             f"'frames' ({self.frames}) is not divisible by 'dec_patch_t' ({self.dec_patch_t})")
-        need(self.latent_xy % self.latent_patch_xy == 0,
-             f"'latent_xy' ({self.latent_xy}) is not divisible by 'latent_patch_xy' ({self.latent_patch_xy})")
-        need(self.latent_t % self.latent_patch_t == 0,
-             f"'latent_t' ({self.latent_t}) is not divisible by 'latent_patch_t' ({self.latent_patch_t})")
-        need(self.enc_dim % self.enc_heads == 0,
-             f"'enc_dim' ({self.enc_dim}) is not divisible by 'enc_heads' ({self.enc_heads})")
-        need(self.dec_dim % self.dec_heads == 0,
-             f"'dec_dim' ({self.dec_dim}) is not divisible by 'dec_heads' ({self.dec_heads})")
+        positive(self, "frames", "size", "enc_dim", "enc_layers", "enc_heads", "cross_layers", "latent_xy", "latent_t",
+                 "latent_channels", "dec_dim", "dec_layers", "dec_heads", "enc_patch_t", "enc_patch_xy",
+                 "latent_patch_xy", "latent_patch_t", "dec_patch_xy", "dec_patch_t", "mlp_ratio", "vit_norm_eps",
+                 "cross_norm_eps", "dec_norm_eps")
+        require(self.frames % self.enc_patch_t == 0,
+                f"'frames' ({self.frames}) is not divisible by 'enc_patch_t' ({self.enc_patch_t})")
+        require(self.size % self.enc_patch_xy == 0,
+                f"'size' ({self.size}) is not divisible by 'enc_patch_xy' ({self.enc_patch_xy})")
+        require(self.size % self.dec_patch_xy == 0,
+                f"'size' ({self.size}) is not divisible by 'dec_patch_xy' ({self.dec_patch_xy})")
+        require(self.frames % self.dec_patch_t == 0,
+                f"'frames' ({self.frames}) is not divisible by 'dec_patch_t' ({self.dec_patch_t})")
+        require(self.latent_xy % self.latent_patch_xy == 0,
+                f"'latent_xy' ({self.latent_xy}) is not divisible by 'latent_patch_xy' ({self.latent_patch_xy})")
+        require(self.latent_t % self.latent_patch_t == 0,
+                f"'latent_t' ({self.latent_t}) is not divisible by 'latent_patch_t' ({self.latent_patch_t})")
+        require(self.enc_dim % self.enc_heads == 0,
+                f"'enc_dim' ({self.enc_dim}) is not divisible by 'enc_heads' ({self.enc_heads})")
+        require(self.dec_dim % self.dec_heads == 0,
+                f"'dec_dim' ({self.dec_dim}) is not divisible by 'dec_heads' ({self.dec_heads})")
 
     @property
     def patch_grid(self) -> tuple[int, int, int]:
