@@ -258,10 +258,37 @@ def test_euler_maruyama_determinism():
     assert a.shape == x.shape
 
 
+def _linear_velocity_sde_reference(x: torch.Tensor, w: float, num_steps: int, heun: bool, seed: int,
+                                   last: float = 0.04) -> tuple[torch.Tensor, float]:
+    """The SDE samplers' result for ``v = w x`` on the linear path, in float64, and the largest
+    magnitude met on the way (state or noise kick).
+
+    Closed form of the drift: score = (t v - x) / (1 - t), w_t = sigma_t = 1 - t, so
+    drift = v + w_t score = lam(t) x with lam(t) = w (1 + t) - 1; each step's kick is
+    sqrt(2 (1 - t) dt) eps with eps the generator's next standard normal of x's shape; the last step
+    is the deterministic mean step x (1 + lam(1 - last) last)."""
+    grid = torch.linspace(0.0, 1.0 - last, num_steps, dtype=torch.float64).tolist()
+    g = torch.Generator().manual_seed(seed)
+    lam = lambda t: w * (1 + t) - 1  # noqa: E731
+    y, biggest = x.double(), float(x.abs().max())
+    for t, t_next in zip(grid[:-1], grid[1:]):
+        dt = t_next - t
+        kick = math.sqrt(2 * (1 - t) * dt) * torch.randn(x.shape, generator=g, dtype=x.dtype).double()
+        if heun:
+            y_hat = y + kick
+            k1 = lam(t) * y_hat
+            y = y_hat + 0.5 * dt * (k1 + lam(t_next) * (y_hat + dt * k1))
+        else:
+            y = y + lam(t) * y * dt + kick
+        biggest = max(biggest, float(y.abs().max()), float(kick.abs().max()))
+    return y * (1 + lam(grid[-1]) * last), biggest
+
+
 def test_samplers_work_under_no_grad_and_any_shape():
-    """No graph is built even inside enable_grad with a velocity whose weight requires grad, and
-    the samplers are elementwise in the state: a (2, 3, 4, 5) input gives the flattened (2, 60)
-    input's result (same generator), and Euler on v = w x is x (1 + w h)^N."""
+    """No graph is built even inside enable_grad with a velocity whose weight requires grad; the
+    values are the closed form (Euler-Maruyama and stochastic Heun on v = w x replayed in float64
+    with the same generator's draws, Euler ODE x (1 + w h)^N); and the samplers are elementwise in the
+    state: a (2, 3, 4, 5) input gives the flattened (2, 60) input's result (same generator)."""
     weight = torch.nn.Parameter(torch.tensor(0.5))
     x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
     for sampler in (euler_maruyama, heun_sde):
@@ -270,6 +297,12 @@ def test_samplers_work_under_no_grad_and_any_shape():
         flat = sampler(lambda x, t: weight * x, x.reshape(2, 60), num_steps=5, generator=torch.Generator().manual_seed(1))
         assert out.shape == x.shape and out.grad_fn is None and not out.requires_grad
         assert torch.equal(out.reshape(2, 60), flat)
+        expected, biggest = _linear_velocity_sde_reference(x, 0.5, 5, sampler is heun_sde, seed=1)
+        # float32 against float64: each of the 5 steps rounds at most ~32 times (the heun step's two
+        # drifts, the kick, the sums; t and 1 - t to float32), each by u = 2^-24 of a value no larger
+        # than `biggest`; no step amplifies an earlier error (every step scales x by a factor in (0, 1)).
+        tol = 5 * 32 * 2.0 ** -24 * biggest
+        assert float((out.double() - expected).abs().max()) <= tol, sampler.__name__
     with torch.enable_grad():
         out = ode(lambda x, t: weight * x, x, method="euler", num_steps=4)
     assert out.shape == x.shape and out.grad_fn is None
