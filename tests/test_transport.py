@@ -294,7 +294,8 @@ def test_samplers_work_under_no_grad_and_any_shape():
     for sampler in (euler_maruyama, heun_sde):
         with torch.enable_grad():
             out = sampler(lambda x, t: weight * x, x, num_steps=5, generator=torch.Generator().manual_seed(1))
-        flat = sampler(lambda x, t: weight * x, x.reshape(2, 60), num_steps=5, generator=torch.Generator().manual_seed(1))
+        flat = sampler(lambda x, t: weight * x, x.reshape(2, 60), num_steps=5,
+                       generator=torch.Generator().manual_seed(1))
         assert out.shape == x.shape and out.grad_fn is None and not out.requires_grad
         assert torch.equal(out.reshape(2, 60), flat)
         expected, biggest = _linear_velocity_sde_reference(x, 0.5, 5, sampler is heun_sde, seed=1)
