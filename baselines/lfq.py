@@ -11,29 +11,15 @@ token is the bit pattern (channel 0 is the most significant bit), so the implici
 Training terms (weights are applied by the caller):
 
 * commitment ``mean((z - sg(q))^2)``;
-* entropy ``E_n[H(p_n)] - H(E_n[p_n])``, the mean per-sample entropy minus the codebook (batch)
-  entropy, where ``p_n(c) = softmax_c(-||z_n - c||^2 / temperature)`` over the codebook. The
-  temperature is 0.01 (the reimplementation's ``inv_temperature = 100``). Minimising it makes each
-  position confident and the batch spread over many codes.
+* entropy ``E_n[H(p_n)] - H(E_n[p_n])`` with ``p_n(c) = softmax_c(-||z_n - c||^2 / 0.01)``: the mean
+  per-sample entropy minus the codebook (batch) entropy, over ``groups`` sub-codebooks of
+  ``bits / groups`` channels (2 x 2^9 at paper scale): the per-sample term exactly, the codebook
+  term as an upper bound (README.md, "The baselines as this project reads their papers").
 
-Computing ``p_n`` over 2^18 codes is unaffordable, so the codebook is factorized into ``groups``
-sub-codebooks of ``bits / groups`` channels each (2 x 2^9 at paper scale). Because
-``||z - c||^2`` is a sum over channels, ``p_n`` is *exactly* the product of its sub-codebook
-marginals, so
-
-* the per-sample entropy is exactly the sum of the sub-codebook entropies (no approximation);
-* the codebook entropy is approximated by the sum of the entropies of the batch-averaged
-  sub-codebook marginals. The batch average of product distributions is not a product, so this
-  is an upper bound (subadditivity of entropy) that is exact when the sub-codebooks are
-  independent across the batch (e.g. a batch of one position).
-
-All of it runs in float32 with autocast off, so fp16/bf16 training cannot overflow the
-``1 / temperature`` logits into NaN. The codebook entropy is that of the *global* batch: in
-training under data parallelism the batch-averaged marginals are averaged across processes
-(:func:`distributed_mean`, differentiable) before their entropy is taken, as the MAGVIT-v2
-reimplementation and vector-quantize-pytorch's LFQ do, so N processes with B clips each compute
-what one process with N x B clips computes. (Each process's share must hold the same number of
-positions, which a global batch split evenly across ranks does.)
+In float32 with autocast off (the ``1 / temperature`` logits cannot overflow under fp16/bf16).
+The codebook entropy is the *global* batch's: the batch-averaged marginals are averaged across
+processes (:func:`distributed_mean`, differentiable), so N processes with B clips each compute what
+one process with N x B clips does (each process holding the same number of positions).
 """
 from __future__ import annotations
 

@@ -1,75 +1,34 @@
 """ProMAG: a causal conv-3D video tokenizer with a KL latent, grown in temporal compression.
 
 Mahapatra et al., "Progressive Growing of Video Tokenizers for Temporally Compact Latent Spaces",
-2025 (main text and supplement, Table 4). A MAGVIT-v2-style causal tokenizer (the blocks of
-:mod:`baselines.causal`) with a continuous KL bottleneck, trained first at 4x temporal
-compression and then grown to 8x and 16x: each stage keeps the previous stage's weights, most of
-them frozen, and adds one new encoder level and one new decoder level.
-
-Table 4 (17 x 256 x 256 input, base 128 channels; strided-conv down, nearest + conv up). Per level
-``i`` the width is ``128 * mult[i]``; the spatial / temporal flags say whether that level ends with
-a 2x down (encoder) or up (decoder) step in space / time::
+2025 (supplement Table 4). MAGVIT-v2-style causal blocks (:mod:`baselines.causal`), a continuous KL
+bottleneck, trained at 4x temporal compression and grown to 8x and 16x: each stage keeps the
+previous stage's weights (most of them frozen), appends an encoder level (width 768, time-only
+down) and prepends a decoder level (width 768, time-only up). Level ``i`` has width
+``128 * mult[i]``; S / T: whether the level ends with a 2x step in space / time::
 
           encoder mults (2 res blocks)  down S / T   decoder mults (3 res blocks)  up S / T    latent
     4x    1,2,4,6                       TTTF / FFTT  6,4,2,1                       TTTF / FTTF  5 x 32 x 32
     8x    1,2,4,6,6                     TTTFF/FFTTT  6,6,4,2,1                     FTTTF/TFTTF  3 x 32 x 32
     16x   1,2,4,6,6,6                   TTTFFF/FFTTTT 6,6,6,4,2,1                  FFTTTF/TTFTTF 2 x 32 x 32
 
-Growing appends an encoder level (width 768, time-only down) after the last one and prepends a
-decoder level (width 768, time-only up) before the first one; everything else is the previous
-stage's layout.
+The layer-by-layer layout and which choices are ours: README.md, "The baselines as this project
+reads their papers". Parameters 655,229,459 (8x) / 846,349,331 (16x) at z_dim 8
+(:func:`analytic_param_count`).
 
-Layout (our reading of Table 4 with MAGVIT-v2-style middle blocks, :class:`ProMAGConfig`)::
-
-    encoder: causal conv 3x3x3 3 -> 128
-             per level: res blocks (the first changes the width, 1x1x1 shortcut), then a strided
-                        causal 3x3x3 conv (stride (t, s, s) from the flags, with bias) if a flag is set
-             enc_blocks res blocks at the top width, GroupNorm, SiLU, conv 1x1x1 -> z_channels (256),
-             conv 1x1x1 256 -> 2 z_dim (mean, log-variance)
-    decoder: conv 1x1x1 z_dim -> 256, causal conv 3x3x3 256 -> 768, dec_blocks res blocks
-             per level: res blocks (the first changes the width), then nearest upsampling (causal
-                        in time) + causal 3x3x3 conv (with bias) if a flag is set
-             GroupNorm, SiLU, causal conv 3x3x3 -> 3
-
-This reading is the one that reproduces the derived parameter counts: 655,229,459 (8x) and
-846,349,331 (16x) with z_dim 8 (:func:`analytic_param_count`, checked against the modules in
-``tests/test_promag.py``). The published 794 M / 986 M are exactly these plus a full VGG16
-(138.36 M), so they probably count the perceptual-loss network; ours do not. Where the paper is silent we
-chose (each also said where it is used): the middle blocks (``enc_blocks`` in the encoder,
-``dec_blocks`` in the decoder, as MAGVIT-v2 uses its per-level count there), no adaptive
-GroupNorm in the decoder (MAGVIT-v2's, conditioned on the latent, would add 43,776 / 57,600
-parameters: 655.27 M / 846.41 M, off the derived figures), the two 1x1x1 KL convs
-(as the SD-VAE ``quant_conv`` pair), and the decoder output left unsquashed (no tanh, as
-MAGVIT-v2).
-
-Growing (:func:`grow`) -- the paper's cross-level feature mixing, whose equations it does not
-publish; this is our reading. A model grown ``g`` times at stage ``s <= g`` encodes a video ``V``
-as
+Growing (:func:`grow`; our reading of the cross-level mixing, whose equations are not published)::
 
     feat_0(V) = trunk(V, base levels)
     feat_s(V) = mix_s( feat_{s-1}(V[:, :, ::2]),  trunk(V, base + s levels) )
+    mix(h, c) = h * (1 + gamma) + beta,     (gamma, beta) = conv1x1(SiLU(GroupNorm(c)))   (conv zero-initialised)
 
-``trunk(V, n)`` is the input conv and the first ``n`` encoder levels on the full video. The first
-argument of ``mix_s`` is the previous stage's (frozen) path on the video subsampled 2x in time;
-the second is the new level's output on the full video, which has the same shape (the new level
-halves time once, the subsampling halves it once). ``mix_s`` is an AdaNorm -- per-channel scale
-and shift at every position -- of the frozen features by the new ones:
-
-    mix(h, c) = h * (1 + gamma) + beta,     (gamma, beta) = conv1x1(SiLU(GroupNorm(c)))
-
-with the 1x1x1 conv zero-initialised, so a freshly grown model computes exactly its parent's
-latent of ``V[:, :, ::2]`` (``x * 1 + 0 == x`` in floating point). The decoder is the Table 4
-layout (new level first); its parent path (every level but the new one) decodes the same latent to
-the subsampled video, ``aux["recon_sub"]``, which at init equals the parent's reconstruction of
-``V[:, :, ::2]`` bit for bit. Supervising both reconstructions (our choice; the paper's loss
-terms for growing are only reconstruction, perceptual and a 1e-12 KL) keeps the latent decodable
-by the frozen parent decoder while the new levels learn the frames in between.
+so a freshly grown model computes its parent's latent of ``V[:, :, ::2]`` exactly; the parent's
+decoder path decodes the latent to that subsampled video, ``aux["recon_sub"]``.
 
 Long videos (:meth:`ProMAG.reconstruct_long`): 17-frame chunks overlapping by 4 frames, blended in
-pixel space with linear weights (:func:`coordtok.chunking.reconstruct_chunked`).
-
-Discriminator (:class:`PatchGAN3D`): the SD-VAE PatchGAN with 3D convolutions, 3 layers, kernel
-3 x 4 x 4, 64 channels, hinge losses (:func:`hinge_d_loss`, :func:`hinge_g_loss`).
+pixel space with linear weights (:func:`coordtok.chunking.reconstruct_chunked`). Discriminator
+(:class:`PatchGAN3D`): the SD-VAE PatchGAN in 3D (3 layers, kernel 3 x 4 x 4, 64 channels), hinge
+losses (:func:`hinge_d_loss`, :func:`hinge_g_loss`).
 """
 from __future__ import annotations
 

@@ -1,59 +1,31 @@
 """REGEN: a causal conv-3D encoder with a diffusion-transformer decoder that regenerates the frames.
 
 Zhang et al., "REGEN: Learning Compact Video Embedding with (Un)Conditional Diffusion Generator",
-2025. The encoder compresses each chunk of ``1 + k`` frames to just two latent frames; the decoder
-does not reproduce the chunk deterministically but *generates* it, a DiT conditioned on the latent
-and trained with flow matching, sampled in one step or many. Long videos are decoded chunk by chunk
-with *latent extension*, which carries the sampling trajectory of a chunk's last frame into the
-next chunk so the seam between them closes.
+2025. The encoder compresses each chunk of ``1 + k`` frames to two latent frames; the decoder
+*generates* the chunk, a DiT conditioned on the latent and trained with flow matching, sampled in
+one step or many. Long videos are decoded chunk by chunk with *latent extension*, which carries the
+sampling trajectory of a chunk's last frame into the next chunk so the seam between them closes.
 
-This is a small faithful version built on this package's transport (:func:`sit.transport.training_loss`,
-:class:`~sit.transport.LinearPath`) and samplers (:func:`sit.samplers.ode`,
-:func:`sit.samplers.euler_maruyama`) and on its SiT blocks (:class:`~sit.models.SiTBlock`,
-:class:`~sit.models.TimestepEmbedder`, :class:`~sit.models.FinalLayer`). The paper's architecture
-beyond what is said below is not published in enough detail; every choice of ours is marked.
+Built on CoordTok-SiT's transport (:func:`sit.transport.training_loss`, :class:`~sit.transport.LinearPath`),
+samplers (:func:`sit.samplers.ode`, :func:`sit.samplers.euler_maruyama`) and blocks
+(:class:`~sit.models.SiTBlock`, :class:`~sit.models.TimestepEmbedder`, :class:`~sit.models.FinalLayer`).
+The paper does not publish its architecture in full; README.md ("The baselines as this project reads
+their papers") gives the details and marks every choice of ours.
 
-Encoder (``(B, 3, 1 + k, H, W)`` in [-1, 1] -> latent ``(B, 8, 2, H/8, W/8)``): the MAGVIT-v2-style
-causal encoder of :class:`baselines.promag.CausalEncoder` -- causal conv, levels of res
-blocks with multipliers (1, 2, 4, 6) (one more level, 6, per doubling of the compression), a strided
-causal conv after every level but the last, middle res blocks, GroupNorm, SiLU, 1x1x1 conv to 8
-channels. The block count is not given; the multipliers are ProMAG's, so we take ProMAG's (2 per
-level and in the middle, Mahapatra et al. 2025, supplement Table 4). *How two latent frames come out of 1 + k frames (ours)*: every strided conv halves time,
-``1 + 2m -> 1 + m``, and there are ``log2 k`` of them, so ``1 + k -> ... -> 1 + 1``. Causality makes
-latent frame 0 a function of frame 0 alone (the first frame, encoded like an image) and latent
-frame 1 a function of all ``1 + k`` frames (the motion of the other ``k``); the first three strided
-convs also halve space (8x). The latent is deterministic (the paper's regularization of it is not
-given; none here).
-
-Decoder (:class:`RegenDiT`, ours where not stated): the noisy chunk ``x_t (B, 3, F, H, W)`` is cut
-into ``p x p`` patches per frame (one token each); the latent is cut into ``lp x lp`` patches (one
-token each) and the latent tokens join the sequence *in context*: the DiT's self-attention lets
-every video token read the whole latent. Both token kinds carry a fixed 3D sin-cos position (time,
-row, column) in shared units -- frames and video-patch rows -- so a latent token sits where the
-pixels it was encoded from are: latent frame 0 at time 0, latent frame 1 at the centre of frames
-1..k, ``(k + 1) / 2`` -- plus a learned type embedding (video / latent). The time ``t`` enters
-through adaLN-Zero (``TimestepEmbedder`` -> ``SiTBlock`` x depth -> ``FinalLayer``), so the decoder
-outputs zero velocity at init. Paper scale: 24 blocks (we take DiT-L's width, 1024, 16 heads).
-
-Training: ``training_loss(v, x1 = chunk)`` with ``v(x_t, t) = dit(x_t, t | encoder(chunk))``: the
-encoder learns through the decoder's flow-matching loss. Passing the previous chunk trains the
-extended window below (the paper mixes reconstruction, interpolation and extrapolation tasks; we
-provide the reconstruction and the one-frame backward extrapolation that latent extension needs).
-
-Decoding: one step (:func:`sit.samplers.ode`, one Euler step: ``x1 = x0 + v(x0, 0)``) or many
-(``ode`` with a fixed grid, or ``euler_maruyama``).
-
-Latent extension (:meth:`Regen.decode_long`): chunks are consecutive ``1 + k``-frame windows
-(ours). Chunk 0 is decoded as is, and the state of its last frame is stored at every velocity
-evaluation and at the end. Chunk ``c >= 1`` is decoded over ``k + 2`` frames at times ``-1 .. k``,
-its latent extended in front by the previous chunk's latent frame 1 (time ``-(k + 1) / 2``), so its
-frame ``-1`` is the previous chunk's last frame; at every evaluation that frame's state is replaced
-by the stored one (SDEdit-style), and at the end it is set to the stored final frame. The
-replacement is done on the network's input, not on the sampler's state: the samplers update every
-position from its own value and its own velocity, so the other frames follow exactly the
-trajectories they would with the sampler's state overwritten (every sampler here updates a
-position from its own state, velocities and noise only), and the samplers stay untouched. The
-guide is matched evaluation by evaluation, so both chunks must use the same sampler and steps.
+* Encoder (:class:`baselines.promag.CausalEncoder`): ``(B, 3, 1 + k, H, W)`` in [-1, 1] -> latent
+  ``(B, 8, 2, H/8, W/8)``, deterministic; latent frame 0 depends on frame 0 alone, frame 1 on all
+  ``1 + k`` frames.
+* Decoder (:class:`RegenDiT`): video patches and latent patches are tokens of one sequence (the
+  latent *in context*), with fixed 3D sin-cos positions in shared units and a type embedding; the
+  time enters through adaLN-Zero, so the velocity is zero at init.
+* Training (:meth:`Regen.loss`): ``training_loss(v, x1 = chunk)`` with
+  ``v(x_t, t) = dit(x_t, t | encoder(chunk))``; ``prev_video`` trains the extended window.
+* Decoding (:meth:`Regen.decode`): one Euler step ``x1 = x0 + v(x0, 0)``, or ``ode`` on a fixed
+  grid, or ``euler_maruyama``.
+* Latent extension (:meth:`Regen.decode_long`): chunk ``c >= 1`` is decoded over ``k + 2`` frames
+  (times ``-1 .. k``), its latent extended in front by the previous chunk's latent frame 1; the
+  state of frame ``-1`` is replaced, at every velocity evaluation, by the previous chunk's last
+  frame's stored state, on the network's input. Both chunks must use the same sampler and steps.
 """
 from __future__ import annotations
 

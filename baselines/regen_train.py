@@ -1,30 +1,15 @@
 """REGEN training: ``coordtok train --config configs/baselines/regen.yaml`` (``kind: regen``).
 
-One task on the project's training skeleton (:func:`coordtok.loop.fit`). REGEN (Zhang et al.
-2025, supplement) trains its causal encoder and its diffusion-transformer decoder together through
-the decoder's flow-matching loss (:meth:`baselines.regen.Regen.loss`, built on
-:func:`sit.transport.training_loss`): the velocity of the linear path from noise ``x0`` to the
-chunk ``x1`` at time ``t``, conditioned on the chunk's latent.
+One :class:`coordtok.loop.Task` (:class:`RegenTask`) for :func:`coordtok.loop.fit`. The causal
+encoder and the diffusion-transformer decoder learn together through the decoder's flow-matching
+loss (:meth:`baselines.regen.Regen.loss` on :func:`sit.transport.training_loss`): the velocity of
+the linear path from noise ``x0`` to the chunk ``x1`` at time ``t``, conditioned on the chunk's latent.
 
-Tasks. The paper mixes reconstruction, interpolation and extrapolation tasks and moves away from
-pure reconstruction over the course of training; its schedule is not published. Implemented here
-(ours):
-
-* reconstruction: the decoder regenerates a ``1 + k``-frame chunk from its own latent;
-* backward extension: the window the long-video decoder uses for latent extension -- the chunk
-  plus the previous chunk's last frame (``k + 2`` frames), the latent extended by the previous
-  chunk's latent frame 1 (:meth:`~baselines.regen.Regen.loss` with ``prev_video``).
-
-Each optimizer step trains one of the two, the extension with probability ``train.extend_prob``
-(a draw that depends only on ``(seed, step)``, so every process and micro-batch of a step agree).
-Training clips are then two consecutive chunks (``2 (1 + k)`` frames): the second is the chunk,
-the first its predecessor. Not implemented: interpolation, forward extrapolation beyond one frame,
-and the curriculum away from reconstruction.
-
-Randomness: each clip's ``t ~ U(0, 1)`` and ``x0 ~ N(0, I)`` come from a generator seeded by
-``(seed, step, position in the global batch, SeedTag.REGEN)``, so a resumed run continues bit for
-bit and N processes draw what one process draws. AdamW; an EMA of the model is optional
-(``train.ema``), and evaluation uses it when the run keeps one.
+Each optimizer step trains one of two tasks (ours; the paper's task mix and schedule are not
+published): reconstruction of a ``1 + k``-frame chunk, or, with probability ``train.extend_prob``,
+the backward extension that latent extension decodes (the chunk plus the previous chunk's last
+frame). Training clips are two consecutive chunks. What is not implemented, and the random draws:
+README.md, "The baselines as this project reads their papers".
 """
 from __future__ import annotations
 

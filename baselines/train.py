@@ -1,57 +1,25 @@
 """Training the conv-3D baseline tokenizers: ``coordtok train --config configs/baselines/<x>.yaml``.
 
-Two tasks on the project's one training skeleton (:func:`coordtok.loop.fit`, which owns devices,
-precision, DDP, the run folder, resume, checkpoints and the data order). A config's top-level
-``kind:`` names the task: ``magvit2`` (:class:`MagvitV2Task`) or ``promag`` (:class:`ProMAGTask`);
-REGEN's is in :mod:`baselines.regen_train`.
+Two :class:`coordtok.loop.Task` s for :func:`coordtok.loop.fit`, named by the config's ``kind:``
+(rows of :data:`coordtok.kinds.KINDS`): ``magvit2`` (:class:`MagvitV2Task`) and ``promag``
+(:class:`ProMAGTask`); REGEN's is in :mod:`baselines.regen_train`. Per clip ``x`` and
+reconstruction ``x^`` (``P``: LPIPS, :mod:`coordtok.lpips`, standing in for each paper's
+perceptual loss)::
 
-MAGVIT-v2 (Yu et al., ICLR 2024, supplement A.2), per clip ``x`` and reconstruction ``x^``::
-
+    MAGVIT-v2 (Yu et al., ICLR 2024, supplement A.2)
     generator:     5.0 |x^ - x|^2 + 0.1 P(x^, x) + 0.25 commitment + w_H(step) entropy
                    + 0.1 softplus(-D(x^))                                      (non-saturating)
     discriminator: softplus(-D(x)) + softplus(D(sg(x^))) + 10 R1(x) + 0.001 LeCAM
 
-``P`` is the paper's L2 between ResNet-50 logits; this project has no ImageNet ResNet-50 and
-uses LPIPS (VGG16, :mod:`coordtok.lpips`) in its place -- a stand-in, not the paper's term.
-``w_H`` is the annealed entropy weight (:func:`baselines.gan.entropy_weight`: 4x the
-weight at step 0, falling to 1x over 2000 steps). Adam betas (0, 0.99) with no weight decay, lr
-1e-4 with linear warm-up and cosine decay, an EMA (0.999) of the generator that evaluation uses.
-The warm-up length and the number of steps are not in A.2: ours.
-
-ProMAG (Mahapatra et al. 2025, supplement)::
-
+    ProMAG (Mahapatra et al. 2025, supplement)
     generator:     1.0 |x^ - x|_1 + 1.0 P(x^, x) + 1e-12 KL + 0.1 (-D(x^))     (hinge; at 4x only)
                    [grown:  + 1.0 |x^_sub - x[:, :, ::2]|_1]
     discriminator: relu(1 - D(x)) + relu(1 + D(sg(x^)))  (PatchGAN3D, R1 weight 0)
 
-The paper says "reconstruction"; we take L1, the loss of the SD-VAE whose PatchGAN and KL
-weighting it adopts (``train.recon_loss: l2`` switches). ``P`` is a VGG perceptual loss in the
-paper: LPIPS here. Adam (0.9, 0.99), lr 1e-4, weight decay 1e-4.
-
-Progressive growing (``train.grow_from``): a config whose model has ``grown_levels >= 1`` starts
-from its parent stage's checkpoint (its EMA weights where that run kept one) through
-:func:`baselines.promag.grow`: inherited weights copied and frozen; the new encoder
-level, its mixing module and the new decoder level fresh; only the trainable parameters reach the
-optimizer. The grown model also decodes its latent through the frozen parent decoder to the video
-subsampled 2x in time (``aux["recon_sub"]``); that reconstruction is supervised too
-(``train.sub_weight``, ours: the paper lists no loss terms for growing beyond reconstruction,
-perceptual and KL), so the latent stays decodable by the frozen path while the new levels learn
-the frames in between. A resumed grown run rebuilds the grown model from its config and freezes
-the same parameters; the parent checkpoint is not read again.
-
-Randomness: the only random draw in these losses is ProMAG's posterior sample; its noise comes
-per clip from a generator seeded by ``(seed, step, position in the global batch, SeedTag.BASELINE)``,
-so a resumed run continues bit for bit and N processes draw what one process draws. The LeCAM
-statistics are updated once per step with the global batch's mean logits (all-reduced), so they
-follow the same values (up to float rounding) for any number of processes and accumulation steps.
-
-The discriminator phase sees real clips and the generator phase's (detached) output in one batch,
-one forward per backward as DDP requires. ProMAG's PatchGAN normalizes with BatchNorm, so its
-statistics there pool real and fake clips (SD-VAE calls it on each separately) and are those of
-the local micro-batch: with ProMAG's GAN on, runs on different numbers of processes differ
-slightly. The MAGVIT-v2 discriminator has no normalization and is unaffected. The generator's
-adversarial term calls the bare discriminator as a fixed function (:func:`call_frozen`): no
-gradient reaches its parameters and its BatchNorm statistics do not move.
+``w_H`` is :func:`baselines.gan.entropy_weight`. ProMAG's growing (``train.grow_from``) starts a
+grown config from its parent's checkpoint through :func:`baselines.promag.grow` (the task's
+``start`` hook). Optimizers, schedules, what is ours where the papers are silent, the random draws
+and the discriminator's batch: README.md, "The baselines as this project reads their papers".
 """
 from __future__ import annotations
 
