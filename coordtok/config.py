@@ -519,14 +519,14 @@ class TokenizerRunConfig(RunConfig):
 
     def validate(self) -> None:
         """Cross-section checks that no single section can make."""
-        m, t = self.model, self.train
-        if t.stage == 1 and t.num_coords > m.num_patches:
+        m, tc = self.model, self.train
+        if tc.stage == 1 and tc.num_coords > m.num_patches:
             raise ConfigError(
-                f"{self.source}: train.num_coords ({t.num_coords}) is more than the clip's "
+                f"{self.source}: train.num_coords ({tc.num_coords}) is more than the clip's "
                 f"{m.num_patches} patches (model grid {m.patch_grid})")
-        if t.stage == 2 and t.num_frames_stage2 > m.patch_grid[0]:
+        if tc.stage == 2 and tc.num_frames_stage2 > m.patch_grid[0]:
             raise ConfigError(
-                f"{self.source}: train.num_frames_stage2 ({t.num_frames_stage2}) is more than the "
+                f"{self.source}: train.num_frames_stage2 ({tc.num_frames_stage2}) is more than the "
                 f"{m.patch_grid[0]} frames of the model")
         for name, d in (("data", self.data), ("val_data", self.val_data)):
             if d is not None and (d.frames != m.frames or d.size != m.size):

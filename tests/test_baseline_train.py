@@ -266,7 +266,7 @@ def test_grown_model_starts_as_its_parent_through_the_training_loss(promag_4x, t
     the mixing module is the identity (x * (1 + 0) + 0), the same per-clip noise."""
     parent_dir, cfg4 = promag_4x
     child = _bare(ProMAGTask(grown_config(tmp_path, parent_dir, 1)))
-    child.init_from(str(parent_dir), lambda msg: None)
+    child.start(lambda msg: None)  # a grown stage starts from train.grow_from
     parent = _bare(ProMAGTask(cfg4))
     parent.init_from(str(parent_dir), lambda msg: None)
     clip = to_model_video(child.dataset()[0]["video"])  # training items are uint8 (floats on the device)
