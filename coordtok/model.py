@@ -11,27 +11,13 @@ Shapes follow the CoordTok paper (section 3, appendix A). For the paper setting 
   coordinate of the clip -> a ``3 x 1 x 8 x 8`` RGB patch.
 
 The parameter layout follows the public reference implementation, so parameter counts match
-the paper's Table 5 exactly (README; tests/test_model.py).
-
-Differences from the reference implementation (github huiwon-jang/CoordTok, commit 8475272),
-on purpose; :mod:`coordtok.reference` loads its checkpoints and, on full-length clips, computes
-what it computes (float32 rounding apart):
-
-* LayerNorm epsilons are configuration (:class:`ModelConfig` ``vit_norm_eps``,
-  ``cross_norm_eps``, ``dec_norm_eps``); the defaults are the reference's: 1e-5 in the ViT and
-  the decoder (timm <= 1.0.15 ``Block`` with ``nn.LayerNorm``), 1e-6 in the cross-self encoder.
-* Short clips are masked: frames past ``num_frames`` are zeroed and the video tokens made only
-  of them are excluded from every attention (a boolean mask), so the triplane does not depend on
-  the padding. The reference pads with -3 (its loader appends frames of -1, then ``x * 2 - 1``;
-  ``tools/datasets.py``), runs its ViT over the padding unmasked, and passes a 0/1 float mask as
-  ``key_padding_mask``, which nn.MultiheadAttention adds to the cross-attention logits instead of
-  masking (``models/coordtok/encoder_modules.py``), so its triplane of a short clip depends on
-  what the padding holds. Only full-length clips give the same result in both.
-* The decoder's positional embedding is read at the integer patch index ``i`` of each axis. The
-  reference receives ``i / (n - 1)`` and reads row ``(i / (n - 1) * (n - 1)).long()`` computed in
-  float32 (``models/coordtok/coordtok_decoder.py``), which truncates to ``i - 1`` for some ``n``
-  that are not powers of two (``n = 24``: patch 7 reads row 6). For powers of two, which every
-  released configuration uses, both read row ``i``.
+the paper's Table 5 exactly (README; tests/test_model.py); :mod:`coordtok.reference` loads its
+checkpoints and, on full-length clips, this model computes what it computes (float32 rounding
+apart). Its deliberate differences (README.md, "Differences from the reference implementation
+that are deliberate"): the LayerNorm epsilons are configuration (:class:`ModelConfig`
+``vit_norm_eps``, ``cross_norm_eps``, ``dec_norm_eps``; the defaults are the reference's), frames
+past ``num_frames`` are zeroed and their video tokens excluded from every attention, and the
+decoder's positional embedding is read at the integer patch index ``i`` of each axis.
 """
 from __future__ import annotations
 
