@@ -58,10 +58,13 @@ def test_truncated_latest_checkpoint_falls_back(tmp_path, capsys):
 
 
 def test_nan_loss_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
-    """Every loss NaN: each step is skipped (the weights every call sees are the initial ones),
-    the third in a row stops the run, nothing is written, and the message says no checkpoint is
-    good."""
+    """Every loss NaN: each step is skipped (the weights every call sees are the initial ones, no
+    optimizer step is taken, the stopping step's included, and the weights after the stop are the
+    initial ones), the third in a row stops the run, nothing is written, and the message says no
+    checkpoint is good."""
     import coordtok.train as tr
+    from coordtok.loop import fit
+    from helpers import StepRecorder
 
     real = tr.tokenizer_loss
     seen = []
@@ -73,12 +76,16 @@ def test_nan_loss_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(tr, "tokenizer_loss", poisoned)
-    with pytest.warns(UserWarning, match="non-finite") as caught, \
+    task, stepped = TokenizerTask(small_run(tmp_path, 10, max_bad_steps=3)), []
+    with pytest.warns(UserWarning, match="non-finite") as caught, StepRecorder(task, on_step=stepped.append), \
             pytest.raises(TrainingDiverged, match="3 consecutive non-finite steps at step 1") as stop:
-        train(small_run(tmp_path, 10, max_bad_steps=3), progress=False)
+        fit(task, progress=False)  # what train(cfg) runs, keeping the task to read its weights after
     said = [str(w.message) for w in caught if "non-finite" in str(w.message)]
     assert said == [f"step 1: non-finite model loss, update skipped ({n} in a row)" for n in (1, 2, 3)]
     assert len(seen) == 3 and all(torch.equal(seen[0][k], s[k]) for s in seen for k in s), "an update was applied"
+    assert stepped == [], "an optimizer step was taken"
+    after = task.modules["model"].state_dict()
+    assert after.keys() == seen[0].keys() and all(torch.equal(seen[0][k], after[k]) for k in after)
     assert "No checkpoint of this run is known good (none was written)" in str(stop.value)
     assert not list(tmp_path.glob("ckpt-*.pt"))
 
