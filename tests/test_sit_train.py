@@ -98,24 +98,37 @@ def test_checkpoint_holds_stats_and_both_configs(cache, sit_ckpt):
 
 
 def test_nan_losses_are_skipped_then_the_run_stops(cache, tmp_path, monkeypatch):
+    """Every loss NaN: each step is skipped (both calls see the initial weights and EMA, no optimizer
+    step is taken, the stopping step's included, and the weights and EMA after the stop are the
+    initial ones), the second in a row stops the run, nothing is written, and the message says no
+    checkpoint is good."""
     import sit.train as st
+    from coordtok.loop import fit
+    from helpers import StepRecorder
 
     real = st.training_loss
-
+    task, stepped = SiTTask(sit_run(tmp_path, 10, max_bad_steps=2), cache), []
     seen = []
 
+    def snapshot():
+        return {f"{part}.{k}": v.detach().clone() for part, m in (("model", task.modules["model"]), ("ema", task.ema))
+                for k, v in m.state_dict().items()}
+
     def poisoned(model, *a, **kw):
-        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        seen.append(snapshot())
         loss, stats = real(model, *a, **kw)
         return loss * float("nan"), stats
 
     monkeypatch.setattr(st, "training_loss", poisoned)
-    with pytest.warns(UserWarning, match="non-finite") as caught, \
+    with pytest.warns(UserWarning, match="non-finite") as caught, StepRecorder(task, on_step=stepped.append), \
             pytest.raises(TrainingDiverged, match="2 consecutive non-finite steps at step 1") as stop:
-        train_sit(sit_run(tmp_path, 10, max_bad_steps=2), cache, progress=False)
+        fit(task, progress=False)  # what train_sit(cfg, latents) runs, keeping the task to read its state after
     said = [str(w.message) for w in caught if "non-finite" in str(w.message)]
     assert said == [f"step 1: non-finite model loss, update skipped ({n} in a row)" for n in (1, 2)]
     assert len(seen) == 2 and all(torch.equal(seen[0][k], seen[1][k]) for k in seen[0]), "an update was applied"
+    assert stepped == [], "an optimizer step was taken"
+    after = snapshot()
+    assert after.keys() == seen[0].keys() and all(torch.equal(seen[0][k], after[k]) for k in after)
     assert "No checkpoint of this run is known good (none was written)" in str(stop.value)
     assert not list(tmp_path.glob("ckpt-*.pt"))
 
