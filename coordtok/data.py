@@ -15,18 +15,9 @@ Loaders (training, ``encode``) take ``uint8=True`` items: a batch crosses worker
 shared and pinned memory as uint8 (4x less than float32: 6.3 MB per 128x128x128 clip) and
 becomes float on the device, by :func:`to_model_video` (the one conversion both kinds share).
 
-Design points:
-
-* **Probe once.** At construction every file is opened (decord, a small thread pool) to learn
-  its frame count and frame size; the result is cached as JSON (one shard per video folder,
-  entries keyed by file name and validated by size + mtime) so a 13k-file UCF-101 root is probed
-  once, not once per run. Bad files are reported one line each, then skipped, and a one-line
-  summary closes the scan.
-* **Resumable randomness.** The window of item ``i`` in epoch ``e`` is drawn from a generator
-  seeded by ``SeedSequence([seed, e, i])``: no RNG state to checkpoint, identical in every
-  DataLoader worker and every process.
-* **Worker-safe.** Only plain metadata lives on the dataset; each ``__getitem__`` opens its own
-  ``VideoReader``.
+Every file is probed once (frame count and size, cached as JSON per video folder); the window of
+item ``i`` in epoch ``e`` comes from ``SeedSequence([seed, e, i])`` (no RNG state to checkpoint);
+each ``__getitem__`` opens its own ``VideoReader`` (worker-safe). Details: README.md, "Video data".
 """
 from __future__ import annotations
 

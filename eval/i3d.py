@@ -7,24 +7,14 @@ Both take uint8 videos ``(B, T, H, W, 3)`` (numpy or torch, RGB, 0..255) through
     det = load_i3d_pretrained()             # VideoGPT / PVDM / CoordTok reference rFVD
     feats = det.features(videos_uint8)      # (B, 400) float64 numpy
 
-**StyleGAN-V TorchScript I3D** (``i3d_torchscript.pt``): a TorchScript port of the tf.hub I3D used
-by the original TensorFlow FVD code. StyleGAN-V (``src/metrics/frechet_video_distance.py`` and
-``metric_utils.py``) calls it as ``detector(x, rescale=True, resize=True, return_features=True)``
-with ``x`` uint8 ``(B, 3, T, H, W)`` in 0..255: ``rescale=True`` lets the detector map 0..255 to
-[-1, 1] itself, ``resize=True`` lets it resize frames to 224x224 itself, and
-``return_features=True`` returns the 400-d pre-softmax output. (``rescale=False, resize=False``
-is the convention for input already in [-1, 1] at 224x224, as in StyleGAN-V's fvd-comparison
-scripts.) We follow the StyleGAN-V call exactly, so our numbers compare with its protocol.
+* StyleGAN-V's TorchScript I3D (``i3d_torchscript.pt``, :class:`TorchScriptI3D`), called as
+  StyleGAN-V calls it: ``detector(x, rescale=True, resize=True, return_features=True)`` on uint8
+  ``(B, 3, T, H, W)``; the 400-d pre-softmax output.
+* VideoGPT / PVDM's InceptionI3d (``i3d_pretrained_400.pt``, :class:`InceptionI3d`, the same
+  module names, so the released state dict loads strictly) with their preprocessing (frames / 255,
+  short side bilinearly to 224, center crop, [-1, 1]); the 400-d logits averaged over time.
 
-**VideoGPT / PVDM InceptionI3d** (``i3d_pretrained_400.pt``): :class:`InceptionI3d` below is the
-same network as ``pytorch_i3d.py`` in those repositories (and in CoordTok's ``evals/fvd``), with
-the same module names, so the released state dict loads strictly. Its preprocessing is theirs
-(``preprocess`` in ``evals/fvd/fvd.py``): frames / 255, short side resized to 224 with bilinear
-interpolation (``align_corners=False``, no antialiasing; long side ``ceil``-ed), center crop to
-224x224, then scaled to [-1, 1]. The feature is what their ``get_fvd_logits`` uses: the 400-d
-logits (no softmax) averaged over the remaining time steps, not the 1024-d pool (PVDM and
-CoordTok use the same ``get_fvd_logits``).
-
+The protocols in detail, with where each convention comes from: README.md, "FVD detectors".
 **Weights** are never downloaded. Each loader takes a file or a folder; without one it looks in
 ``$COORDTOK_I3D_DIR``, else ``~/.cache/coordtok/i3d/``. A missing file raises
 :class:`DetectorWeightsMissing` whose one-line message names the expected file, where it was
