@@ -14,19 +14,10 @@ Brownian increments come from its own generators on the sampling device, seeded 
 run is resumed, each sample is computed in the same batch with the same numbers. (Another batch
 size changes only float rounding; another device type draws other noise.)
 
-Many processes (``accelerate launch ... coordtok sample``): process ``r`` of ``W`` samples the
-batches ``b = r, r + W, ...``; each clip is decoded alone (in ``--frames-per-chunk`` chunks when
-given). mp4: every sample is its own file ``sample_<i>.mp4``. npz: every finished batch is a
-shard file in ``DIR/.parts/``; when all are written the main process merges them into
-``samples.npz`` and removes them. The contact sheet is made at the end from thumbnails kept in
-``.parts/`` (the 8 frames it shows of each of the first videos).
-
-The folder is the run's: ``sampling.json`` (seed, num, sampler, steps, format, batch size,
-precision, device type and the fingerprints of the SiT's and the tokenizer's weights and of the
-latent statistics) is written first. The same command again (after a kill, or on more or fewer
-processes) resumes: finished samples are skipped. A folder with another run's manifest, or with
-files a sampling run does not write (a user's, an older run's without a manifest), is refused
-with one line, so that two runs' samples never mix and nothing is overwritten.
+Process ``r`` of ``W`` samples the batches ``b = r, r + W, ...``. The folder is the run's
+(``sampling.json`` is written first; the same command resumes, skipping finished samples). The
+files, the shards in ``.parts/`` and what a resumed or many-process run guarantees: README.md,
+"CoordTok-SiT: latent cache, training, sampling".
 """
 from __future__ import annotations
 
