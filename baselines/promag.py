@@ -359,11 +359,13 @@ class Posterior(NamedTuple):
     mean: torch.Tensor
     logvar: torch.Tensor
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``mean + exp(logvar / 2) * eps`` (reparametrized; ``eps`` from ``generator``)."""
-        device = generator.device if generator is not None else self.mean.device
-        eps = torch.randn(self.mean.shape, generator=generator, device=device, dtype=self.mean.dtype)
-        return self.mean + torch.exp(0.5 * self.logvar) * eps.to(self.mean.device)
+    def sample(self, generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``mean + exp(logvar / 2) * noise`` (reparametrized); ``noise`` (the mean's shape) is drawn
+        from ``generator`` unless given."""
+        if noise is None:
+            device = generator.device if generator is not None else self.mean.device
+            noise = torch.randn(self.mean.shape, generator=generator, device=device, dtype=self.mean.dtype)
+        return self.mean + torch.exp(0.5 * self.logvar) * noise.to(self.mean.device)
 
     def kl(self) -> torch.Tensor:
         """``KL(q || N(0, I))`` summed over the latent's elements, averaged over the batch (SD-VAE's
@@ -443,16 +445,22 @@ class ProMAG(CausalChunkGeometry, nn.Module):
             raise ValueError("decode_subsampled needs a grown model (grown_levels >= 1)")
         return self.decoder(z, levels=len(self.decoder.levels) - 1)
 
-    def forward(self, video: torch.Tensor, sample: bool = True,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    def forward(self, video: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None,
+                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """``video (B, 3, 1 + f k, H, W)`` -> ``(recon (B, 3, 1 + f k, H, W), aux)``.
+
+        ``noise (B, z_dim, 1 + k, h, w)``: the posterior's reparametrization noise, used instead of a
+        draw from ``generator``. A trainer gives each clip its own (a function of the clip's place in
+        the global batch) and passes it in here so that the whole step is the one call DDP wraps.
 
         ``aux``: ``kl`` (scalar, :meth:`Posterior.kl`), ``posterior``, ``z`` (the decoded latent: a
         sample when ``sample``, else the mean) and, for a grown model, ``recon_sub``
         (:meth:`decode_subsampled`) with its target ``video_sub = video[:, :, ::2]``.
         """
+        if noise is not None and not sample:
+            raise ValueError("noise is the sample's reparametrization noise: it needs sample=True")
         posterior = self.encode(video)
-        z = posterior.sample(generator) if sample else posterior.mean
+        z = posterior.sample(generator, noise) if sample else posterior.mean
         aux = {"kl": posterior.kl(), "posterior": posterior, "z": z}
         if self.cfg.grown_levels:
             aux["recon_sub"] = self.decode_subsampled(z)

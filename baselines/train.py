@@ -52,7 +52,7 @@ __all__ = [
     "SECTIONS", "BaselineTrainConfig", "MagvitV2TrainConfig", "ProMAGTrainConfig", "BaselineRunConfig",
     "MagvitV2RunConfig", "ProMAGRunConfig", "read_run_sections", "baseline_data_section", "load_magvit2_run_config",
     "load_promag_run_config", "load_baseline_run_config", "psnr_from_mse", "call_frozen",
-    "BaselineTask", "MagvitV2Task", "NoisedProMAG", "posterior_noise", "promag_forward", "inherited_names",
+    "BaselineTask", "MagvitV2Task", "posterior_noise", "inherited_names",
     "ProMAGTask", "train_baseline",
 ]
 
@@ -435,40 +435,11 @@ class MagvitV2Task(BaselineTask):
 # ---------------------------------------------------------------------------- ProMAG
 
 
-class NoisedProMAG(ProMAG):
-    """:class:`~baselines.promag.ProMAG` whose ``forward`` takes the posterior's noise.
-
-    ``ProMAG.forward`` draws the reparametrization noise of the whole batch from one generator; a
-    trainer needs each clip's own (a function of its position in the global batch), and DDP needs
-    the draw inside ``forward``, the one call it synchronises. Same parameters and state dict as
-    ``ProMAG``, so checkpoints load into either.
-    """
-
-    def forward(self, video: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        """``video (B, 3, 1 + f k, H, W)``, ``noise (B, z_dim, 1 + k, h, w)`` (None: decode the
-        posterior mean) -> ``(recon, aux)`` as :meth:`ProMAG.forward`."""
-        posterior = self.encode(video)
-        z = posterior.mean if noise is None else posterior.mean + torch.exp(0.5 * posterior.logvar) * noise
-        aux = {"kl": posterior.kl(), "posterior": posterior, "z": z}
-        if self.cfg.grown_levels:
-            aux["recon_sub"] = self.decode_subsampled(z)
-            aux["video_sub"] = video[:, :, ::2]
-        return self.decode(z), aux
-
-
 def posterior_noise(seeds: list[int], shape: tuple[int, ...], device=None, dtype=torch.float32) -> torch.Tensor:
     """``(B, *shape)`` standard normal noise, item ``b`` from a CPU generator seeded by ``seeds[b]``
     (the same numbers on any device)."""
     draws = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(s)) for s in seeds]
     return torch.stack(draws).to(device=device, dtype=dtype)
-
-
-def promag_forward(model: nn.Module, core: ProMAG, video: torch.Tensor, seeds: list[int]) -> tuple[torch.Tensor, dict]:
-    """The training forward of ProMAG: ``model`` (a :class:`NoisedProMAG`, possibly DDP-wrapped;
-    ``core`` the bare one) on ``video (B, 3, T, H, W)`` with each clip's posterior noise drawn from
-    its seed. Returns ``(recon, aux)`` (see :meth:`NoisedProMAG.forward`)."""
-    noise = posterior_noise(seeds, core.latent_shape(video.shape[2], video.shape[3]), video.device, video.dtype)
-    return model(video, noise)
 
 
 def inherited_names(cfg: ProMAGConfig) -> set[str]:
@@ -488,7 +459,7 @@ class ProMAGTask(BaselineTask):
 
     def build_model(self):
         cfg = self.config.model
-        model = NoisedProMAG(cfg)
+        model = ProMAG(cfg)
         if cfg.grown_levels:
             # The same freezing as grow(): a resumed grown run rebuilds this model from its config,
             # and the optimizer must see exactly the parameters it saw before.
@@ -531,8 +502,10 @@ class ProMAGTask(BaselineTask):
 
     def autoencoder_loss(self, video, ctx):
         tc = self.config.train
-        core = self.modules["model"]
-        recon, aux = promag_forward(self.wrapped["model"], core, video, ctx.item_seeds(len(video), SeedTag.BASELINE))
+        # each clip's posterior noise from its own seed (the same draw at any world size)
+        shape = self.modules["model"].latent_shape(video.shape[2], video.shape[3])
+        noise = posterior_noise(ctx.item_seeds(len(video), SeedTag.BASELINE), shape, video.device, video.dtype)
+        recon, aux = self.wrapped["model"](video, noise=noise)
         rec = self.recon_error(recon, video)
         loss = tc.recon_weight * rec + tc.kl_weight * aux["kl"]
         mse = F.mse_loss(recon.float(), video.float())
@@ -551,7 +524,7 @@ class ProMAGTask(BaselineTask):
         return hinge_d_loss(real_logits, fake_logits)
 
     def codec(self, model):
-        return lambda clip: model(clip)[0]  # NoisedProMAG without noise: the posterior mean
+        return model.codec  # decodes the posterior mean
 
 
 # ---------------------------------------------------------------------------- entry point

@@ -266,3 +266,23 @@ def test_hinge_losses():
     assert hinge_d_loss(real, fake).item() == 0.375
     assert hinge_g_loss(fake).item() == 1.0
     assert hinge_d_loss(torch.tensor([1.0, 3.0]), torch.tensor([-1.0, -5.0])).item() == 0.0
+
+
+@torch.no_grad()
+def test_forward_uses_the_given_noise_as_the_reparametrization():
+    """``forward(noise=eps)`` decodes ``mean + exp(logvar / 2) * eps`` (the trainer's per-clip noise),
+    a generator's draw is the same as passing that draw, and ``sample=False`` is the mean (``codec``)."""
+    model = _trained_like(ProMAG(_tiny(4)).eval())
+    video = _video(17, 16, batch=2)
+    shape = (2, *model.latent_shape(17, 16))
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    recon, aux = model(video, noise=noise)
+    posterior = model.encode(video)
+    z = posterior.mean + torch.exp(0.5 * posterior.logvar) * noise
+    assert torch.equal(aux["z"], z) and torch.equal(recon, model.decode(z))
+    assert not torch.equal(z, posterior.mean)  # the noise moved the latent: exp(logvar / 2) > 0
+    drawn, _ = model(video, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(drawn, recon)
+    assert torch.equal(model(video, sample=False)[0], model.codec(video))
+    with pytest.raises(ValueError, match="needs sample=True"):
+        model(video, sample=False, noise=noise)
