@@ -15,6 +15,7 @@ Adding a tokenizer: its model (and model config), its run-config loader, its
 """
 from __future__ import annotations
 
+import dataclasses
 import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,20 +32,22 @@ class Kind:
     name: str  # the config's ``kind:`` and the checkpoint's ``"kind"``
     title: str  # how messages and tables name it
     role: str  # "tokenizer" (``coordtok train``, eval-recon) or "generator" (``coordtok sit-train``)
-    config: str  # ``(path_or_dict, overrides) -> run config``, read strictly
+    config: str | None  # ``(path_or_dict, overrides) -> run config``, read strictly (None: not trained here)
     model_config: str  # the model section's dataclass
     model: str  # ``(model config) -> nn.Module``
-    task: str  # the :class:`coordtok.loop.Task`: ``(run config)``; a generator's ``(run config, latents)``
-    example: str  # a small config of this kind (repository path): the tests and the demo train it
+    task: str | None  # the :class:`coordtok.loop.Task`: ``(run config)``; a generator's ``(run config, latents)``
+    example: str | None  # a small config of this kind (repository path): the tests and the demo train it
     reconstructor: str | None = None  # ``(checkpoint, **protocol options) -> Reconstructor`` (tokenizers)
     profile: str | None = None  # ``(model section, frames, mode, num_coords, batch, device) -> (model, inputs, step)``
     converter: str | None = None  # ``(checkpoint dict, args) -> (state, info) | None`` for ``coordtok convert``
+    note: str | None = None  # why an entry is missing, for the one-line error that names it
 
     def resolve(self, entry: str):
         """The object an entry names (imported now)."""
         target = getattr(self, entry)
         if target is None:
-            raise ConfigError(f"{self.title} has no {entry} (kind {self.name!r})")
+            why = f": {self.note}" if self.note else ""
+            raise ConfigError(f"{self.title} has no {entry} (kind {self.name!r}){why}")
         return pkgutil.resolve_name(target)
 
     def load_config(self, path_or_dict, overrides: dict | None = None):
@@ -80,12 +83,36 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
 )}
 
 
+# Kinds of models from other libraries, reached as ``<prefix>:<which>``: ``diffusers:<ClassName>``
+# (a diffusers autoencoder class, default config) or ``diffusers:<folder>`` (a pretrained one the
+# user has). They are tokenizers to every command that evaluates or profiles one (eval-recon,
+# reconstruct, profile), but have no config loader and no task: this project does not train them.
+# Not in KINDS, so tokenizers() -- what `coordtok train` takes -- does not list them.
+PREFIXED: dict[str, Kind] = {
+    "diffusers": Kind("diffusers", "diffusers autoencoder", "tokenizer", config=None,
+                      model_config="eval.diffusers_vae:DiffusersVAEConfig",
+                      model="eval.diffusers_vae:build_autoencoder",
+                      task=None, example=None, reconstructor="eval.diffusers_vae:DiffusersReconstructor.load",
+                      profile="eval.diffusers_vae:autoencoder_step",
+                      note="a pretrained video autoencoder of diffusers, evaluated and profiled here, not trained"),
+}
+
+
+def prefixed_kind(name) -> Kind | None:
+    """The row of a ``<prefix>:<which>`` name (:data:`PREFIXED`) named after it; None for other names."""
+    prefix, sep, which = str(name).partition(":")
+    row = PREFIXED.get(prefix) if sep and which else None
+    return None if row is None else dataclasses.replace(row, name=str(name), title=f"{which} ({prefix})")
+
+
 def get_kind(name: str | None, where: str = "kind", role: str | None = None) -> Kind:
-    """The row of ``name`` (``None``: CoordTok, whose configs have no ``kind:``); a one-line error
-    naming ``where`` for an unknown kind, or one of another ``role`` than asked for."""
+    """The row of ``name`` (``None``: CoordTok, whose configs have no ``kind:``; ``<prefix>:<which>``:
+    a :data:`PREFIXED` row); a one-line error naming ``where`` for an unknown kind, or one of another
+    ``role`` than asked for."""
     name = name or "coordtok"
-    kind = KINDS.get(name)
+    kind = KINDS.get(name) or prefixed_kind(name)
     known = [k.name for k in KINDS.values() if role is None or k.role == role]
+    known += [f"{p}:<ClassName or folder>" for p, k in PREFIXED.items() if role is None or k.role == role]
     if kind is None or (role is not None and kind.role != role):
         what = f"a {role}" if role else "a kind"
         raise ConfigError(f"{where}: kind: {name!r} is not {what} this project has (known: {', '.join(known)}; "

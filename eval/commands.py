@@ -125,7 +125,11 @@ def cmd_profile(args) -> None:
     if kind != "coordtok":
         raise ConfigError(f"--config {args.config}: a {kind} config; --config takes a CoordTok config "
                           f"(no kind:), pass this one with --baseline")
+    from coordtok.kinds import prefixed_kind
+
     for path in args.baseline:
+        if prefixed_kind(path) is not None:  # diffusers:<ClassName or folder>: checked when it is built
+            continue
         if load_run_config(path)[0] == "coordtok":
             raise ConfigError(f"--baseline {path}: a CoordTok config (no kind:); pass it with --config")
     out = check_writable(args.out, "profile folder", create=False)  # made by the report: a refused profile leaves none
@@ -148,7 +152,8 @@ def cmd_demo(args) -> None:
 def register(sub) -> None:
     r = sub.add_parser("reconstruct", help="reconstruct one clip: side-by-side mp4 + PSNR/SSIM/LPIPS + seam jump")
     r.add_argument("--ckpt", required=True,
-                   help="tokenizer checkpoint or run folder: CoordTok (also the reference's files) or a baseline")
+                   help="tokenizer checkpoint or run folder: CoordTok (also the reference's files) or a baseline; "
+                        "or diffusers:<ClassName or local folder>, a diffusers video autoencoder")
     r.add_argument("--video", required=True)
     r.add_argument("--frames", type=positive_int, default=None,
                    help="clip length (default: CoordTok's clip length, 128 for the chunk tokenizers)")
@@ -167,8 +172,9 @@ def register(sub) -> None:
                             ("analyze", cmd_analyze, "PSNR against dynamics and frequency magnitude, per video")):
         ev = sub.add_parser(name, help=help_)
         ev.add_argument("--ckpt", required=True, action="append",
-                        help="tokenizer checkpoint or run folder (CoordTok or a baseline); repeat it to compare "
-                             "several tokenizers on the same clips in one table")
+                        help="tokenizer checkpoint or run folder (CoordTok or a baseline), or diffusers:<ClassName "
+                             "or local folder>; repeat it to compare several tokenizers on the same clips in one "
+                             "table")
         ev.add_argument("--data", required=True, help="a video folder or a UCF-101 root")
         ev.add_argument("--out", default=name.replace("-", "_") + "_out")
         ev.add_argument("--num-clips", type=positive_int, default=10000 if name == "eval-recon" else 256)
@@ -231,7 +237,9 @@ def register(sub) -> None:
     pr.add_argument("--num-coords", type=positive_int, default=1024)
     pr.add_argument("--baseline", action="append", default=[], metavar="CONFIG",
                     help="a baseline tokenizer config to profile beside CoordTok (repeatable), "
-                         "e.g. configs/baselines/magvit2.yaml")
+                         "e.g. configs/baselines/magvit2.yaml, or a diffusers video autoencoder: "
+                         "diffusers:<ClassName> (default config, e.g. diffusers:AutoencoderKLWan) or "
+                         "diffusers:<local folder>")
     pr.add_argument("--out", default="profile_out")
     pr.add_argument("--device", default=None, help="where to measure memory (default: cuda if available)")
     pr.add_argument("--no-memory", action="store_true", help="FLOPs only (meta device, instant)")

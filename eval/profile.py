@@ -44,7 +44,7 @@ from coordtok.attention import memory_efficient_on_meta
 from coordtok.config import ModelConfig, load_model_config, load_yaml, to_dict
 from coordtok.errors import CoordTokError
 from coordtok.fileio import atomic_path, write_json, write_text
-from coordtok.kinds import get_kind, kind_of_config
+from coordtok.kinds import get_kind, kind_of_config, prefixed_kind
 from coordtok.model import CoordTok, frame_coords, gather_patches, random_coords, random_frames
 
 from .flops import counter
@@ -106,7 +106,10 @@ def clip_frames(family: str, model_cfg: dict, frames: int) -> int:
     causal conv-3D tokenizer (its config has a ``time_factor``) ``1 + k time_factor`` frames."""
     if family in ("coordtok", "sit"):
         return frames
-    factor = getattr(model_config(family, model_cfg), "time_factor", None)
+    cfg = model_config(family, model_cfg)
+    if hasattr(cfg, "clip_frames"):  # a diffusers autoencoder: the shortest 1 + k t covering the clip
+        return cfg.clip_frames(frames)
+    factor = getattr(cfg, "time_factor", None)
     return 1 + math.ceil(frames / factor) * factor if factor else frames
 
 
@@ -469,6 +472,9 @@ def profile(config, frames: list[int], num_coords: int = 1024, device: str | Non
     search = device.startswith("cuda") if max_batch_search is None else max_batch_search
     targets = [("coordtok", to_dict(load_model_config(config)), mode) for mode in modes]
     for path in baselines:
+        if prefixed_kind(path) is not None:  # diffusers:<ClassName or folder>, at the CoordTok config's frame side
+            targets.append((str(path), {"source": str(path), "size": targets[0][1]["size"]}, str(path)))
+            continue
         family = family_of(path)
         targets.append((family, load_yaml(path)["model"], family))
     if measure_memory or search:  # nothing is allocated before this says it fits
@@ -476,9 +482,17 @@ def profile(config, frames: list[int], num_coords: int = 1024, device: str | Non
     rows = []
     for t in frames:
         for family, model_cfg, mode in targets:
-            row = {"frames": t, "mode": mode, "family": family,
-                   "clip_frames": clip_frames(family, model_cfg, t),
-                   **step_flops(model_cfg, mode, num_coords, family=family, frames=t)}
+            row = {"frames": t, "mode": mode, "family": family, "clip_frames": clip_frames(family, model_cfg, t)}
+            if prefixed_kind(family) is not None:
+                # a diffusers autoencoder: encoding, decoding and a training step, on the meta device
+                # where it runs there, else on this CPU (counted_on)
+                from .diffusers_vae import coding_flops
+
+                c = coding_flops(family, t, model_cfg["size"], model_cfg.get("config"), train=True)
+                row.update(flops=c["train"], encode_flops=c["encode"], decode_flops=c["decode"],
+                           counted_on=c["counted_on"])
+            else:
+                row.update(step_flops(model_cfg, mode, num_coords, family=family, frames=t))
             if estimate_batch:
                 est = step_memory_estimate(family, model_cfg, t, mode, num_coords, estimate_batch)
                 row.update(est_batch=estimate_batch, est_bytes=est["total_bytes"],
@@ -529,6 +543,14 @@ def write_report(rows: list[dict], out_dir: str | Path, title: str, device: str)
         lines.append(f"| {r['frames']} | {label} | {r.get('clip_frames', r['frames'])} | {r['flops'] / 1e12:.4f} | "
                      f"{gb(r, 'peak_bytes')} | {gb(r, 'peak_bytes_ckpt')} | {gb(r, 'est_bytes')} | "
                      f"{gb(r, 'est_bytes_ckpt')} | {r.get('max_batch', 'n/a')} |")
+    coding = [r for r in rows if "encode_flops" in r]
+    if coding:  # the diffusers autoencoders: inference cost beside the training step
+        lines += ["", "Encoding and decoding one clip (posterior mode, no gradients); FLOPs counted on the device "
+                      "named (meta: exact from the shapes; cpu: a real run, where the model fails on meta).", "",
+                  "| frames | autoencoder | frames coded | encode TFLOP | decode TFLOP | training TFLOP / step "
+                  "| counted on |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['frames']} | {r['mode']} | {r['clip_frames']} | {r['encode_flops'] / 1e12:.4f} | "
+                  f"{r['decode_flops'] / 1e12:.4f} | {r['flops'] / 1e12:.4f} | {r['counted_on']} |" for r in coding]
     write_text(out / "profile.md", "\n".join(lines) + "\n", what="profile table")
 
     panels = [("flops", "training TFLOP / step", 1e12, "profile_flops.png"),

@@ -208,8 +208,11 @@ class RegenReconstructor(Reconstructor):
 def checkpoint_kind(path: str | Path) -> str:
     """The kind of model a checkpoint (file or run folder) holds: ``coordtok`` (also the
     reference's files), ``sit``, or a baseline's kind."""
+    from coordtok.kinds import prefixed_kind
     from coordtok.reference import is_reference_coordtok
 
+    if prefixed_kind(path) is not None and not Path(path).exists():  # diffusers:<ClassName or folder>
+        return str(path)
     path = Path(path)
     state = load_run(path, None, "checkpoint")[0] if path.is_dir() else load_any(path)
     if is_reference_coordtok(state):
