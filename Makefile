@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, pinned: here that is the local CPU build, on a GPU machine the normal build.
 	# Everything after it accepts the installed torch, so nothing pulls CUDA packages on top.
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[test]"
+	# the diffusers extra too, so `make test` runs tests/test_diffusers_vae.py (skipped without it)
+	$(PY) -m pip install -q -e ".[test,diffusers]"
 	# lpips only for its calibrated linear heads (weights/v0.1/vgg.pth); --no-deps keeps
 	# torchvision out (it cannot load next to the CPU torch build).
 	$(PY) -m pip install -q --no-deps "lpips==0.1.4"
