@@ -18,7 +18,8 @@ from bench.common import machine, matmul_rate, peak_rss_gb, run_child
 from coordtok import CoordTok
 from coordtok.config import TrainConfig
 from coordtok.loop import build_optimizer
-from coordtok.model import gather_patches, random_coords
+from coordtok.model import random_coords
+from coordtok.train import tokenizer_loss
 from eval.flops import attention_flops, counter
 
 
@@ -33,8 +34,7 @@ def child(config: str, precision: str, steps: int, num_coords: int) -> dict:
     def step():
         coords = random_coords(torch.tensor([model.patch_grid[0]]), num_coords, model.patch_grid, g)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            pred = model(video, coords)
-        loss = torch.nn.functional.mse_loss(pred.float(), gather_patches(video, coords, model.patch_shape))
+            loss = tokenizer_loss(model, model, video, None, coords)["loss"]  # the trainer's stage-1 step
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -53,11 +53,13 @@ def sample_targets(model: CoordTok, num_frames: torch.Tensor, stage: int, n: int
     return torch.cat(coords)
 
 
-def tokenizer_loss(model, core: CoordTok, video: torch.Tensor, num_frames: torch.Tensor, coords: torch.Tensor,
-                   frames_per_clip: int | None, l2_weight: float, lpips_weight: float, lpips=None) -> dict:
+def tokenizer_loss(model, core: CoordTok, video: torch.Tensor, num_frames: torch.Tensor | None, coords: torch.Tensor,
+                   frames_per_clip: int | None = None, l2_weight: float = 1.0, lpips_weight: float = 0.0,
+                   lpips=None) -> dict:
     """Mean L2 over clips, coordinates and values (+ LPIPS over the decoded frames in stage 2).
 
-    ``model`` is what to call (possibly DDP-wrapped), ``core`` the bare :class:`CoordTok`.
+    ``model`` is what to call (possibly DDP-wrapped), ``core`` the bare :class:`CoordTok`. The
+    defaults are the stage-1 step (L2 only); the profile and the benchmarks time this same step.
     """
     pred = model(video, coords, num_frames).float()
     target = gather_patches(video, coords, core.patch_shape).float()

@@ -45,7 +45,8 @@ from coordtok.config import ModelConfig, load_model_config, load_yaml, to_dict
 from coordtok.errors import CoordTokError
 from coordtok.fileio import atomic_path, write_json, write_text
 from coordtok.kinds import get_kind, kind_of_config, prefixed_kind
-from coordtok.model import CoordTok, frame_coords, gather_patches, random_coords, random_frames
+from coordtok.model import CoordTok, frame_coords, random_coords, random_frames
+from coordtok.train import tokenizer_loss
 
 from .flops import counter
 
@@ -78,12 +79,10 @@ def coords_for(model: CoordTok, mode: str, num_coords: int, batch: int, device) 
 
 
 def training_step(model: CoordTok, video: torch.Tensor, coords: torch.Tensor, optimizer=None) -> None:
-    pred = model(video, coords)
-    loss = torch.nn.functional.mse_loss(pred.float(), gather_patches(video, coords, model.patch_shape).float())
-    loss.backward()
-    if optimizer is not None:
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    """CoordTok's stage-1 step as the trainer takes it (:func:`coordtok.train.tokenizer_loss`: L2
+    on the patches at ``coords``), backward, then ``optimizer`` (None: no update)."""
+    tokenizer_loss(model, model, video, None, coords)["loss"].backward()
+    _optimizer_step(optimizer)
 
 
 # ---------------------------------------------------------------------------- every family
@@ -131,14 +130,13 @@ def coordtok_step(kind, model_cfg: dict, frames: int, mode: str, num_coords: int
     inputs = (video, coords_for(model, mode, num_coords, batch, device))
     if mode == "stage2":
         from coordtok.lpips import LPIPS
-        from coordtok.train import tokenizer_loss
 
         with device:
             lpips = LPIPS()  # random weights: the step's cost does not depend on them
         patch_frames = inputs[1].shape[1] // (model.patch_grid[1] * model.patch_grid[2])
 
         def stage2(m, x, opt=None):
-            tokenizer_loss(m, m, x[0], None, x[1], patch_frames, 1.0, 1.0, lpips)["loss"].backward()
+            tokenizer_loss(m, m, x[0], None, x[1], patch_frames, lpips_weight=1.0, lpips=lpips)["loss"].backward()
             _optimizer_step(opt)
         return model, inputs, stage2
     return model, inputs, lambda m, x, opt=None: training_step(m, *x, optimizer=opt)
