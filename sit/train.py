@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from coordtok.config import ConfigError
+from coordtok.config import ConfigError, to_dict
 from coordtok.loop import EpochIndexed, fit, StepContext, Task
 from coordtok.seeds import mix_seed, SeedTag
 from coordtok.triplane import PLANES
@@ -115,9 +115,8 @@ class SiTTask(Task):
 
     def init_from(self, path, log):
         model, _, configs = load_sit(path, weights="model", log=log, heads=self.config.model.heads)
-        if model.config != self.config.model:
-            raise ConfigError(f"{path}: its SiT ({model.config}) differs from {self.config.source}'s model section "
-                              f"({self.config.model}); fine-tune with the checkpoint's model settings")
+        ckpt.check_same_model(path, to_dict(model.config), to_dict(self.config.model), "cannot initialise from it",
+                              "fine-tune with the checkpoint's model settings")
         self.modules["model"].load_state_dict(model.state_dict())
         self.ema.load_state_dict(configs["ema"])
         log(f"initialised from {path} (model and EMA weights)")

@@ -190,3 +190,18 @@ def test_sample_with_a_tokenizer_of_another_grid_is_a_one_line_error(sit_ckpt, t
     assert main(["sample", "--sit-ckpt", str(tokenizer_ckpt), "--tokenizer-ckpt", str(tokenizer_ckpt), "--num", "1",
                  "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert "not a CoordTok-SiT checkpoint" in capsys.readouterr().err
+
+
+def test_init_from_takes_the_same_model_and_refuses_another_in_one_line(cache, sit_ckpt, tmp_path):
+    """train.init_from: a checkpoint of the same SiT starts the run at its training weights (lr 0 and
+    no weight decay: the one step leaves them there); one of another model is refused in one line
+    naming the first setting that differs."""
+    train_sit(sit_run(tmp_path / "same", 1, init_from=str(sit_ckpt), lr=0.0), cache, progress=False)
+    src, dst = ckpt.load(sit_ckpt)["model"], ckpt.load(tmp_path / "same" / "ckpt-0000001.pt")["model"]
+    assert src.keys() == dst.keys() and all(torch.equal(src[k], dst[k]) for k in src)
+    other = load_sit_run_config(SIT_CONFIG, {"model": {"depth": 3}, "train": {
+        "max_steps": 1, "out_dir": str(tmp_path / "other"), "init_from": str(sit_ckpt), "mixed_precision": "no"}})
+    with pytest.raises(ckpt.CheckpointError, match=r"cannot initialise from it: its model differs from the "
+                       r"config's \(model\.depth: 2 in the checkpoint, 3 in the config\); fine-tune with the "
+                       r"checkpoint's model settings"):
+        train_sit(other, cache, progress=False)
