@@ -185,11 +185,18 @@ PROBE_FRAMES, PROBE_SIZE = 1 + 24, 64  # 24: a multiple of every time factor (4,
 
 @functools.lru_cache(maxsize=32)
 def _geometry(cls: type, config_json: str) -> Geometry:
-    with torch.device("meta"):
+    try:
+        return _probe(cls, config_json, "meta")
+    except (RuntimeError, NotImplementedError):  # a model that needs values: one small real clip
+        return _probe(cls, config_json, "cpu")
+
+
+def _probe(cls: type, config_json: str, device: str) -> Geometry:
+    with torch.random.fork_rng(devices=[]), torch.device(device):
         model = cls.from_config(json.loads(config_json))
-    model.to("meta").eval()
+    model.to(device).eval()
     with torch.no_grad():
-        z = encode(model, torch.empty(1, 3, PROBE_FRAMES, PROBE_SIZE, PROBE_SIZE, device="meta"))
+        z = encode(model, torch.zeros(1, 3, PROBE_FRAMES, PROBE_SIZE, PROBE_SIZE, device=device))
     c, t, h = z.shape[1], z.shape[2], z.shape[3]
     if t < 2 or (PROBE_FRAMES - 1) % (t - 1) or PROBE_SIZE % h:
         raise DiffusersError(f"{cls.__name__}: a {PROBE_FRAMES}-frame {PROBE_SIZE}^2 clip encodes to {t} x {h} x {h} "
@@ -199,15 +206,15 @@ def _geometry(cls: type, config_json: str) -> Geometry:
     # pairs after the first, so only odd counts do (2 latents give 8 frames, not 5).
     for step in (1, 2):
         with torch.no_grad():
-            y = decode(model, torch.empty(1, c, 1 + step, h, h, device="meta"))
+            y = decode(model, torch.zeros(1, c, 1 + step, h, h, device=device))
         if y.shape[2] == 1 + step * time:
             return Geometry(time, PROBE_SIZE // h, c, step)
     raise DiffusersError(f"{cls.__name__}: its latents do not decode back to 1 + k {time} frames")
 
 
 def geometry(model: nn.Module) -> Geometry:
-    """Compression and channels of ``model``, found by encoding one clip on the meta device (cached
-    per class and config)."""
+    """Compression and channels of ``model``, found by encoding one clip on the meta device (a
+    real 25-frame 64^2 clip on the CPU for a model that fails there; cached per class and config)."""
     config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}  # (not its folder)
     return _geometry(type(model), json.dumps(config, sort_keys=True, default=list))
 

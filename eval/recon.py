@@ -63,6 +63,8 @@ def evaluate_clip(tokenizer, video: torch.Tensor, num_frames: int, out_path: str
     out = {"psnr": float(m["psnr"][0]), "ssim": float(m["ssim"][0]),
            "lpips": float(m["lpips"][0]) if "lpips" in m else None, "tokens": rec_model.tokens(nf),
            "tokenizer": rec_model.name}
+    if getattr(rec_model, "token_channels", None):  # a diffusers autoencoder: floats per latent position
+        out["token_channels"] = rec_model.token_channels
     if nf > 17:
         seams = seam_jump(x.cpu(), rec.cpu(), boundaries or _reference_boundaries(nf))
         out.update({"seam_boundary": seams["boundary"], "seam_within": seams["within"],
@@ -212,6 +214,8 @@ def _evaluate(accelerator, ckpt, tok: Reconstructor, clips, frames: int, out: Pa
     result = {"checkpoint": str(ckpt), "tokenizer": tok.name, "tokens": tok.tokens(frames), "clips": len(rows),
               "frames": frames, "size": tok.size, "seed": seed, "precision": precision,
               **{k: float(np.mean([r[k] for r in rows])) for k in keys}}
+    if getattr(tok, "token_channels", None):  # a diffusers autoencoder: floats per latent position
+        result["token_channels"] = tok.token_channels
     if "lpips" not in result:
         result["lpips"] = None
         result["lpips_note"] = lpips_note
@@ -239,11 +243,13 @@ def markdown_table(results: list[dict], frames: int, sub: int = 16) -> str:
               f"seam jump at boundaries | within chunks |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['tokenizer']} | {r['tokens']} | {fmt(r.get(f'rfvd_{frames}'), '.1f')} | "
+        tokens = f"{r['tokens']} x {r['token_channels']}" if r.get("token_channels") else r["tokens"]
+        lines.append(f"| {r['tokenizer']} | {tokens} | {fmt(r.get(f'rfvd_{frames}'), '.1f')} | "
                      f"{fmt(r.get(f'rfvd_{sub}'), '.1f')} | {fmt(r['psnr'])} | {fmt(r['ssim'], '.3f')} | "
                      f"{fmt(r['lpips'], '.3f')} | {fmt(r.get('seam_boundary'), '.4f')} | "
                      f"{fmt(r.get('seam_within'), '.4f')} |")
-    lines += ["", "Seam jump: mean |x_t - x_(t-1)| of the reconstruction minus that of the ground truth, at the "
+    lines += ["", "Tokens: latent positions per clip (x floats per position, for the diffusers autoencoders).", "",
+              "Seam jump: mean |x_t - x_(t-1)| of the reconstruction minus that of the ground truth, at the "
               "frames where chunks meet and within chunks (a tokenizer without chunks is measured at the same "
               "frames); equal values mean no visible seams.", ""]
     return "\n".join(lines)

@@ -102,7 +102,7 @@ def test_small_config_shapes_and_meta_flops_equal_a_direct_count(spec):
 
 @pytest.mark.parametrize("spec", [WAN, COG])
 def test_reconstruction_runs_and_reports_finite_metrics(spec):
-    from eval.recon import evaluate_clip
+    from eval.recon import evaluate_clip, markdown_table
 
     tok = DiffusersReconstructor(build_autoencoder(spec, SMALL[spec]), spec, size=32, random_weights=True)
     assert "random weights" in tok.name and "4x8x8" in tok.name and "4 channels" in tok.name
@@ -115,7 +115,28 @@ def test_reconstruction_runs_and_reports_finite_metrics(spec):
     assert rec.shape == (1, 3, frames, 32, 32) and rec.abs().max() <= 1 and seams == []
     m = evaluate_clip(tok, video, frames, None, lpips=None, vgg_path="/nonexistent/vgg.pth")
     assert all(torch.isfinite(torch.tensor(m[k])) for k in ("psnr", "ssim", "seam_boundary", "seam_within"))
-    assert m["tokens"] == t * 16 and m["tokenizer"] == tok.name
+    assert m["tokens"] == t * 16 and m["token_channels"] == 4 and m["tokenizer"] == tok.name
+    row = {**m, "clips": 1, "size": 32, "seed": 0}
+    assert f"| {tok.name} | {t * 16} x 4 |" in markdown_table([row], frames)
+
+
+def test_a_model_that_fails_on_meta_is_counted_on_the_cpu(monkeypatch):
+    import eval.diffusers_vae as dv
+
+    small = SMALL[WAN]
+    on_meta = coding_flops(WAN, 6, size=16, config=small)
+    real_encode = dv.encode
+
+    def encode_needing_values(model, video, *args, **kwargs):
+        if video.device.type == "meta":  # as a model reading a tensor's values (.item()) would
+            raise NotImplementedError("Cannot copy out of meta tensor; no data!")
+        return real_encode(model, video, *args, **kwargs)
+
+    monkeypatch.setattr(dv, "encode", encode_needing_values)
+    dv._geometry.cache_clear()  # its compression is found again, on the CPU too
+    on_cpu = coding_flops(WAN, 6, size=16, config=small)
+    assert on_cpu["counted_on"] == "cpu" and on_meta["counted_on"] == "meta"
+    assert (on_cpu["encode"], on_cpu["decode"]) == (on_meta["encode"], on_meta["decode"])
 
 
 def test_hunyuan_temporal_tiles_are_its_seams():
