@@ -420,12 +420,14 @@ class VideoClipDataset(Dataset):
         valid = self._valid_count(frames)
         if valid < self.min_frames:
             raise RuntimeError(f"only {valid} usable frames now (probe said {info.frames} frames)")
-        start = self.window_start(index, frames)
+        return self._decode(reader, info, self.window_start(index, frames), valid)
+
+    def _decode(self, reader, info: VideoInfo, start: int, valid: int) -> dict:
+        """The item of ``valid`` frames from ``start`` (at ``stride``), decoded by ``reader``."""
         # One get_batch of increasing indices is one pass over the file: decord seeks once to the
         # keyframe before `start` and decodes forward (at stride 1 the frames are a contiguous
         # range); frame-by-frame reads would seek and convert per frame.
         batch = reader.get_batch(list(range(start, start + self.stride * (valid - 1) + 1, self.stride)))
-        del reader
         # Handed over by DLPack, as decord's own torch bridge does: asnumpy() would copy the clip
         # into fresh memory (~20 ms of CPU per 128 frames of 320x240, a third of decoding them).
         clip = torch.from_dlpack(batch.to_dlpack())
@@ -444,6 +446,22 @@ class VideoClipDataset(Dataset):
         return {"video": x if self.uint8 else to_model_video(x, valid), "num_frames": valid,
                 "path": info.path, "start": start, "label": info.label,
                 "class_name": self.classes[info.label] if info.label >= 0 else ""}
+
+    def clip_at(self, video: int, start: int) -> dict:
+        """The item of video ``video``'s clip from frame ``start``: ``num_frames`` frames at
+        ``stride``, fewer (zero-padded, as any short clip) where the usable range ends. For reading
+        a whole video window by window (``coordtok encode --whole-videos``); one contiguous read, and
+        a read error is raised, not replaced by another video's clip as in ``__getitem__``."""
+        info = self.videos[video]
+        lo, n = self._usable(info.frames)
+        if not lo <= start < lo + n:
+            raise IndexError(f"{info.path}: frame {start} is outside its usable frames [{lo}, {lo + n})")
+        valid = min(self.num_frames, math.ceil((lo + n - start) / self.stride))
+        if info.path in self._frames:
+            frames = self._frames[info.path]
+            return self._item(frames[start - lo: start - lo + self.stride * (valid - 1) + 1: self.stride], valid, info,
+                              start)
+        return self._decode(decord.VideoReader(info.path, num_threads=1), info, start, valid)
 
     def _load_preloaded(self, index: int, info: VideoInfo) -> dict:
         frames = self._frames[info.path]  # (n, 3, S, S) uint8, already restricted to frame_range

@@ -15,6 +15,8 @@ def _chunk_options(args) -> dict:
     out = {}
     if getattr(args, "blend", None) is not None:
         out["blend"] = args.blend
+    if getattr(args, "overlap", None) is not None:
+        out["overlap"] = args.overlap
     if getattr(args, "extend", None) is not None:
         out["extend"] = args.extend
     if getattr(args, "decode_steps", None) is not None:
@@ -32,6 +34,9 @@ def _add_chunk_options(p) -> None:
                    help="REGEN: latent extension across chunks, the paper's (default: both in eval-recon, on elsewhere)")
     p.add_argument("--decode-steps", type=positive_int, default=None,
                    help="REGEN: sampling steps of its diffusion decoder (1: one-step decoding)")
+    p.add_argument("--overlap", type=nonnegative_int, default=None,
+                   help="CoordTok, clips longer than its clip length: frames by which its windows overlap, blended "
+                        "linearly (0 to half a window; default an eighth of the clip length, 16 of 128)")
 
 
 def cmd_reconstruct(args) -> None:
@@ -49,7 +54,12 @@ def cmd_reconstruct(args) -> None:
     device = resolve_device(args.device)
     tok = load_reconstructor(args.ckpt, frames_per_chunk=args.frames_per_chunk, hints=reference_hints(args),
                              **_chunk_options(args)).to(device)
-    frames = args.frames or tok.default_frames
+    if args.whole_video:
+        if args.frames is not None or args.start is not None:
+            raise ConfigError("--whole-video takes every frame of --video: leave out --frames and --start")
+        frames = _video_frames(args.video, args.stride)
+    else:
+        frames = args.frames or tok.default_frames
     tok.check_frames(frames)
     ds = VideoClipDataset([args.video], num_frames=frames, size=tok.size, stride=args.stride,
                           deterministic_start=True if args.start is None else args.start, cache_dir=False)
@@ -65,7 +75,23 @@ def cmd_reconstruct(args) -> None:
     item = ds[0]
     metrics = evaluate_clip(tok, item["video"], item["num_frames"], out, device=device, vgg_path=args.vgg)
     metrics.update({"video": str(args.video), "start": item["start"], "frames": item["num_frames"], "output": str(out)})
+    if hasattr(tok, "windows"):  # CoordTok: the windows a long clip went through, in the clip's frames
+        metrics["windows"] = [list(w) for w in tok.windows(item["num_frames"])]
     print(json.dumps(metrics, indent=2))
+
+
+def _video_frames(path, stride: int) -> int:
+    """Frames of the video file at ``path`` taken at ``stride`` (decord's count, no decoding)."""
+    import decord
+
+    from coordtok.data import DataError
+
+    try:
+        n = len(decord.VideoReader(str(path), num_threads=1))
+    except Exception as e:  # decord raises its own error types for a file it cannot open
+        raise DataError(f"--video {path}: cannot read it as a video ({str(e).splitlines()[0] if str(e) else e!r})"
+                        ) from None
+    return -(-n // stride)
 
 
 def cmd_eval_recon(args, analysis: bool = False) -> None:
@@ -159,6 +185,9 @@ def register(sub) -> None:
                    help="clip length (default: CoordTok's clip length, 128 for the chunk tokenizers)")
     r.add_argument("--start", type=nonnegative_int, default=None, help="first frame (default: the centered window)")
     r.add_argument("--stride", type=positive_int, default=1)
+    r.add_argument("--whole-video", action="store_true",
+                   help="reconstruct every frame of --video (CoordTok: in overlapping windows when it is longer than "
+                        "the tokenizer's clip)")
     r.add_argument("--out", default=None, help="output mp4 (default: <video>_recon.mp4)")
     r.add_argument("--frames-per-chunk", type=positive_int, default=None,
                    help="CoordTok: decode this many frames at a time (bounded memory)")
@@ -224,10 +253,6 @@ def register(sub) -> None:
     fv.add_argument("--cache-dir", default=None,
                     help="cached real statistics (default: $COORDTOK_CACHE/fvd or ~/.cache/coordtok/fvd)")
     fv.add_argument("--no-cache", action="store_true", help="neither read nor write cached real statistics")
-    fv.add_argument("--batch-size", type=positive_int, default=4, help="clips per detector call")
-    fv.add_argument("--num-workers", type=nonnegative_int, default=2, help="DataLoader processes decoding real videos")
-    fv.add_argument("--device", default=None)
-    add_precision_option(fv)
     fv.add_argument("--no-progress", action="store_true")
     fv.set_defaults(fn=cmd_eval_fvd)
 

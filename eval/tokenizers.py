@@ -4,7 +4,9 @@
 implementation's files; the conv-3D baselines MAGVIT-v2, ProMAG, REGEN) and returns a
 :class:`Reconstructor`. The 128-frame protocol of the CoordTok paper (appendix C.1) is built in:
 
-* CoordTok encodes the whole clip at once and decodes every coordinate;
+* CoordTok encodes the whole clip at once and decodes every coordinate; a clip longer than its
+  clip length goes in windows of that length overlapping by an eighth of it (``--overlap``), the
+  overlaps blended linearly as ProMAG's chunks are;
 * a chunk tokenizer cuts the clip into the windows it can take (causal 1 + 16 frames overlapping
   by one frame, the duplicate dropped; ProMAG's 17-frame chunks overlapping by 4 frames with
   linear blending; REGEN's chunks with or without latent extension), reconstructs each and stitches
@@ -23,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from coordtok.chunking import chunk_boundaries, chunk_windows, reconstruct_chunked
+from coordtok.chunking import (chunk_boundaries, chunk_windows, default_overlap, reconstruct_chunked,
+                                stitch_windows)
 from coordtok.checkpoint import CheckpointError, load_any, load_run, load_tokenizer
 from coordtok.config import ConfigError
 from coordtok.kinds import get_kind, tokenizers
@@ -33,7 +36,7 @@ from coordtok.model import CoordTok
 class Reconstructor(abc.ABC):
     """A trained tokenizer with the evaluation protocol that suits it."""
 
-    name: str  # e.g. "CoordTok (1280 tokens)", "MAGVIT-v2, 17-frame causal chunks"
+    name: str  # e.g. "CoordTok (1280 tokens), windows of 128 frames overlapping by 16, blended"
     size: int  # frame side the model takes
     max_frames: int | None  # longest clip it takes (None: any length, by chunks)
     default_frames: int  # the clip length evaluated by default
@@ -68,28 +71,68 @@ class Reconstructor(abc.ABC):
 
 
 class CoordTokReconstructor(Reconstructor):
-    """CoordTok: the whole clip at once (shorter clips are masked), every coordinate decoded."""
+    """CoordTok: a clip of at most its ``frames`` at once (shorter clips are masked), every
+    coordinate decoded; a longer clip in windows of ``frames`` overlapping by ``overlap`` frames,
+    each window encoded and decoded on its own and the overlaps blended linearly in pixel space
+    (:func:`coordtok.chunking.reconstruct_chunked`, ``blend="linear"``, as ProMAG's chunks; a
+    short last window goes through the masked path rather than being padded)."""
 
-    def __init__(self, model: CoordTok, frames_per_chunk: int | None = None):
+    def __init__(self, model: CoordTok, frames_per_chunk: int | None = None, overlap: int | None = None):
         self.model = model.eval()
         c = model.config
-        self.name = f"CoordTok ({c.num_latent_tokens} tokens)"
-        self.size, self.max_frames, self.default_frames = c.size, c.frames, c.frames
+        self.overlap = default_overlap(c.frames) if overlap is None else int(overlap)
+        if not 0 <= self.overlap <= c.frames // 2:
+            raise ConfigError(f"--overlap {overlap}: CoordTok's windows of {c.frames} frames overlap by 0 to "
+                              f"{c.frames // 2} frames (half a window at most, so a frame lies in at most two)")
+        # "tokens" per window; the table's token column counts every window of the clip (tokens())
+        self.name = (f"CoordTok ({c.num_latent_tokens} tokens), windows of {c.frames} frames overlapping by "
+                     f"{self.overlap}, blended")
+        self.size, self.max_frames, self.default_frames = c.size, None, c.frames
         self.frames_per_chunk = frames_per_chunk
 
     @classmethod
-    def load(cls, path, frames_per_chunk: int | None = None, hints: dict | None = None):
+    def load(cls, path, frames_per_chunk: int | None = None, hints: dict | None = None, overlap: int | None = None):
         """``hints`` (``heads``, ...) read a reference-format file (:func:`coordtok.checkpoint.load_tokenizer`)."""
         model, _ = load_tokenizer(path, **(hints or {}))
-        return cls(model, frames_per_chunk)
+        return cls(model, frames_per_chunk, overlap)
+
+    def windows(self, frames: int) -> list[tuple[int, int]]:
+        """The ``[start, end)`` windows a clip of ``frames`` frames is reconstructed in (one when it fits)."""
+        return chunk_windows(frames, self.model.config.frames, self.overlap)
 
     def tokens(self, frames: int) -> int:
-        return self.model.config.num_latent_tokens
+        return self.model.config.num_latent_tokens * len(self.windows(frames))
 
     @torch.no_grad()
     def reconstruct(self, video):
-        rec = self.model.reconstruct(video, frames_per_chunk=self.frames_per_chunk).clamp(-1, 1)
-        return rec, chunk_boundaries(video.shape[2]) if video.shape[2] > 17 else []
+        """Boundaries: a long clip's window starts (where each blend begins); a clip that fits in
+        one window reports the 17-frame causal chunks' boundaries, as every tokenizer without chunks."""
+        T = video.shape[2]
+        if T <= self.model.config.frames:
+            rec = self.model.reconstruct(video, frames_per_chunk=self.frames_per_chunk).clamp(-1, 1)
+            return rec, chunk_boundaries(T) if T > 17 else []
+        window = lambda clip: self.model.reconstruct(clip, frames_per_chunk=self.frames_per_chunk)  # noqa: E731
+        rec, info = reconstruct_chunked(window, video, chunk=self.model.config.frames, overlap=self.overlap,
+                                        blend="linear", pad=False)
+        return rec.clamp(-1, 1), info["boundaries"]
+
+    @torch.no_grad()
+    def decode_windows(self, triplanes, frames: int) -> torch.Tensor:
+        """A ``frames``-frame clip ``(B, 3, frames, H, W)`` in [-1, 1] from its windows' triplanes:
+        ``triplanes`` yields one :class:`~coordtok.triplane.Triplane` per :meth:`windows` window, in
+        order (``coordtok encode --whole-videos`` stores them so). Each is decoded as
+        :meth:`reconstruct` decodes it (a short last window masked) and the overlaps are blended by
+        the same stitcher, so encoding a clip's windows and decoding them here gives :meth:`reconstruct`'s
+        result."""
+        c = self.model.config
+
+        def outputs():
+            for (s, e), triplane in zip(self.windows(frames), triplanes):
+                nf = None if e - s == c.frames else torch.full((triplane.batch_size,), e - s, dtype=torch.long,
+                                                                device=triplane.xy.device)
+                yield self.model.decode_video(triplane, nf, self.frames_per_chunk)[:, :, :e - s]
+
+        return stitch_windows(outputs(), frames, c.frames, self.overlap, "linear").clamp(-1, 1)
 
     def to(self, device):
         self.model.to(device)
@@ -245,7 +288,7 @@ def load_reconstructor(path: str | Path, **options) -> Reconstructor:
     return load(path, **{k: v for k, v in options.items() if k in accepted and v is not None})
 
 
-COORDTOK_ONLY = ("frames_per_chunk", "hints")
+COORDTOK_ONLY = ("frames_per_chunk", "hints", "overlap")
 
 
 def protocol_variants(path: str | Path) -> list[dict]:

@@ -7,6 +7,10 @@ Layout of a cache folder::
     DIR/shard-00000.json            per-item metadata: item index, source path, start frame, frames
     DIR/stats.json                  per-plane, per-channel mean / std (:mod:`sit.stats`)
 
+A ``--whole-videos`` cache holds every video as consecutive windows (latents in window order);
+``index.json``'s ``whole_videos`` gives the window length, overlap and each video's windows
+(:func:`video_windows`).
+
 Reading needs neither the tokenizer nor video decoding: :class:`LatentDataset` memory-maps the
 shards. Writing is :mod:`sit.encode`.
 """
@@ -83,6 +87,23 @@ def read_index(latent_dir: str | Path) -> dict:
     return index
 
 
+def video_windows(latent_dir: str | Path) -> list[dict]:
+    """The videos of a ``coordtok encode --whole-videos`` cache, each as a sequence of window
+    triplanes: ``[{"path", "frames" (usable frames at the encoding's stride), "first" (first usable
+    frame), "items" (latent indices, window order), "starts" (each window's first frame in the
+    file)}]``. With :class:`LatentDataset` and ``Triplane.unflatten`` the items give the windows'
+    triplanes, which :meth:`eval.tokenizers.CoordTokReconstructor.decode_windows` decodes (built
+    with ``overlap = index["whole_videos"]["overlap"]``)."""
+    index = read_index(latent_dir)
+    whole = index.get("whole_videos")
+    if not isinstance(whole, dict) or not isinstance(whole.get("videos"), list):
+        raise LatentCacheError(f"{Path(latent_dir) / INDEX_NAME}: not a whole-video cache (it holds random "
+                               f"windows; encode with `coordtok encode --whole-videos`)")
+    return [{"path": v["path"], "frames": int(v["frames"]), "first": int(v["first"]),
+             "items": list(range(int(v["first_item"]), int(v["first_item"]) + len(v["starts"]))),
+             "starts": [int(t) for t in v["starts"]]} for v in whole["videos"]]
+
+
 # ---------------------------------------------------------------------------- dataset
 
 
@@ -125,7 +146,6 @@ class LatentDataset(torch.utils.data.Dataset):
         if self.offsets[-1] == 0:
             raise LatentCacheError(f"{self.dir}: the latent cache is empty")
         self._handles: dict[int, object] = {}
-
     def __len__(self) -> int:
         return self.offsets[-1]
 
@@ -170,3 +190,4 @@ class LatentDataset(torch.utils.data.Dataset):
     def get_many(self, indices) -> torch.Tensor:
         """``(len(indices), tokens, C)`` float32."""
         return torch.stack([self[int(i)] for i in indices])
+

@@ -24,8 +24,11 @@ def cmd_encode(args) -> None:
     index = encode_dataset(args.tokenizer_ckpt, data, args.out, clips_per_video=args.clips_per_video, seed=args.seed,
                            shard_size=args.shard_size, batch_size=args.batch_size,
                            precision=args.precision, stats_num=args.stats_num,
-                           progress=not args.no_progress, tokenizer_hints=reference_hints(args))
-    print(json.dumps({k: index[k] for k in ("num_latents", "grid", "channels", "tokenizer_ckpt")}
+                           progress=not args.no_progress, tokenizer_hints=reference_hints(args),
+                           whole_videos=args.whole_videos, overlap=args.overlap)
+    whole = {"videos": len(index["whole_videos"]["videos"]), "overlap": index["whole_videos"]["overlap"]} \
+        if index.get("whole_videos") else {}
+    print(json.dumps({k: index[k] for k in ("num_latents", "grid", "channels", "tokenizer_ckpt")} | whole
                      | {"out": str(args.out), "shards": len(index["shards"])}, indent=2))
 
 
@@ -76,6 +79,12 @@ def register(sub) -> None:
                    help="a video folder or a UCF-101 root (with ucfTrainTestlist/); for --kind samples: names, e.g. bikes")
     e.add_argument("--out", required=True, help="cache folder (shards, index.json, stats.json)")
     e.add_argument("--clips-per-video", type=positive_int, default=1, help="K random windows per video")
+    e.add_argument("--whole-videos", action="store_true",
+                   help="encode every video whole, as the triplanes of its windows of the tokenizer's clip length "
+                        "(start frames in the shard sidecars and index.json) instead of random windows")
+    e.add_argument("--overlap", type=nonnegative_int, default=None,
+                   help="--whole-videos: frames by which consecutive windows overlap (default an eighth of the clip "
+                        "length, 16 of 128; at most half)")
     e.add_argument("--kind", choices=("folder", "ucf101", "samples"), default=None,
                    help="default: ucf101 when --data holds ucfTrainTestlist/, else folder")
     e.add_argument("--split", default=None, help="ucf101: train | test (default train); folder: a subfolder")

@@ -9,6 +9,16 @@ fingerprint of (tokenizer, data, seed, K, shard size), so a restarted run, on an
 processes, skips exactly the shards that are complete and rewrites the rest bit for bit. The
 folder layout is in :mod:`sit.cache`; the normalization statistics (:mod:`sit.stats`) are computed
 at the end.
+
+``whole_videos=True`` (``coordtok encode --whole-videos``) encodes every video whole instead: its
+usable frames cut into windows of the tokenizer's clip length overlapping by ``overlap`` frames
+(:func:`coordtok.chunking.chunk_windows`; :func:`coordtok.chunking.default_overlap` by default), the
+last one short and masked, one triplane per window. Items are then the windows, video by video in
+frame order; each shard sidecar names each window's video and start frame, and ``index.json``'s
+``whole_videos`` lists every video's windows (:func:`sit.cache.video_windows` reads them back, and
+:meth:`eval.tokenizers.CoordTokReconstructor.decode_windows` decodes a video from them, blended
+as ``reconstruct`` blends them). The rows are triplanes like any others, so ``sit-train`` reads
+such a cache too (its short last windows included).
 """
 from __future__ import annotations
 
@@ -31,6 +41,8 @@ from coordtok.locking import FolderLock
 from coordtok.devices import inference_precision, resolve_inference_precision
 from coordtok.loop import on_main_then_all
 from coordtok.triplane import num_tokens
+
+from coordtok.chunking import chunk_windows, default_overlap
 
 from .cache import FORMAT_VERSION, INDEX_NAME, LatentCacheError, read_index, shard_name, weights_fingerprint
 from .stats import STATS_NAME, compute_stats
@@ -75,6 +87,57 @@ class _Items(torch.utils.data.Dataset):
         item = self.dataset[i]
         return {"index": i, "video": item["video"], "num_frames": item["num_frames"],
                 "path": item["path"], "start": item["start"]}
+
+
+def whole_video_windows(dataset, overlap: int) -> list[tuple[int, int]]:
+    """``(video, start frame)`` of every window of every video of ``dataset`` (a
+    :class:`coordtok.data.VideoClipDataset` of the tokenizer's clip length), video by video: each
+    video's usable frames (``frame_range``, ``stride``) in windows of ``num_frames`` overlapping by
+    ``overlap`` sampled frames."""
+    out = []
+    for v, info in enumerate(dataset.videos):
+        lo, n = dataset._usable(info.frames)
+        out += [(v, lo + s * dataset.stride) for s, _ in
+                chunk_windows(math.ceil(n / dataset.stride), dataset.num_frames, overlap)]
+    return out
+
+
+def whole_videos_index(dataset, windows: list[tuple[int, int]], overlap: int, window: int) -> dict:
+    """``index.json``'s ``whole_videos``: the window geometry and, per video, its path, usable
+    frames (``frames``, at ``stride``, from frame ``first``), first item and window start frames."""
+    videos = []
+    for i, (v, start) in enumerate(windows):
+        if not videos or videos[-1]["video"] != v:
+            lo, n = dataset._usable(dataset.videos[v].frames)
+            videos.append({"video": v, "path": dataset.videos[v].path, "first": lo,
+                           "frames": math.ceil(n / dataset.stride), "first_item": i, "starts": []})
+        videos[-1]["starts"].append(start)
+    for entry in videos:
+        del entry["video"]
+    return {"window": window, "overlap": overlap, "stride": dataset.stride, "videos": videos}
+
+
+class _Windows(torch.utils.data.Dataset):
+    """Item ``i`` of a whole-video encoding: window ``windows[i] = (video, start)``, with the keys of
+    :class:`_Items`."""
+
+    def __init__(self, dataset, windows: list[tuple[int, int]], items: list[int]):
+        self.dataset, self.windows, self.items = dataset, windows, items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, k: int):
+        from coordtok.data import DataError
+
+        i = self.items[k]
+        v, start = self.windows[i]
+        try:
+            item = self.dataset.clip_at(v, start)
+        except Exception as e:  # decord's errors: a whole video cannot skip a window, so stop with its name
+            raise DataError(f"{self.dataset.videos[v].path}: cannot read the frames from {start} "
+                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        return {"index": i, **{key: item[key] for key in ("video", "num_frames", "path", "start", "label")}}
 
 
 # ---------------------------------------------------------------------------- encoding
@@ -126,6 +189,8 @@ def _encode_dataset(
     stats_num: int | None = 2048,
     progress: bool = True,
     tokenizer_hints: dict | None = None,
+    whole_videos: bool = False,
+    overlap: int | None = None,
 ) -> dict:
     """Encode ``K = clips_per_video`` random 128-frame windows of every video into a latent cache.
 
@@ -145,6 +210,8 @@ def _encode_dataset(
         stats_num: after encoding, the main process computes :func:`compute_stats` over this many
             random latents and writes ``stats.json``; ``None`` skips it.
         tokenizer_hints: ``heads`` etc. for a reference-format tokenizer checkpoint.
+        whole_videos: encode every video whole, in windows overlapping by ``overlap`` frames
+            (module docstring) instead of ``K`` random windows; ``clips_per_video`` must be 1.
 
     Run under ``accelerate launch`` to split the shards across processes. Returns the index dict.
     """
@@ -165,6 +232,17 @@ def _encode_dataset(
     d = _data_config(data_spec, mcfg, clips_per_video)
     dataset = build_dataset(d, seed, uint8=True)  # clips stay uint8 until they are on the device
     n = len(dataset)
+    windows = None
+    if whole_videos:
+        overlap = default_overlap(mcfg.frames) if overlap is None else int(overlap)
+        if not 0 <= overlap <= mcfg.frames // 2 or clips_per_video != 1:
+            raise LatentCacheError(f"--whole-videos: --overlap must be 0 to {mcfg.frames // 2} (half the tokenizer's "
+                                   f"{mcfg.frames}-frame window) and --clips-per-video 1, got {overlap} and "
+                                   f"{clips_per_video}")
+        windows = whole_video_windows(dataset, overlap)
+        n = len(windows)
+    elif overlap is not None:
+        raise LatentCacheError("--overlap applies to --whole-videos only (random windows do not overlap)")
     grid, channels = tuple(mcfg.latent_grid), mcfg.latent_channels
     tokens = num_tokens(grid)
     data_dict = dataclasses.asdict(d)
@@ -173,7 +251,7 @@ def _encode_dataset(
         "tokenizer_model": dataclasses.asdict(mcfg), "tokenizer_weights": weights_fingerprint(tokenizer),
         "data": {k: v for k, v in data_dict.items() if k != "num_workers"},
         "seed": int(seed), "clips_per_video": int(clips_per_video), "shard_size": int(shard_size), "num_items": n,
-    }
+    } | ({"whole_videos": {"overlap": overlap}} if whole_videos else {})  # (random windows: the fingerprint of old)
     fingerprint = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     index_path = out_dir / INDEX_NAME
@@ -206,7 +284,9 @@ def _encode_dataset(
                                                    (len(shard_items[g]), tokens, channels))]
     if accelerator.is_main_process:
         done = len(mine) - len(todo)
-        log(f"encoding {n} clips ({len(dataset.videos)} videos x {clips_per_video}) into {num_shards} shards in "
+        what = (f"{n} windows of {len(dataset.videos)} whole videos (overlapping by {overlap} frames)" if whole_videos
+                else f"{n} clips ({len(dataset.videos)} videos x {clips_per_video})")
+        log(f"encoding {what} into {num_shards} shards in "
             f"{out_dir}" + (f"; {done} of this process's {len(mine)} shards already done" if done else ""))
 
     tokenizer.to(device).eval().requires_grad_(False)
@@ -215,8 +295,9 @@ def _encode_dataset(
                                             log if accelerator.is_main_process else None)
     pending = [i for g in todo for i in shard_items[g]]
     workers = d.num_workers if num_workers is None else num_workers
+    items = _Windows(dataset, windows, pending) if whole_videos else _Items(dataset, pending)
     loader = torch.utils.data.DataLoader(
-        _Items(dataset, pending), batch_size=batch_size, shuffle=False, num_workers=workers,
+        items, batch_size=batch_size, shuffle=False, num_workers=workers,
         pin_memory=device.type == "cuda", collate_fn=None,
     )
     bar = tqdm(total=len(pending), disable=not progress, desc=f"encode [{rank}/{world}]" if world > 1 else "encode",
@@ -262,6 +343,8 @@ def _encode_dataset(
             "data": data_dict, "seed": int(seed), "clips_per_video": int(clips_per_video),
             "shard_size": int(shard_size), "precision": precision,
         }
+        if whole_videos:
+            index["whole_videos"] = whole_videos_index(dataset, windows, overlap, mcfg.frames)
         write_json(index_path, index, indent=1)
         log(f"wrote {n} latents of grid {grid} x {channels} channels: {index_path}")
         if stats_num:

@@ -51,7 +51,8 @@ def test_one_table_for_every_tokenizer_and_protocol(trained, tmp_path, capsys):
                  *[a for k in ("coordtok", "magvit2", "promag", "regen") for a in ("--ckpt", str(runs[k]))]]) == 0
     results = json.loads(capsys.readouterr().out)["results"]
     names = [r["tokenizer"] for r in results]
-    assert names == ["CoordTok (320 tokens)", "MAGVIT-v2, causal 1+16-frame chunks",
+    assert names == ["CoordTok (320 tokens), windows of 128 frames overlapping by 16, blended",
+                     "MAGVIT-v2, causal 1+16-frame chunks",
                      "ProMAG 4x, 17-frame chunks, 4-frame overlaps blended",
                      "ProMAG 4x, 17-frame chunks, 1-frame overlaps dropped, no blending",
                      "REGEN, 9-frame chunks, latent extension, 1-step decoding",

@@ -62,14 +62,15 @@ def test_eval_recon_reports_rfvd_at_both_lengths_and_frame_metrics(setup, tmp_pa
 
 
 def test_eval_recon_takes_shorter_clips(setup, tmp_path, capsys):
-    """--frames is honoured: CoordTok masks a 64-frame clip; longer than the model is an error."""
+    """--frames is honoured: CoordTok masks a 64-frame clip (a longer one goes in overlapping windows,
+    tests/test_long_videos.py; an overlap past half a window is an error)."""
     root, ckpt, _ = setup
     assert main(["eval-recon", "--ckpt", str(ckpt), "--data", str(root / "real"), "--out", str(tmp_path / "a"),
                  "--num-clips", "1", "--frames", "64", "--no-fvd", "--write-videos", "0", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["frames"] == 64
     assert main(["eval-recon", "--ckpt", str(ckpt), "--data", str(root / "real"), "--out", str(tmp_path / "b"),
-                 "--num-clips", "1", "--frames", "256", "--no-fvd", "--no-progress"]) == 2
-    assert "at most 128 frames" in capsys.readouterr().err
+                 "--num-clips", "1", "--frames", "256", "--overlap", "65", "--no-fvd", "--no-progress"]) == 2
+    assert "--overlap 65: CoordTok's windows of 128 frames overlap by 0 to 64 frames" in capsys.readouterr().err
 
 
 def test_analyze_writes_table_and_plot_without_a_detector(setup, tmp_path, capsys):
