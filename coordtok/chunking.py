@@ -13,7 +13,9 @@ results are stitched back together. Two stitchings are implemented:
 * ``blend="linear"`` (ProMAG's, use ``overlap=4``): windows of 17 frames overlapping by 4, the
   overlap blended in pixel space with linear weights ``(k + 1) / (overlap + 1)`` for the later
   window at overlap frame ``k`` and one minus that for the earlier, so the weights of every frame
-  sum to one.
+  sum to one. CoordTok takes a video longer than its clip the same way (``eval.tokenizers``):
+  windows of its clip length overlapping by :func:`default_overlap` frames, blended linearly, the
+  short last window masked by CoordTok rather than padded (``pad=False``).
 
 The last window is usually short (128 frames: frames 112..127, 16 of 17). It is padded at its
 **end** by repeating its last frame up to the chunk length; a causal codec's output for the real

@@ -2,7 +2,8 @@
 
 For ``num_clips`` random clips (seeded: random videos, random windows, as the FVD protocol draws
 real clips) every clip is reconstructed the way its tokenizer does it (:mod:`eval.tokenizers`:
-CoordTok at once, the conv-3D baselines by chunks), then measured:
+CoordTok at once, or in blended overlapping windows when the clip is longer than its own; the
+conv-3D baselines by chunks), then measured:
 
 * PSNR / SSIM / LPIPS per frame, averaged over frames, then over clips ([0, 1] pixels);
 * rFVD between the real and reconstructed clips, on the whole clips and on their 16-frame
