@@ -191,3 +191,19 @@ def test_profile_puts_a_default_autoencoder_beside_coordtok(tmp_path):
                                                                                  + row["decode_flops"])
     write_report(rows, tmp_path, "t", "cpu")
     assert f"| 16 | {spec} | 17 |" in (tmp_path / "profile.md").read_text()
+
+
+def test_reconstruct_command_with_a_pretrained_folder(tmp_path, capsys, monkeypatch):
+    from coordtok.cli import main
+    from coordtok.video_io import sample_video_paths
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    build_autoencoder(COG, SMALL[COG]).save_pretrained(tmp_path / "vae")
+    out = tmp_path / "rec.mp4"
+    assert main(["reconstruct", "--ckpt", f"diffusers:{tmp_path / 'vae'}", "--video", str(sample_video_paths()["bikes"]),
+                 "--frames", "12", "--out", str(out), "--no-vae-tiling"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    # 12 frames coded as 17 (5 latent frames) at 128 x 128: 5 x 16 x 16 positions of 4 floats
+    assert metrics["frames"] == 12 and metrics["tokens"] == 5 * 16 * 16 and metrics["token_channels"] == 4
+    assert torch.isfinite(torch.tensor(metrics["psnr"])) and out.stat().st_size > 0
+    assert "no spatial tiling" in metrics["tokenizer"] and "weights of" in metrics["tokenizer"]
