@@ -19,6 +19,8 @@ def _chunk_options(args) -> dict:
         out["overlap"] = args.overlap
     if getattr(args, "extend", None) is not None:
         out["extend"] = args.extend
+    if getattr(args, "vae_tiling", None) is not None:
+        out["tiling"] = args.vae_tiling
     if getattr(args, "decode_steps", None) is not None:
         from sit.samplers import check_steps
 
@@ -34,6 +36,9 @@ def _add_chunk_options(p) -> None:
                    help="REGEN: latent extension across chunks, the paper's (default: both in eval-recon, on elsewhere)")
     p.add_argument("--decode-steps", type=positive_int, default=None,
                    help="REGEN: sampling steps of its diffusion decoder (1: one-step decoding)")
+    p.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=None,
+                   help="diffusers autoencoders: their own tiling (enable_tiling(): spatial tiles above their tile "
+                        "size, and the temporal handling of their class; default on)")
     p.add_argument("--overlap", type=nonnegative_int, default=None,
                    help="CoordTok, clips longer than its clip length: frames by which its windows overlap, blended "
                         "linearly (0 to half a window; default an eighth of the clip length, 16 of 128)")
