@@ -207,3 +207,19 @@ def test_reconstruct_command_with_a_pretrained_folder(tmp_path, capsys, monkeypa
     assert metrics["frames"] == 12 and metrics["tokens"] == 5 * 16 * 16 and metrics["token_channels"] == 4
     assert torch.isfinite(torch.tensor(metrics["psnr"])) and out.stat().st_size > 0
     assert "no spatial tiling" in metrics["tokenizer"] and "weights of" in metrics["tokenizer"]
+
+
+def test_only_eval_diffusers_vae_imports_diffusers():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    importers = set()
+    for package in ("coordtok", "sit", "baselines", "eval", "bench"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                if any(n == "diffusers" or n.startswith("diffusers.") for n in names):
+                    importers.add(path.relative_to(root).as_posix())
+    assert importers == {"eval/diffusers_vae.py"}
