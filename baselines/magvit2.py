@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from coordtok.config import ConfigError, from_dict, load_yaml, positive, require
+from coordtok.config import ConfigError, divisible, from_dict, load_yaml, positive, require
 from .causal import (AdaptiveGroupNorm, CausalConv3d, CausalDownsample, DepthToSpaceUpsample, FrameGroupNorm,
                      ResBlock3d, conv_params, norm_groups, norm_params, res_block_params)
 from coordtok.chunking import CausalChunkGeometry
@@ -86,9 +86,7 @@ class MagvitV2Config:
                 f"'size' ({self.size}) is not divisible by the spatial factor {self.space_factor}")
         require(self.latent_channels <= 62,
                 f"'latent_channels' ({self.latent_channels}) must be <= 62 (int64 token ids)")
-        require(self.latent_channels % self.entropy_groups == 0,
-                f"'latent_channels' ({self.latent_channels}) is not divisible by "
-                f"'entropy_groups' ({self.entropy_groups})")
+        divisible(self, ("latent_channels", "entropy_groups"))
         require(self.latent_channels // self.entropy_groups <= 16,
                 f"sub-codebooks of 2^{self.latent_channels // self.entropy_groups} codes are too large for the "
                 f"entropy term: raise 'entropy_groups'")

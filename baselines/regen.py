@@ -38,7 +38,7 @@ import torch.nn as nn
 from einops import rearrange, repeat
 
 from .promag import CausalEncoder, causal_encoder_param_count
-from coordtok.config import from_dict, load_yaml, positive, require
+from coordtok.config import divisible, from_dict, load_yaml, positive, require
 
 from sit.models import FinalLayer, SiTBlock, TimestepEmbedder, sincos_1d
 from sit.samplers import FIXED_GRID_METHODS, euler_maruyama, ode
@@ -83,11 +83,11 @@ class RegenConfig:
         require(self.frames == 1 + self.k,
                 f"'frames' must be 1 + 2^(levels - 1) = {1 + self.k} for {levels} levels (two latent frames), "
                 f"got {self.frames}")
-        require(self.size % self.patch == 0, f"'size' ({self.size}) is not divisible by 'patch' ({self.patch})")
+        divisible(self, ("size", "patch"))
         require(self.size % (self.space_factor * self.latent_patch) == 0,
                 f"'size' ({self.size}) is not divisible by space factor x latent patch "
                 f"({self.space_factor} x {self.latent_patch})")
-        require(self.hidden % self.heads == 0, f"'hidden' ({self.hidden}) is not divisible by 'heads' ({self.heads})")
+        divisible(self, ("hidden", "heads"))
         require(self.hidden % 8 == 0, f"'hidden' ({self.hidden}) must be a multiple of 8 (3D sin-cos positions)")
         # A token must be able to carry its patch: a narrower DiT cannot pass the noise of a
         # 3 x p x p patch through and leaves part of it in every decode (a PSNR ceiling).

@@ -267,6 +267,14 @@ def positive(obj, *names: str, allow_zero: Iterable[str] = ()) -> None:
             raise ConfigError(f"'{name}' must be {'>= 0' if name in zero_ok else 'positive'}, got {v}")
 
 
+def divisible(obj, *pairs: tuple[str, str]) -> None:
+    """Raise a one-line :class:`ConfigError` unless, for each ``(a, b)``, field ``a`` of ``obj`` is a
+    multiple of field ``b`` (checked in order; fields already checked positive)."""
+    for a, b in pairs:
+        va, vb = getattr(obj, a), getattr(obj, b)
+        require(va % vb == 0, f"'{a}' ({va}) is not divisible by '{b}' ({vb})")
+
+
 @dataclass
 class ModelConfig(Section):
     """CoordTok architecture (paper section 3, Table 5). Defaults are CoordTok-S, 1280 tokens.
@@ -316,22 +324,9 @@ class ModelConfig(Section):
                  "latent_channels", "dec_dim", "dec_layers", "dec_heads", "enc_patch_t", "enc_patch_xy",
                  "latent_patch_xy", "latent_patch_t", "dec_patch_xy", "dec_patch_t", "mlp_ratio", "vit_norm_eps",
                  "cross_norm_eps", "dec_norm_eps")
-        require(self.frames % self.enc_patch_t == 0,
-                f"'frames' ({self.frames}) is not divisible by 'enc_patch_t' ({self.enc_patch_t})")
-        require(self.size % self.enc_patch_xy == 0,
-                f"'size' ({self.size}) is not divisible by 'enc_patch_xy' ({self.enc_patch_xy})")
-        require(self.size % self.dec_patch_xy == 0,
-                f"'size' ({self.size}) is not divisible by 'dec_patch_xy' ({self.dec_patch_xy})")
-        require(self.frames % self.dec_patch_t == 0,
-                f"'frames' ({self.frames}) is not divisible by 'dec_patch_t' ({self.dec_patch_t})")
-        require(self.latent_xy % self.latent_patch_xy == 0,
-                f"'latent_xy' ({self.latent_xy}) is not divisible by 'latent_patch_xy' ({self.latent_patch_xy})")
-        require(self.latent_t % self.latent_patch_t == 0,
-                f"'latent_t' ({self.latent_t}) is not divisible by 'latent_patch_t' ({self.latent_patch_t})")
-        require(self.enc_dim % self.enc_heads == 0,
-                f"'enc_dim' ({self.enc_dim}) is not divisible by 'enc_heads' ({self.enc_heads})")
-        require(self.dec_dim % self.dec_heads == 0,
-                f"'dec_dim' ({self.dec_dim}) is not divisible by 'dec_heads' ({self.dec_heads})")
+        divisible(self, ("frames", "enc_patch_t"), ("size", "enc_patch_xy"), ("size", "dec_patch_xy"),
+                  ("frames", "dec_patch_t"), ("latent_xy", "latent_patch_xy"), ("latent_t", "latent_patch_t"),
+                  ("enc_dim", "enc_heads"), ("dec_dim", "dec_heads"))
 
     @property
     def patch_grid(self) -> tuple[int, int, int]:
