@@ -539,6 +539,13 @@ def video_folder(root, **kw) -> VideoClipDataset:
         hint = f" (it holds {len(others)} other files, e.g. {others[0].name})" if others else " (it is empty)"
         raise EmptyDatasetError(f"no video files ({' '.join(VIDEO_EXTENSIONS)}) under {root}{hint}")
     kw.setdefault("name", f"folder {root}")
+    # Classes: the first-level subfolders when every video lies in one (``root/<class>/...``, the
+    # layout of UCF-101 and most labelled video sets); videos directly in ``root`` mean no classes.
+    folders = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else None for p in paths]
+    if all(folders):
+        classes = sorted(set(folders))
+        kw.setdefault("classes", classes)
+        kw.setdefault("labels", [classes.index(f) for f in folders])
     return VideoClipDataset(paths, **kw)
 
 
@@ -664,6 +671,9 @@ def sample_videos(names=("bikes", "bigbuckbunny"), **kw) -> VideoClipDataset:
     if unknown:
         raise DataError(f"unknown sample video(s) {unknown}; available: {sorted(available)}")
     kw.setdefault("name", f"sample videos {list(names)}")
+    # Each sample clip is its own class (named after it): the two demo clips are two classes.
+    kw.setdefault("classes", list(dict.fromkeys(names)))
+    kw.setdefault("labels", [kw["classes"].index(n) for n in names])
     return VideoClipDataset([available[n] for n in names], **kw)
 
 

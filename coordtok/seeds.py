@@ -23,6 +23,8 @@ class SeedTag(IntEnum):
     BASELINE = 41  # baseline tokenizers: per-clip randomness (KL sample, quantizer dropout, ...)
     BASELINE_GAN = 43  # baseline tokenizers: discriminator-side randomness
     REGEN = 47  # REGEN decoder training: t and noise of a chunk
+    SIT_LABEL_DROP = 53  # SiT training: whether a latent's class label is dropped to the null class
+    SAMPLE_LABEL = 59  # `coordtok sample`: the class label drawn for a sample (--classes)
 
 
 def mix_seed(*parts: int) -> int:

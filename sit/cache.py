@@ -4,8 +4,13 @@ Layout of a cache folder::
 
     DIR/index.json                  grid, channels, number of latents, shards, tokenizer + data
     DIR/shard-00000.safetensors     "tokens": float32 (n, tokens, C), flat triplanes (Triplane.flatten)
-    DIR/shard-00000.json            per-item metadata: item index, source path, start frame, frames
-    DIR/stats.json                  per-plane, per-channel mean / std (:mod:`sit.stats`)
+    DIR/shard-00000.json            per-item metadata: item index, source path, start frame, frames, label
+    DIR/stats.json                  per-plane, per-channel mean / std (:mod:`sit.stats`), class list + counts
+
+Class labels: ``index.json``'s ``classes`` names the classes (UCF-101's ``classInd.txt`` order, a
+folder's subfolders, one per sample clip; ``null`` for data without classes) and every item's
+``label`` in the shard sidecars indexes it. A cache written before labels were recorded has
+neither: it trains unconditionally.
 
 A ``--whole-videos`` cache holds every video as consecutive windows (latents in window order);
 ``index.json``'s ``whole_videos`` gives the window length, overlap and each video's windows
@@ -146,6 +151,27 @@ class LatentDataset(torch.utils.data.Dataset):
         if self.offsets[-1] == 0:
             raise LatentCacheError(f"{self.dir}: the latent cache is empty")
         self._handles: dict[int, object] = {}
+        # class names, or None: no labels (an unlabelled data set, or a cache written before labels)
+        self.classes: list[str] | None = list(self.index["classes"]) if self.index.get("classes") else None
+        self.labels: np.ndarray | None = self._read_labels() if self.classes else None
+
+    def _read_labels(self) -> np.ndarray:
+        """Every latent's class index ``(n,)`` int64, from the shard sidecars."""
+        labels = []
+        for path, count in zip(self.files, self.counts):
+            meta = _read_json(path.with_suffix(".json"), "latent shard sidecar (re-run `coordtok encode`)")
+            got = [m.get("label") for m in meta.get("meta", [])] if isinstance(meta.get("meta"), list) else []
+            if len(got) != count or not all(isinstance(k, int) and 0 <= k < len(self.classes) for k in got):
+                raise LatentCacheError(f"{path.with_suffix('.json')}: no valid class label for each of its {count} "
+                                       f"latents though {INDEX_NAME} names {len(self.classes)} classes; re-run "
+                                       f"`coordtok encode` into a new folder")
+            labels += got
+        return np.asarray(labels, dtype=np.int64)
+
+    def class_counts(self) -> list[int] | None:
+        """Latents per class (index order), or None without labels."""
+        return None if self.labels is None else np.bincount(self.labels, minlength=len(self.classes)).tolist()
+
     def __len__(self) -> int:
         return self.offsets[-1]
 
@@ -191,3 +217,17 @@ class LatentDataset(torch.utils.data.Dataset):
         """``(len(indices), tokens, C)`` float32."""
         return torch.stack([self[int(i)] for i in indices])
 
+
+class LabelledLatents(torch.utils.data.Dataset):
+    """The latents with their labels, what SiT training reads: item ``i`` is ``{"latent": (tokens, C)
+    float32, "label": int64 class index}``; ``label`` is -1 for a cache without classes."""
+
+    def __init__(self, latents: LatentDataset):
+        self.latents = latents
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, i: int) -> dict:
+        label = -1 if self.latents.labels is None else int(self.latents.labels[i])
+        return {"latent": self.latents[i], "label": torch.tensor(label, dtype=torch.long)}

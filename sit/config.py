@@ -37,10 +37,20 @@ class SiTConfig(Section):
     grid: tuple[int, int, int] = (32, 16, 16)  # latent (Tl, Hl, Wl)
     channels: int = 8
     learn_sigma: bool = False  # reference: True, with the second half of the output unused
+    # 1: unconditional (the paper's, the released SiT-L/2); N > 1: class-conditional with a learned
+    # null class (label index N) for classifier-free guidance
+    num_classes: int = 1
+    # labels replaced by the null class in training; None: 0.1 when conditional (DiT/SiT), 0 for 1 class
+    class_dropout_prob: float | None = None
 
     def validate(self) -> None:
         self.grid = tuple(self.grid)
-        positive(self, "hidden", "depth", "heads", "patch", "channels", "mlp_ratio")
+        positive(self, "hidden", "depth", "heads", "patch", "channels", "mlp_ratio", "num_classes")
+        if not 0.0 <= self.class_dropout < 1.0:
+            raise ConfigError(f"'class_dropout_prob' must be in [0, 1), got {self.class_dropout_prob}")
+        if self.num_classes == 1 and self.class_dropout:
+            raise ConfigError(f"'class_dropout_prob' ({self.class_dropout_prob}) needs 'num_classes' > 1: an "
+                              f"unconditional SiT has no null class to drop labels to")
         if len(self.grid) != 3 or any(g <= 0 for g in self.grid):
             raise ConfigError(f"'grid' must be three positive ints (Tl, Hl, Wl), got {self.grid}")
         if self.hidden % self.heads:
@@ -53,6 +63,14 @@ class SiTConfig(Section):
         if hl != wl:
             # yt is (Tl, Wl) and xt is (Tl, Hl); they share one learnable positional embedding.
             raise ConfigError(f"'grid' needs Hl == Wl (yt and xt share a positional embedding), got {list(self.grid)}")
+
+    @property
+    def class_dropout(self) -> float:
+        """The label dropout rate in effect: ``class_dropout_prob``, or its default (0.1 when
+        conditional, 0 for one class) when it is unset."""
+        if self.class_dropout_prob is None:
+            return 0.1 if self.num_classes > 1 else 0.0
+        return float(self.class_dropout_prob)
 
 
 @dataclass

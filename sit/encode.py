@@ -86,7 +86,7 @@ class _Items(torch.utils.data.Dataset):
         self.dataset.set_epoch(0)
         item = self.dataset[i]
         return {"index": i, "video": item["video"], "num_frames": item["num_frames"],
-                "path": item["path"], "start": item["start"]}
+                "path": item["path"], "start": item["start"], "label": item["label"]}
 
 
 def whole_video_windows(dataset, overlap: int) -> list[tuple[int, int]]:
@@ -157,7 +157,9 @@ def _shard_complete(out_dir: Path, g: int, items: list[int], fingerprint: str, s
             got = tuple(f.get_slice("tokens").get_shape())
     except Exception:  # a torn or foreign file: encode it again
         return False
-    return meta.get("fingerprint") == fingerprint and meta.get("items") == items and got == shape
+    # a shard written before labels were recorded (no "label" per item) is encoded again
+    labelled = all(isinstance(m, dict) and "label" in m for m in meta.get("meta") or [None])
+    return meta.get("fingerprint") == fingerprint and meta.get("items") == items and got == shape and labelled
 
 
 def _write_shard(out_dir: Path, g: int, tokens: torch.Tensor, records: list[dict], fingerprint: str) -> None:
@@ -171,7 +173,7 @@ def _write_shard(out_dir: Path, g: int, tokens: torch.Tensor, records: list[dict
     write_json(path.with_suffix(".json"), {
         "shard": g, "file": path.name, "fingerprint": fingerprint, "count": len(records),
         "shape": list(tokens.shape), "items": [r["index"] for r in records],
-        "meta": [{k: r[k] for k in ("index", "path", "start", "num_frames")} for r in records],
+        "meta": [{k: r[k] for k in ("index", "path", "start", "num_frames", "label")} for r in records],
     })
 
 
@@ -312,7 +314,8 @@ def _encode_dataset(
             triplane = tokenizer.encode(video, nf)
             buf_tokens.extend(triplane.flatten().float().cpu().unbind(0))
             buf_records.extend({"index": int(batch["index"][b]), "path": batch["path"][b],
-                                "start": int(batch["start"][b]), "num_frames": int(batch["num_frames"][b])}
+                                "start": int(batch["start"][b]), "num_frames": int(batch["num_frames"][b]),
+                                "label": int(batch["label"][b])}
                                for b in range(video.shape[0]))
             bar.update(video.shape[0])
             while queue and len(buf_records) >= len(shard_items[queue[0]]):
@@ -342,6 +345,8 @@ def _encode_dataset(
             "tokenizer_config": tok_state.get("config") or {"model": dataclasses.asdict(mcfg)},
             "data": data_dict, "seed": int(seed), "clips_per_video": int(clips_per_video),
             "shard_size": int(shard_size), "precision": precision,
+            # class names (each latent's "label" in the shard sidecars indexes them); None: no classes
+            "classes": list(dataset.classes) or None,
         }
         if whole_videos:
             index["whole_videos"] = whole_videos_index(dataset, windows, overlap, mcfg.frames)

@@ -78,16 +78,24 @@ class TimestepEmbedder(nn.Module):
 class LabelEmbedder(nn.Module):
     """Class label ``(B,)`` long -> ``(B, hidden)``.
 
-    CoordTok-SiT is unconditional: one class, no label dropout (so no extra "null" row). The
-    table is kept so the parameter layout matches the reference checkpoints.
+    ``num_classes == 1``: unconditional (the paper's CoordTok-SiT): one row, no null class, the
+    reference checkpoints' layout. ``num_classes > 1``: one more row, the learned null class
+    (index ``num_classes``) that label dropout trains and classifier-free guidance conditions on.
+    The dropout itself is drawn by the trainer (from per-item seeded generators, so resumed and
+    multi-process runs drop the same labels) and passed as ``drop``.
     """
 
     def __init__(self, num_classes: int, hidden_size: int):
         super().__init__()
-        self.embedding_table = nn.Embedding(num_classes, hidden_size)
         self.num_classes = num_classes
+        self.null_class = num_classes if num_classes > 1 else None
+        self.embedding_table = nn.Embedding(num_classes + (num_classes > 1), hidden_size)
 
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, labels: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """``labels`` ``(B,)`` in ``[0, num_classes]`` (``num_classes``: the null class);
+        ``drop`` ``(B,)`` bool: these labels become the null class."""
+        if drop is not None:
+            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
         return self.embedding_table(labels)
 
 
@@ -181,7 +189,8 @@ class PatchEmbed(nn.Module):
 
 
 class TriplaneSiT(nn.Module):
-    """SiT over a triplane latent (velocity prediction, unconditional).
+    """SiT over a triplane latent (velocity prediction; unconditional, or class-conditional with a
+    null class for classifier-free guidance when ``num_classes > 1``).
 
     Each plane is patch-embedded by its own Conv2d (kernel = stride = patch); the three token
     sets are concatenated into one sequence ``[xy | yt | xt]`` (64 + 128 + 128 = 320 tokens for
@@ -218,7 +227,7 @@ class TriplaneSiT(nn.Module):
         self.x_embedder_yt = PatchEmbed(config.channels, hidden, p)
         self.x_embedder_xt = PatchEmbed(config.channels, hidden, p)
         self.t_embedder = TimestepEmbedder(hidden)
-        self.y_embedder = LabelEmbedder(1, hidden)
+        self.y_embedder = LabelEmbedder(config.num_classes, hidden)
         # Fixed sin-cos embedding: a buffer (not a parameter), so it is neither trained nor
         # averaged by the EMA; the name matches the reference's frozen parameter.
         self.register_buffer(
@@ -289,8 +298,18 @@ class TriplaneSiT(nn.Module):
         p = self.patch_size
         return rearrange(tokens, "b (r s) (p q c) -> b c (r p) (s q)", r=rows, p=p, q=p)
 
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def null_class(self) -> int | None:
+        """The label of the learned null class (``num_classes``), None for an unconditional SiT."""
+        return self.y_embedder.null_class
+
     def forward(
-        self, x: Triplane | torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None = None
+        self, x: Triplane | torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None = None,
+        drop: torch.Tensor | None = None,
     ) -> Triplane | torch.Tensor:
         """Velocity prediction.
 
@@ -298,7 +317,9 @@ class TriplaneSiT(nn.Module):
             x: a :class:`Triplane` (planes ``(B, C, Hl, Wl)``, ``(B, C, Tl, Wl)``,
                 ``(B, C, Tl, Hl)``) or its flat form ``(B, Hl*Wl + Tl*Wl + Tl*Hl, C)``.
             t: ``(B,)`` times in [0, 1] (a float or 0-d tensor is broadcast over the batch).
-            y: ``(B,)`` class labels; ``None`` means the single unconditional class 0.
+            y: ``(B,)`` class labels in ``[0, num_classes]`` (``num_classes``: the null class);
+                ``None`` means class 0 of an unconditional SiT, the null class of a conditional one.
+            drop: ``(B,)`` bool, labels to replace by the null class (label dropout in training).
 
         Returns:
             The velocity, of the same kind and shape as ``x``.
@@ -316,7 +337,9 @@ class TriplaneSiT(nn.Module):
         if t.ndim == 0:
             t = t.expand(batch)
         if y is None:
-            y = torch.zeros(batch, dtype=torch.long, device=device)
+            y = torch.full((batch,), self.null_class or 0, dtype=torch.long, device=device)
+        elif self.null_class is None and bool((y != 0).any()):
+            raise ValueError(f"an unconditional SiT takes label 0 only, got labels {y.unique().tolist()}")
 
         tokens = torch.cat(
             [
@@ -326,7 +349,7 @@ class TriplaneSiT(nn.Module):
             ],
             dim=1,
         )  # (B, N_xy + N_yt + N_xt, D)
-        c = self.t_embedder(t) + self.y_embedder(y)  # (B, D)
+        c = self.t_embedder(t) + self.y_embedder(y, drop)  # (B, D)
         for block in self.blocks:
             tokens = block(tokens, c)
 

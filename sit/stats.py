@@ -37,6 +37,10 @@ class LatentStats:
     A channel with zero spread is divided by ``eps`` instead of 0. Every entry must be finite and
     every std >= 0 (a NaN turns every sample into NaN, written as black frames); ``source`` (the
     file they came from, not serialized) names them in that one-line error.
+
+    ``classes`` (class names) and ``class_counts`` (latents per class, over the whole cache) are
+    the cache's labels when it has any (None otherwise): a class-conditional SiT checkpoint carries
+    them, so ``coordtok sample`` can take a class by name and draw labels with the data's frequencies.
     """
 
     grid: tuple[int, int, int]
@@ -45,9 +49,14 @@ class LatentStats:
     num: int = 0
     eps: float = 1e-6
     source: str = "latent statistics"
+    classes: list[str] | None = None
+    class_counts: list[int] | None = None
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
+        if self.classes is not None and (self.class_counts is None or len(self.class_counts) != len(self.classes)):
+            raise LatentCacheError(f"{self.source}: class_counts must give one count for each of the "
+                                   f"{len(self.classes)} classes")
         self.mean = torch.as_tensor(self.mean, dtype=torch.float64)
         self.std = torch.as_tensor(self.std, dtype=torch.float64)
         if self.mean.ndim != 2 or self.mean.shape[0] != 3 or self.std.shape != self.mean.shape:
@@ -105,13 +114,15 @@ class LatentStats:
     def to_dict(self) -> dict:
         return {"grid": list(self.grid), "planes": list(PLANES), "num": int(self.num), "eps": self.eps,
                 "mean": {p: self.mean[k].tolist() for k, p in enumerate(PLANES)},
-                "std": {p: self.std[k].tolist() for k, p in enumerate(PLANES)}}
+                "std": {p: self.std[k].tolist() for k, p in enumerate(PLANES)}} | (
+            {"classes": list(self.classes), "class_counts": [int(c) for c in self.class_counts]} if self.classes else {})
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "latent statistics") -> "LatentStats":
         try:
             return cls(grid=tuple(d["grid"]), mean=[d["mean"][p] for p in PLANES], std=[d["std"][p] for p in PLANES],
-                       num=int(d.get("num", 0)), eps=float(d.get("eps", 1e-6)), source=source)
+                       num=int(d.get("num", 0)), eps=float(d.get("eps", 1e-6)), source=source,
+                       classes=d.get("classes"), class_counts=d.get("class_counts"))
         except (KeyError, TypeError) as e:
             raise LatentCacheError(f"{source}: malformed latent statistics (missing {e})") from None
 
@@ -152,4 +163,5 @@ def compute_stats(latent_dir: str | Path, num: int = 2048, seed: int = 0, batch:
             mean[k] += delta * nb / count[k]
             m2[k] += m2b + delta.square() * na * nb / count[k]
     std = (m2 / count).clamp_min(0).sqrt()
-    return LatentStats(grid=ds.grid, mean=mean, std=std, num=len(chosen))
+    return LatentStats(grid=ds.grid, mean=mean, std=std, num=len(chosen), classes=ds.classes,
+                       class_counts=ds.class_counts())

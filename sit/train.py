@@ -7,6 +7,10 @@ precision, DDP, resume, checkpoints and the data order). What is SiT's own:
   with the cache's per-plane, per-channel statistics (:mod:`sit.stats`); each latent's time ``t``
   and noise ``x0`` are drawn from a generator seeded by ``(seed, step, position in the global
   batch)``, so a resumed run continues bit for bit and N processes see what one process sees;
+* class labels (``model.num_classes > 1``): each latent's label from the cache, replaced by the
+  null class with probability ``model.class_dropout_prob`` (label dropout, which trains the
+  unconditional half of classifier-free guidance), drawn from a generator seeded by ``(seed, step,
+  position in the global batch)`` like ``t`` and ``x0``; ``num_classes: 1`` ignores labels;
 * the EMA (decay ``train.ema``, 0.9999 in the paper) stepped after every optimizer step over
   parameters and buffers; sampling uses it;
 * a periodic look: a few EMA samples and their per-plane statistics;
@@ -30,7 +34,7 @@ from coordtok.triplane import PLANES
 
 from coordtok import checkpoint as ckpt
 
-from .cache import LatentDataset, short_fingerprint
+from .cache import LabelledLatents, LatentDataset, short_fingerprint
 from .checkpoint import load_sit
 from .config import SiTRunConfig
 from .models import TriplaneSiT
@@ -48,6 +52,12 @@ def time_and_noise(seeds: list[int], shape) -> tuple[torch.Tensor, torch.Tensor]
         ts.append(torch.rand((), generator=g))
         x0s.append(torch.randn(tuple(shape), generator=g))
     return torch.stack(ts), torch.stack(x0s)
+
+
+def label_drops(seeds: list[int], prob: float) -> torch.Tensor:
+    """``(B,)`` bool: which labels become the null class, each latent's from its own generator
+    seeded by ``seeds[b]`` (a draw ``u ~ U(0, 1)``, dropped when ``u < prob``)."""
+    return torch.stack([torch.rand((), generator=torch.Generator().manual_seed(seed)) < prob for seed in seeds])
 
 
 def load_or_compute_stats(latents_dir: Path, accelerator, seed: int, log) -> LatentStats:
@@ -96,6 +106,14 @@ class SiTTask(Task):
                 f"{cfg.source}: model.grid {list(m.grid)} with model.channels {m.channels} does not fit the latents "
                 f"in {self.latents_dir} (grid {list(self.latents.grid)}, {self.latents.channels} channels); set them "
                 f"to the tokenizer's")
+        if m.num_classes > 1 and self.latents.classes is None:
+            raise ConfigError(f"{cfg.source}: model.num_classes is {m.num_classes} but the latents in {self.latents_dir} "
+                              f"have no class labels (an unlabelled data set, or a cache written before labels were "
+                              f"recorded); set model.num_classes: 1, or re-encode labelled data")
+        if m.num_classes > 1 and m.num_classes != len(self.latents.classes):
+            raise ConfigError(f"{cfg.source}: model.num_classes is {m.num_classes} but the latents in {self.latents_dir} "
+                              f"have {len(self.latents.classes)} classes; set model.num_classes: "
+                              f"{len(self.latents.classes)}")
         torch.manual_seed(tc.seed)
         self.modules = {"model": TriplaneSiT(m)}  # fit() keeps its EMA (train.ema): sampling uses it
         self.path = make_path(tc.path)
@@ -109,9 +127,14 @@ class SiTTask(Task):
             raise ConfigError(f"normalization statistics are for grid {self.stats.grid} x {self.stats.channels} "
                               f"channels, the latents in {self.latents_dir} are {self.latents.grid} x "
                               f"{self.latents.channels}")
+        if self.config.model.num_classes > 1:  # the checkpoint carries the classes for `coordtok sample`
+            self.stats.classes, self.stats.class_counts = self.latents.classes, self.latents.class_counts()
+        elif self.latents.classes and self.accelerator.is_main_process:
+            print(f"note: model.num_classes is 1: training unconditionally, ignoring the {len(self.latents.classes)} "
+                  f"classes of {self.latents_dir}", file=sys.stderr)
 
     def dataset(self):
-        return EpochIndexed(self.latents)
+        return EpochIndexed(LabelledLatents(self.latents))
 
     def init_from(self, path, log):
         model, _, configs = load_sit(path, weights="model", log=log, heads=self.config.model.heads)
@@ -121,10 +144,15 @@ class SiTTask(Task):
         self.ema.load_state_dict(configs["ema"])
         log(f"initialised from {path} (model and EMA weights)")
 
-    def loss(self, phase, x1, ctx: StepContext):
-        x1 = self.stats.normalize(x1)
+    def loss(self, phase, batch, ctx: StepContext):
+        x1 = self.stats.normalize(batch["latent"])
         tt, x0 = time_and_noise(ctx.item_seeds(x1.shape[0], SeedTag.SIT_NOISE), self.shape)
-        loss, _ = training_loss(self.wrapped["model"], x1, path=self.path, t=tt.to(x1.device), x0=x0.to(x1.device))
+        model, m = self.wrapped["model"], self.config.model
+        if m.num_classes > 1:
+            y = batch["label"]
+            drop = label_drops(ctx.item_seeds(x1.shape[0], SeedTag.SIT_LABEL_DROP), m.class_dropout).to(y.device)
+            model = lambda x, t: self.wrapped["model"](x, t, y, drop)  # noqa: E731
+        loss, _ = training_loss(model, x1, path=self.path, t=tt.to(x1.device), x0=x0.to(x1.device))
         return {"loss": loss}
 
     def periodic(self, step, log):

@@ -55,7 +55,7 @@ def test_encode_writes_shards_index_and_the_tokenizers_latents(cache, root):
         with torch.no_grad():
             want = tokenizer.encode(item["video"][None], torch.tensor([item["num_frames"]])).flatten()[0]
         assert torch.allclose(ds[i], want, atol=1e-5, rtol=1e-5), i
-        assert metas[i] == {"index": i, "path": item["path"], "start": item["start"], "num_frames": 128}
+        assert metas[i] == {"index": i, "path": item["path"], "start": item["start"], "num_frames": 128, "label": 0}
         starts.add(item["start"])
     assert len(starts) > 1  # random windows, not the same clip K times
 
