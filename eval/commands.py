@@ -139,7 +139,8 @@ def cmd_eval_fvd(args) -> None:
                          seed=args.seed, repeats=args.repeats, clip_frames=args.clip_frames, size=args.size,
                          kind=args.kind, split=args.split, fold=args.fold,
                          cache_dir=False if args.no_cache else args.cache_dir, batch_size=args.batch_size,
-                         num_workers=args.num_workers, progress=not args.no_progress, precision=args.precision)
+                         num_workers=args.num_workers, progress=not args.no_progress, precision=args.precision,
+                         protocol=args.protocol)
     print(json.dumps(result, indent=2))
 
 
@@ -258,6 +259,14 @@ def register(sub) -> None:
     fv.add_argument("--cache-dir", default=None,
                     help="cached real statistics (default: $COORDTOK_CACHE/fvd or ~/.cache/coordtok/fvd)")
     fv.add_argument("--no-cache", action="store_true", help="neither read nor write cached real statistics")
+    fv.add_argument("--protocol", choices=("auto", "class-matched", "unconditional"), default="auto",
+                    help="auto: class-conditional samples (labelled by `coordtok sample`) against real clips drawn "
+                         "with the same class frequencies, unlabelled ones against plain random clips; the output's "
+                         "'protocol' says which")
+    fv.add_argument("--batch-size", type=positive_int, default=4, help="clips per detector call")
+    fv.add_argument("--num-workers", type=nonnegative_int, default=2, help="DataLoader processes decoding real videos")
+    fv.add_argument("--device", default=None)
+    add_precision_option(fv)
     fv.add_argument("--no-progress", action="store_true")
     fv.set_defaults(fn=cmd_eval_fvd)
 

@@ -13,6 +13,13 @@ detector's own bilinear resize to 224 follows), videos shorter than ``frames`` s
 16-frame variant (``clip_frames=16``) splits every 128-frame clip into 8 non-overlapping 16-frame
 clips and fits the Gaussians to all of them (8 feature rows per video).
 
+Class-conditional samples (``coordtok sample`` of a class-conditional SiT records each sample's
+label: ``labels`` and ``classes`` in ``samples.npz``, or ``sampling.json`` beside mp4 files) are
+compared with real clips drawn with the same class frequencies ("class-matched" protocol): for each
+class, as many random real videos of that class (matched by class name) as the fake subset holds
+samples of it. Unlabelled fakes, or ``protocol="unconditional"``, get the plain protocol; the result
+says which (``protocol``, and ``class_counts`` per seed for the class-matched one).
+
 Statistics are accumulated in float64. Real statistics are cached on disk (``cache_dir``, default
 ``$COORDTOK_CACHE/fvd`` or ``~/.cache/coordtok/fvd``) in ``real-<detector>-<hash>.npz`` with a
 JSON sidecar listing what the hash covers: dataset kind/root/split/fold, frames, clip_frames,
@@ -48,6 +55,7 @@ log = logging.getLogger(__name__)
 PROTOCOL = "coordtok-fvd-2"
 DEFAULT_FRAMES = 128
 DEFAULT_NUM_VIDEOS = 2048
+PROTOCOLS = ("auto", "class-matched", "unconditional")
 
 
 class FVDInputError(CoordTokError, ValueError):
@@ -110,12 +118,23 @@ class _UInt8Clips(Dataset):
         return rearrange(self.base[self.items[j]]["video"], "c t h w -> t h w c")  # uint8 items (real_clips)
 
 
-def real_clips(data: DataConfig, frames: int, size: int, num_videos: int, seed: int) -> _UInt8Clips:
+def _pick(rng, n: int, num: int, what: str) -> np.ndarray:
+    """``num`` of ``n`` videos: without replacement when there are enough, else with (a warning)."""
+    if num > n:
+        log.warning("%s has %d usable videos for %d clips: drawing videos with replacement", what, n, num)
+        return rng.integers(n, size=num)
+    return rng.choice(n, num, replace=False)
+
+
+def real_clips(data: DataConfig, frames: int, size: int, num_videos: int, seed: int,
+               per_class: dict[str, int] | None = None) -> _UInt8Clips:
     """``num_videos`` random clips of ``frames`` frames at ``size x size`` (see module docstring).
 
     Videos are drawn with ``np.random.default_rng([seed, 0])``; the dataset is rebuilt with K clips
     per video (K = the most times one video was drawn) so that every draw of a video gets its own
-    window, seeded by the dataset from ``(seed, item)``.
+    window, seeded by the dataset from ``(seed, item)``. ``per_class`` (class name -> count, summing
+    to ``num_videos``): that many videos of each class, drawn among the videos of that class with
+    ``default_rng([seed, 0, k])`` for the class's position ``k`` in sorted name order.
     """
     import dataclasses
 
@@ -124,10 +143,24 @@ def real_clips(data: DataConfig, frames: int, size: int, num_videos: int, seed: 
     base = dataclasses.replace(data, frames=frames, size=size, min_frames=frames, clips_per_video=1)
     ds = build_dataset(base, seed, uint8=True)
     n = len(ds.videos)
-    rng = np.random.default_rng([seed, 0])
-    picks = rng.choice(n, num_videos, replace=False) if num_videos <= n else rng.integers(n, size=num_videos)
-    if num_videos > n:
-        log.warning("%s has %d usable videos for %d clips: drawing videos with replacement", ds.name, n, num_videos)
+    if per_class is None:
+        picks = _pick(np.random.default_rng([seed, 0]), n, num_videos, ds.name)
+    else:
+        missing = sorted(set(per_class) - set(ds.classes))
+        if missing:
+            raise FVDInputError(f"the fake videos are labelled with classes the real data {ds.name} does not have "
+                                f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}; its classes: "
+                                f"{', '.join(ds.classes[:5]) or 'none'}); pass the real data the SiT was trained on, "
+                                f"or --protocol unconditional")
+        labels = np.asarray([info.label for info in ds.videos])
+        picks = []
+        for k, name in enumerate(sorted(per_class)):
+            members = np.flatnonzero(labels == ds.classes.index(name))
+            if len(members) == 0:
+                raise FVDInputError(f"{ds.name} has no usable video of class {name!r} (of at least {frames} frames)")
+            rng = np.random.default_rng([seed, 0, k])
+            picks.append(members[_pick(rng, len(members), per_class[name], f"class {name!r} of {ds.name}")])
+        picks = np.concatenate(picks)
     k = int(np.bincount(picks).max())
     if k > 1:  # the probe cache makes the second construction cheap
         ds = build_dataset(dataclasses.replace(base, clips_per_video=k), seed, uint8=True)
@@ -140,21 +173,24 @@ def real_clips(data: DataConfig, frames: int, size: int, num_videos: int, seed: 
 
 
 def real_stats_key(data: DataConfig, frames: int, size: int, num_videos: int, detector, seed: int,
-                   clip_frames: int | None = None, precision: str = "fp32") -> dict:
+                   clip_frames: int | None = None, precision: str = "fp32",
+                   per_class: dict[str, int] | None = None) -> dict:
     """Everything the cached real statistics depend on (the sidecar JSON lists it). Features
-    under bf16/fp16 autocast are keyed apart; fp32 and TF32 share the key they always had."""
+    under bf16/fp16 autocast are keyed apart; fp32 and TF32 share the key they always had; so are
+    class-matched draws (``per_class``)."""
     where = {k: v for k, v in to_dict(data).items() if k in ("kind", "root", "split", "fold", "names", "stride",
                                                                "frame_range")}
     return {
         "protocol": PROTOCOL, **where, "frames": frames, "clip_frames": clip_frames,
         "size": size, "detector": detector.name, "detector_weights_sha1": getattr(detector, "weights_sha1", None),
         "num_videos": num_videos, "seed": seed,
-    } | ({"precision": precision} if precision in ("bf16", "fp16") else {})
+    } | ({"precision": precision} if precision in ("bf16", "fp16") else {}) | (
+        {"class_counts": dict(sorted(per_class.items()))} if per_class is not None else {})
 
 
 def real_stats(data: DataConfig, frames: int, size: int, num_videos: int, detector, seed: int = 0,
                cache_dir=None, clip_frames: int | None = None, batch_size: int = 4, num_workers: int = 0,
-               progress: bool = True, precision: str = "fp32") -> FeatureStats:
+               progress: bool = True, precision: str = "fp32", per_class: dict[str, int] | None = None) -> FeatureStats:
     """Feature statistics of ``num_videos`` random real clips, cached on disk.
 
     Args:
@@ -166,8 +202,9 @@ def real_stats(data: DataConfig, frames: int, size: int, num_videos: int, detect
         clip_frames: split each clip into ``frames / clip_frames`` clips (the 16-frame variant).
         batch_size: clips per detector call; num_workers: DataLoader processes decoding videos.
         precision: the precision the caller runs the detector in (it keys the cache).
+        per_class: class name -> number of clips, for the class-matched protocol (:func:`real_clips`).
     """
-    key = real_stats_key(data, frames, size, num_videos, detector, seed, clip_frames, precision)
+    key = real_stats_key(data, frames, size, num_videos, detector, seed, clip_frames, precision, per_class)
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     cache = None if cache_dir is False else Path(cache_dir or default_cache_dir()) / f"real-{detector.name}-{digest}.npz"
     if cache is not None and cache.is_file():
@@ -178,7 +215,7 @@ def real_stats(data: DataConfig, frames: int, size: int, num_videos: int, detect
         except (OSError, ValueError, KeyError) as e:
             log.warning("ignoring unreadable FVD cache %s (%s); recomputing", cache, e)
 
-    clips = real_clips(data, frames, size, num_videos, seed)
+    clips = real_clips(data, frames, size, num_videos, seed, per_class)
     loader = DataLoader(clips, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     with tqdm(total=len(clips), desc=f"real clips (seed {seed})", unit="clip", disable=not progress) as bar:
         feats = _features(detector, loader, clip_frames, bar)
@@ -195,10 +232,18 @@ def real_stats(data: DataConfig, frames: int, size: int, num_videos: int, detect
 # ---------------------------------------------------------------------------- fake videos
 class FakeVideos:
     """Generated videos: uint8 ``(T, H, W, 3)`` per index, from a folder of video files (sorted
-    paths, read with decord) or an array ``(N, T, H, W, 3)`` (an npz from ``coordtok sample``)."""
+    paths, read with decord) or an array ``(N, T, H, W, 3)`` (an npz from ``coordtok sample``).
+    ``labels`` ``(N,)`` and ``classes`` (names): the class of each video, when the sampler recorded it."""
 
-    def __init__(self, source: str, files: list[Path] | None = None, array: np.ndarray | None = None):
+    def __init__(self, source: str, files: list[Path] | None = None, array: np.ndarray | None = None,
+                 labels: np.ndarray | None = None, classes: list[str] | None = None):
         self.source, self.files, self.array = source, files, array
+        self.labels, self.classes = labels, classes
+
+    def class_counts(self, indices) -> dict[str, int]:
+        """Class name -> number of the videos ``indices``."""
+        names = [self.classes[int(self.labels[int(i)])] for i in indices]
+        return {name: names.count(name) for name in sorted(set(names))}
 
     def __len__(self) -> int:
         return len(self.files) if self.files is not None else self.array.shape[0]
@@ -238,7 +283,7 @@ def fake_videos(path) -> FakeVideos:
             files = list_videos(p)
             if not files:
                 raise FVDInputError(f"no video files ({' '.join(VIDEO_EXTENSIONS)}) in fake folder {p}")
-            return FakeVideos(str(p), files=files)
+            return FakeVideos(str(p), files=files, **_folder_labels(p, files))
         if not p.is_file():
             raise FVDInputError(f"fake videos not found: {p} (expected a folder of mp4 files or an .npz)")
         if p.suffix.lower() != ".npz":
@@ -248,6 +293,8 @@ def fake_videos(path) -> FakeVideos:
                 if "videos" not in z.files:
                     raise FVDInputError(f"{p}: no 'videos' array (it holds {z.files})")
                 array = z["videos"]
+                labelled = {"labels": z["labels"], "classes": [str(c) for c in z["classes"]]} if (
+                    "labels" in z.files and "classes" in z.files) else {}
         except (OSError, ValueError) as e:
             if isinstance(e, FVDInputError):
                 raise
@@ -255,7 +302,38 @@ def fake_videos(path) -> FakeVideos:
         source = str(p)
     if array.dtype != np.uint8 or array.ndim != 5 or array.shape[-1] != 3 or array.shape[0] == 0:
         raise FVDInputError(f"{source}: expected uint8 videos (N, T, H, W, 3), got {array.dtype} {array.shape}")
+    if not isinstance(path, (np.ndarray, torch.Tensor)) and labelled:
+        _check_labels(source, labelled["labels"], labelled["classes"], array.shape[0])
+        return FakeVideos(source, array=array, **labelled)
     return FakeVideos(source, array=array)
+
+
+def _check_labels(source: str, labels: np.ndarray, classes: list[str], n: int) -> None:
+    if labels.shape != (n,) or not ((labels >= 0) & (labels < len(classes))).all():
+        raise FVDInputError(f"{source}: its labels do not give each of the {n} videos one of its {len(classes)} "
+                            f"classes; sample again, or drop the labels")
+
+
+def _folder_labels(folder: Path, files: list[Path]) -> dict:
+    """``labels``/``classes`` of a folder of ``sample_<i>.mp4`` from its ``sampling.json`` (a
+    class-conditional ``coordtok sample`` run); ``{}`` when it records none."""
+    import re
+
+    manifest = folder / "sampling.json"
+    try:
+        m = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(m, dict) or not isinstance(m.get("labels"), list) or not isinstance(m.get("classes"), list):
+        return {}
+    index = [re.fullmatch(r"sample_(\d+)\.mp4", f.name) for f in files]
+    if not all(index) or any(int(i[1]) >= len(m["labels"]) for i in index):
+        raise FVDInputError(f"{manifest} labels samples, but {folder} holds files it does not name "
+                            f"(e.g. {next(f.name for f, i in zip(files, index) if not i or int(i[1]) >= len(m['labels']))}); "
+                            f"evaluate the sampling run's folder as it was written")
+    labels = np.asarray([m["labels"][int(i[1])] for i in index])
+    _check_labels(str(manifest), labels, m["classes"], len(files))
+    return {"labels": labels, "classes": [str(c) for c in m["classes"]]}
 
 
 def _fake_batches(fakes: FakeVideos, indices, frames: int, batch_size: int):
@@ -279,7 +357,7 @@ def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFA
                 seed: int = 0, repeats: int = 1, clip_frames: int | None = None, size: int | None = None,
                 kind: str | None = None, split: str | None = None, fold: int = 1, cache_dir=None,
                 batch_size: int = 4, num_workers: int = 0, progress: bool = True,
-                precision: str = "auto") -> dict:
+                precision: str = "auto", protocol: str = "auto") -> dict:
     """FVD of ``fake`` against random clips of ``real``, over ``repeats`` seeds.
 
     Args:
@@ -297,10 +375,13 @@ def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFA
         cache_dir, batch_size, num_workers, progress: see :func:`real_stats`.
         precision: :data:`coordtok.devices.INFERENCE_PRECISIONS` of the detector (``auto``: TF32 on
             CUDA, fp32 on a CPU); recorded in the result.
+        protocol: ``auto`` (class-matched real clips when the fakes carry labels, else the plain
+            draw), ``class-matched`` (labels required) or ``unconditional`` (labels ignored).
 
     Returns:
-        ``{"mean", "std", "values", "seeds", ...}``: mean and sample std (ddof 1; 0 for one
-        repeat) of the per-seed FVDs, plus the settings used.
+        ``{"mean", "std", "values", "seeds", "protocol", ...}``: mean and sample std (ddof 1; 0 for
+        one repeat) of the per-seed FVDs, plus the settings used (``class_counts`` per seed for the
+        class-matched protocol).
     """
     if frames < 1 or num_videos < 2 or repeats < 1:
         raise FVDInputError(f"need frames >= 1, num_videos >= 2 and repeats >= 1; got {frames}, {num_videos}, {repeats}")
@@ -313,6 +394,12 @@ def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFA
     device_type = torch.device(getattr(detector, "device", "cpu")).type
     precision = resolve_inference_precision(precision, device_type, log=log.warning)
     fakes = fake_videos(fake)
+    if protocol not in PROTOCOLS:
+        raise FVDInputError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if protocol == "class-matched" and fakes.labels is None:
+        raise FVDInputError(f"{fakes.source}: the class-matched protocol needs labelled samples (a class-conditional "
+                            f"`coordtok sample` run records them); these have none")
+    matched = fakes.labels is not None and protocol != "unconditional"
     if len(fakes) < num_videos:
         raise FVDInputError(f"{fakes.source} holds {len(fakes)} videos, fewer than --num-videos {num_videos}")
     data = real_data(real, kind, split, fold)
@@ -338,12 +425,14 @@ def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFA
         feats = _features(detector, _fake_batches(fakes, needed, frames, batch_size), clip_frames, bar)
     row_of = {int(i): r for r, i in enumerate(needed)}
 
-    values = []
+    values, counts = [], []
     for s in seeds:
+        per_class = fakes.class_counts(subsets[s]) if matched else None
+        counts.append(per_class)
         with inference_precision(precision, device_type):
             real_s = real_stats(data, frames, size, num_videos, detector, seed=s, cache_dir=cache_dir,
                                 clip_frames=clip_frames, batch_size=batch_size, num_workers=num_workers,
-                                progress=progress, precision=precision)
+                                progress=progress, precision=precision, per_class=per_class)
         fake_s = FeatureStats.from_features(rearrange(feats[[row_of[int(i)] for i in subsets[s]]], "n k d -> (n k) d"))
         values.append(frechet_distance(*real_s.mean_cov(), *fake_s.mean_cov()))
     return {
@@ -351,4 +440,5 @@ def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFA
         "values": values, "seeds": seeds, "frames": frames, "clip_frames": clip_frames, "num_videos": num_videos,
         "size": size, "detector": detector.name, "real": to_dict(data), "fake": fakes.source,
         "precision": precision,
-    }
+        "protocol": "class-matched" if matched else "unconditional",
+    } | ({"class_counts": counts} if matched else {})

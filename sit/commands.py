@@ -52,7 +52,12 @@ def cmd_sample(args) -> None:
                            steps=args.steps, seed=args.seed, batch_size=args.batch_size, fmt=args.format,
                            device=args.device, frames_per_chunk=args.frames_per_chunk, fps=args.fps,
                            progress=not args.no_progress, latent_stats=args.latent_stats, heads=args.heads,
-                           precision=args.precision, allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
+                           precision=args.precision, allow_tokenizer_mismatch=args.allow_tokenizer_mismatch,
+                           class_label=args.class_label, classes=args.classes, cfg_scale=args.cfg_scale,
+                           cfg_interval=args.cfg_interval)
+    labels = result.pop("labels", None)
+    if labels is not None:
+        result["labels_per_class"] = {str(k): labels.count(k) for k in sorted(set(labels))}
     files = result.pop("files")
     print(json.dumps({**result, "written": len(files), "first": files[0] if files else None}, indent=2))
 
@@ -138,6 +143,18 @@ def register(sub) -> None:
                          "(needed for a reference SiT checkpoint)")
     sa.add_argument("--heads", type=positive_int, default=None,
                     help="attention heads of a reference SiT whose arguments do not name them")
+    cls = sa.add_mutually_exclusive_group()
+    cls.add_argument("--class", dest="class_label", default=None, metavar="INDEX|NAME",
+                     help="class-conditional SiT: every sample of this class (an index, or a name of its class list)")
+    cls.add_argument("--classes", choices=("uniform", "data", "cycle"), default=None,
+                     help="class-conditional SiT: draw each sample's class, uniformly or with the training latents' "
+                          "frequencies (for FVD), or cycle: sample i of class i mod the number of classes; the default "
+                          "without --class is uniform")
+    sa.add_argument("--cfg-scale", type=float, default=1.0,
+                    help="classifier-free guidance scale on every channel of every plane (1: no guidance, the "
+                         "conditional model; each guided step is one network call on twice the batch)")
+    sa.add_argument("--cfg-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="guide only at times LO <= t <= HI (t = 0 noise, 1 data); default: every step")
     sa.add_argument("--device", default=None)
     add_precision_option(sa)
     sa.add_argument("--no-progress", action="store_true")

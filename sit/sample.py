@@ -12,7 +12,9 @@ Brownian increments come from its own generators on the sampling device, seeded 
 ``mix_seed(seed, i, tag)``. Batches are fixed by index (global batch ``b`` holds samples
 ``[b B, (b + 1) B)`` for ``--batch-size B``), so however many processes run, and however often a
 run is resumed, each sample is computed in the same batch with the same numbers. (Another batch
-size changes only float rounding; another device type draws other noise.)
+size changes only float rounding; another device type draws other noise.) A class-conditional
+SiT's sample ``i`` has the class ``--class`` names, or one drawn from its own generator ``(seed, i)``
+(``--classes uniform|data``; ``cycle``: class ``i mod N``); ``sampling.json`` lists every sample's label.
 
 Process ``r`` of ``W`` samples the batches ``b = r, r + W, ...``. The folder is the run's
 (``sampling.json`` is written first; the same command resumes, skipping finished samples). The
@@ -24,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 import contextlib
 import hashlib
+import io
 import json
+import math
 import os
 import re
 import sys
@@ -48,7 +52,7 @@ from coordtok.triplane import Triplane
 
 from .cache import short_fingerprint, weights_fingerprint
 from .checkpoint import load_sit, require_stats
-from .samplers import FIXED_GRID_METHODS, SAMPLERS, check_steps
+from .samplers import FIXED_GRID_METHODS, SAMPLERS, check_steps, guided_velocity
 from .models import TriplaneSiT
 from .stats import LatentStats
 from .transport import make_path
@@ -114,6 +118,78 @@ def _sample_noise(seed: int, i: int, shape, device: torch.device) -> torch.Tenso
     """``shape``: sample ``i``'s initial noise, drawn on ``device`` from its own generator ``(seed, i)``."""
     g = torch.Generator(device=device).manual_seed(mix_seed(seed, i, SeedTag.SAMPLE_NOISE))
     return torch.randn(tuple(shape), generator=g, device=device)
+
+
+CLASS_MODES = ("uniform", "data", "cycle")
+
+
+def sample_labels(mode: str, seed: int, num: int, num_classes: int, counts: list[int] | None = None) -> list[int]:
+    """The class of each of ``num`` samples: sample ``i``'s from its own generator ``(seed, i)``
+    (so it does not depend on batches or processes), ``uniform`` over the classes or ``data``:
+    proportional to ``counts`` (the training latents per class); ``cycle``: class ``i mod
+    num_classes`` (every class in turn: the first ``num_classes`` samples show one of each)."""
+    if mode == "cycle":
+        return [i % num_classes for i in range(num)]
+    weights = torch.ones(num_classes) if mode == "uniform" else torch.as_tensor(counts, dtype=torch.float64)
+    out = []
+    for i in range(num):
+        g = torch.Generator().manual_seed(mix_seed(seed, i, SeedTag.SAMPLE_LABEL))
+        out.append(int(torch.multinomial(weights, 1, generator=g)))
+    return out
+
+
+def resolve_class(label: int | str, classes: list[str] | None, num_classes: int) -> int:
+    """A class index from ``--class``: an index ``0..num_classes-1`` or a name of ``classes``."""
+    text = str(label).strip()
+    if text.lstrip("-").isdigit():
+        k = int(text)
+        if not 0 <= k < num_classes:
+            raise SamplingError(f"--class {label}: the SiT has classes 0..{num_classes - 1}")
+        return k
+    if classes and text in classes:
+        return classes.index(text)
+    names = ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else "") if classes else None
+    raise SamplingError(f"--class {label!r}: not a class of the SiT " + (f"(its classes: {names})" if names else
+                        "(its checkpoint records no class names: give an index)"))
+
+
+def _labelling(model, stats, num: int, seed: int, class_label, classes: str | None, cfg_scale: float,
+               cfg_interval, log) -> dict | None:
+    """Check the class arguments against the SiT; for a class-conditional SiT return the run's
+    class settings (manifest ``run`` keys), every sample's label and the class names."""
+    conditional = model.num_classes > 1
+    if not conditional:
+        if class_label is not None or classes is not None or cfg_scale != 1.0 or cfg_interval is not None:
+            raise SamplingError("--class, --classes, --cfg-scale and --cfg-interval need a class-conditional SiT; this "
+                                "one is unconditional (model.num_classes 1, like the released SiT-L/2)")
+        return None
+    if class_label is not None and classes is not None:
+        raise SamplingError("give --class (one class for every sample) or --classes (a label drawn per sample), not both")
+    if classes is not None and classes not in CLASS_MODES:
+        raise SamplingError(f"--classes must be one of {', '.join(CLASS_MODES)}, got {classes!r}")
+    if not (cfg_scale >= 0 and math.isfinite(cfg_scale)):
+        raise SamplingError(f"--cfg-scale must be a finite number >= 0, got {cfg_scale}")
+    if cfg_interval is not None:
+        lo, hi = (float(v) for v in cfg_interval)
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise SamplingError(f"--cfg-interval {lo} {hi}: need 0 <= LO <= HI <= 1 (times t, 0 noise, 1 data)")
+        cfg_interval = [lo, hi]
+    names = list(stats.classes) if stats.classes and len(stats.classes) == model.num_classes else None
+    if class_label is None and classes is None:
+        classes = "uniform"
+        log(f"class-conditional SiT ({model.num_classes} classes) and no --class: labels drawn uniformly "
+            f"(--classes uniform; --classes data for the training frequencies)")
+    if classes == "data" and not (names and stats.class_counts):
+        raise SamplingError("--classes data needs the training class frequencies, which this SiT checkpoint does not "
+                            "record; use --classes uniform or --class")
+    if class_label is not None:
+        k = resolve_class(class_label, names, model.num_classes)
+        labels = [k] * num
+    else:
+        k = None
+        labels = sample_labels(classes, seed, num, model.num_classes, stats.class_counts)
+    return {"run": {"class": k, "classes": classes, "cfg_scale": float(cfg_scale), "cfg_interval": cfg_interval},
+            "labels": labels, "classes": names or [str(c) for c in range(model.num_classes)]}
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -184,8 +260,8 @@ class _NpzWriter:
     ``.npy``, so 2048 clips of 128 x 128 x 128 never sit in RAM at once; the final file appears
     atomically (:func:`coordtok.fileio.atomic_path`) and the scratch file is removed."""
 
-    def __init__(self, path: Path, shape: tuple):
-        self.path = path
+    def __init__(self, path: Path, shape: tuple, extra: dict[str, np.ndarray] | None = None):
+        self.path, self.extra = path, extra or {}
         fd, npy = tempfile.mkstemp(prefix=".videos.", suffix=".npy", dir=path.parent)
         os.close(fd)
         self.npy = Path(npy)
@@ -200,6 +276,10 @@ class _NpzWriter:
         with atomic_path(self.path, "sample file") as tmp:
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
                 zf.write(self.npy, arcname="videos.npy")
+                for name, array in self.extra.items():  # small arrays beside the videos (labels, class names)
+                    buf = io.BytesIO()
+                    np.save(buf, array)
+                    zf.writestr(f"{name}.npy", buf.getvalue())
         self.abort()
         return self.path
 
@@ -228,6 +308,10 @@ def sample_videos(
     heads: int | None = None,
     precision: str = "auto",
     allow_tokenizer_mismatch: bool = False,
+    class_label: int | str | None = None,
+    classes: str | None = None,
+    cfg_scale: float = 1.0,
+    cfg_interval: tuple[float, float] | None = None,
 ) -> dict:
     """Generate ``num`` videos and write them to ``out_dir``.
 
@@ -251,6 +335,18 @@ def sample_videos(
             autocast when the SiT was trained in bf16), fp32 on a CPU.
         allow_tokenizer_mismatch: sample with a tokenizer whose weights' fingerprint differs from
             the one the SiT checkpoint records (refused otherwise).
+        class_label: a class-conditional SiT (``model.num_classes > 1``): every sample of this class
+            (its index, or its name from the checkpoint's class list).
+        classes: ``uniform`` or ``data`` (the training latents' class frequencies): sample ``i``'s
+            class drawn from its own generator ``(seed, i)`` (an FVD run); ``cycle``: class ``i mod
+            num_classes``; the default for a conditional SiT without ``class_label`` is ``uniform``.
+        cfg_scale: classifier-free guidance scale (1: the conditional model, 0: the unconditional
+            one); see :func:`sit.samplers.guided_velocity` (every channel of every plane, one
+            batched network call per velocity evaluation, counted as one).
+        cfg_interval: ``(lo, hi)``: guide only at times ``lo <= t <= hi`` (``t = 0`` noise, 1 data).
+
+    A conditional run records every sample's label: ``sampling.json``'s ``labels`` (and ``classes``,
+    the names) and, for npz, the ``labels`` and ``classes`` arrays of ``samples.npz``.
 
     The folder gets ``sampling.json`` first; the same call again resumes (finished samples are
     skipped), another run's folder or one holding other files is refused (module docstring). Under
@@ -300,6 +396,7 @@ def sample_videos(
     precision = resolve_inference_precision(precision, device.type, configs["sit"].train.mixed_precision, log)
     s = configs["sit"].sample
     adaptive = sampler == "ode" and s.ode_method not in FIXED_GRID_METHODS
+    labelling = _labelling(model, stats, num, seed, class_label, classes, cfg_scale, cfg_interval, log)
     if adaptive and steps_given:
         log(f"note: --steps {steps} is ignored: --sampler ode uses {s.ode_method}, an adaptive method that picks its "
             f"own steps (sample.atol {s.atol}, sample.rtol {s.rtol} in the SiT config)")
@@ -313,6 +410,9 @@ def sample_videos(
         "sit_ckpt": str(Path(configs["path"]).resolve()), "sit_step": configs["step"],
         "tokenizer_ckpt": str(Path(tokenizer_ckpt).resolve()),
     }
+    if labelling is not None:  # (an unconditional run's manifest is what it always was: old runs resume)
+        manifest["run"].update(labelling["run"])
+        manifest.update(labels=labelling["labels"], classes=labelling["classes"])
 
     with contextlib.ExitStack() as held:
         def claim_folder():  # main process: create, lock, check and claim the folder with the manifest
@@ -374,14 +474,20 @@ def _sample_into(out_dir: Path, model, tokenizer, stats: LatentStats, configs: d
     bar = tqdm(total=per_batch * len(todo) if per_batch else None, disable=not (progress and is_main),
                desc="sample (network calls)", unit="call", dynamic_ncols=True, file=sys.stderr)
 
-    def velocity(x, t):
+    def net(x, t, y=None):  # every network call, counted (a guided call on [cond; null] is one)
         nonlocal calls
-        v = model(x, t)
+        v = model(x, t, y)
         calls += 1
         bar.update(1)
         return v
 
-    def run_sampler(noise: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    labels = manifest.get("labels")
+
+    def run_sampler(noise: torch.Tensor, generators: list[torch.Generator], indices: list[int]) -> torch.Tensor:
+        velocity = net
+        if labels is not None:
+            y = torch.tensor([labels[i] for i in indices], dtype=torch.long, device=noise.device)
+            velocity = guided_velocity(net, y, model.null_class, run["cfg_scale"], run["cfg_interval"])
         # one call for every registered sampler: each takes the keyword arguments it knows
         return SAMPLERS[sampler](velocity, noise, num_steps=steps if steps is not None else 1,
                                  diffusion_norm=s.diffusion_norm, last_step_size=s.last_step_size,
@@ -395,7 +501,7 @@ def _sample_into(out_dir: Path, model, tokenizer, stats: LatentStats, configs: d
                 noise = torch.stack([_sample_noise(seed, i, shape, device) for i in indices])
                 generators = [torch.Generator(device=device).manual_seed(mix_seed(seed, i, SeedTag.SAMPLE_SDE))
                               for i in indices]
-                x = run_sampler(noise, generators)
+                x = run_sampler(noise, generators, indices)
                 if k == 0 and calls * len(todo) != bar.total:  # counted: now the ETA is known
                     bar.total = calls * len(todo)
                     bar.refresh()
@@ -417,19 +523,21 @@ def _sample_into(out_dir: Path, model, tokenizer, stats: LatentStats, configs: d
     procs.wait_for_everyone()
     if is_main:
         _finish(out_dir, num, fmt, rows, num_batches, batch_size, (tc.frames, tc.size, tc.size, 3), thumb, batch_file,
-                contact_sheet, write_png, log)
+                contact_sheet, write_png, log, labels=labels, classes=manifest.get("classes"))
     procs.wait_for_everyone()
     files = [str(merged)] if fmt == "npz" else [str(out_dir / _sample_name(i)) for i in range(num)]
     return {"num": num, "out_dir": str(out_dir), "files": files,
             "contact_sheet": str(sheet_path) if sheet_path.is_file() else None, "sit_step": configs["step"],
             "sampler": sampler, "steps": steps, "seed": seed, "precision": precision, "processes": world,
-            "skipped": done, "manifest": str(out_dir / MANIFEST_NAME)}
+            "skipped": done, "manifest": str(out_dir / MANIFEST_NAME)} | (
+                {"labels": manifest["labels"], "cfg_scale": run["cfg_scale"]} if "labels" in manifest else {})
 
 
 def _finish(out_dir: Path, num: int, fmt: str, rows: int, num_batches: int, batch_size: int, video_shape: tuple,
-            thumb, batch_file, contact_sheet, write_png, log) -> None:
+            thumb, batch_file, contact_sheet, write_png, log, labels=None, classes=None) -> None:
     """Main process, every batch written: the contact sheet from the thumbnails, ``samples.npz``
-    from the batch files (npz), then this run's scratch files removed."""
+    from the batch files (npz; with ``labels`` and ``classes`` arrays for a class-conditional run),
+    then this run's scratch files removed."""
     sheet_path, merged, parts = out_dir / "contact_sheet.png", out_dir / "samples.npz", out_dir / PARTS_NAME
     if not sheet_path.is_file():
         if all(thumb(i).is_file() for i in range(rows)):
@@ -437,7 +545,9 @@ def _finish(out_dir: Path, num: int, fmt: str, rows: int, num_batches: int, batc
         else:
             log(f"note: {out_dir} has no contact sheet and its thumbnails are gone; the samples are complete")
     if fmt == "npz" and not merged.is_file():
-        npz = _NpzWriter(merged, (num, *video_shape))
+        extra = {} if labels is None else {"labels": np.asarray(labels, dtype=np.int64),
+                                           "classes": np.asarray(classes, dtype=str)}
+        npz = _NpzWriter(merged, (num, *video_shape), extra)
         try:
             for b in range(num_batches):
                 npz.put(b * batch_size, np.load(batch_file(b), mmap_mode="r"))
