@@ -331,13 +331,12 @@ class DiffusersReconstructor(Reconstructor):
                  random_weights: bool = False):
         self.model, self.source, self.tiling = model.eval(), source, tiling
         self.geometry = geo = geometry(model)
-        if size % geo.space:
-            raise ConfigError(f"{source}: frame side {size} is not a multiple of its spatial factor {geo.space}")
         if tiling and hasattr(model, "enable_tiling"):
             model.enable_tiling()
         elif hasattr(model, "disable_tiling"):
             model.disable_tiling()
-        self.size, self.max_frames, self.default_frames = size, None, 128
+        self.max_frames, self.default_frames = None, 128
+        self.at_size(size)
         self.token_channels = geo.channels
         cls = type(model).__name__
         what = VIDEO_AUTOENCODERS.get(cls, cls)
@@ -350,6 +349,15 @@ class DiffusersReconstructor(Reconstructor):
         spec = str(path)
         src = parse_source(spec)
         return cls(build_autoencoder(spec), spec, tiling=tiling, size=size, random_weights=src.folder is None)
+
+    any_size = True  # eval-recon gives it the frame side of the tokenizers it is compared with
+
+    def at_size(self, size: int) -> None:
+        """Take frames of side ``size`` (a multiple of its spatial factor)."""
+        if size % self.geometry.space:
+            raise ConfigError(f"{self.source}: frame side {size} is not a multiple of its spatial factor "
+                              f"{self.geometry.space}")
+        self.size = size
 
     def long_clips(self) -> str:
         """How a long clip goes through the model (the reconstructor's name says it)."""

@@ -117,6 +117,10 @@ def eval_recon(ckpt, real, out_dir, num_clips: int = 10000, seed: int = 0, kind:
     precision = resolve_inference_precision(precision, device.type, log=say)
     toks = [(c, tok.to(device)) for c in ckpts for tok in variants(c, frames_per_chunk, hints, options)]
     frames = frames or toks[0][1].default_frames
+    fixed = {tok.size for _, tok in toks if not getattr(tok, "any_size", False)}
+    for _, tok in toks:  # a diffusers autoencoder takes any multiple of its spatial factor: the others' side
+        if getattr(tok, "any_size", False) and len(fixed) == 1:
+            tok.at_size(next(iter(fixed)))
     sizes = {tok.size for _, tok in toks}
     if len(sizes) > 1:
         raise ConfigError(f"the tokenizers take different frame sizes ({sorted(sizes)}): compare tokenizers of "

@@ -4,6 +4,7 @@ count, reconstruction and its metrics -- and the diffusers: kinds through the ta
 eval-recon's loader."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -200,8 +201,9 @@ def test_reconstruct_command_with_a_pretrained_folder(tmp_path, capsys, monkeypa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     build_autoencoder(COG, SMALL[COG]).save_pretrained(tmp_path / "vae")
     out = tmp_path / "rec.mp4"
-    assert main(["reconstruct", "--ckpt", f"diffusers:{tmp_path / 'vae'}", "--video", str(sample_video_paths()["bikes"]),
-                 "--frames", "12", "--out", str(out), "--no-vae-tiling"]) == 0
+    video = str(sample_video_paths()["bikes"])
+    assert main(["reconstruct", "--ckpt", f"diffusers:{tmp_path / 'vae'}", "--video", video, "--frames", "12",
+                 "--out", str(out), "--no-vae-tiling"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     # 12 frames coded as 17 (5 latent frames) at 128 x 128: 5 x 16 x 16 positions of 4 floats
     assert metrics["frames"] == 12 and metrics["tokens"] == 5 * 16 * 16 and metrics["token_channels"] == 4
@@ -223,3 +225,28 @@ def test_only_eval_diffusers_vae_imports_diffusers():
                 if any(n == "diffusers" or n.startswith("diffusers.") for n in names):
                     importers.add(path.relative_to(root).as_posix())
     assert importers == {"eval/diffusers_vae.py"}
+
+
+def test_eval_recon_compares_a_diffusers_folder_with_coordtok_at_its_frame_side(root, tmp_path, capsys, monkeypatch):
+    import decord
+    from sit_common import tiny_tokenizer
+
+    from coordtok.cli import main
+    from coordtok.video_io import sample_video_paths, write_mp4
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ckpt = tiny_tokenizer(root)  # 64 x 64 frames: the autoencoder takes that side too
+    build_autoencoder(WAN, SMALL[WAN]).save_pretrained(tmp_path / "wan")
+    frames = decord.VideoReader(str(sample_video_paths()["bikes"]), width=64, height=64,
+                                num_threads=1).get_batch(list(range(40))).asnumpy()
+    write_mp4(tmp_path / "real" / "a.mp4", frames)
+    out = tmp_path / "out"
+    assert main(["eval-recon", "--ckpt", str(ckpt), "--ckpt", f"diffusers:{tmp_path / 'wan'}", "--data",
+                 str(tmp_path / "real"), "--out", str(out), "--num-clips", "1", "--frames", "20", "--no-fvd",
+                 "--write-videos", "0", "--no-progress", "--num-workers", "0"]) == 0
+    coordtok, wan = json.loads(capsys.readouterr().out)["results"]
+    assert wan["size"] == coordtok["size"] == 64
+    # 20 frames coded as 21: 6 latent frames of 8 x 8 positions, 4 floats each
+    assert wan["tokens"] == 6 * 8 * 8 and wan["token_channels"] == 4 and "token_channels" not in coordtok
+    assert all(np.isfinite(r[k]) for r in (coordtok, wan) for k in ("psnr", "ssim", "seam_boundary", "seam_within"))
+    assert f"| {wan['tokenizer']} | {6 * 64} x 4 |" in (out / "recon.md").read_text()
