@@ -38,7 +38,7 @@ class Kind:
     task: str | None  # the :class:`coordtok.loop.Task`: ``(run config)``; a generator's ``(run config, latents)``
     example: str | None  # a small config of this kind (repository path): the tests and the demo train it
     reconstructor: str | None = None  # ``(checkpoint, **protocol options) -> Reconstructor`` (tokenizers)
-    profile: str | None = None  # ``(model section, frames, mode, num_coords, batch, device) -> (model, inputs, step)``
+    profile: str | None = None  # ``(kind, model section, frames, mode, num_coords, batch, device) -> (model, inputs, step)``
     converter: str | None = None  # ``(checkpoint dict, args) -> (state, info) | None`` for ``coordtok convert``
     note: str | None = None  # why an entry is missing, for the one-line error that names it
 
