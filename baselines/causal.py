@@ -11,6 +11,7 @@ Time layout of a causal clip: ``T = 1 + s * k`` frames. Frame 0 stands alone; th
 in groups of ``s``. A temporal stride ``s = 2`` maps ``1 + 2k`` frames to ``1 + k`` (17 -> 9 -> 5),
 and the depth-to-space upsampler inverts that (5 -> 9 -> 17).
 """
+
 from __future__ import annotations
 
 import math
@@ -69,8 +70,14 @@ class CausalConv3d(nn.Module):
     ``2j - 2 .. 2j``: 17 frames -> 9 -> 5. Spatial padding is zeros, ``k // 2`` on each side.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int | tuple[int, int, int] = 3,
-                 stride: int | tuple[int, int, int] = 1, bias: bool = True):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int | tuple[int, int, int] = 3,
+        stride: int | tuple[int, int, int] = 1,
+        bias: bool = True,
+    ):
         super().__init__()
         kt, kh, kw = _triple(kernel)
         if kh % 2 == 0 or kw % 2 == 0:
@@ -104,8 +111,7 @@ class FrameGroupNorm(nn.Module):
     Parameter names (``norm.weight``, ``norm.bias``) are the same in both modes.
     """
 
-    def __init__(self, num_groups: int, channels: int, affine: bool = True, eps: float = 1e-5,
-                 pool_time: bool = False):
+    def __init__(self, num_groups: int, channels: int, affine: bool = True, eps: float = 1e-5, pool_time: bool = False):
         super().__init__()
         self.norm = nn.GroupNorm(num_groups, channels, eps=eps, affine=affine)
         self.pool_time = pool_time
@@ -154,8 +160,11 @@ def causal_resize(z: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
     t, h, w = z.shape[2:]
     T, H, W = size
     if (h, w) != (H, W):
-        z = rearrange(F.interpolate(rearrange(z, "b c t h w -> (b t) c h w"), size=(H, W), mode="nearest"),
-                      "(b t) c h w -> b c t h w", t=t)
+        z = rearrange(
+            F.interpolate(rearrange(z, "b c t h w -> (b t) c h w"), size=(H, W), mode="nearest"),
+            "(b t) c h w -> b c t h w",
+            t=t,
+        )
     if t != T:
         if t == 1 or T == 1:
             idx = torch.zeros(T, dtype=torch.long, device=z.device)
@@ -216,7 +225,7 @@ class DepthToSpaceUpsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = depth_to_space(self.conv(x), self.t_up, self.s)
-        return x[:, :, self.t_up - 1:]
+        return x[:, :, self.t_up - 1 :]
 
 
 @torch.no_grad()
@@ -242,7 +251,7 @@ def inflate_image_kernel(w2d: torch.Tensor, kt: int) -> torch.Tensor:
 
 def conv_params(cin: int, cout: int, k: int = 3, bias: bool = True) -> int:
     """A ``k x k x k`` 3D convolution (:class:`CausalConv3d`)."""
-    return cin * cout * k ** 3 + (cout if bias else 0)
+    return cin * cout * k**3 + (cout if bias else 0)
 
 
 def norm_params(c: int) -> int:
@@ -252,5 +261,10 @@ def norm_params(c: int) -> int:
 
 def res_block_params(cin: int, cout: int) -> int:
     """:class:`ResBlock3d`: two norms, two bias-free 3x3x3 convolutions, a 1x1x1 shortcut when the width changes."""
-    return (norm_params(cin) + conv_params(cin, cout, bias=False) + norm_params(cout)
-            + conv_params(cout, cout, bias=False) + (conv_params(cin, cout, 1, bias=False) if cin != cout else 0))
+    return (
+        norm_params(cin)
+        + conv_params(cin, cout, bias=False)
+        + norm_params(cout)
+        + conv_params(cout, cout, bias=False)
+        + (conv_params(cin, cout, 1, bias=False) if cin != cout else 0)
+    )

@@ -4,6 +4,7 @@ A checkpoint of :func:`baselines.train.train_baseline` holds the run config (``m
 is the architecture), the training weights (``model``) and, where the run keeps one, the EMA
 (``ema``), which is what evaluation uses.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from coordtok.checkpoint import load_model
+
 from .magvit2 import MagvitV2, MagvitV2Config
 from .promag import ProMAG, ProMAGConfig
 

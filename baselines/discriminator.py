@@ -17,6 +17,7 @@ in time and space, a dense head on the flattened final features.
 17 x 128 x 128 input: the blocks take it to 1 x 4 x 4, and the model has 61,341,569 parameters
 (:func:`discriminator_param_count`).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["BlurPool3d", "DiscriminatorBlock", "StyleGANDiscriminator3D", "discriminator_shapes",
-           "discriminator_param_count", "build_discriminator"]
+__all__ = [
+    "BlurPool3d",
+    "DiscriminatorBlock",
+    "StyleGANDiscriminator3D",
+    "discriminator_shapes",
+    "discriminator_param_count",
+    "build_discriminator",
+]
 
 
 def discriminator_shapes(frames: int, size: int, blocks: int) -> list[tuple[int, int, int]]:
@@ -39,8 +46,10 @@ def discriminator_shapes(frames: int, size: int, blocks: int) -> list[tuple[int,
     for i in range(blocks):
         t, h, w = shapes[-1]
         if min(t, h, w) < 2:
-            raise ValueError(f"discriminator: a {frames} x {size} x {size} clip is down to {t} x {h} x {w} before "
-                             f"block {i} of {blocks}; use fewer 'disc_channel_multipliers'")
+            raise ValueError(
+                f"discriminator: a {frames} x {size} x {size} clip is down to {t} x {h} x {w} before "
+                f"block {i} of {blocks}; use fewer 'disc_channel_multipliers'"
+            )
         shapes.append(tuple((n - 1) // 2 + 1 for n in (t, h, w)))
     return shapes
 
@@ -88,8 +97,14 @@ class StyleGANDiscriminator3D(nn.Module):
     Weights are Xavier-uniform with the ReLU gain and zero biases (the reimplementation's init).
     """
 
-    def __init__(self, frames: int = 17, size: int = 128, base_channels: int = 128,
-                 channel_multipliers: tuple[int, ...] = (2, 4, 4, 4, 4), in_channels: int = 3):
+    def __init__(
+        self,
+        frames: int = 17,
+        size: int = 128,
+        base_channels: int = 128,
+        channel_multipliers: tuple[int, ...] = (2, 4, 4, 4, 4),
+        in_channels: int = 3,
+    ):
         super().__init__()
         shapes = discriminator_shapes(frames, size, len(channel_multipliers))
         self.frames, self.size = frames, size
@@ -109,8 +124,9 @@ class StyleGANDiscriminator3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[2:]) != (self.frames, self.size, self.size):
-            raise ValueError(f"discriminator built for {self.frames} x {self.size} x {self.size} clips, "
-                             f"got {tuple(x.shape[2:])}")
+            raise ValueError(
+                f"discriminator built for {self.frames} x {self.size} x {self.size} clips, got {tuple(x.shape[2:])}"
+            )
         x = F.leaky_relu(self.conv_in(x), 0.2)
         x = self.blocks(x)
         x = F.leaky_relu(self.conv_out(x), 0.2)
@@ -118,11 +134,17 @@ class StyleGANDiscriminator3D(nn.Module):
         return self.head(x).squeeze(1)
 
 
-def discriminator_param_count(frames: int = 17, size: int = 128, base_channels: int = 128,
-                              channel_multipliers: tuple[int, ...] = (2, 4, 4, 4, 4), in_channels: int = 3) -> int:
+def discriminator_param_count(
+    frames: int = 17,
+    size: int = 128,
+    base_channels: int = 128,
+    channel_multipliers: tuple[int, ...] = (2, 4, 4, 4, 4),
+    in_channels: int = 3,
+) -> int:
     """Parameters of :class:`StyleGANDiscriminator3D` from the layout formulas (no modules built)."""
+
     def conv(cin: int, cout: int, k: int = 3, bias: bool = True) -> int:
-        return cin * cout * k ** 3 + (cout if bias else 0)
+        return cin * cout * k**3 + (cout if bias else 0)
 
     widths = [base_channels] + [base_channels * m for m in channel_multipliers]
     n = conv(in_channels, base_channels)

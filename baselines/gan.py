@@ -6,6 +6,7 @@ public reimplementation github.com/cofe-ai/O2-MAGVIT2 (``src/losses.py``, ``mode
 Every function returns an unweighted term: the trainer applies the weights (paper: GAN 0.1, R1 10,
 LeCAM 0.001, entropy 0.1 annealed).
 """
+
 from __future__ import annotations
 
 import torch
@@ -59,8 +60,10 @@ class LeCAM(nn.Module):
 
     def forward(self, real_logits: torch.Tensor, fake_logits: torch.Tensor, update: bool = True) -> torch.Tensor:
         """The regularizer against the EMAs *before* this batch, then (``update``) fold this batch in."""
-        reg = F.relu(real_logits.float() - self.ema_fake).pow(2).mean() + \
-            F.relu(self.ema_real - fake_logits.float()).pow(2).mean()
+        reg = (
+            F.relu(real_logits.float() - self.ema_fake).pow(2).mean()
+            + F.relu(self.ema_real - fake_logits.float()).pow(2).mean()
+        )
         if update:
             self.update(real_logits, fake_logits)
         return reg

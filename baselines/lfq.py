@@ -21,6 +21,7 @@ The codebook entropy is the *global* batch's: the batch-averaged marginals are a
 processes (:func:`distributed_mean`, differentiable), so N processes with B clips each compute what
 one process with N x B clips does (each process holding the same number of positions).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,7 +38,7 @@ __all__ = ["LFQ", "lfq_entropy", "distributed_mean", "codebook_usage", "bit_code
 def bit_codes(bits: int, device=None) -> torch.Tensor:
     """All ``2^bits`` codes as ``(2^bits, bits)`` float ``+-1``, row ``i`` = the code of index ``i``
     (channel 0 = most significant bit)."""
-    idx = torch.arange(2 ** bits, device=device)
+    idx = torch.arange(2**bits, device=device)
     mask = 2 ** torch.arange(bits - 1, -1, -1, device=device)
     return ((idx[:, None] & mask) != 0).float() * 2 - 1
 
@@ -62,8 +63,9 @@ def distributed_mean(x: torch.Tensor) -> torch.Tensor:
     return all_reduce(x) / dist.get_world_size()
 
 
-def lfq_entropy(z: torch.Tensor, groups: int, temperature: float,
-                across_processes: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def lfq_entropy(
+    z: torch.Tensor, groups: int, temperature: float, across_processes: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample and codebook entropy (nats) of the LFQ code distribution, factorized.
 
     ``z (N, bits)``: unquantized latents, one row per position. Returns ``(per_sample, codebook)``,
@@ -104,7 +106,7 @@ def codebook_usage(indices: torch.Tensor, bits: int) -> tuple[float, float]:
     """
     _, counts = torch.unique(indices.reshape(-1), return_counts=True)
     p = counts.double() / counts.sum()
-    return counts.numel() / 2 ** bits, float(torch.exp(-(p * p.log()).sum()))
+    return counts.numel() / 2**bits, float(torch.exp(-(p * p.log()).sum()))
 
 
 class LFQ(nn.Module):
@@ -135,7 +137,7 @@ class LFQ(nn.Module):
 
     @property
     def codebook_size(self) -> int:
-        return 2 ** self.bits
+        return 2**self.bits
 
     def codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
         """``(B, bits, ...)`` codes (any reals: positive = bit 1) -> ``(B, ...)`` long indices."""
@@ -162,12 +164,16 @@ class LFQ(nn.Module):
             commitment = (z32 - q).pow(2).mean()
             # Global-batch codebook entropy in training only: every process runs each training
             # forward, while evaluation may give processes different numbers of clips.
-            per_sample, codebook = lfq_entropy(rearrange(z32, "b c ... -> (b ...) c"),
-                                               self.entropy_groups, self.temperature,
-                                               across_processes=self.training and torch.is_grad_enabled())
+            per_sample, codebook = lfq_entropy(
+                rearrange(z32, "b c ... -> (b ...) c"),
+                self.entropy_groups,
+                self.temperature,
+                across_processes=self.training and torch.is_grad_enabled(),
+            )
         # (meta tensors, used to count FLOPs without running, have no values to count)
-        use, perplexity = ((float("nan"), float("nan")) if indices.device.type == "meta"
-                           else codebook_usage(indices, self.bits))
+        use, perplexity = (
+            (float("nan"), float("nan")) if indices.device.type == "meta" else codebook_usage(indices, self.bits)
+        )
         aux = {
             "commitment": commitment,
             "entropy": per_sample - codebook,

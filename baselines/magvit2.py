@@ -29,6 +29,7 @@ The first res block of a level changes the width (1x1x1 shortcut); the upsampler
 at that level's output width. Parameters: encoder 144.87 M, decoder 225.68 M, total 370.55 M
 (:func:`analytic_param_count`, checked against the modules in tests/test_magvit2.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,10 +39,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from coordtok.config import ConfigError, divisible, from_dict, load_yaml, positive, require
-from .causal import (AdaptiveGroupNorm, CausalConv3d, CausalDownsample, DepthToSpaceUpsample, FrameGroupNorm,
-                     ResBlock3d, conv_params, norm_groups, norm_params, res_block_params)
 from coordtok.chunking import CausalChunkGeometry
+from coordtok.config import ConfigError, divisible, from_dict, load_yaml, positive, require
+
+from .causal import (
+    AdaptiveGroupNorm,
+    CausalConv3d,
+    CausalDownsample,
+    DepthToSpaceUpsample,
+    FrameGroupNorm,
+    ResBlock3d,
+    conv_params,
+    norm_groups,
+    norm_params,
+    res_block_params,
+)
 from .lfq import LFQ
 
 __all__ = ["MagvitV2Config", "MagvitV2", "Encoder", "Decoder", "analytic_param_count", "load_magvit2_config"]
@@ -72,26 +84,48 @@ class MagvitV2Config:
     disc_channel_multipliers: tuple[int, ...] = (2, 4, 4, 4, 4)
 
     def validate(self) -> None:
-        positive(self, "frames", "size", "base_channels", "num_res_blocks", "latent_channels", "norm_groups",
-                 "entropy_groups", "disc_base_channels", "entropy_temperature")
+        positive(
+            self,
+            "frames",
+            "size",
+            "base_channels",
+            "num_res_blocks",
+            "latent_channels",
+            "norm_groups",
+            "entropy_groups",
+            "disc_base_channels",
+            "entropy_temperature",
+        )
         require(len(self.channel_multipliers) >= 1, "'channel_multipliers' must not be empty")
-        require(all(m > 0 for m in self.channel_multipliers),
-                f"'channel_multipliers' must be positive, got {list(self.channel_multipliers)}")
-        require(len(self.temporal_downsample) == len(self.channel_multipliers) - 1,
-                f"'temporal_downsample' needs one flag per downsampling step ({len(self.channel_multipliers) - 1}), "
-                f"got {len(self.temporal_downsample)}")
-        require((self.frames - 1) % self.time_factor == 0,
-                f"'frames' ({self.frames}) must be 1 + a multiple of the temporal factor {self.time_factor}")
-        require(self.size % self.space_factor == 0,
-                f"'size' ({self.size}) is not divisible by the spatial factor {self.space_factor}")
-        require(self.latent_channels <= 62,
-                f"'latent_channels' ({self.latent_channels}) must be <= 62 (int64 token ids)")
+        require(
+            all(m > 0 for m in self.channel_multipliers),
+            f"'channel_multipliers' must be positive, got {list(self.channel_multipliers)}",
+        )
+        require(
+            len(self.temporal_downsample) == len(self.channel_multipliers) - 1,
+            f"'temporal_downsample' needs one flag per downsampling step ({len(self.channel_multipliers) - 1}), "
+            f"got {len(self.temporal_downsample)}",
+        )
+        require(
+            (self.frames - 1) % self.time_factor == 0,
+            f"'frames' ({self.frames}) must be 1 + a multiple of the temporal factor {self.time_factor}",
+        )
+        require(
+            self.size % self.space_factor == 0,
+            f"'size' ({self.size}) is not divisible by the spatial factor {self.space_factor}",
+        )
+        require(
+            self.latent_channels <= 62, f"'latent_channels' ({self.latent_channels}) must be <= 62 (int64 token ids)"
+        )
         divisible(self, ("latent_channels", "entropy_groups"))
-        require(self.latent_channels // self.entropy_groups <= 16,
-                f"sub-codebooks of 2^{self.latent_channels // self.entropy_groups} codes are too large for the "
-                f"entropy term: raise 'entropy_groups'")
+        require(
+            self.latent_channels // self.entropy_groups <= 16,
+            f"sub-codebooks of 2^{self.latent_channels // self.entropy_groups} codes are too large for the "
+            f"entropy term: raise 'entropy_groups'",
+        )
         require(len(self.disc_channel_multipliers) >= 1, "'disc_channel_multipliers' must not be empty")
         from .discriminator import discriminator_shapes
+
         try:
             discriminator_shapes(self.frames, self.size, len(self.disc_channel_multipliers))
         except ValueError as e:

@@ -30,6 +30,7 @@ pixel space with linear weights (:func:`coordtok.chunking.reconstruct_chunked`).
 (:class:`PatchGAN3D`): the SD-VAE PatchGAN in 3D (3 layers, kernel 3 x 4 x 4, 64 channels), hinge
 losses (:func:`hinge_d_loss`, :func:`hinge_g_loss`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,15 +42,37 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from coordtok.config import ConfigError, from_dict, load_yaml, positive, require
-from .causal import (CausalConv3d, FrameGroupNorm, ResBlock3d, causal_resize, conv_params, norm_groups, norm_params,
-                     res_block_params)
 from coordtok.chunking import CausalChunkGeometry, chunk_windows, reconstruct_chunked
+from coordtok.config import ConfigError, from_dict, load_yaml, positive, require
+
+from .causal import (
+    CausalConv3d,
+    FrameGroupNorm,
+    ResBlock3d,
+    causal_resize,
+    conv_params,
+    norm_groups,
+    norm_params,
+    res_block_params,
+)
 
 __all__ = [
-    "ProMAGConfig", "table4_config", "load_promag_config", "StridedCausalConv", "CausalUpsample",
-    "CausalEncoder", "ProMAGDecoder", "CrossLevelMix", "Posterior", "ProMAG", "grow",
-    "PatchGAN3D", "hinge_d_loss", "hinge_g_loss", "analytic_param_count", "causal_encoder_param_count",
+    "ProMAGConfig",
+    "table4_config",
+    "load_promag_config",
+    "StridedCausalConv",
+    "CausalUpsample",
+    "CausalEncoder",
+    "ProMAGDecoder",
+    "CrossLevelMix",
+    "Posterior",
+    "ProMAG",
+    "grow",
+    "PatchGAN3D",
+    "hinge_d_loss",
+    "hinge_g_loss",
+    "analytic_param_count",
+    "causal_encoder_param_count",
     "discriminator_param_count",
 ]
 
@@ -59,14 +82,30 @@ _T, _F = True, False
 # temporal down) and decoder (multipliers, spatial up, temporal up), decoder lists in the order the
 # decoder runs (latent side first).
 TABLE4 = {
-    4: dict(enc_multipliers=(1, 2, 4, 6), enc_spatial_down=(_T, _T, _T, _F), enc_temporal_down=(_F, _F, _T, _T),
-            dec_multipliers=(6, 4, 2, 1), dec_spatial_up=(_T, _T, _T, _F), dec_temporal_up=(_F, _T, _T, _F)),
-    8: dict(enc_multipliers=(1, 2, 4, 6, 6), enc_spatial_down=(_T, _T, _T, _F, _F),
-            enc_temporal_down=(_F, _F, _T, _T, _T), dec_multipliers=(6, 6, 4, 2, 1),
-            dec_spatial_up=(_F, _T, _T, _T, _F), dec_temporal_up=(_T, _F, _T, _T, _F)),
-    16: dict(enc_multipliers=(1, 2, 4, 6, 6, 6), enc_spatial_down=(_T, _T, _T, _F, _F, _F),
-             enc_temporal_down=(_F, _F, _T, _T, _T, _T), dec_multipliers=(6, 6, 6, 4, 2, 1),
-             dec_spatial_up=(_F, _F, _T, _T, _T, _F), dec_temporal_up=(_T, _T, _F, _T, _T, _F)),
+    4: dict(
+        enc_multipliers=(1, 2, 4, 6),
+        enc_spatial_down=(_T, _T, _T, _F),
+        enc_temporal_down=(_F, _F, _T, _T),
+        dec_multipliers=(6, 4, 2, 1),
+        dec_spatial_up=(_T, _T, _T, _F),
+        dec_temporal_up=(_F, _T, _T, _F),
+    ),
+    8: dict(
+        enc_multipliers=(1, 2, 4, 6, 6),
+        enc_spatial_down=(_T, _T, _T, _F, _F),
+        enc_temporal_down=(_F, _F, _T, _T, _T),
+        dec_multipliers=(6, 6, 4, 2, 1),
+        dec_spatial_up=(_F, _T, _T, _T, _F),
+        dec_temporal_up=(_T, _F, _T, _T, _F),
+    ),
+    16: dict(
+        enc_multipliers=(1, 2, 4, 6, 6, 6),
+        enc_spatial_down=(_T, _T, _T, _F, _F, _F),
+        enc_temporal_down=(_F, _F, _T, _T, _T, _T),
+        dec_multipliers=(6, 6, 6, 4, 2, 1),
+        dec_spatial_up=(_F, _F, _T, _T, _T, _F),
+        dec_temporal_up=(_T, _T, _F, _T, _T, _F),
+    ),
 }
 
 
@@ -99,39 +138,70 @@ class ProMAGConfig:
     disc_layers: int = 3  # PatchGAN3D strided layers
 
     def validate(self) -> None:
-        positive(self, "frames", "size", "base_channels", "enc_blocks", "dec_blocks", "z_channels", "z_dim",
-                 "norm_groups", "disc_channels", "disc_layers")
+        positive(
+            self,
+            "frames",
+            "size",
+            "base_channels",
+            "enc_blocks",
+            "dec_blocks",
+            "z_channels",
+            "z_dim",
+            "norm_groups",
+            "disc_channels",
+            "disc_layers",
+        )
         ne, nd = len(self.enc_multipliers), len(self.dec_multipliers)
         require(ne >= 1 and nd >= 1, "'enc_multipliers' and 'dec_multipliers' must not be empty")
         require(all(m > 0 for m in self.enc_multipliers + self.dec_multipliers), "channel multipliers must be positive")
         for name in ("enc_spatial_down", "enc_temporal_down"):
-            require(len(getattr(self, name)) == ne, f"'{name}' needs one flag per encoder level ({ne}), "
-                                                    f"got {len(getattr(self, name))}")
+            require(
+                len(getattr(self, name)) == ne,
+                f"'{name}' needs one flag per encoder level ({ne}), got {len(getattr(self, name))}",
+            )
         for name in ("dec_spatial_up", "dec_temporal_up"):
-            require(len(getattr(self, name)) == nd, f"'{name}' needs one flag per decoder level ({nd}), "
-                                                    f"got {len(getattr(self, name))}")
-        require(sum(self.enc_spatial_down) == sum(self.dec_spatial_up),
-                f"the encoder halves space {sum(self.enc_spatial_down)} times but the decoder doubles it "
-                f"{sum(self.dec_spatial_up)} times")
-        require(sum(self.enc_temporal_down) == sum(self.dec_temporal_up),
-                f"the encoder halves time {sum(self.enc_temporal_down)} times but the decoder doubles it "
-                f"{sum(self.dec_temporal_up)} times")
-        require((self.frames - 1) % self.time_factor == 0,
-                f"'frames' ({self.frames}) must be 1 + a multiple of the temporal factor {self.time_factor}")
-        require(self.size % self.space_factor == 0,
-                f"'size' ({self.size}) is not divisible by the spatial factor {self.space_factor}")
+            require(
+                len(getattr(self, name)) == nd,
+                f"'{name}' needs one flag per decoder level ({nd}), got {len(getattr(self, name))}",
+            )
+        require(
+            sum(self.enc_spatial_down) == sum(self.dec_spatial_up),
+            f"the encoder halves space {sum(self.enc_spatial_down)} times but the decoder doubles it "
+            f"{sum(self.dec_spatial_up)} times",
+        )
+        require(
+            sum(self.enc_temporal_down) == sum(self.dec_temporal_up),
+            f"the encoder halves time {sum(self.enc_temporal_down)} times but the decoder doubles it "
+            f"{sum(self.dec_temporal_up)} times",
+        )
+        require(
+            (self.frames - 1) % self.time_factor == 0,
+            f"'frames' ({self.frames}) must be 1 + a multiple of the temporal factor {self.time_factor}",
+        )
+        require(
+            self.size % self.space_factor == 0,
+            f"'size' ({self.size}) is not divisible by the spatial factor {self.space_factor}",
+        )
         g = self.grown_levels
         require(0 <= g < min(ne, nd), f"'grown_levels' must be in [0, {min(ne, nd) - 1}], got {g}")
         for j in range(ne - g, ne):
-            require(not self.enc_spatial_down[j] and self.enc_temporal_down[j],
-                    f"grown encoder level {j} must halve time only (spatial F, temporal T)")
-            require(self.enc_multipliers[j] == self.enc_multipliers[j - 1],
-                    f"grown encoder level {j} must keep the width of level {j - 1}")
+            require(
+                not self.enc_spatial_down[j] and self.enc_temporal_down[j],
+                f"grown encoder level {j} must halve time only (spatial F, temporal T)",
+            )
+            require(
+                self.enc_multipliers[j] == self.enc_multipliers[j - 1],
+                f"grown encoder level {j} must keep the width of level {j - 1}",
+            )
         for i in range(g):
-            require(not self.dec_spatial_up[i] and self.dec_temporal_up[i],
-                    f"grown decoder level {i} must double time only (spatial F, temporal T)")
-            require(self.dec_multipliers[i] == self.dec_multipliers[i + 1],
-                    f"grown decoder level {i} must keep the width of level {i + 1}")
+            require(
+                not self.dec_spatial_up[i] and self.dec_temporal_up[i],
+                f"grown decoder level {i} must double time only (spatial F, temporal T)",
+            )
+            require(
+                self.dec_multipliers[i] == self.dec_multipliers[i + 1],
+                f"grown decoder level {i} must keep the width of level {i + 1}",
+            )
         # the discriminator's input must survive its strided layers (kernel 4, padding 1: each
         # n -> (n - 2) // 2 + 1 in space) and the two stride-1 layers after them (each n -> n - 1)
         s = self.size
@@ -156,10 +226,14 @@ class ProMAGConfig:
             raise ConfigError("a config with grown_levels = 0 was not grown from another")
         return dataclasses.replace(
             self,
-            enc_multipliers=self.enc_multipliers[:-1], enc_spatial_down=self.enc_spatial_down[:-1],
-            enc_temporal_down=self.enc_temporal_down[:-1], dec_multipliers=self.dec_multipliers[1:],
-            dec_spatial_up=self.dec_spatial_up[1:], dec_temporal_up=self.dec_temporal_up[1:],
-            grown_levels=self.grown_levels - 1)
+            enc_multipliers=self.enc_multipliers[:-1],
+            enc_spatial_down=self.enc_spatial_down[:-1],
+            enc_temporal_down=self.enc_temporal_down[:-1],
+            dec_multipliers=self.dec_multipliers[1:],
+            dec_spatial_up=self.dec_spatial_up[1:],
+            dec_temporal_up=self.dec_temporal_up[1:],
+            grown_levels=self.grown_levels - 1,
+        )
 
     def child(self) -> "ProMAGConfig":
         """The next stage: one more encoder level (same width, time-only down) at the end and one
@@ -167,10 +241,13 @@ class ProMAGConfig:
         return dataclasses.replace(
             self,
             enc_multipliers=self.enc_multipliers + self.enc_multipliers[-1:],
-            enc_spatial_down=self.enc_spatial_down + (False,), enc_temporal_down=self.enc_temporal_down + (True,),
+            enc_spatial_down=self.enc_spatial_down + (False,),
+            enc_temporal_down=self.enc_temporal_down + (True,),
             dec_multipliers=self.dec_multipliers[:1] + self.dec_multipliers,
-            dec_spatial_up=(False,) + self.dec_spatial_up, dec_temporal_up=(True,) + self.dec_temporal_up,
-            grown_levels=self.grown_levels + 1)
+            dec_spatial_up=(False,) + self.dec_spatial_up,
+            dec_temporal_up=(True,) + self.dec_temporal_up,
+            grown_levels=self.grown_levels + 1,
+        )
 
 
 def table4_config(compression: int, grown: bool = True, **overrides) -> ProMAGConfig:
@@ -266,8 +343,17 @@ class CausalEncoder(nn.Module):
     :meth:`trunk` and :meth:`head` split it where ProMAG mixes its two paths.
     """
 
-    def __init__(self, base: int, multipliers: tuple[int, ...], spatial_down: tuple[bool, ...],
-                 temporal_down: tuple[bool, ...], blocks: int, mid_blocks: int, out_channels: int, groups: int = 32):
+    def __init__(
+        self,
+        base: int,
+        multipliers: tuple[int, ...],
+        spatial_down: tuple[bool, ...],
+        temporal_down: tuple[bool, ...],
+        blocks: int,
+        mid_blocks: int,
+        out_channels: int,
+        groups: int = 32,
+    ):
         super().__init__()
         widths = [base * m for m in multipliers]
         self.conv_in = CausalConv3d(3, widths[0], 3)
@@ -391,15 +477,25 @@ class ProMAG(CausalChunkGeometry, nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.base_levels = len(cfg.enc_multipliers) - cfg.grown_levels
-        self.encoder = CausalEncoder(cfg.base_channels, cfg.enc_multipliers, cfg.enc_spatial_down,
-                                     cfg.enc_temporal_down, cfg.enc_blocks, cfg.enc_blocks, cfg.z_channels,
-                                     cfg.norm_groups)
+        self.encoder = CausalEncoder(
+            cfg.base_channels,
+            cfg.enc_multipliers,
+            cfg.enc_spatial_down,
+            cfg.enc_temporal_down,
+            cfg.enc_blocks,
+            cfg.enc_blocks,
+            cfg.z_channels,
+            cfg.norm_groups,
+        )
         self.to_moments = CausalConv3d(cfg.z_channels, 2 * cfg.z_dim, 1)
         widths = [cfg.base_channels * m for m in cfg.enc_multipliers]
         # mix[s - 1] joins the path of stage s - 1 (width of level base + s - 2) with level base + s - 1
-        self.mix = nn.ModuleList([
-            CrossLevelMix(widths[self.base_levels + s - 2], widths[self.base_levels + s - 1], cfg.norm_groups)
-            for s in range(1, cfg.grown_levels + 1)])
+        self.mix = nn.ModuleList(
+            [
+                CrossLevelMix(widths[self.base_levels + s - 2], widths[self.base_levels + s - 1], cfg.norm_groups)
+                for s in range(1, cfg.grown_levels + 1)
+            ]
+        )
         self.decoder = ProMAGDecoder(cfg)
 
     # -- geometry
@@ -445,8 +541,13 @@ class ProMAG(CausalChunkGeometry, nn.Module):
             raise ValueError("decode_subsampled needs a grown model (grown_levels >= 1)")
         return self.decoder(z, levels=len(self.decoder.levels) - 1)
 
-    def forward(self, video: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None,
-                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    def forward(
+        self,
+        video: torch.Tensor,
+        sample: bool = True,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict]:
         """``video (B, 3, 1 + f k, H, W)`` -> ``(recon (B, 3, 1 + f k, H, W), aux)``.
 
         ``noise (B, z_dim, 1 + k, h, w)``: the posterior's reparametrization noise, used instead of a
@@ -472,8 +573,9 @@ class ProMAG(CausalChunkGeometry, nn.Module):
         """A long video ``(B, 3, T, H, W)`` through ``chunk_frames`` chunks overlapping by
         ``chunk_overlap``, each decoded from its posterior mean, the overlaps blended linearly in
         pixel space. Returns :func:`~coordtok.chunking.reconstruct_chunked`'s ``(recon, info)``."""
-        return reconstruct_chunked(self.codec, video, chunk=self.chunk_frames, overlap=self.chunk_overlap,
-                                   blend="linear")
+        return reconstruct_chunked(
+            self.codec, video, chunk=self.chunk_frames, overlap=self.chunk_overlap, blend="linear"
+        )
 
     def codec(self, clip: torch.Tensor) -> torch.Tensor:
         """One chunk ``(B, 3, chunk_frames, H, W)`` -> its reconstruction from the posterior mean."""
@@ -499,8 +601,11 @@ def grow(parent: ProMAG, child_cfg: ProMAGConfig | None = None) -> ProMAG:
     child = ProMAG(child_cfg).to(device=ref.device, dtype=ref.dtype)
     inherited = parent.state_dict()
     missing, unexpected = child.load_state_dict(inherited, strict=False)
-    new_prefixes = (f"encoder.levels.{len(child_cfg.enc_multipliers) - 1}.", f"mix.{child_cfg.grown_levels - 1}.",
-                    f"decoder.levels.{len(child_cfg.dec_multipliers) - 1}.")
+    new_prefixes = (
+        f"encoder.levels.{len(child_cfg.enc_multipliers) - 1}.",
+        f"mix.{child_cfg.grown_levels - 1}.",
+        f"decoder.levels.{len(child_cfg.dec_multipliers) - 1}.",
+    )
     if unexpected or any(not k.startswith(new_prefixes) for k in missing):
         raise RuntimeError(f"parent and child layouts disagree: missing {missing}, unexpected {unexpected}")
     for name, p in child.named_parameters():
@@ -534,13 +639,19 @@ class PatchGAN3D(nn.Module):
         seq: list[nn.Module] = [nn.Conv3d(in_channels, channels, k, stride=2, padding=p), nn.LeakyReLU(0.2)]
         mult = 1
         for n in range(1, layers):
-            prev, mult = mult, min(2 ** n, 8)
-            seq += [nn.Conv3d(channels * prev, channels * mult, k, stride=2, padding=p, bias=False),
-                    nn.BatchNorm3d(channels * mult), nn.LeakyReLU(0.2)]
-        prev, mult = mult, min(2 ** layers, 8)
-        seq += [nn.Conv3d(channels * prev, channels * mult, k, stride=1, padding=p, bias=False),
-                nn.BatchNorm3d(channels * mult), nn.LeakyReLU(0.2),
-                nn.Conv3d(channels * mult, 1, k, stride=1, padding=p)]
+            prev, mult = mult, min(2**n, 8)
+            seq += [
+                nn.Conv3d(channels * prev, channels * mult, k, stride=2, padding=p, bias=False),
+                nn.BatchNorm3d(channels * mult),
+                nn.LeakyReLU(0.2),
+            ]
+        prev, mult = mult, min(2**layers, 8)
+        seq += [
+            nn.Conv3d(channels * prev, channels * mult, k, stride=1, padding=p, bias=False),
+            nn.BatchNorm3d(channels * mult),
+            nn.LeakyReLU(0.2),
+            nn.Conv3d(channels * mult, 1, k, stride=1, padding=p),
+        ]
         self.main = nn.Sequential(*seq)
         for m in self.modules():
             if isinstance(m, nn.Conv3d):
@@ -570,8 +681,15 @@ def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------- analytic counts
 
 
-def causal_encoder_param_count(base: int, multipliers: tuple[int, ...], spatial_down: tuple[bool, ...],
-                               temporal_down: tuple[bool, ...], blocks: int, mid_blocks: int, out_channels: int) -> int:
+def causal_encoder_param_count(
+    base: int,
+    multipliers: tuple[int, ...],
+    spatial_down: tuple[bool, ...],
+    temporal_down: tuple[bool, ...],
+    blocks: int,
+    mid_blocks: int,
+    out_channels: int,
+) -> int:
     """Parameters of a :class:`CausalEncoder` from its layout (input conv, levels with their
     strided convs, middle blocks, GroupNorm, 1x1x1 output conv)."""
     widths = [base * m for m in multipliers]
@@ -592,8 +710,15 @@ def analytic_param_count(cfg: ProMAGConfig) -> dict[str, int]:
     module adds 1,182,720.
     """
     c = cfg.base_channels
-    enc = causal_encoder_param_count(c, cfg.enc_multipliers, cfg.enc_spatial_down, cfg.enc_temporal_down,
-                                     cfg.enc_blocks, cfg.enc_blocks, cfg.z_channels)
+    enc = causal_encoder_param_count(
+        c,
+        cfg.enc_multipliers,
+        cfg.enc_spatial_down,
+        cfg.enc_temporal_down,
+        cfg.enc_blocks,
+        cfg.enc_blocks,
+        cfg.z_channels,
+    )
     enc += conv_params(cfg.z_channels, 2 * cfg.z_dim, 1)  # KL head: mean and log-variance
 
     dec_w = [c * m for m in cfg.dec_multipliers]
@@ -601,14 +726,20 @@ def analytic_param_count(cfg: ProMAGConfig) -> dict[str, int]:
     dec += cfg.dec_blocks * res_block_params(dec_w[0], dec_w[0])
     prev = dec_w[0]
     for w, s, t in zip(dec_w, cfg.dec_spatial_up, cfg.dec_temporal_up):
-        dec += res_block_params(prev, w) + (cfg.dec_blocks - 1) * res_block_params(w, w) + (conv_params(w, w) if (s or t) else 0)
+        dec += (
+            res_block_params(prev, w)
+            + (cfg.dec_blocks - 1) * res_block_params(w, w)
+            + (conv_params(w, w) if (s or t) else 0)
+        )
         prev = w
     dec += norm_params(prev) + conv_params(prev, 3)
 
     enc_w = [c * m for m in cfg.enc_multipliers]
     base = len(enc_w) - cfg.grown_levels
-    mixing = sum(norm_params(enc_w[base + s - 1]) + conv_params(enc_w[base + s - 1], 2 * enc_w[base + s - 2], 1)
-                 for s in range(1, cfg.grown_levels + 1))
+    mixing = sum(
+        norm_params(enc_w[base + s - 1]) + conv_params(enc_w[base + s - 1], 2 * enc_w[base + s - 2], 1)
+        for s in range(1, cfg.grown_levels + 1)
+    )
     return {"encoder": enc, "decoder": dec, "mixing": mixing, "table4": enc + dec, "total": enc + dec + mixing}
 
 
@@ -618,8 +749,8 @@ def discriminator_param_count(cfg: ProMAGConfig) -> int:
     n = 3 * ch * k + ch
     mult = 1
     for i in range(1, cfg.disc_layers):
-        prev, mult = mult, min(2 ** i, 8)
+        prev, mult = mult, min(2**i, 8)
         n += ch * prev * ch * mult * k + 2 * ch * mult
-    prev, mult = mult, min(2 ** cfg.disc_layers, 8)
+    prev, mult = mult, min(2**cfg.disc_layers, 8)
     n += ch * prev * ch * mult * k + 2 * ch * mult
     return n + ch * mult * k + 1

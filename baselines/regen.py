@@ -27,6 +27,7 @@ their papers") gives the details and marks every choice of ours.
   state of frame ``-1`` is replaced, at every velocity evaluation, by the previous chunk's last
   frame's stored state, on the network's input. Both chunks must use the same sampler and steps.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,15 +38,14 @@ import torch
 import torch.nn as nn
 from einops import rearrange, repeat
 
-from .promag import CausalEncoder, causal_encoder_param_count
 from coordtok.config import divisible, from_dict, load_yaml, positive, require
-
 from sit.models import FinalLayer, SiTBlock, TimestepEmbedder, sincos_1d
 from sit.samplers import FIXED_GRID_METHODS, euler_maruyama, ode
 from sit.transport import LinearPath, randn_like, training_loss
 
-__all__ = ["RegenConfig", "load_regen_config", "RegenDiT", "Regen", "Decoded", "LongDecode",
-           "analytic_param_count"]
+from .promag import CausalEncoder, causal_encoder_param_count
+
+__all__ = ["RegenConfig", "load_regen_config", "RegenDiT", "Regen", "Decoded", "LongDecode", "analytic_param_count"]
 
 
 @dataclass
@@ -73,27 +73,48 @@ class RegenConfig:
     latent_patch: int = 2  # latent patch (latent positions per side)
 
     def validate(self) -> None:
-        positive(self, "frames", "size", "enc_channels", "enc_blocks", "latent_channels", "norm_groups", "hidden",
-                 "depth", "heads", "patch", "latent_patch", "mlp_ratio")
+        positive(
+            self,
+            "frames",
+            "size",
+            "enc_channels",
+            "enc_blocks",
+            "latent_channels",
+            "norm_groups",
+            "hidden",
+            "depth",
+            "heads",
+            "patch",
+            "latent_patch",
+            "mlp_ratio",
+        )
         levels = len(self.enc_multipliers)
         require(levels >= 2, "'enc_multipliers' needs at least two levels (one strided conv)")
         require(all(m > 0 for m in self.enc_multipliers), "'enc_multipliers' must be positive")
-        require(len(self.enc_spatial_down) == levels - 1,
-                f"'enc_spatial_down' needs one flag per strided conv ({levels - 1}), got {len(self.enc_spatial_down)}")
-        require(self.frames == 1 + self.k,
-                f"'frames' must be 1 + 2^(levels - 1) = {1 + self.k} for {levels} levels (two latent frames), "
-                f"got {self.frames}")
+        require(
+            len(self.enc_spatial_down) == levels - 1,
+            f"'enc_spatial_down' needs one flag per strided conv ({levels - 1}), got {len(self.enc_spatial_down)}",
+        )
+        require(
+            self.frames == 1 + self.k,
+            f"'frames' must be 1 + 2^(levels - 1) = {1 + self.k} for {levels} levels (two latent frames), "
+            f"got {self.frames}",
+        )
         divisible(self, ("size", "patch"))
-        require(self.size % (self.space_factor * self.latent_patch) == 0,
-                f"'size' ({self.size}) is not divisible by space factor x latent patch "
-                f"({self.space_factor} x {self.latent_patch})")
+        require(
+            self.size % (self.space_factor * self.latent_patch) == 0,
+            f"'size' ({self.size}) is not divisible by space factor x latent patch "
+            f"({self.space_factor} x {self.latent_patch})",
+        )
         divisible(self, ("hidden", "heads"))
         require(self.hidden % 8 == 0, f"'hidden' ({self.hidden}) must be a multiple of 8 (3D sin-cos positions)")
         # A token must be able to carry its patch: a narrower DiT cannot pass the noise of a
         # 3 x p x p patch through and leaves part of it in every decode (a PSNR ceiling).
-        require(self.hidden >= 3 * self.patch ** 2,
-                f"'hidden' ({self.hidden}) is narrower than a video patch (3 x {self.patch} x {self.patch} = "
-                f"{3 * self.patch ** 2} values); widen it or use a smaller 'patch'")
+        require(
+            self.hidden >= 3 * self.patch**2,
+            f"'hidden' ({self.hidden}) is narrower than a video patch (3 x {self.patch} x {self.patch} = "
+            f"{3 * self.patch**2} values); widen it or use a smaller 'patch'",
+        )
 
     @property
     def k(self) -> int:
@@ -118,8 +139,14 @@ def _positions(times: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, dim:
     r = sincos_1d(dim // 4, rows)
     c = sincos_1d(dim // 4, cols)
     nt, nr, nc = len(times), len(rows), len(cols)
-    grid = torch.cat([repeat(t, "t d -> t r c d", r=nr, c=nc), repeat(r, "r d -> t r c d", t=nt, c=nc),
-                      repeat(c, "c d -> t r c d", t=nt, r=nr)], dim=-1)
+    grid = torch.cat(
+        [
+            repeat(t, "t d -> t r c d", r=nr, c=nc),
+            repeat(r, "r d -> t r c d", t=nt, c=nc),
+            repeat(c, "c d -> t r c d", t=nt, r=nr),
+        ],
+        dim=-1,
+    )
     return rearrange(grid, "t r c d -> (t r c) d")
 
 
@@ -159,8 +186,14 @@ class RegenDiT(nn.Module):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, latent: torch.Tensor, frame_times: torch.Tensor,
-                latent_times: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        latent: torch.Tensor,
+        frame_times: torch.Tensor,
+        latent_times: torch.Tensor,
+    ) -> torch.Tensor:
         cfg = self.cfg
         p, lp, d = cfg.patch, cfg.latent_patch, cfg.hidden
         _, _, frames, height, width = x.shape
@@ -175,8 +208,13 @@ class RegenDiT(nn.Module):
         lcols = (torch.arange(latent.shape[4] // lp, device=dev) + 0.5) * ratio - 0.5
         pos_v = _positions(frame_times.to(dev), torch.arange(rows, device=dev), torch.arange(cols, device=dev), d)
         pos_z = _positions(latent_times.to(dev), lrows, lcols, d)
-        tokens = torch.cat([self.x_embedder(video) + pos_v.to(x.dtype) + self.type_embed[0],
-                            self.z_embedder(lat) + pos_z.to(x.dtype) + self.type_embed[1]], dim=1)
+        tokens = torch.cat(
+            [
+                self.x_embedder(video) + pos_v.to(x.dtype) + self.type_embed[0],
+                self.z_embedder(lat) + pos_z.to(x.dtype) + self.type_embed[1],
+            ],
+            dim=1,
+        )
         t = torch.as_tensor(t, device=dev)
         c = self.t_embedder(t.expand(x.shape[0]) if t.ndim == 0 else t)
         for block in self.blocks:
@@ -211,9 +249,16 @@ class Regen(nn.Module):
         cfg.validate()
         self.cfg = cfg
         levels = len(cfg.enc_multipliers)
-        self.encoder = CausalEncoder(cfg.enc_channels, cfg.enc_multipliers, cfg.enc_spatial_down + (False,),
-                                     (True,) * (levels - 1) + (False,), cfg.enc_blocks, cfg.enc_blocks,
-                                     cfg.latent_channels, cfg.norm_groups)
+        self.encoder = CausalEncoder(
+            cfg.enc_channels,
+            cfg.enc_multipliers,
+            cfg.enc_spatial_down + (False,),
+            (True,) * (levels - 1) + (False,),
+            cfg.enc_blocks,
+            cfg.enc_blocks,
+            cfg.latent_channels,
+            cfg.norm_groups,
+        )
         self.decoder = RegenDiT(cfg)
         self.path = LinearPath()
 
@@ -238,8 +283,9 @@ class Regen(nn.Module):
         when extended), in frames from the chunk's first frame."""
         k = self.cfg.k
         frames = torch.arange(-1 if extended else 0, k + 1, device=device, dtype=torch.float64)
-        lat = torch.tensor(([-(k + 1) / 2] if extended else []) + [0.0, (k + 1) / 2], device=device,
-                           dtype=torch.float64)
+        lat = torch.tensor(
+            ([-(k + 1) / 2] if extended else []) + [0.0, (k + 1) / 2], device=device, dtype=torch.float64
+        )
         return frames, lat
 
     # -- coding
@@ -266,8 +312,13 @@ class Regen(nn.Module):
 
         return velocity
 
-    def loss(self, video: torch.Tensor, generator: torch.Generator | None = None,
-             prev_video: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, dict]:
+    def loss(
+        self,
+        video: torch.Tensor,
+        generator: torch.Generator | None = None,
+        prev_video: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, dict]:
         """Flow-matching loss of the decoder (and, through it, the encoder) on a chunk.
 
         ``video (B, 3, 1 + k, H, W)`` in [-1, 1]. With ``prev_video`` (the chunk before it), the
@@ -279,13 +330,20 @@ class Regen(nn.Module):
         if prev_video is not None:
             prev_latent = self.encode(prev_video)
             x1 = torch.cat([prev_video[:, :, -1:], video], dim=2)
-        return training_loss(self.velocity_model(latent, prev_latent), x1, generator=generator, path=self.path,
-                             **kwargs)
+        return training_loss(
+            self.velocity_model(latent, prev_latent), x1, generator=generator, path=self.path, **kwargs
+        )
 
     @torch.no_grad()
-    def decode(self, latent: torch.Tensor, steps: int = 1, sampler: str = "euler",
-               generator: torch.Generator | None = None, prev_latent: torch.Tensor | None = None,
-               guide: list[tuple[float, torch.Tensor]] | None = None) -> Decoded:
+    def decode(
+        self,
+        latent: torch.Tensor,
+        steps: int = 1,
+        sampler: str = "euler",
+        generator: torch.Generator | None = None,
+        prev_latent: torch.Tensor | None = None,
+        guide: list[tuple[float, torch.Tensor]] | None = None,
+    ) -> Decoded:
         """Generate the chunk of ``latent (B, C, 2, h, w)``: frames ``(B, 3, 1 + k, 8h, 8w)``, about [-1, 1].
 
         ``sampler``: ``"euler"`` (probability-flow ODE, :func:`sit.samplers.ode` with ``steps``
@@ -323,8 +381,9 @@ class Regen(nn.Module):
         elif sampler == "euler" or sampler in FIXED_GRID_METHODS:
             out = ode(velocity, noise, method=sampler, num_steps=steps, path=self.path)
         else:
-            raise ValueError(f"sampler must be 'sde' or a fixed-grid ODE method ({', '.join(FIXED_GRID_METHODS)}), "
-                             f"got {sampler!r}")
+            raise ValueError(
+                f"sampler must be 'sde' or a fixed-grid ODE method ({', '.join(FIXED_GRID_METHODS)}), got {sampler!r}"
+            )
         if guide is not None:
             if len(trace) != len(guide) - 1:
                 raise ValueError("guide does not match this sampler's evaluations (same sampler and steps needed)")
@@ -333,8 +392,14 @@ class Regen(nn.Module):
         return Decoded(out, trace)
 
     @torch.no_grad()
-    def decode_long(self, latents_per_chunk: list[torch.Tensor], steps: int = 1, extend: bool = True,
-                    generator: torch.Generator | None = None, sampler: str = "euler") -> LongDecode:
+    def decode_long(
+        self,
+        latents_per_chunk: list[torch.Tensor],
+        steps: int = 1,
+        extend: bool = True,
+        generator: torch.Generator | None = None,
+        sampler: str = "euler",
+    ) -> LongDecode:
         """Decode consecutive chunks' latents (each ``(B, C, 2, h, w)``) into one video.
 
         ``extend``: latent extension (module docstring); the overlapped frame of chunk ``c`` equals
@@ -344,8 +409,9 @@ class Regen(nn.Module):
         windows, prev = [], None
         for c, latent in enumerate(latents_per_chunk):
             if extend and c > 0:
-                res = self.decode(latent, steps, sampler, generator, prev_latent=latents_per_chunk[c - 1],
-                                  guide=prev.trace)
+                res = self.decode(
+                    latent, steps, sampler, generator, prev_latent=latents_per_chunk[c - 1], guide=prev.trace
+                )
             else:
                 res = self.decode(latent, steps, sampler, generator)
             windows.append(res.frames)
@@ -361,15 +427,21 @@ class Regen(nn.Module):
         n = self.chunk_frames
         latents = []
         for s in range(0, video.shape[2], n):
-            clip = video[:, :, s:s + n]
+            clip = video[:, :, s : s + n]
             if clip.shape[2] < n:
                 clip = torch.cat([clip, clip[:, :, -1:].expand(-1, -1, n - clip.shape[2], -1, -1)], dim=2)
             latents.append(self.encode(clip))
         return latents
 
     @torch.no_grad()
-    def reconstruct_long(self, video: torch.Tensor, steps: int = 1, extend: bool = True,
-                         generator: torch.Generator | None = None, sampler: str = "euler") -> torch.Tensor:
+    def reconstruct_long(
+        self,
+        video: torch.Tensor,
+        steps: int = 1,
+        extend: bool = True,
+        generator: torch.Generator | None = None,
+        sampler: str = "euler",
+    ) -> torch.Tensor:
         """:meth:`encode_long` then :meth:`decode_long`, cut to the input's ``T`` frames."""
         out = self.decode_long(self.encode_long(video), steps, extend, generator, sampler).video
         return out[:, :, : video.shape[2]]
@@ -387,12 +459,17 @@ def analytic_param_count(cfg: RegenConfig) -> dict[str, int]:
     fc2 MD + D, adaLN 6D^2 + 6D``, final layer ``adaLN 2D^2 + 2D, linear 3 p^2 D + 3 p^2``.
     """
     levels = len(cfg.enc_multipliers)
-    enc = causal_encoder_param_count(cfg.enc_channels, cfg.enc_multipliers, cfg.enc_spatial_down + (False,),
-                                     (True,) * (levels - 1) + (False,), cfg.enc_blocks, cfg.enc_blocks,
-                                     cfg.latent_channels)
+    enc = causal_encoder_param_count(
+        cfg.enc_channels,
+        cfg.enc_multipliers,
+        cfg.enc_spatial_down + (False,),
+        (True,) * (levels - 1) + (False,),
+        cfg.enc_blocks,
+        cfg.enc_blocks,
+        cfg.latent_channels,
+    )
     d, m, p, lp = cfg.hidden, int(cfg.hidden * cfg.mlp_ratio), cfg.patch, cfg.latent_patch
     block = (3 * d * d + 3 * d) + (d * d + d) + (d * m + m) + (m * d + d) + (6 * d * d + 6 * d)
     dec = (3 * p * p * d + d) + (cfg.latent_channels * lp * lp * d + d) + 2 * d + (256 * d + d + d * d + d)
     dec += cfg.depth * block + (2 * d * d + 2 * d) + (3 * p * p * d + 3 * p * p)
     return {"encoder": enc, "decoder": dec, "total": enc + dec}
-

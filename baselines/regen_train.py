@@ -11,31 +11,37 @@ the backward extension that latent extension decodes (the chunk plus the previou
 frame). Training clips are two consecutive chunks. What is not implemented, and the random draws:
 README.md, "The baselines as this project reads their papers".
 """
+
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .train import baseline_data_section, read_run_sections
 from coordtok.checkpoint import load_model
 from coordtok.config import ConfigError, DataConfig, LoopConfig, RunConfig, from_dict, positive
-from coordtok.loop import StepContext
-from coordtok.seeds import mix_seed, SeedTag
-from coordtok.loop import fit
+from coordtok.loop import StepContext, fit
+from coordtok.seeds import SeedTag, mix_seed
 from coordtok.train import VideoTask
-
-from .regen import Regen, RegenConfig
 from sit.train import time_and_noise
 
-__all__ = ["RegenTrainConfig", "RegenRunConfig", "load_regen_run_config", "extension_step", "TrainingRegen",
-           "RegenTask", "validation_decoder", "train_regen", "load_regen"]
+from .regen import Regen, RegenConfig
+from .train import baseline_data_section, read_run_sections
+
+__all__ = [
+    "RegenTrainConfig",
+    "RegenRunConfig",
+    "load_regen_run_config",
+    "extension_step",
+    "TrainingRegen",
+    "RegenTask",
+    "validation_decoder",
+    "train_regen",
+    "load_regen",
+]
 
 
 @dataclass
@@ -81,15 +87,21 @@ class RegenRunConfig(RunConfig):
         allowed = (2 * n,) if self.train.extend_prob > 0 else (n, 2 * n)
         d = self.data
         if d.frames not in allowed or d.size != m.size:
-            why = " (two consecutive chunks: train.extend_prob > 0)" if self.train.extend_prob > 0 else \
-                f" or {2 * n}x{m.size}x{m.size}"
-            raise ConfigError(f"{self.source}: data gives {d.frames}x{d.size}x{d.size} clips but this run needs "
-                              f"{allowed[0]}x{m.size}x{m.size}{why}")
+            why = (
+                " (two consecutive chunks: train.extend_prob > 0)"
+                if self.train.extend_prob > 0
+                else f" or {2 * n}x{m.size}x{m.size}"
+            )
+            raise ConfigError(
+                f"{self.source}: data gives {d.frames}x{d.size}x{d.size} clips but this run needs "
+                f"{allowed[0]}x{m.size}x{m.size}{why}"
+            )
         v = self.val_data
         if v is not None and (v.frames != n or v.size != m.size):
-            raise ConfigError(f"{self.source}: val_data gives {v.frames}x{v.size}x{v.size} clips but validation "
-                              f"reconstructs single chunks of {n}x{m.size}x{m.size}")
-
+            raise ConfigError(
+                f"{self.source}: val_data gives {v.frames}x{v.size}x{v.size} clips but validation "
+                f"reconstructs single chunks of {n}x{m.size}x{m.size}"
+            )
 
 
 def load_regen_run_config(path_or_dict: str | Path | dict, overrides: dict | None = None) -> RegenRunConfig:
@@ -99,11 +111,16 @@ def load_regen_run_config(path_or_dict: str | Path | dict, overrides: dict | Non
     train = from_dict(RegenTrainConfig, raw.get("train"), f"{source}: train")
     clip = 2 * model.frames if train.extend_prob > 0 else model.frames  # the default clip length
     cfg = RegenRunConfig(
-        model=model, train=train,
+        model=model,
+        train=train,
         data=baseline_data_section(raw.get("data"), clip, model.size, f"{source}: data"),
-        val_data=(baseline_data_section(raw["val_data"], model.frames, model.size, f"{source}: val_data")
-                  if raw.get("val_data") else None),
-        source=source)
+        val_data=(
+            baseline_data_section(raw["val_data"], model.frames, model.size, f"{source}: val_data")
+            if raw.get("val_data")
+            else None
+        ),
+        source=source,
+    )
     cfg.validate()
     return cfg
 
@@ -119,6 +136,7 @@ def validation_decoder(model: Regen, steps: int, seed: int):
     """``(i, video, num_frames) -> reconstruction`` for :func:`coordtok.train.validation_psnr`:
     clip ``i`` decoded from its latent with ``steps`` Euler steps from noise seeded by ``(seed, i)``,
     the same noise at every validation."""
+
     def decode(i, video, num_frames):
         g = torch.Generator().manual_seed(mix_seed(seed, i, int(SeedTag.REGEN)))
         return model.decode(model.encode(video), steps=steps, generator=g).frames
@@ -130,8 +148,9 @@ class TrainingRegen(Regen):
     """:class:`~baselines.regen.Regen` whose ``forward`` is its flow-matching loss: DDP all-reduces the
     gradients of what runs inside ``forward`` only. Same parameters and state dict as ``Regen``."""
 
-    def forward(self, video: torch.Tensor, t: torch.Tensor, x0: torch.Tensor,
-                prev_video: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    def forward(
+        self, video: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, prev_video: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict]:
         """``video (B, 3, 1 + k, H, W)``, ``t (B,)``, ``x0`` shaped like the target window ->
         :meth:`Regen.loss`'s ``(loss, stats)``."""
         return self.loss(video, prev_video=prev_video, t=t, x0=x0)
@@ -168,8 +187,9 @@ class RegenTask(VideoTask):
         return f"{self.config.train.decode_steps}-step decode, {super().val_note(model)}"
 
 
-def train_regen(cfg: RegenRunConfig, resume: bool | str | Path | None = None, progress: bool = True,
-                config_text: str | None = None) -> dict:
+def train_regen(
+    cfg: RegenRunConfig, resume: bool | str | Path | None = None, progress: bool = True, config_text: str | None = None
+) -> dict:
     """Train REGEN; returns ``{"step", "loss", "recon_loss", "extend_loss", "val_psnr", "run_dir",
     "checkpoint"}`` (the latest value of each).
 

@@ -21,6 +21,7 @@ grown config from its parent's checkpoint through :func:`baselines.promag.grow` 
 ``start`` hook). Optimizers, schedules, what is ours where the papers are silent, the random draws
 and the discriminator's batch: README.md, "The baselines as this project reads their papers".
 """
+
 from __future__ import annotations
 
 import abc
@@ -29,31 +30,54 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
 from coordtok.checkpoint import CheckpointError, check_same_model
-from coordtok.config import (ConfigError, DataConfig, LoopConfig, RunConfig, data_section, from_dict, positive, read_sections,
-                      to_dict)
+from coordtok.config import (
+    ConfigError,
+    DataConfig,
+    LoopConfig,
+    RunConfig,
+    data_section,
+    from_dict,
+    positive,
+    read_sections,
+    to_dict,
+)
 from coordtok.ema import update_ema
-from coordtok.loop import StepContext
+from coordtok.loop import StepContext, fit
 from coordtok.seeds import SeedTag
-from coordtok.loop import fit
 from coordtok.train import VideoTask, psnr_from_mse
+
 from .discriminator import build_discriminator
 from .gan import LeCAM, entropy_weight, nonsaturating_d_loss, nonsaturating_g_loss, r1_penalty
 from .magvit2 import MagvitV2, MagvitV2Config
 from .promag import PatchGAN3D, ProMAG, ProMAGConfig, grow, hinge_d_loss, hinge_g_loss
 
 __all__ = [
-    "SECTIONS", "BaselineTrainConfig", "MagvitV2TrainConfig", "ProMAGTrainConfig", "BaselineRunConfig",
-    "MagvitV2RunConfig", "ProMAGRunConfig", "read_run_sections", "baseline_data_section", "load_magvit2_run_config",
-    "load_promag_run_config", "load_baseline_run_config", "psnr_from_mse", "call_frozen",
-    "BaselineTask", "MagvitV2Task", "posterior_noise", "inherited_names",
-    "ProMAGTask", "train_baseline",
+    "SECTIONS",
+    "BaselineTrainConfig",
+    "MagvitV2TrainConfig",
+    "ProMAGTrainConfig",
+    "BaselineRunConfig",
+    "MagvitV2RunConfig",
+    "ProMAGRunConfig",
+    "read_run_sections",
+    "baseline_data_section",
+    "load_magvit2_run_config",
+    "load_promag_run_config",
+    "load_baseline_run_config",
+    "psnr_from_mse",
+    "call_frozen",
+    "BaselineTask",
+    "MagvitV2Task",
+    "posterior_noise",
+    "inherited_names",
+    "ProMAGTask",
+    "train_baseline",
 ]
 
 SECTIONS = ("kind", "model", "train", "data", "val_data")
@@ -74,8 +98,14 @@ class BaselineTrainConfig(LoopConfig):
 
     def validate(self) -> None:
         super().validate()
-        positive(self, "perceptual_weight", "gan_weight", "r1_weight", "val_clips",
-                 allow_zero=("perceptual_weight", "gan_weight", "r1_weight", "val_clips"))
+        positive(
+            self,
+            "perceptual_weight",
+            "gan_weight",
+            "r1_weight",
+            "val_clips",
+            allow_zero=("perceptual_weight", "gan_weight", "r1_weight", "val_clips"),
+        )
 
 
 @dataclass
@@ -104,10 +134,16 @@ class MagvitV2TrainConfig(BaselineTrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        positive(self, "l2_weight", "commitment_weight", "entropy_weight", "entropy_anneal_steps",
-                 "entropy_anneal_factor", "lecam_weight",
-                 allow_zero=("l2_weight", "commitment_weight", "entropy_weight", "entropy_anneal_factor",
-                             "lecam_weight"))
+        positive(
+            self,
+            "l2_weight",
+            "commitment_weight",
+            "entropy_weight",
+            "entropy_anneal_steps",
+            "entropy_anneal_factor",
+            "lecam_weight",
+            allow_zero=("l2_weight", "commitment_weight", "entropy_weight", "entropy_anneal_factor", "lecam_weight"),
+        )
         if not 0.0 <= self.lecam_decay < 1.0:
             raise ConfigError(f"'lecam_decay' must be in [0, 1), got {self.lecam_decay}")
 
@@ -134,8 +170,9 @@ class ProMAGTrainConfig(BaselineTrainConfig):
         super().validate()
         if self.recon_loss not in ("l1", "l2"):
             raise ConfigError(f"'recon_loss' must be l1 or l2, got {self.recon_loss!r}")
-        positive(self, "recon_weight", "kl_weight", "sub_weight",
-                 allow_zero=("recon_weight", "kl_weight", "sub_weight"))
+        positive(
+            self, "recon_weight", "kl_weight", "sub_weight", allow_zero=("recon_weight", "kl_weight", "sub_weight")
+        )
         if self.grow_from and self.init_from:
             raise ConfigError("set 'grow_from' (start from the parent stage) or 'init_from' (same model), not both")
 
@@ -155,9 +192,10 @@ class BaselineRunConfig(RunConfig):
         m = self.model
         for name, d in (("data", self.data), ("val_data", self.val_data)):
             if d is not None and (d.frames != m.frames or d.size != m.size):
-                raise ConfigError(f"{self.source}: {name} gives {d.frames}x{d.size}x{d.size} clips but the model is "
-                                  f"built for {m.frames}x{m.size}x{m.size} (model.frames, model.size)")
-
+                raise ConfigError(
+                    f"{self.source}: {name} gives {d.frames}x{d.size}x{d.size} clips but the model is "
+                    f"built for {m.frames}x{m.size}x{m.size} (model.frames, model.size)"
+                )
 
 
 @dataclass
@@ -173,11 +211,15 @@ class ProMAGRunConfig(BaselineRunConfig):
         super().validate()
         m, tc = self.model, self.train
         if m.grown_levels and not (tc.grow_from or tc.init_from):
-            raise ConfigError(f"{self.source}: model.grown_levels is {m.grown_levels}: a grown model starts from its "
-                              f"parent stage; set train.grow_from to the parent's checkpoint or run folder")
+            raise ConfigError(
+                f"{self.source}: model.grown_levels is {m.grown_levels}: a grown model starts from its "
+                f"parent stage; set train.grow_from to the parent's checkpoint or run folder"
+            )
         if tc.grow_from and not m.grown_levels:
-            raise ConfigError(f"{self.source}: train.grow_from needs a grown model (model.grown_levels >= 1, e.g. "
-                              f"configs/baselines/promag-8x.yaml)")
+            raise ConfigError(
+                f"{self.source}: train.grow_from needs a grown model (model.grown_levels >= 1, e.g. "
+                f"configs/baselines/promag-8x.yaml)"
+            )
 
 
 def read_run_sections(path_or_dict, overrides: dict | None, kind: str) -> tuple[dict, str]:
@@ -201,11 +243,17 @@ def baseline_data_section(raw: dict | None, frames: int, size: int, where: str) 
 def _load_run_config(cls, model_cls, train_cls, kind: str, path_or_dict, overrides):
     raw, source = read_run_sections(path_or_dict, overrides, kind)
     model = from_dict(model_cls, raw.get("model"), f"{source}: model")
-    cfg = cls(model=model, train=from_dict(train_cls, raw.get("train"), f"{source}: train"),
-              data=baseline_data_section(raw.get("data"), model.frames, model.size, f"{source}: data"),
-              val_data=(baseline_data_section(raw["val_data"], model.frames, model.size, f"{source}: val_data")
-                        if raw.get("val_data") else None),
-              source=source)
+    cfg = cls(
+        model=model,
+        train=from_dict(train_cls, raw.get("train"), f"{source}: train"),
+        data=baseline_data_section(raw.get("data"), model.frames, model.size, f"{source}: data"),
+        val_data=(
+            baseline_data_section(raw["val_data"], model.frames, model.size, f"{source}: val_data")
+            if raw.get("val_data")
+            else None
+        ),
+        source=source,
+    )
     cfg.validate()
     return cfg
 
@@ -323,7 +371,7 @@ class BaselineTask(VideoTask):
         tc = self.config.train
         real = video.detach().requires_grad_(tc.r1_weight > 0)
         logits = self.wrapped["disc"](torch.cat([real, fake.to(real.dtype)]))
-        real_logits, fake_logits = logits[: len(real)], logits[len(real):]
+        real_logits, fake_logits = logits[: len(real)], logits[len(real) :]
         loss = self.d_adv(real_logits, fake_logits)
         out = {"real": real_logits.detach().float().mean(), "fake": fake_logits.detach().float().mean()}
         if tc.r1_weight > 0:
@@ -347,9 +395,11 @@ class BaselineTask(VideoTask):
     def check_resume(self, state, where):
         super().check_resume(state, where)
         if "disc" in self.modules and state.get("disc") is None:
-            raise CheckpointError(f"{where}: cannot resume with a discriminator (train.gan_weight > 0): the run was "
-                                  f"trained without one; keep train.gan_weight=0, or start a new run from it with "
-                                  f"train.init_from")
+            raise CheckpointError(
+                f"{where}: cannot resume with a discriminator (train.gan_weight > 0): the run was "
+                f"trained without one; keep train.gan_weight=0, or start a new run from it with "
+                f"train.init_from"
+            )
 
 
 # ---------------------------------------------------------------------------- MAGVIT-v2
@@ -386,9 +436,13 @@ class MagvitV2Task(BaselineTask):
         mse = F.mse_loss(recon.float(), video.float())
         w_h = entropy_weight(ctx.step, tc.entropy_weight, tc.entropy_anneal_steps, tc.entropy_anneal_factor)
         loss = tc.l2_weight * mse + tc.commitment_weight * aux["commitment"] + w_h * aux["entropy"]
-        out = {"mse": mse.detach(), "commitment": aux["commitment"].detach(), "entropy": aux["entropy"].detach(),
-               "codebook_use": torch.tensor(aux["codebook_use"], device=video.device),
-               "perplexity": torch.tensor(aux["perplexity"], device=video.device)}
+        out = {
+            "mse": mse.detach(),
+            "commitment": aux["commitment"].detach(),
+            "entropy": aux["entropy"].detach(),
+            "codebook_use": torch.tensor(aux["codebook_use"], device=video.device),
+            "perplexity": torch.tensor(aux["perplexity"], device=video.device),
+        }
         loss = self.add_perceptual(loss, out, recon, video)
         return loss, out, recon
 
@@ -406,8 +460,13 @@ class MagvitV2Task(BaselineTask):
         # (after_step), with the mean logits of the whole global batch.
         reg = self.lecam(real_logits, fake_logits, update=False)
         out["lecam"] = reg.detach()
-        self._logit_sums += torch.stack([real_logits.detach().float().sum(), fake_logits.detach().float().sum(),
-                                         real_logits.new_tensor(float(len(real_logits)), dtype=torch.float32)])
+        self._logit_sums += torch.stack(
+            [
+                real_logits.detach().float().sum(),
+                fake_logits.detach().float().sum(),
+                real_logits.new_tensor(float(len(real_logits)), dtype=torch.float32),
+            ]
+        )
         return tc.lecam_weight * reg
 
     def after_step(self, step):
@@ -429,7 +488,6 @@ class MagvitV2Task(BaselineTask):
         super().load_extra_state(state, log)
         if state.get("lecam") is not None:
             self.lecam.load_state_dict(state["lecam"])
-
 
 
 # ---------------------------------------------------------------------------- ProMAG
@@ -480,9 +538,13 @@ class ProMAGTask(BaselineTask):
         from .checkpoint import load_baseline
 
         parent, state = load_baseline(path)
-        check_same_model(path, to_dict(parent.cfg) if isinstance(parent, ProMAG) else {},
-                         to_dict(self.config.model.parent()), "cannot grow from it",
-                         "train.grow_from takes the checkpoint of this config's parent stage")
+        check_same_model(
+            path,
+            to_dict(parent.cfg) if isinstance(parent, ProMAG) else {},
+            to_dict(self.config.model.parent()),
+            "cannot grow from it",
+            "train.grow_from takes the checkpoint of this config's parent stage",
+        )
         child = grow(parent, self.config.model)
         model = self.modules["model"]
         model.load_state_dict(child.state_dict())
@@ -493,8 +555,10 @@ class ProMAGTask(BaselineTask):
             update_ema(self.ema, model, 0.0)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        log(f"grown from {path} (step {state.get('step')}, {'EMA' if state.get('ema') is not None else 'model'} "
-            f"weights): {trainable:,} of {total:,} parameters train, the parent's are frozen")
+        log(
+            f"grown from {path} (step {state.get('step')}, {'EMA' if state.get('ema') is not None else 'model'} "
+            f"weights): {trainable:,} of {total:,} parameters train, the parent's are frozen"
+        )
 
     def recon_error(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         diff = recon.float() - target.float()
@@ -530,8 +594,12 @@ class ProMAGTask(BaselineTask):
 # ---------------------------------------------------------------------------- entry point
 
 
-def train_baseline(cfg: MagvitV2RunConfig | ProMAGRunConfig, resume: bool | str | Path | None = None,
-                   progress: bool = True, config_text: str | None = None) -> dict:
+def train_baseline(
+    cfg: MagvitV2RunConfig | ProMAGRunConfig,
+    resume: bool | str | Path | None = None,
+    progress: bool = True,
+    config_text: str | None = None,
+) -> dict:
     """Train a MAGVIT-v2 or ProMAG tokenizer; returns ``{"step", "loss", "mse", "psnr", ...,
     ("val_psnr"), "run_dir", "checkpoint"}`` (the last step's metrics; ``disc_*`` for the
     discriminator phase).

@@ -1,4 +1,5 @@
 """Shared helpers for the benchmarks: machine matmul rate, child-process peak memory."""
+
 from __future__ import annotations
 
 import json
@@ -43,15 +44,18 @@ def machine() -> str:
 
     info = cpu_info()
     auto = resolve_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")
-    return (f"{info['model']} [{', '.join(info['instruction_sets']) or 'no listed extensions'}], {os.cpu_count()} "
-            f"cores, torch {torch.__version__}, {torch.get_num_threads()} threads; mixed_precision auto -> {auto}")
+    return (
+        f"{info['model']} [{', '.join(info['instruction_sets']) or 'no listed extensions'}], {os.cpu_count()} "
+        f"cores, torch {torch.__version__}, {torch.get_num_threads()} threads; mixed_precision auto -> {auto}"
+    )
 
 
 def run_child(module: str, *args: str) -> dict:
     """Run ``python -m module --child args...`` in a fresh process (its own peak RSS), from the
     repository root whatever the caller's folder, and parse its JSON line."""
-    out = subprocess.run([sys.executable, "-m", module, "--child", *args], capture_output=True, text=True, check=False,
-                         cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--child", *args], capture_output=True, text=True, check=False, cwd=ROOT
+    )
     if out.returncode != 0:
         raise RuntimeError(f"python -m {module} {' '.join(args)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -17,6 +17,7 @@ then clips/s through a ``DataLoader`` with 1 and 2 workers (persistent, prefetch
 of 4; worker start-up excluded), the resize's quality (PSNR against the float32 bicubic
 antialiased frames), and an estimate of the clips/s one GPU consumes at the paper's recipe.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,8 +98,13 @@ def per_clip(ds, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
     """Median CPU seconds and wall seconds per clip of every way, interleaved clip by clip. CPU
     time (of this process, one thread) is what a worker core spends, whatever else runs on the
     machine; wall time is what it took here."""
-    ways = {"decode": decode, "decoder_resize": decoder_resize, "reference": reference_transform,
-            "float32_before": float32_before, "ours": None}  # ours: the dataset's item i
+    ways = {
+        "decode": decode,
+        "decoder_resize": decoder_resize,
+        "reference": reference_transform,
+        "float32_before": float32_before,
+        "ours": None,
+    }  # ours: the dataset's item i
     cpu, wall = {k: [] for k in ways}, {k: [] for k in ways}
     for r in range(rounds):
         ds.set_epoch(r)
@@ -117,10 +123,16 @@ def loader_rate(ds, workers: int, batches: int, batch_size: int = 4) -> tuple[fl
     """``(clips/s, worker CPU seconds per clip)`` through a DataLoader of ``workers`` processes:
     the rate after its first batch (start-up) in wall time, and the CPU time its workers spent on
     all clips, read from the finished workers' resource usage."""
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, persistent_workers=True,
-                                         prefetch_factor=2, sampler=torch.utils.data.RandomSampler(
-                                             ds, replacement=True, num_samples=batch_size * (batches + 1),
-                                             generator=torch.Generator().manual_seed(0)))
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        num_workers=workers,
+        persistent_workers=True,
+        prefetch_factor=2,
+        sampler=torch.utils.data.RandomSampler(
+            ds, replacement=True, num_samples=batch_size * (batches + 1), generator=torch.Generator().manual_seed(0)
+        ),
+    )
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     it = iter(loader)
     first = next(it)["video"].shape[0]
@@ -137,7 +149,7 @@ def loader_rate(ds, workers: int, batches: int, batch_size: int = 4) -> tuple[fl
 
 
 def psnr_255(a: torch.Tensor, b: torch.Tensor) -> float:
-    return 10 * math.log10(255 ** 2 / F.mse_loss(a.double(), b.double()).item())
+    return 10 * math.log10(255**2 / F.mse_loss(a.double(), b.double()).item())
 
 
 def quality(path) -> dict[str, float]:
@@ -153,13 +165,16 @@ def quality(path) -> dict[str, float]:
     ours = resize_center_crop(x, SIZE)
     swscale = rearrange(torch.from_numpy(decoder_resize(path, 0)), "t h w c -> t c h w")
     bilinear = F.interpolate(x, size=(SIZE, 171), mode="bilinear", antialias=True, align_corners=False)[..., 21:149]
-    pil = torch.stack([torch.from_numpy(np.array(Image.fromarray(f).resize((171, SIZE), Image.BICUBIC)))
-                       for f in raw.numpy()])
+    pil = torch.stack(
+        [torch.from_numpy(np.array(Image.fromarray(f).resize((171, SIZE), Image.BICUBIC))) for f in raw.numpy()]
+    )
     pil = rearrange(pil[:, :, 21:149], "t h w c -> t c h w")
-    return {"ours (torch uint8 bicubic, antialiased)": psnr_255(ours, ref),
-            "PIL BICUBIC (the reference's filter), same size": psnr_255(pil, ref),
-            "decord/swscale resize in the decoder": psnr_255(swscale, ref),
-            "torch uint8 bilinear, antialiased": psnr_255(bilinear, ref)}
+    return {
+        "ours (torch uint8 bicubic, antialiased)": psnr_255(ours, ref),
+        "PIL BICUBIC (the reference's filter), same size": psnr_255(pil, ref),
+        "decord/swscale resize in the decoder": psnr_255(swscale, ref),
+        "torch uint8 bilinear, antialiased": psnr_255(bilinear, ref),
+    }
 
 
 def gpu_need() -> list[tuple[str, float, float]]:
@@ -191,34 +206,46 @@ def main(argv=None) -> None:
         files = make_files(Path(tmp), args.files)
         ds = VideoClipDataset(files, num_frames=FRAMES, size=SIZE, uint8=True, cache_dir=False)
         t, wall = per_clip(ds, args.rounds)
-        print(f"\nper clip, one thread, median of {len(ds) * args.rounds} clips ({args.files} files x {args.rounds}); "
-              f"CPU time (clips/s per core), then wall time here (load average {os.getloadavg()[0]:.1f}):")
-        labels = {"decode": "decord get_batch of 128 contiguous frames (decode only)",
-                  "decoder_resize": "decord decoding to 171x128 (swscale in the decoder)",
-                  "reference": "the reference's transform (decord, per-frame PIL bicubic, to float)",
-                  "float32_before": "float32 bicubic antialiased resize (this project before)",
-                  "ours": "this project's item (decord, uint8 bicubic antialiased, uint8 out)"}
+        print(
+            f"\nper clip, one thread, median of {len(ds) * args.rounds} clips ({args.files} files x {args.rounds}); "
+            f"CPU time (clips/s per core), then wall time here (load average {os.getloadavg()[0]:.1f}):"
+        )
+        labels = {
+            "decode": "decord get_batch of 128 contiguous frames (decode only)",
+            "decoder_resize": "decord decoding to 171x128 (swscale in the decoder)",
+            "reference": "the reference's transform (decord, per-frame PIL bicubic, to float)",
+            "float32_before": "float32 bicubic antialiased resize (this project before)",
+            "ours": "this project's item (decord, uint8 bicubic antialiased, uint8 out)",
+        }
         for k, label in labels.items():
             print(f"  {label:<72} {t[k] * 1e3:7.1f} ms CPU {1 / t[k]:6.2f} clips/s | {wall[k] * 1e3:7.1f} ms wall")
-        print(f"  ours / decode-only rate: {t['decode'] / t['ours']:.2f} (CPU), "
-              f"{wall['decode'] / wall['ours']:.2f} (wall)")
+        print(
+            f"  ours / decode-only rate: {t['decode'] / t['ours']:.2f} (CPU), "
+            f"{wall['decode'] / wall['ours']:.2f} (wall)"
+        )
         print("\nDataLoader (uint8 batches of 4, persistent workers, prefetch 2):")
         for w in (1, 2):
             rate, cpu = loader_rate(ds, w, args.batches * w)
-            print(f"  {w} worker{'s' if w > 1 else ' '}: {1 / cpu:6.2f} clips/s per worker core (worker CPU time "
-                  f"{cpu * 1e3:.1f} ms per clip); wall here {rate:6.2f} clips/s, {rate / w:6.2f} per worker (load "
-                  f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+            print(
+                f"  {w} worker{'s' if w > 1 else ' '}: {1 / cpu:6.2f} clips/s per worker core (worker CPU time "
+                f"{cpu * 1e3:.1f} ms per clip); wall here {rate:6.2f} clips/s, {rate / w:6.2f} per worker (load "
+                f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+            )
         print("\nresize quality, PSNR over a 128-frame clip against float32 bicubic antialiased frames:")
         for k, v in quality(files[0]).items():
             print(f"  {k:<52} {v:5.1f} dB")
-    print(f"\nwhat one GPU consumes (ESTIMATE: step FLOPs at {ASSUMED_UTILIZATION:.0%} of an A100's bf16 peak "
-          f"{A100_BF16_PEAK / 1e12:.0f} TFLOP/s; per-GPU batch {PAPER_BATCH // PAPER_GPUS} = {PAPER_BATCH} on "
-          f"{PAPER_GPUS} GPUs):")
+    print(
+        f"\nwhat one GPU consumes (ESTIMATE: step FLOPs at {ASSUMED_UTILIZATION:.0%} of an A100's bf16 peak "
+        f"{A100_BF16_PEAK / 1e12:.0f} TFLOP/s; per-GPU batch {PAPER_BATCH // PAPER_GPUS} = {PAPER_BATCH} on "
+        f"{PAPER_GPUS} GPUs):"
+    )
     per_core = 1 / t["ours"]
     for what, flops, rate in gpu_need():
         step = PAPER_BATCH // PAPER_GPUS / rate
-        print(f"  {what}: {flops / 1e12:.3f} TFLOP per clip -> {rate:6.1f} clips/s per GPU "
-              f"(a {step:.2f} s step), ~{math.ceil(rate / per_core)} worker cores at this machine's rate")
+        print(
+            f"  {what}: {flops / 1e12:.3f} TFLOP per clip -> {rate:6.1f} clips/s per GPU "
+            f"(a {step:.2f} s step), ~{math.ceil(rate / per_core)} worker cores at this machine's rate"
+        )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ line and exits 0.
 
     python -m bench.gpu_check [--out gpu_check.md] [--budget-s 450] [--sample-batch 8]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PEAK_BF16_FLOPS: list[tuple[str, float]] = [
     ("H200", 989e12),
     ("H100 PCIe", 756e12),
-    ("H100", 989e12),          # SXM (and NVL / HBM3 boards report as H100 too)
+    ("H100", 989e12),  # SXM (and NVL / HBM3 boards report as H100 too)
     ("GH200", 989e12),
     ("A100", 312e12),
     ("L40S", 362e12),
@@ -95,6 +96,7 @@ def mfu_text(flops: int | None, seconds: float, peak: float | None) -> str | Non
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
     """A GitHub markdown table; floats with 3 significant digits, None as an empty cell."""
+
     def cell(v) -> str:
         if v is None:
             return ""
@@ -178,8 +180,18 @@ class _ScaledOptimizer:
         self.opt.zero_grad(set_to_none=set_to_none)
 
 
-def train_step(family: str, model_cfg: dict, frames: int, mode: str, num_coords: int, precision: str,
-               device, warmup: int = 2, steps: int = 3, deadline: float | None = None) -> dict:
+def train_step(
+    family: str,
+    model_cfg: dict,
+    frames: int,
+    mode: str,
+    num_coords: int,
+    precision: str,
+    device,
+    warmup: int = 2,
+    steps: int = 3,
+    deadline: float | None = None,
+) -> dict:
     """Time one training step (batch 1) of ``family`` in ``precision`` (``bf16``, ``fp16`` with the
     loss scaler, or ``fp32``: the CPU tests' choice where emulated bf16 is slow) on ``device``:
     ``{"seconds", "peak_bytes" (CUDA), "steps"}``. Timed steps stop
@@ -218,8 +230,7 @@ def train_step(family: str, model_cfg: dict, frames: int, mode: str, num_coords:
     out = {"seconds": statistics.median(times), "steps": len(times)}
     if cuda:
         out["peak_bytes"] = int(torch.cuda.max_memory_allocated(device))
-    del model, inputs, opt
-    return out
+    return out  # (the model, its inputs and optimizer are freed with this frame)
 
 
 def flops_of(family: str, model_cfg: dict, frames: int, mode: str, num_coords: int) -> int:
@@ -229,13 +240,22 @@ def flops_of(family: str, model_cfg: dict, frames: int, mode: str, num_coords: i
     return step_flops(model_cfg, mode, num_coords, 1, family=family, frames=frames)["flops"]
 
 
-def capped_max_batch(family: str, model_cfg: dict, frames: int, mode: str, num_coords: int, budget_bytes: int,
-                     device: str, deadline: float) -> str:
+def capped_max_batch(
+    family: str,
+    model_cfg: dict,
+    frames: int,
+    mode: str,
+    num_coords: int,
+    budget_bytes: int,
+    device: str,
+    deadline: float,
+) -> str:
     """:func:`eval.profile.max_batch` with a deadline: ``"N"``, or ``">= N"`` when the search was cut."""
     from eval import profile
 
-    n = profile.max_batch(model_cfg, mode, num_coords, budget_bytes, device, family=family, frames=frames,
-                          deadline=deadline)
+    n = profile.max_batch(
+        model_cfg, mode, num_coords, budget_bytes, device, family=family, frames=frames, deadline=deadline
+    )
     return f">= {n}" if time.monotonic() > deadline else str(n)
 
 
@@ -283,14 +303,24 @@ def section_train(device, peak: float | None, deadline: float) -> str:
                 continue
             try:
                 r = train_step(family, cfg, frames, mode, num_coords, precision, device, deadline=deadline)
-                rows.append([name, precision, r["seconds"] * 1e3, _gb(r.get("peak_bytes")),
-                             mfu_text(flops, r["seconds"], peak), tflop, f"{r['steps']} timed steps{flops_note}"])
+                rows.append(
+                    [
+                        name,
+                        precision,
+                        r["seconds"] * 1e3,
+                        _gb(r.get("peak_bytes")),
+                        mfu_text(flops, r["seconds"], peak),
+                        tflop,
+                        f"{r['steps']} timed steps{flops_note}",
+                    ]
+                )
             except Exception as e:  # noqa: BLE001
                 rows.append([name, precision, None, None, None, tflop, _fail(e) + flops_note])
             finally:
                 _reset_peak(torch.device(device))
-    return ("## Training steps (batch 1, AdamW; fp16 with the loss scaler)\n\n"
-            + markdown_table(["model", "precision", "ms / step", "peak GB", "MFU", "TFLOP / step", "note"], rows))
+    return "## Training steps (batch 1, AdamW; fp16 with the loss scaler)\n\n" + markdown_table(
+        ["model", "precision", "ms / step", "peak GB", "MFU", "TFLOP / step", "note"], rows
+    )
 
 
 def section_attention(device: torch.device, shape: tuple[int, int, int] = (8, 1024, 3072), repeats: int = 10) -> str:
@@ -300,8 +330,9 @@ def section_attention(device: torch.device, shape: tuple[int, int, int] = (8, 10
     from coordtok.attention import attention, available_backends
 
     g = torch.Generator(device=device).manual_seed(0)
-    q, k, v = (torch.randn(batch, n, 16, 64, device=device, dtype=torch.bfloat16, generator=g)
-               for n in (queries, keys, keys))
+    q, k, v = (
+        torch.randn(batch, n, 16, 64, device=device, dtype=torch.bfloat16, generator=g) for n in (queries, keys, keys)
+    )
     out, rows = {}, []
     usable = available_backends(torch.bfloat16) if device.type == "cuda" else ["sdpa"]
     for backend in ("sdpa", "xformers"):
@@ -322,9 +353,11 @@ def section_attention(device: torch.device, shape: tuple[int, int, int] = (8, 10
         # the two kernels differ in accumulation order inside fp32, far below that: 2 bf16 ulps of
         # the largest |v| bound any honest difference.
         diff = float((out["xformers"].float() - out["sdpa"].float()).abs().max())
-        tol = 2 * 2.0 ** -8 * float(v.float().abs().max())
-        text += f"\n\nxformers vs SDPA: max |difference| {diff:.3g} ({'equal' if diff <= tol else 'DIFFERENT'} " \
-                f"within bf16 rounding, bound {tol:.3g})"
+        tol = 2 * 2.0**-8 * float(v.float().abs().max())
+        text += (
+            f"\n\nxformers vs SDPA: max |difference| {diff:.3g} ({'equal' if diff <= tol else 'DIFFERENT'} "
+            f"within bf16 rounding, bound {tol:.3g})"
+        )
     return text
 
 
@@ -342,16 +375,27 @@ def section_max_batch(device: torch.device, deadline: float) -> str:
         cfg, frames, num_coords = step_shape(family, config, mode)
         own = time.monotonic() + left / (len(MAX_BATCH) - k)  # an equal share of what is left
         try:
-            rows.append([name, capped_max_batch(family, cfg, frames, mode, num_coords, free, str(device), own),
-                         "fp32 step with AdamW, in a fresh process per probe"])
+            rows.append(
+                [
+                    name,
+                    capped_max_batch(family, cfg, frames, mode, num_coords, free, str(device), own),
+                    "fp32 step with AdamW, in a fresh process per probe",
+                ]
+            )
         except Exception as e:  # noqa: BLE001
             rows.append([name, None, _fail(e)])
-    return (f"## Largest batch that fits ({free / 1e9:.1f} GB free; 128 frames)\n\n"
-            + markdown_table(["model", "max batch", "note"], rows))
+    return f"## Largest batch that fits ({free / 1e9:.1f} GB free; 128 frames)\n\n" + markdown_table(
+        ["model", "max batch", "note"], rows
+    )
 
 
-def section_sample(device: torch.device, batch: int, deadline: float, sit_config: str = "configs/sit/L2-1280.yaml",
-                   tokenizer_config: str = "configs/tokenizer/large.yaml") -> str:
+def section_sample(
+    device: torch.device,
+    batch: int,
+    deadline: float,
+    sit_config: str = "configs/sit/L2-1280.yaml",
+    tokenizer_config: str = "configs/tokenizer/large.yaml",
+) -> str:
     from coordtok import CoordTok, Triplane
     from coordtok.config import load_model_config
     from coordtok.devices import inference_precision
@@ -377,21 +421,35 @@ def section_sample(device: torch.device, batch: int, deadline: float, sit_config
         videos = tok.decode_video(Triplane.unflatten(x.float(), tuple(sit.grid)))
         _sync(device)
         seconds = time.perf_counter() - tic
-    rows = [[f"SiT {Path(sit_config).stem} + CoordTok {Path(tokenizer_config).stem}", batch, steps,
-             "x".join(map(str, videos.shape[2:])), seconds, batch / seconds, _gb(_peak_bytes(device)),
-             "" if steps == PAPER_STEPS else f"{steps} of the paper's {PAPER_STEPS} steps (time budget)"]]
-    return ("## Sampling (Euler-Maruyama, bf16, decoded to 128-frame videos)\n\n"
-            + markdown_table(["models", "videos", "steps", "frames x H x W", "seconds", "videos / s", "peak GB",
-                              "note"], rows))
+    rows = [
+        [
+            f"SiT {Path(sit_config).stem} + CoordTok {Path(tokenizer_config).stem}",
+            batch,
+            steps,
+            "x".join(map(str, videos.shape[2:])),
+            seconds,
+            batch / seconds,
+            _gb(_peak_bytes(device)),
+            "" if steps == PAPER_STEPS else f"{steps} of the paper's {PAPER_STEPS} steps (time budget)",
+        ]
+    ]
+    return "## Sampling (Euler-Maruyama, bf16, decoded to 128-frame videos)\n\n" + markdown_table(
+        ["models", "videos", "steps", "frames x H x W", "seconds", "videos / s", "peak GB", "note"], rows
+    )
 
 
-def run(out: Path, budget_s: float, sample_batch: int, device: torch.device | None = None,
-        sample_configs: tuple[str, str] = ("configs/sit/L2-1280.yaml", "configs/tokenizer/large.yaml"),
-        attention_shape: tuple[int, int, int] = (8, 1024, 3072)) -> str:
+def run(
+    out: Path,
+    budget_s: float,
+    sample_batch: int,
+    device: torch.device | None = None,
+    sample_configs: tuple[str, str] = ("configs/sit/L2-1280.yaml", "configs/tokenizer/large.yaml"),
+    attention_shape: tuple[int, int, int] = (8, 1024, 3072),
+) -> str:
     """Every section within ``budget_s``, the report written to ``out`` (and returned). ``device``
     defaults to the current CUDA GPU; the tests run it on a CPU with tiny models and shapes."""
-    from coordtok.fileio import check_writable_file, write_text
     from coordtok.devices import cpu_info
+    from coordtok.fileio import check_writable_file, write_text
 
     out = check_writable_file(out, "report")
     device = device or torch.device("cuda", torch.cuda.current_device())
@@ -400,15 +458,19 @@ def run(out: Path, budget_s: float, sample_batch: int, device: torch.device | No
     peak = peak_flops(name) if cuda else None
     budget = Budget(budget_s)
     memory = f"{torch.cuda.get_device_properties(device).total_memory / 1e9:.0f} GB" if cuda else "CPU"
-    parts = [f"# GPU check: {name}\n",
-             f"torch {torch.__version__}, CUDA {torch.version.cuda}, {memory}; peak dense bf16 "
-             + (f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown here (no MFU)")
-             + f"; budget {budget_s:.0f} s\n"]
+    parts = [
+        f"# GPU check: {name}\n",
+        f"torch {torch.__version__}, CUDA {torch.version.cuda}, {memory}; peak dense bf16 "
+        + (f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown here (no MFU)")
+        + f"; budget {budget_s:.0f} s\n",
+    ]
     shares_left = sum(SHARES.values())
-    for key, fn in (("train", lambda d: section_train(device, peak, d)),
-                    ("attention", lambda d: section_attention(device, attention_shape)),
-                    ("max_batch", lambda d: section_max_batch(device, d)),
-                    ("sample", lambda d: section_sample(device, sample_batch, d, *sample_configs))):
+    for key, fn in (
+        ("train", lambda d: section_train(device, peak, d)),
+        ("attention", lambda d: section_attention(device, attention_shape)),
+        ("max_batch", lambda d: section_max_batch(device, d)),
+        ("sample", lambda d: section_sample(device, sample_batch, d, *sample_configs)),
+    ):
         deadline = budget.section(SHARES[key], shares_left)
         shares_left -= SHARES[key]
         tic = time.monotonic()

@@ -13,6 +13,7 @@ the mean jump over those pairs against every pair outside the overlaps.
 
     python -m bench.long_video [--ckpt demo_out/runs/tokenizer-stage2] [--overlaps 0,16,32]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,10 +46,14 @@ def main() -> None:
     model, _ = load_tokenizer(a.ckpt)
     video = long_video(model.config.size)
     print(f"machine: {machine()}")
-    print(f"tokenizer: {a.ckpt} ({model.config.frames}-frame clips at {model.config.size}x{model.config.size}); "
-          f"video: {video.shape[2]} frames")
-    print("| overlap | windows | tokens | PSNR (dB) | seam jump at joins | within windows | joins - within | "
-          "over the blends | outside them | time (s) |")
+    print(
+        f"tokenizer: {a.ckpt} ({model.config.frames}-frame clips at {model.config.size}x{model.config.size}); "
+        f"video: {video.shape[2]} frames"
+    )
+    print(
+        "| overlap | windows | tokens | PSNR (dB) | seam jump at joins | within windows | joins - within | "
+        "over the blends | outside them | time (s) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k in (int(v) for v in a.overlaps.split(",")):
         tok = CoordTokReconstructor(model, overlap=k)
@@ -58,9 +63,11 @@ def main() -> None:
         psnr = float(video_metrics(video, rec)["psnr"][0])
         s = seam_jump(video, rec, boundaries)
         blends = seam_jump(video, rec, [b + i for b in boundaries for i in range(k + 1)])
-        print(f"| {k} | {len(tok.windows(video.shape[2]))} | {tok.tokens(video.shape[2])} | {psnr:.2f} | "
-              f"{s['boundary']:.4f} | {s['within']:.4f} | {s['difference']:+.4f} | {blends['boundary']:.4f} | "
-              f"{blends['within']:.4f} | {dt:.1f} |")
+        print(
+            f"| {k} | {len(tok.windows(video.shape[2]))} | {tok.tokens(video.shape[2])} | {psnr:.2f} | "
+            f"{s['boundary']:.4f} | {s['within']:.4f} | {s['difference']:+.4f} | {blends['boundary']:.4f} | "
+            f"{blends['within']:.4f} | {dt:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ memory-efficient kernels save). The per-GPU batch is the paper's global batch ov
 ``fixed + m * per_clip`` exactly; ``grad_accum`` is the smallest divisor ``g`` of the per-GPU
 batch whose micro-batch ``batch / g`` fits ``--budget-gb``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,20 @@ from eval.profile import step_memory, step_memory_estimate
 
 # (label, family, config, step mode, decoded coordinates, frames of the clip, global batch)
 PAPER = [
-    *[(f"CoordTok-{s} {tok} tokens, stage {st}", "coordtok", f"configs/tokenizer/{name}{suffix}.yaml",
-       "coordtok" if st == 1 else "stage2", 1024 if st == 1 else 16 * 256, 128, 256)
-      for s, name in (("S", "small"), ("B", "base"), ("L", "large"))
-      for tok, suffix in (("1280", ""), ("3072", "-3072")) for st in (1, 2)],
+    *[
+        (
+            f"CoordTok-{s} {tok} tokens, stage {st}",
+            "coordtok",
+            f"configs/tokenizer/{name}{suffix}.yaml",
+            "coordtok" if st == 1 else "stage2",
+            1024 if st == 1 else 16 * 256,
+            128,
+            256,
+        )
+        for s, name in (("S", "small"), ("B", "base"), ("L", "large"))
+        for tok, suffix in (("1280", ""), ("3072", "-3072"))
+        for st in (1, 2)
+    ],
     ("CoordTok-SiT-L/2, 1280-token triplane", "sit", "configs/sit/L2-1280.yaml", "sit", 0, 128, 64),
     ("CoordTok-SiT-L/2, 3072-token triplane", "sit", "configs/sit/L2-3072.yaml", "sit", 0, 128, 64),
     ("MAGVIT-v2 (17 x 128^2 chunks)", "magvit2", "configs/baselines/magvit2.yaml", "magvit2", 0, 16, 256),
@@ -56,8 +67,11 @@ def grad_accum_needed(fixed: float, per_clip: float, batch: int, budget: float) 
 
 def paper_table(gpus: int, budget_gb: float, progress=print) -> list[str]:
     budget = budget_gb * 1e9
-    lines = [f"| model and step | per-GPU batch | parameters | estimated GB | fits {budget_gb:g} GB | grad_accum "
-             f"| checkpointed GB | fits | grad_accum |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| model and step | per-GPU batch | parameters | estimated GB | fits {budget_gb:g} GB | grad_accum "
+        f"| checkpointed GB | fits | grad_accum |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for label, family, path, mode, coords, frames, global_batch in PAPER:
         batch = global_batch // gpus
         cfg = _model_cfg(family, path)
@@ -67,10 +81,16 @@ def paper_table(gpus: int, budget_gb: float, progress=print) -> list[str]:
         for key in ("total_bytes", "total_bytes_checkpointed"):
             per_clip = (full[key] - one[key]) / max(batch - 1, 1)
             g = grad_accum_needed(one[key] - per_clip, per_clip, batch, budget)
-            cells += [f"{full[key] / 1e9:.1f}", "yes" if full[key] <= budget else "no",
-                      str(g) if g is not None else f"none (batch 1: {one[key] / 1e9:.1f} GB)"]
-        lines.append(f"| {label} ({path}) | {batch} ({global_batch} / {gpus}) | {full['trainable_params'] / 1e6:.1f} M | "
-                     + " | ".join(cells) + " |")
+            cells += [
+                f"{full[key] / 1e9:.1f}",
+                "yes" if full[key] <= budget else "no",
+                str(g) if g is not None else f"none (batch 1: {one[key] / 1e9:.1f} GB)",
+            ]
+        lines.append(
+            f"| {label} ({path}) | {batch} ({global_batch} / {gpus}) | {full['trainable_params'] / 1e6:.1f} M | "
+            + " | ".join(cells)
+            + " |"
+        )
         progress(lines[-1])
     return lines
 
@@ -84,12 +104,17 @@ def measure_cpu(steady_state: bool = True) -> list[str]:
     peaks = {}
     for ckpt, key in ((False, "total_bytes"), (True, "total_bytes_checkpointed")):
         tic = time.time()
-        peaks[ckpt] = step_memory(cfg, "coordtok", 1024, 1, "cpu", frames=128, activation_checkpointing=ckpt,
-                                  steady_state=steady_state)["peak_bytes"]
-        lines.append(f"| {'with' if ckpt else 'without'} activation checkpointing | {peaks[ckpt] / 1e9:.3f} GB | "
-                     f"{time.time() - tic:.0f} s | {est[key] / 1e9:.3f} GB |")
-    lines.append(f"| saving | {(peaks[False] - peaks[True]) / 1e9:.3f} GB | | "
-                 f"{(est['activation_bytes'] - est['checkpointed_activation_bytes']) / 1e9:.3f} GB |")
+        peaks[ckpt] = step_memory(
+            cfg, "coordtok", 1024, 1, "cpu", frames=128, activation_checkpointing=ckpt, steady_state=steady_state
+        )["peak_bytes"]
+        lines.append(
+            f"| {'with' if ckpt else 'without'} activation checkpointing | {peaks[ckpt] / 1e9:.3f} GB | "
+            f"{time.time() - tic:.0f} s | {est[key] / 1e9:.3f} GB |"
+        )
+    lines.append(
+        f"| saving | {(peaks[False] - peaks[True]) / 1e9:.3f} GB | | "
+        f"{(est['activation_bytes'] - est['checkpointed_activation_bytes']) / 1e9:.3f} GB |"
+    )
     return lines
 
 

@@ -6,6 +6,7 @@ peak RSS is its own.
 
     python -m bench.reconstruct [--config configs/tokenizer/small.yaml] [--chunks 0,16]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,10 @@ def main() -> None:
     for chunk in (int(x) for x in a.chunks.split(",")):
         r = run_child("bench.reconstruct", "--config", a.config, "--chunk", str(chunk))
         what = "all coordinates at once" if chunk == 0 else f"{chunk} frames per chunk"
-        print(f"  {what}: {r['total_s']:.1f} s (encode {r['encode_s']:.2f} s), peak RSS {r['peak_rss_gb']:.2f} GB "
-              f"(model loaded: {r['rss_before_gb']:.2f} GB)")
+        print(
+            f"  {what}: {r['total_s']:.1f} s (encode {r['encode_s']:.2f} s), peak RSS {r['peak_rss_gb']:.2f} GB "
+            f"(model loaded: {r['rss_before_gb']:.2f} GB)"
+        )
 
 
 if __name__ == "__main__":

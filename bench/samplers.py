@@ -19,6 +19,7 @@ The goal: a sampler at <= 50 calls whose distance to the 250-step Euler-Maruyama
 every distance of the tier. Sample sets are cached under ``OUT/sets`` so a rerun only computes
 what is missing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,9 @@ def mode_stats(mixture: GaussianMixture, x: torch.Tensor) -> tuple[torch.Tensor,
     labels = mixture.classify(x)
     k = len(mixture.weights)
     weights = torch.bincount(labels, minlength=k).double() / len(x)
-    spreads = torch.stack([((x[labels == j] - mixture.means[j]) / mixture.stds[j]).pow(2).mean().sqrt()
-                           for j in range(k)])
+    spreads = torch.stack(
+        [((x[labels == j] - mixture.means[j]) / mixture.stds[j]).pow(2).mean().sqrt() for j in range(k)]
+    )
     return weights, spreads
 
 
@@ -95,8 +97,9 @@ def distances(x: torch.Tensor, y: torch.Tensor, mixture: GaussianMixture | None)
 
 
 # ---------------------------------------------------------------------------- sample sets
-def sample_set(cache: Path, tag: str, velocity, shape, n: int, name: str, steps: int, seed: int,
-               batch: int) -> tuple[torch.Tensor, int, float]:
+def sample_set(
+    cache: Path, tag: str, velocity, shape, n: int, name: str, steps: int, seed: int, batch: int
+) -> tuple[torch.Tensor, int, float]:
     """``(samples (n, *shape), network calls per sample, seconds)``; cached under ``cache``."""
     path = cache / f"{tag}-{name}-{steps}-seed{seed}-n{n}.pt"
     if path.is_file():
@@ -122,16 +125,32 @@ def sample_set(cache: Path, tag: str, velocity, shape, n: int, name: str, steps:
     return x, per_sample_calls, seconds
 
 
-def run_tier(tag: str, velocity, shape, n: int, cache: Path, mixture: GaussianMixture | None, truth=None,
-             batch: int = 1024, candidates=CANDIDATES) -> list[dict]:
+def run_tier(
+    tag: str,
+    velocity,
+    shape,
+    n: int,
+    cache: Path,
+    mixture: GaussianMixture | None,
+    truth=None,
+    batch: int = 1024,
+    candidates=CANDIDATES,
+) -> list[dict]:
     ref_b, _, _ = sample_set(cache, tag, velocity, shape, n, *REFERENCE, SEEDS[1], batch)
     rows = []
     for name, steps in [REFERENCE, *candidates]:
         a, calls, seconds = sample_set(cache, tag, velocity, shape, n, name, steps, SEEDS[0], batch)
         b, _, _ = sample_set(cache, tag, velocity, shape, n, name, steps, SEEDS[1], batch)
         to_em, self_ = distances(a, ref_b, mixture), distances(a, b, mixture)
-        row = {"sampler": name, "steps": steps, "calls": calls, "seconds": seconds, "to_em250": to_em, "seed_to_seed": self_,
-               "ratio": {k: to_em[k] / max(self_[k], 1e-12) for k in to_em}}
+        row = {
+            "sampler": name,
+            "steps": steps,
+            "calls": calls,
+            "seconds": seconds,
+            "to_em250": to_em,
+            "seed_to_seed": self_,
+            "ratio": {k: to_em[k] / max(self_[k], 1e-12) for k in to_em},
+        }
         if truth is not None:
             row["to_truth"] = distances(a, truth, mixture)
         if mixture is not None:
@@ -169,8 +188,17 @@ def tier1(dim: int, n: int, out: Path, candidates) -> list[dict]:
     mixture = GaussianMixture.random(8, dim, g, separation=0.7, std_range=(0.2, 1.0))
     truth, _ = mixture.sample(n, torch.Generator().manual_seed(7))
     print(f"tier 1: 8-mode Gaussian mixture in {dim} dimensions, {n} samples a set")
-    rows = run_tier(f"mix{dim}", mixture.velocity, (dim,), n, out / "sets", mixture, truth=truth, batch=min(n, 512),
-                    candidates=candidates)
+    rows = run_tier(
+        f"mix{dim}",
+        mixture.velocity,
+        (dim,),
+        n,
+        out / "sets",
+        mixture,
+        truth=truth,
+        batch=min(n, 512),
+        candidates=candidates,
+    )
     # The truth against itself: what two exact sample sets differ by.
     truth_b, _ = mixture.sample(n, torch.Generator().manual_seed(8))
     print("exact vs exact:", json.dumps({k: round(v, 4) for k, v in distances(truth, truth_b, mixture).items()}))

@@ -8,6 +8,7 @@ each stage resumes from its own checkpoint (``resume=True``) and the cache is on
 
     python -m bench.samplers_tier2 [--out runs/bench-samplers]    # prepare only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,9 +47,17 @@ def prepare(out: str | Path = "runs/bench-samplers", plan: Tier2Plan | None = No
     out = Path(out)
     seconds = {}
     tic = time.perf_counter()
-    tok_cfg = load_tokenizer_config(TOKENIZER_CONFIG, {"train": {
-        "max_steps": plan.tokenizer_steps, "out_dir": str(out / "tokenizer"), "val_every": plan.tokenizer_steps,
-        "ckpt_every": 100}})
+    tok_cfg = load_tokenizer_config(
+        TOKENIZER_CONFIG,
+        {
+            "train": {
+                "max_steps": plan.tokenizer_steps,
+                "out_dir": str(out / "tokenizer"),
+                "val_every": plan.tokenizer_steps,
+                "ckpt_every": 100,
+            }
+        },
+    )
     train(tok_cfg, resume=True)
     seconds["tokenizer"] = time.perf_counter() - tic
 
@@ -58,14 +67,31 @@ def prepare(out: str | Path = "runs/bench-samplers", plan: Tier2Plan | None = No
         read_index(latents)  # a finished cache: reuse it
     except Exception:
         data = dataclasses.replace(tok_cfg.data, frame_range=None, clips_per_video=plan.clips_per_video)
-        encode_dataset(str(out / "tokenizer"), data, latents, clips_per_video=plan.clips_per_video, seed=0,
-                       stats_num=2048, progress=True)
+        encode_dataset(
+            str(out / "tokenizer"),
+            data,
+            latents,
+            clips_per_video=plan.clips_per_video,
+            seed=0,
+            stats_num=2048,
+            progress=True,
+        )
     seconds["latent cache"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
-    sit_cfg = load_sit_run_config(SIT_CONFIG, {"train": {
-        "max_steps": plan.sit_steps, "batch_size": plan.sit_batch, "out_dir": str(out / "sit"), "val_every": 0,
-        "ckpt_every": 500, "log_every": 100}})
+    sit_cfg = load_sit_run_config(
+        SIT_CONFIG,
+        {
+            "train": {
+                "max_steps": plan.sit_steps,
+                "batch_size": plan.sit_batch,
+                "out_dir": str(out / "sit"),
+                "val_every": 0,
+                "ckpt_every": 500,
+                "log_every": 100,
+            }
+        },
+    )
     rs = train_sit(sit_cfg, latents, resume=True)
     seconds["sit"] = time.perf_counter() - tic
     return {"sit": str(out / "sit"), "latents": str(latents), "seconds": seconds, "sit_loss": rs["loss"]}

@@ -9,6 +9,7 @@ one-step decode gives it one step to act).
 
     python -m bench.seams [--runs demo_out/runs] [--num-clips 8] [--regen-steps 1,8]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         common = dict(num_clips=a.num_clips, seed=0, detector=None, write_videos=0, progress=False)
-        found = eval_recon([runs / "tokenizer-stage2", runs / "magvit2", runs / "promag-8x"], data,
-                           Path(tmp) / "a", **common)
+        found = eval_recon(
+            [runs / "tokenizer-stage2", runs / "magvit2", runs / "promag-8x"], data, Path(tmp) / "a", **common
+        )
         results += found["results"]
         for steps in (int(s) for s in a.regen_steps.split(",")):
             found = eval_recon(runs / "regen", data, Path(tmp) / f"regen{steps}", steps=steps, **common)

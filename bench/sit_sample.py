@@ -19,6 +19,7 @@ Two more measurements (``python -m bench.sit_sample --tiny`` / ``--flops``):
   one 128-frame video: one SiT-L/2 forward at batch 1 times the sampler's network calls, plus
   CoordTok-L decoding all coordinates of the clip at once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,12 @@ def main() -> None:
     p.add_argument("--skip-sample", action="store_true")
     p.add_argument("--tiny", action="store_true", help="time per video of every sampler, tiny configs, then stop")
     p.add_argument("--tiny-steps", default="250,50,10", help="--tiny: step counts for the fixed-step samplers")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (--tiny: 1 by default; tiny tensors gain nothing from more)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (--tiny: 1 by default; tiny tensors gain nothing from more)",
+    )
     p.add_argument("--flops", action="store_true", help="exact FLOPs per 128-frame video, then stop")
     p.add_argument("--large-tokenizer-config", default="configs/tokenizer/large.yaml")
     a = p.parse_args()
@@ -96,13 +101,16 @@ def main() -> None:
     video = tok.decode_video(Triplane.unflatten(z, tok.config.latent_grid))
     total = time.perf_counter() - tic
     assert video.shape == (1, 3, tok.config.frames, tok.config.size, tok.config.size)
-    print(f"  one {a.steps}-step Euler-Maruyama sample: {sampled:.0f} s sampling + {total - sampled:.0f} s decoding "
-          f"(all 32768 coordinates at once) = {total:.0f} s; {calls} network evaluations "
-          f"(the reference sampler: {2 * a.steps}, two per step); peak RSS {peak_rss_gb():.2f} GB")
+    print(
+        f"  one {a.steps}-step Euler-Maruyama sample: {sampled:.0f} s sampling + {total - sampled:.0f} s decoding "
+        f"(all 32768 coordinates at once) = {total:.0f} s; {calls} network evaluations "
+        f"(the reference sampler: {2 * a.steps}, two per step); peak RSS {peak_rss_gb():.2f} GB"
+    )
 
 
-def tiny_samplers(step_counts: list[int], tiny_sit: str = "configs/sit/tiny.yaml",
-                  tiny_tokenizer: str = "configs/tokenizer/tiny.yaml") -> None:
+def tiny_samplers(
+    step_counts: list[int], tiny_sit: str = "configs/sit/tiny.yaml", tiny_tokenizer: str = "configs/tokenizer/tiny.yaml"
+) -> None:
     """Per sampler and step count: seconds of sampling and decoding per 128-frame video (batch 1,
     median of 3 runs after a warm-up), and the network calls."""
     from sit.samplers import SAMPLERS
@@ -129,7 +137,7 @@ def tiny_samplers(step_counts: list[int], tiny_sit: str = "configs/sit/tiny.yaml
     print("|---|---|---|---|---|")
     for name, fn in SAMPLERS.items():
         fixed = fn.calls(step_counts[0]) is not None  # an adaptive solver picks its own steps
-        for steps in (step_counts if fixed else [step_counts[0]]):
+        for steps in step_counts if fixed else [step_counts[0]]:
             calls = 0
 
             def velocity(x, t):
@@ -175,10 +183,14 @@ def video_flops(sit_config: str, tokenizer_config: str, steps: int) -> None:
     decode = fc.get_total_flops()
     sde_calls = steps  # 249 Euler-Maruyama steps + the mean step (sit.samplers.euler_maruyama)
     print(f"SiT ({sit_config}), batch 1, one forward: {per_call} FLOPs")
-    print(f"CoordTok ({tokenizer_config}) decoding one {c.frames}-frame {c.size}x{c.size} clip "
-          f"({coords.shape[1]} coordinates at once): {decode} FLOPs")
-    print(f"one video, {steps}-step Euler-Maruyama ({sde_calls} calls): {sde_calls * per_call + decode} FLOPs "
-          f"(the reference sampler, {2 * steps} calls: {2 * steps * per_call + decode})")
+    print(
+        f"CoordTok ({tokenizer_config}) decoding one {c.frames}-frame {c.size}x{c.size} clip "
+        f"({coords.shape[1]} coordinates at once): {decode} FLOPs"
+    )
+    print(
+        f"one video, {steps}-step Euler-Maruyama ({sde_calls} calls): {sde_calls * per_call + decode} FLOPs "
+        f"(the reference sampler, {2 * steps} calls: {2 * steps * per_call + decode})"
+    )
 
 
 if __name__ == "__main__":

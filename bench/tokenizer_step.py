@@ -6,6 +6,7 @@ process), for fp32 and bf16 autocast.
 
     python -m bench.tokenizer_step [--config configs/tokenizer/small.yaml] [--steps 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,14 @@ def child(config: str, precision: str, steps: int, num_coords: int) -> dict:
         times.append(time.perf_counter() - tic)
     times.sort()
     attn = attention_flops(fc)
-    return {"precision": precision, "flops": fc.get_total_flops() - attn, "attention_flops": attn,
-            "median_s": times[len(times) // 2],
-            "min_s": times[0], "peak_rss_gb": peak_rss_gb()}
+    return {
+        "precision": precision,
+        "flops": fc.get_total_flops() - attn,
+        "attention_flops": attn,
+        "median_s": times[len(times) // 2],
+        "min_s": times[0],
+        "peak_rss_gb": peak_rss_gb(),
+    }
 
 
 def main() -> None:
@@ -70,15 +76,28 @@ def main() -> None:
     print(f"fp32 matmul rate (2048^3 GEMM): {rate / 1e9:.1f} GFLOP/s")
     print(f"stage-1 step, {a.config}, batch 1, N={a.num_coords}:")
     for precision in ("fp32", "bf16"):
-        r = run_child("bench.tokenizer_step", "--config", a.config, "--steps", str(a.steps),
-                      "--num-coords", str(a.num_coords), "--precision", precision)
+        r = run_child(
+            "bench.tokenizer_step",
+            "--config",
+            a.config,
+            "--steps",
+            str(a.steps),
+            "--num-coords",
+            str(a.num_coords),
+            "--precision",
+            precision,
+        )
         achieved = r["flops"] / r["median_s"]
         total = (r["flops"] + r["attention_flops"]) / r["median_s"]
         print(f"  {precision}: {r['median_s']:.2f} s/step (min {r['min_s']:.2f}), peak RSS {r['peak_rss_gb']:.2f} GB")
-        print(f"      {r['flops'] / 1e9:.1f} GFLOP as torch.utils.flop_counter counts on CPU (no CPU attention), "
-              f"{achieved / 1e9:.1f} GFLOP/s = {achieved / rate:.0%} of the fp32 matmul rate")
-        print(f"      + {r['attention_flops'] / 1e9:.1f} GFLOP attention (flash kernel formulas) -> "
-              f"{total / 1e9:.1f} GFLOP/s = {total / rate:.0%} of the fp32 matmul rate")
+        print(
+            f"      {r['flops'] / 1e9:.1f} GFLOP as torch.utils.flop_counter counts on CPU (no CPU attention), "
+            f"{achieved / 1e9:.1f} GFLOP/s = {achieved / rate:.0%} of the fp32 matmul rate"
+        )
+        print(
+            f"      + {r['attention_flops'] / 1e9:.1f} GFLOP attention (flash kernel formulas) -> "
+            f"{total / 1e9:.1f} GFLOP/s = {total / rate:.0%} of the fp32 matmul rate"
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ UCF-101's videos are XviD (MPEG-4 Part 2) AVIs of 320x240 at 25 fps, stored as
 The files written here have that codec, tag, size, rate and layout, encoded by the ffmpeg that
 imageio-ffmpeg ships (a dependency already), so nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -25,19 +26,41 @@ def ucf_like_avi(path, source, frames: int, start: int = 0) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-i", str(source),
-           # select= counts decoded frames (exact, unlike a seek by time); setpts restarts the clock
-           "-vf", f"select=gte(n\\,{int(start)}),setpts=N/({FPS}*TB),scale={SIZE[0]}:{SIZE[1]}",
-           "-r", str(FPS), "-frames:v", str(int(frames)),
-           "-c:v", "mpeg4", "-vtag", "xvid", "-q:v", "5", "-pix_fmt", "yuv420p", "-an", str(path)]
+    cmd = [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-i",
+        str(source),
+        # select= counts decoded frames (exact, unlike a seek by time); setpts restarts the clock
+        "-vf",
+        f"select=gte(n\\,{int(start)}),setpts=N/({FPS}*TB),scale={SIZE[0]}:{SIZE[1]}",
+        "-r",
+        str(FPS),
+        "-frames:v",
+        str(int(frames)),
+        "-c:v",
+        "mpeg4",
+        "-vtag",
+        "xvid",
+        "-q:v",
+        "5",
+        "-pix_fmt",
+        "yuv420p",
+        "-an",
+        str(path),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0 or not path.is_file():
         raise RuntimeError(f"ffmpeg could not write {path}: {res.stderr.strip()[-300:]}")
     return path
 
 
-def ucf101_layout(root, sources: dict[str, Path], frames: int, train_groups=(8, 9), test_groups=(1,),
-                  clips_per_group: int = 1) -> dict:
+def ucf101_layout(
+    root, sources: dict[str, Path], frames: int, train_groups=(8, 9), test_groups=(1,), clips_per_group: int = 1
+) -> dict:
     """A UCF-101 root under ``root``: one class per entry of ``sources`` (class name -> the
     video its clips are cut from), videos ``v_<Class>_gXX_cYY.avi`` of ``frames`` frames for the
     given groups (each clip from its own start frame), and split 1's lists.

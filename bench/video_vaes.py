@@ -19,6 +19,7 @@ nothing is allocated, and its FLOPs are counted exactly from the shapes with
 Latent floats: the values a 128-frame 128 x 128 clip is stored as (latent positions x channels).
 Needs the diffusers extra (``pip install -e ".[diffusers]"``); prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,11 @@ from coordtok.model import CoordTok, frame_coords
 from eval.flops import counter
 from eval.profile import model_for_frames
 
-COORDTOK = {"CoordTok-S": "configs/tokenizer/small.yaml", "CoordTok-B": "configs/tokenizer/base.yaml",
-            "CoordTok-L": "configs/tokenizer/large.yaml"}
+COORDTOK = {
+    "CoordTok-S": "configs/tokenizer/small.yaml",
+    "CoordTok-B": "configs/tokenizer/base.yaml",
+    "CoordTok-L": "configs/tokenizer/large.yaml",
+}
 
 
 def coordtok_row(name: str, config: str, frames: list[int], size: int) -> dict:
@@ -45,11 +49,17 @@ def coordtok_row(name: str, config: str, frames: list[int], size: int) -> dict:
     with torch.device("meta"):
         model = CoordTok(cfg)
     c128 = model_for_frames(cfg, 128)
-    planes = c128.latent_xy ** 2 + 2 * c128.latent_t * c128.latent_xy
-    row = {"model": name, "config": config, "params": sum(p.numel() for p in model.parameters()),
-           "compression": f"triplane xy {c128.latent_xy}x{c128.latent_xy}, yt/xt {c128.latent_t}x{c128.latent_xy} "
-                          f"({128 // c128.latent_t}x{size // c128.latent_xy}x{size // c128.latent_xy} per plane)",
-           "latent_floats_128": planes * c128.latent_channels, "counted_on": "meta", "flops": {}}
+    planes = c128.latent_xy**2 + 2 * c128.latent_t * c128.latent_xy
+    row = {
+        "model": name,
+        "config": config,
+        "params": sum(p.numel() for p in model.parameters()),
+        "compression": f"triplane xy {c128.latent_xy}x{c128.latent_xy}, yt/xt {c128.latent_t}x{c128.latent_xy} "
+        f"({128 // c128.latent_t}x{size // c128.latent_xy}x{size // c128.latent_xy} per plane)",
+        "latent_floats_128": planes * c128.latent_channels,
+        "counted_on": "meta",
+        "flops": {},
+    }
     for t in frames:
         with torch.device("meta"):
             m = CoordTok(model_for_frames(cfg, t)).eval()
@@ -74,11 +84,18 @@ def diffusers_row(cls_name: str, title: str, frames: list[int], size: int) -> di
     model = build_autoencoder(spec, device="meta")
     geo = geometry(model)
     c, t, h, w = geo.latent_shape(128, size)
-    row = {"model": f"{title} ({cls_name})", "params": sum(p.numel() for p in model.parameters()),
-           "compression": f"{geo.time}x{geo.space}x{geo.space}, {geo.channels} channels"
-                          + (f" (latent frames in pairs after the first: clips of 1 + {geo.time * geo.latent_step}k)"
-                             if geo.latent_step > 1 else ""),
-           "latent_floats_128": c * t * h * w, "flops": {}}
+    row = {
+        "model": f"{title} ({cls_name})",
+        "params": sum(p.numel() for p in model.parameters()),
+        "compression": f"{geo.time}x{geo.space}x{geo.space}, {geo.channels} channels"
+        + (
+            f" (latent frames in pairs after the first: clips of 1 + {geo.time * geo.latent_step}k)"
+            if geo.latent_step > 1
+            else ""
+        ),
+        "latent_floats_128": c * t * h * w,
+        "flops": {},
+    }
     where = set()
     for n in frames:
         r = coding_flops(spec, n, size)
@@ -109,8 +126,12 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     p.add_argument("--size", type=int, default=128)
-    p.add_argument("--models", nargs="+", default=None,
-                   help="a subset: diffusers class names and/or CoordTok-S, CoordTok-B, CoordTok-L")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help="a subset: diffusers class names and/or CoordTok-S, CoordTok-B, CoordTok-L",
+    )
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = p.parse_args(argv)
     diffusers = import_diffusers()
@@ -126,8 +147,10 @@ def main(argv=None) -> None:
             tic = time.perf_counter()
             rows.append(diffusers_row(cls_name, title, args.frames, args.size))
             print(f"{cls_name}: {time.perf_counter() - tic:.0f} s", flush=True)
-    print(f"\ndiffusers {diffusers.__version__}, torch {torch.__version__}, {args.size}x{args.size} frames; "
-          f"FLOPs of one clip (batch 1); a length in parentheses: the frames actually coded\n")
+    print(
+        f"\ndiffusers {diffusers.__version__}, torch {torch.__version__}, {args.size}x{args.size} frames; "
+        f"FLOPs of one clip (batch 1); a length in parentheses: the frames actually coded\n"
+    )
     print(table(rows, args.frames))
     if args.out:
         with open(args.out, "w") as f:

@@ -1,4 +1,5 @@
 """CoordTok: coordinate-based long-video tokenization (see README.md)."""
+
 from .config import ConfigError, ModelConfig
 from .model import CoordTok
 from .triplane import Triplane

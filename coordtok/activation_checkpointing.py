@@ -20,6 +20,7 @@ the same RNG state (``preserve_rng_state``, the default) and the same autocast s
 forward. The recomputed forward runs the same kernels on the same inputs, so on a CPU the
 gradients are the ones of the plain step bit for bit (tests/test_activation_checkpointing.py).
 """
+
 from __future__ import annotations
 
 import torch

@@ -16,6 +16,7 @@ imports fine and raises on its first kernel call. So the first time xformers is 
 device and dtype it is probed with a tiny forward and backward; if that fails, ``auto`` falls back
 to SDPA with one log line saying why, and an explicit ``xformers`` request is a one-line error.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -72,15 +73,22 @@ def _xformers_failure(device: torch.device, dtype: torch.dtype) -> str | None:
         except Exception as e:  # noqa: BLE001 (any failure of the probe means: do not use it)
             first = (str(e).strip().splitlines() or [""])[0][:300]
             _probed[key] = f"{type(e).__name__}: {first}" if first else type(e).__name__
-            log.warning("attention: xformers cannot run on %s in %s (%s); using PyTorch SDPA instead",
-                        device, str(dtype).replace("torch.", ""), _probed[key])
+            log.warning(
+                "attention: xformers cannot run on %s in %s (%s); using PyTorch SDPA instead",
+                device,
+                str(dtype).replace("torch.", ""),
+                _probed[key],
+            )
     return _probed[key]
 
 
 def available_backends(dtype: torch.dtype = torch.float16) -> list[str]:
     """The backends that run on this machine's default device in ``dtype`` (xformers probed)."""
     out = ["sdpa"]
-    if torch.cuda.is_available() and _xformers_failure(torch.device("cuda", torch.cuda.current_device()), dtype) is None:
+    if (
+        torch.cuda.is_available()
+        and _xformers_failure(torch.device("cuda", torch.cuda.current_device()), dtype) is None
+    ):
         out.append("xformers")
     return out
 
@@ -102,13 +110,16 @@ def resolve_backend(device: torch.device, backend: str | None = None, dtype: tor
         usable = supported and _xformers_ops() is not None and _xformers_failure(device, dtype) is None
         return "xformers" if usable else "sdpa"
     if not supported:
-        raise AttentionBackendError(f"attention backend 'xformers' needs a CUDA device, got {device} "
-                                    f"(use {_BACKEND_ENV}=auto or sdpa)")
+        raise AttentionBackendError(
+            f"attention backend 'xformers' needs a CUDA device, got {device} (use {_BACKEND_ENV}=auto or sdpa)"
+        )
     failure = _xformers_failure(device, dtype)
     if failure is not None:
-        raise AttentionBackendError(f"attention backend 'xformers' cannot run on {device}: {failure} "
-                                    f"(install an xformers built for torch {torch.__version__}, or use "
-                                    f"{_BACKEND_ENV}=auto or sdpa)")
+        raise AttentionBackendError(
+            f"attention backend 'xformers' cannot run on {device}: {failure} "
+            f"(install an xformers built for torch {torch.__version__}, or use "
+            f"{_BACKEND_ENV}=auto or sdpa)"
+        )
     return backend
 
 

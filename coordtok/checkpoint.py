@@ -1,16 +1,16 @@
 """Atomic checkpoints with fall-back to the previous good one.
 
-A checkpoint is one ``torch.save`` file ``ckpt-<step as 7 digits>.pt`` (e.g. ``ckpt-0005000.pt``) in the run folder. It is
-written to a temporary file in the same folder, flushed to disk, then renamed over its final name,
+A checkpoint is one ``torch.save`` file ``ckpt-<step as 7 digits>.pt`` (e.g. ``ckpt-0005000.pt``) in
+the run folder. It is written to a temporary file in the same folder, flushed to disk, then renamed over its final name,
 so a crash, a ``kill -9`` or a full disk never leaves a half-written file under a checkpoint name:
 the previous checkpoint stays intact. Loading the latest tries the newest file first and falls
 back to older ones, with a one-line message per unreadable file.
 """
+
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import random
 import re
 import sys
@@ -65,8 +65,11 @@ def _numpy_array_globals() -> dict[str, Any]:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import _reconstruct
-    found = {f"{_reconstruct.__module__}._reconstruct": _reconstruct, "numpy.ndarray": np.ndarray,
-             "numpy.dtype": np.dtype}
+    found = {
+        f"{_reconstruct.__module__}._reconstruct": _reconstruct,
+        "numpy.ndarray": np.ndarray,
+        "numpy.dtype": np.dtype,
+    }
     for code in "?bBhHiIlLqQefdgFD":
         cls = type(np.dtype(code))
         found[f"{cls.__module__}.{cls.__name__}"] = cls
@@ -103,7 +106,8 @@ def load_any(path: str | Path, map_location="cpu") -> dict:
                 raise CheckpointError(
                     f"{path}: holds a pickled object of type {foreign[0]} that could run code when loaded; "
                     f"this project loads only tensors and plain data (save the tensors, e.g. a state dict, with "
-                    f"torch.save and load that)") from None
+                    f"torch.save and load that)"
+                ) from None
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{path}: unreadable checkpoint ({msg})") from None
     if not isinstance(obj, dict):
@@ -188,8 +192,13 @@ def rng_state() -> dict:
     name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": {"bit_generator": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "numpy": {
+            "bit_generator": str(name),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(torch.cuda.current_device()) if torch.cuda.is_available() else None,
     }
@@ -205,8 +214,13 @@ def set_rng_state(state: dict) -> str | None:
     np_state = state["numpy"]
     if isinstance(np_state, dict):
         keys = np.asarray(np_state["keys"].cpu().numpy(), dtype=np.int64).astype(np.uint32)
-        np_state = (np_state["bit_generator"], keys, np_state["pos"], np_state["has_gauss"],
-                    np_state["cached_gaussian"])
+        np_state = (
+            np_state["bit_generator"],
+            keys,
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
     np.random.set_state(np_state)
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda")
@@ -247,8 +261,9 @@ def restore_rng(state: dict, rank: int, world: int, log=None) -> None:
         else:
             gone = f"rank {world}" if len(states) == world + 1 else f"ranks {world}-{len(states) - 1}"
             notes.append(f"the RNG states of {gone} are not used")
-        notes[-1] = (f"resume: the checkpoint was written by {len(states)} process(es), this run has {world}: "
-                     + notes[-1])
+        notes[-1] = (
+            f"resume: the checkpoint was written by {len(states)} process(es), this run has {world}: " + notes[-1]
+        )
     if notes:
         log("; ".join(notes))
 
@@ -291,8 +306,9 @@ def optimizer_key(name: str) -> str:
 
 
 def peek(path: str | Path) -> dict | None:
-    """``{"kind", "step", "run_id", "serial", "parent", "finite_weights"}`` of a checkpoint without reading its tensors (memory-mapped,
-    safe load); None when the file is unreadable or not a checkpoint of this project."""
+    """``{"kind", "step", "run_id", "serial", "parent", "finite_weights"}`` of a checkpoint without
+    reading its tensors (memory-mapped, safe load); None when the file is unreadable or not a
+    checkpoint of this project."""
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -300,8 +316,14 @@ def peek(path: str | Path) -> dict | None:
         return None
     if not isinstance(obj, dict) or "model" not in obj:
         return None
-    return {"kind": obj.get("kind"), "step": obj.get("step"), "run_id": obj.get("run_id"),
-            "serial": obj.get("serial"), "parent": obj.get("parent"), "finite_weights": obj.get("finite_weights")}
+    return {
+        "kind": obj.get("kind"),
+        "step": obj.get("step"),
+        "run_id": obj.get("run_id"),
+        "serial": obj.get("serial"),
+        "parent": obj.get("parent"),
+        "finite_weights": obj.get("finite_weights"),
+    }
 
 
 class RunFolder:
@@ -341,8 +363,9 @@ class RunFolder:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise CheckpointError(f"{self.path}: cannot create the output folder ({e.strerror or e}); "
-                                  f"choose a writable train.out_dir") from None
+            raise CheckpointError(
+                f"{self.path}: cannot create the output folder ({e.strerror or e}); choose a writable train.out_dir"
+            ) from None
         lock = FolderLock(self.path, "run", "choose another train.out_dir", self.log, LOCK_NAME)
         try:
             lock.acquire()
@@ -386,7 +409,8 @@ class RunFolder:
             if existing:
                 raise CheckpointError(
                     f"{self.path}: already holds checkpoints ({existing[0].name}, ...); continue that run with "
-                    f"--resume, or choose another train.out_dir (--out-dir) for a new one")
+                    f"--resume, or choose another train.out_dir (--out-dir) for a new one"
+                )
             self.run_id = uuid.uuid4().hex[:12]
             self.serial = self._max_serial()
             return None
@@ -415,14 +439,17 @@ class RunFolder:
         lineage = set(self.lineage())
         other = [p.name for p, info in newest_first(self.path) if p not in lineage and info["kind"] == self.kind]
         if other:
-            self.log(f"resume: {', '.join(other)} {'is' if len(other) == 1 else 'are'} not on the branch this run "
-                     f"continues (another branch of this folder's checkpoints): kept, never pruned; --resume <file> "
-                     f"continues one")
+            self.log(
+                f"resume: {', '.join(other)} {'is' if len(other) == 1 else 'are'} not on the branch this run "
+                f"continues (another branch of this folder's checkpoints): kept, never pruned; --resume <file> "
+                f"continues one"
+            )
         return state
 
     def _max_serial(self) -> int:
-        return max([info.get("serial") or 0 for p in list_checkpoints(self.path)
-                    if (info := self._peek(p)) is not None] + [0])
+        return max(
+            [info.get("serial") or 0 for p in list_checkpoints(self.path) if (info := self._peek(p)) is not None] + [0]
+        )
 
     def lineage(self) -> list[Path]:
         """This run's lineage, newest first: the tip, its parent, the parent's parent, ... (files
@@ -438,9 +465,14 @@ class RunFolder:
             chain.append(path)
             if info.get("serial") is None:
                 step = _write_order(None, path)[2]
-                chain += [p for p in list_checkpoints(self.path)
-                          if _write_order(None, p)[2] < step and (i := self._peek(p)) is not None
-                          and i.get("serial") is None and i["run_id"] == info["run_id"]]
+                chain += [
+                    p
+                    for p in list_checkpoints(self.path)
+                    if _write_order(None, p)[2] < step
+                    and (i := self._peek(p)) is not None
+                    and i.get("serial") is None
+                    and i["run_id"] == info["run_id"]
+                ]
                 break
             parent = info.get("parent")
             want = (parent["name"], parent.get("serial")) if isinstance(parent, dict) else None
@@ -465,8 +497,9 @@ class RunFolder:
                 self._move_aside(path)
         parent = {"name": self.tip[0], "serial": self.tip[1]} if self.tip is not None else None
         self.serial += 1
-        atomic_save({**payload, "version": VERSION, "run_id": self.run_id, "serial": self.serial,
-                     "parent": parent}, path)
+        atomic_save(
+            {**payload, "version": VERSION, "run_id": self.run_id, "serial": self.serial, "parent": parent}, path
+        )
         self._written.add(self.serial)
         self.tip = (path.name, self.serial)
         self.prune(keep)
@@ -481,10 +514,14 @@ class RunFolder:
         try:
             path.rename(aside)
         except OSError as e:
-            raise CheckpointError(f"{path}: a checkpoint of another branch that this run would replace, and it "
-                                  f"cannot be moved aside ({e.strerror or e}); move it yourself") from None
-        self.log(f"{path.name} (another branch) renamed to {aside.name}, so this run's checkpoint of the same step "
-                 f"does not replace it")
+            raise CheckpointError(
+                f"{path}: a checkpoint of another branch that this run would replace, and it "
+                f"cannot be moved aside ({e.strerror or e}); move it yourself"
+            ) from None
+        self.log(
+            f"{path.name} (another branch) renamed to {aside.name}, so this run's checkpoint of the same step "
+            f"does not replace it"
+        )
         return aside
 
     def _peek(self, path: Path) -> dict | None:
@@ -500,10 +537,13 @@ class RunFolder:
     def prune(self, keep: int) -> list[Path]:
         """Delete the checkpoints of this run's lineage (:meth:`lineage`: the branch it continues)
         beyond its newest ``keep``; returns them. Another branch's checkpoints are never pruned."""
-        own = [p for p in self.lineage()
-               if (info := self._peek(p)) is not None and info["run_id"] == self.run_id and info["kind"] == self.kind]
+        own = [
+            p
+            for p in self.lineage()
+            if (info := self._peek(p)) is not None and info["run_id"] == self.run_id and info["kind"] == self.kind
+        ]
         removed = []
-        for path in own[max(1, keep):]:
+        for path in own[max(1, keep) :]:
             with contextlib.suppress(OSError):
                 path.unlink()
                 removed.append(path)
@@ -537,26 +577,35 @@ def load_tokenizer(path: str | Path, map_location="cpu", with_info: bool = False
             state = to_project_checkpoint(cfg, weights, info, step=reference_step(raw))
         else:
             if "model" not in raw:
-                raise CheckpointError(f"{path}: neither a checkpoint of this project nor of the reference CoordTok "
-                                      f"(no 'model' entry)")
+                raise CheckpointError(
+                    f"{path}: neither a checkpoint of this project nor of the reference CoordTok (no 'model' entry)"
+                )
             state = raw
             if state.get("kind") != "coordtok":
                 raise CheckpointError(f"{path}: not a CoordTok tokenizer checkpoint (kind={state.get('kind')!r})")
     if not isinstance(state.get("config"), dict) or "model" not in state["config"]:
-        raise CheckpointError(f"{path}: the checkpoint has no model config, so the architecture is unknown; "
-                              f"it was not written by `coordtok train` or `coordtok convert`")
+        raise CheckpointError(
+            f"{path}: the checkpoint has no model config, so the architecture is unknown; "
+            f"it was not written by `coordtok train` or `coordtok convert`"
+        )
     model = CoordTok(model_config_from_checkpoint(state["config"]["model"]))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the model config stored with them "
-                              f"({str(e).strip().splitlines()[-1].strip()})") from None
+        raise CheckpointError(
+            f"{path}: weights do not fit the model config stored with them ({str(e).strip().splitlines()[-1].strip()})"
+        ) from None
     model.eval()
     return (model, state, info or state.get("info")) if with_info else (model, state)
 
 
-def check_same_model(where, old: dict | None, new: dict, action: str,
-                     fix: str = "use the run's own config, or another out_dir for a new run") -> None:
+def check_same_model(
+    where,
+    old: dict | None,
+    new: dict,
+    action: str,
+    fix: str = "use the run's own config, or another out_dir for a new run",
+) -> None:
     """Nothing when a checkpoint's model section ``old`` (None: unknown, nothing to check) agrees
     with the config's ``new``; else a one-line :class:`CheckpointError` naming the first key
     where they differ: ``"<where>: <action>: its model differs from the config's (model.<key>:
@@ -565,8 +614,10 @@ def check_same_model(where, old: dict | None, new: dict, action: str,
         return
     key = next((k for k in new if k not in old or old[k] != new[k]), None)
     if key is not None:
-        raise CheckpointError(f"{where}: {action}: its model differs from the config's (model.{key}: "
-                              f"{old.get(key, 'absent')!r} in the checkpoint, {new[key]!r} in the config); {fix}")
+        raise CheckpointError(
+            f"{where}: {action}: its model differs from the config's (model.{key}: "
+            f"{old.get(key, 'absent')!r} in the checkpoint, {new[key]!r} in the config); {fix}"
+        )
 
 
 def load_model(path: str | Path, kinds: dict, map_location="cpu", weights: str = "ema"):
@@ -607,6 +658,7 @@ def load_model(path: str | Path, kinds: dict, map_location="cpu", weights: str =
     try:
         model.load_state_dict(chosen)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the model config stored with them "
-                              f"({str(e).strip().splitlines()[-1].strip()})") from None
+        raise CheckpointError(
+            f"{path}: weights do not fit the model config stored with them ({str(e).strip().splitlines()[-1].strip()})"
+        ) from None
     return model.eval(), state

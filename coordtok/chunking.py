@@ -23,6 +23,7 @@ frames cannot depend on frames after them, so the padding changes nothing it ret
 the padded frames are discarded. (A non-causal codec does see the padding; the padding is then the
 least surprising continuation: a still frame.)
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,14 @@ from typing import Callable, Iterable
 
 import torch
 
-__all__ = ["chunk_windows", "chunk_boundaries", "blend_weights", "stitch_windows", "reconstruct_chunked",
-           "default_overlap"]
+__all__ = [
+    "chunk_windows",
+    "chunk_boundaries",
+    "blend_weights",
+    "stitch_windows",
+    "reconstruct_chunked",
+    "default_overlap",
+]
 
 _BLENDS = ("drop", "linear")
 
@@ -112,13 +119,14 @@ def blend_weights(T: int, chunk: int = 17, overlap: int = 1, blend: str = "drop"
         if j > 0:
             w[:overlap] = later
         if j < len(windows) - 1:
-            w[e - s - overlap:] = 1 - later
+            w[e - s - overlap :] = 1 - later
         weights.append(w)
     return weights
 
 
-def stitch_windows(outputs: Iterable[torch.Tensor], T: int, chunk: int = 17, overlap: int = 1,
-                   blend: str = "drop") -> torch.Tensor:
+def stitch_windows(
+    outputs: Iterable[torch.Tensor], T: int, chunk: int = 17, overlap: int = 1, blend: str = "drop"
+) -> torch.Tensor:
     """Stitch the windows' reconstructions into one video ``(B, C, T, ...)``.
 
     ``outputs`` yields, in window order, each :func:`chunk_windows` window's reconstruction
@@ -141,16 +149,23 @@ def stitch_windows(outputs: Iterable[torch.Tensor], T: int, chunk: int = 17, ove
             continue
         if overlap:
             w = torch.tensor(later, dtype=rec.dtype, device=rec.device).view(1, 1, -1, *[1] * (rec.ndim - 3))
-            out[:, :, s:s + overlap] = torch.lerp(out[:, :, s:s + overlap], rec[:, :, :overlap], w)
-        out[:, :, s + overlap:e] = rec[:, :, overlap:]
+            out[:, :, s : s + overlap] = torch.lerp(out[:, :, s : s + overlap], rec[:, :, :overlap], w)
+        out[:, :, s + overlap : e] = rec[:, :, overlap:]
     if n != len(windows):
-        raise ValueError(f"{T} frames in windows of {chunk} overlapping by {overlap} need {len(windows)} windows, "
-                         f"got {n}")
+        raise ValueError(
+            f"{T} frames in windows of {chunk} overlapping by {overlap} need {len(windows)} windows, got {n}"
+        )
     return out
 
 
-def reconstruct_chunked(codec_fn: Callable[[torch.Tensor], torch.Tensor], video: torch.Tensor, chunk: int = 17,
-                        overlap: int = 1, blend: str = "drop", pad: bool = True) -> tuple[torch.Tensor, dict]:
+def reconstruct_chunked(
+    codec_fn: Callable[[torch.Tensor], torch.Tensor],
+    video: torch.Tensor,
+    chunk: int = 17,
+    overlap: int = 1,
+    blend: str = "drop",
+    pad: bool = True,
+) -> tuple[torch.Tensor, dict]:
     """Reconstruct a long video ``(B, C, T, H, W)`` window by window with ``codec_fn``.
 
     ``codec_fn`` maps a ``(B, C, chunk, H, W)`` clip to its reconstruction of the same shape (e.g.
@@ -226,5 +241,7 @@ class CausalChunkGeometry:
             raise ValueError(f"expected a video (B, 3, T, H, W), got shape {tuple(video.shape)}")
         t, h, w = video.shape[2:]
         if (t - 1) % cfg.time_factor or h % cfg.space_factor or w % cfg.space_factor:
-            raise ValueError(f"{self.NAME} takes 1 + {cfg.time_factor}k frames of H, W divisible by "
-                             f"{cfg.space_factor}, got T, H, W = {t}, {h}, {w}")
+            raise ValueError(
+                f"{self.NAME} takes 1 + {cfg.time_factor}k frames of H, W divisible by "
+                f"{cfg.space_factor}, got T, H, W = {t}, {h}, {w}"
+            )

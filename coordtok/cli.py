@@ -8,6 +8,7 @@ Every user-facing failure derives from :class:`coordtok.errors.CoordTokError` an
 line ``coordtok: error: ...`` with exit status 2, as do bad arguments; only genuine bugs show a
 traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import commands as coordtok_commands
 
-    p = _Parser(prog="coordtok", description="CoordTok long-video tokenizer, CoordTok-SiT, and the conv-3D "
-                                             "baselines they are measured against.")
+    p = _Parser(
+        prog="coordtok",
+        description="CoordTok long-video tokenizer, CoordTok-SiT, and the conv-3D baselines they are measured against.",
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for package in (coordtok_commands, sit_commands, eval_commands):
         package.register(sub)

@@ -1,4 +1,5 @@
 """The tokenizer's subcommands: ``train`` and ``convert``."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,12 @@ def cmd_train(args) -> None:
     if args.init_from:
         overrides.setdefault("train", {})["init_from"] = args.init_from
     cfg = kind.load_config(args.config, overrides)
-    result = fit(kind.resolve("task")(cfg), resume=resume_arg(args), progress=not args.no_progress,
-                 config_text=config_text(args.config))
+    result = fit(
+        kind.resolve("task")(cfg),
+        resume=resume_arg(args),
+        progress=not args.no_progress,
+        config_text=config_text(args.config),
+    )
     print(json.dumps(result, indent=2))
 
 
@@ -62,8 +67,11 @@ def convert_tokenizer(raw: dict, args):
 
     if not (is_reference_coordtok(raw) or raw.get("kind") == "coordtok"):
         return None
-    hints = {k: getattr(args, k) for k in ("heads", "enc_heads", "dec_heads", "frames", "size")
-             if getattr(args, k) is not None}
+    hints = {
+        k: getattr(args, k)
+        for k in ("heads", "enc_heads", "dec_heads", "frames", "size")
+        if getattr(args, k) is not None
+    }
     _, state, info = load_tokenizer(args.ckpt, with_info=True, log=lambda msg: None, **hints)
     keep = ("kind", "version", "step", "model", "config", "source", "info")
     return {k: v for k, v in state.items() if k in keep}, info or "CoordTok tokenizer checkpoint"
@@ -79,8 +87,9 @@ def cmd_convert(args) -> None:
     if Path(out).resolve() == Path(args.ckpt).resolve():
         raise CheckpointError(f"--out {out}: is the input file; write the conversion to another file")
     if (out.exists() or out.is_symlink()) and not args.force:
-        raise CheckpointError(f"--out {out}: already exists and would be replaced; choose another file, or pass "
-                              f"--force to replace it")
+        raise CheckpointError(
+            f"--out {out}: already exists and would be replaced; choose another file, or pass --force to replace it"
+        )
     raw = load_any(args.ckpt)
     for convert in [kind.resolve("converter") for kind in KINDS.values() if kind.converter]:
         found = convert(raw, args)
@@ -88,33 +97,51 @@ def cmd_convert(args) -> None:
             state, info = found
             break
     else:
-        raise CheckpointError(f"{args.ckpt}: neither a CoordTok nor a CoordTok-SiT checkpoint (of this project or "
-                              f"of the reference implementation)")
+        raise CheckpointError(
+            f"{args.ckpt}: neither a CoordTok nor a CoordTok-SiT checkpoint (of this project or "
+            f"of the reference implementation)"
+        )
     atomic_save(state, out)
     print(f"{args.ckpt}: {info}", file=sys.stderr)
     print(json.dumps({"converted": str(args.ckpt), "out": str(out), "kind": state["kind"], "info": info}, indent=2))
 
 
 def register(sub) -> None:
-    t = sub.add_parser("train", help="train a tokenizer: CoordTok (stage 1 or 2), or a baseline config's kind "
-                                     "(magvit2, promag, regen)")
+    t = sub.add_parser(
+        "train", help="train a tokenizer: CoordTok (stage 1 or 2), or a baseline config's kind (magvit2, promag, regen)"
+    )
     add_config_options(t)
-    t.add_argument("--stage", type=int, choices=(1, 2), default=None,
-                   help="2: fine-tune whole frames with L2 + LPIPS from --init-from")
-    t.add_argument("--init-from", default=None,
-                   help="weights to start from: a stage-1 checkpoint or run folder (this project's or the reference's)")
+    t.add_argument(
+        "--stage",
+        type=int,
+        choices=(1, 2),
+        default=None,
+        help="2: fine-tune whole frames with L2 + LPIPS from --init-from",
+    )
+    t.add_argument(
+        "--init-from",
+        default=None,
+        help="weights to start from: a stage-1 checkpoint or run folder (this project's or the reference's)",
+    )
     t.set_defaults(fn=cmd_train)
 
     c = sub.add_parser("convert", help="write a reference CoordTok or CoordTok-SiT checkpoint as this project's own")
     c.add_argument("--ckpt", required=True, help="e.g. CoordTok_UCF101_1M_50K.pth or CoordTok_SiT_L_2_UCF101_600K.pt")
     c.add_argument("--out", required=True, help="the project checkpoint to write (config included)")
-    c.add_argument("--heads", type=positive_int, default=None,
-                   help="attention heads (default: width / 64, the released models' head width)")
+    c.add_argument(
+        "--heads",
+        type=positive_int,
+        default=None,
+        help="attention heads (default: width / 64, the released models' head width)",
+    )
     c.add_argument("--enc-heads", type=positive_int, default=None, help="tokenizer encoder heads (overrides --heads)")
     c.add_argument("--dec-heads", type=positive_int, default=None, help="tokenizer decoder heads (overrides --heads)")
     c.add_argument("--frames", type=positive_int, default=None, help="clip length, when the shapes leave it open")
     c.add_argument("--size", type=positive_int, default=None, help="frame side, when the shapes leave it open")
-    c.add_argument("--latent-stats", default=None,
-                   help="SiT: the reference run's log.txt or a stats.json; stored in the converted checkpoint")
+    c.add_argument(
+        "--latent-stats",
+        default=None,
+        help="SiT: the reference run's log.txt or a stats.json; stored in the converted checkpoint",
+    )
     c.add_argument("--force", action="store_true", help="replace --out if it exists")
     c.set_defaults(fn=cmd_convert)

@@ -12,6 +12,7 @@ builds one section strictly. Every mistake is one :class:`ConfigError` line in o
 all before any heavy work starts. The tokenizer's sections are defined here; the SiT's
 (:mod:`sit.config`) and the baselines' use the same loader.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -87,8 +88,12 @@ def parse_overrides(items: Iterable[str] | None) -> dict:
     return out
 
 
-def read_sections(path_or_dict: str | Path | dict, known: Iterable[str], overrides: dict | None = None,
-                  required: Iterable[str] = ("model",)) -> tuple[dict, str]:
+def read_sections(
+    path_or_dict: str | Path | dict,
+    known: Iterable[str],
+    overrides: dict | None = None,
+    required: Iterable[str] = ("model",),
+) -> tuple[dict, str]:
     """The raw sections of a config file or dict with ``overrides`` merged in: ``(sections, source)``.
 
     Section names are checked against ``known``; ``required`` sections must be present (an empty
@@ -100,8 +105,10 @@ def read_sections(path_or_dict: str | Path | dict, known: Iterable[str], overrid
     else:
         raw, source = load_yaml(path_or_dict), str(path_or_dict)
         if not raw:
-            raise ConfigError(f"{source}: the config file is empty; it needs at least a "
-                              f"{', '.join(repr(r + ':') for r in required) or 'section'} section")
+            raise ConfigError(
+                f"{source}: the config file is empty; it needs at least a "
+                f"{', '.join(repr(r + ':') for r in required) or 'section'} section"
+            )
     for key in raw:
         if key not in known:
             raise ConfigError(f"{source}: unknown section '{key}' (known: {', '.join(known)})")
@@ -155,10 +162,12 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         except ValueError:
             pass
     if annotation in (bool, int, float, str):
-        ok = {bool: isinstance(value, bool),
-              int: isinstance(value, int) and not isinstance(value, bool),
-              float: isinstance(value, (int, float)) and not isinstance(value, bool),
-              str: isinstance(value, (str, Path))}[annotation]
+        ok = {
+            bool: isinstance(value, bool),
+            int: isinstance(value, int) and not isinstance(value, bool),
+            float: isinstance(value, (int, float)) and not isinstance(value, bool),
+            str: isinstance(value, (str, Path)),
+        }[annotation]
         if not ok:
             raise ConfigError(f"{where}: must be {_TYPE_NAMES[annotation]}, got {value!r}")
         if annotation is float and not math.isfinite(value):
@@ -202,12 +211,14 @@ def from_dict(cls, data: dict | None, where: str):
 
 def to_dict(obj) -> dict:
     """A config dataclass as plain YAML/JSON data (tuples become lists)."""
+
     def plain(v):
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
+
     return {k: plain(v) for k, v in dataclasses.asdict(obj).items()}
 
 
@@ -320,13 +331,42 @@ class ModelConfig(Section):
     dec_norm_eps: float = 1e-5
 
     def validate(self) -> None:
-        positive(self, "frames", "size", "enc_dim", "enc_layers", "enc_heads", "cross_layers", "latent_xy", "latent_t",
-                 "latent_channels", "dec_dim", "dec_layers", "dec_heads", "enc_patch_t", "enc_patch_xy",
-                 "latent_patch_xy", "latent_patch_t", "dec_patch_xy", "dec_patch_t", "mlp_ratio", "vit_norm_eps",
-                 "cross_norm_eps", "dec_norm_eps")
-        divisible(self, ("frames", "enc_patch_t"), ("size", "enc_patch_xy"), ("size", "dec_patch_xy"),
-                  ("frames", "dec_patch_t"), ("latent_xy", "latent_patch_xy"), ("latent_t", "latent_patch_t"),
-                  ("enc_dim", "enc_heads"), ("dec_dim", "dec_heads"))
+        positive(
+            self,
+            "frames",
+            "size",
+            "enc_dim",
+            "enc_layers",
+            "enc_heads",
+            "cross_layers",
+            "latent_xy",
+            "latent_t",
+            "latent_channels",
+            "dec_dim",
+            "dec_layers",
+            "dec_heads",
+            "enc_patch_t",
+            "enc_patch_xy",
+            "latent_patch_xy",
+            "latent_patch_t",
+            "dec_patch_xy",
+            "dec_patch_t",
+            "mlp_ratio",
+            "vit_norm_eps",
+            "cross_norm_eps",
+            "dec_norm_eps",
+        )
+        divisible(
+            self,
+            ("frames", "enc_patch_t"),
+            ("size", "enc_patch_xy"),
+            ("size", "dec_patch_xy"),
+            ("frames", "dec_patch_t"),
+            ("latent_xy", "latent_patch_xy"),
+            ("latent_t", "latent_patch_t"),
+            ("enc_dim", "enc_heads"),
+            ("dec_dim", "dec_heads"),
+        )
 
     @property
     def patch_grid(self) -> tuple[int, int, int]:
@@ -392,8 +432,9 @@ class DataConfig(Section):
         positive(self, "num_workers", allow_zero=("num_workers",))
         if self.kind == "ucf101" and self.fold not in (1, 2, 3):
             raise ConfigError(f"'fold' must be 1, 2 or 3 for UCF-101, got {self.fold}")
-        if self.frame_range is not None and (len(self.frame_range) != 2 or self.frame_range[0] < 0
-                                             or self.frame_range[0] >= self.frame_range[1]):
+        if self.frame_range is not None and (
+            len(self.frame_range) != 2 or self.frame_range[0] < 0 or self.frame_range[0] >= self.frame_range[1]
+        ):
             raise ConfigError(f"'frame_range' must be [lo, hi) with 0 <= lo < hi, got {self.frame_range}")
 
     @classmethod
@@ -467,9 +508,21 @@ class LoopConfig(Section):
         positive(self, "warmup_steps", allow_zero=("warmup_steps",))
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise ConfigError(f"'mixed_precision' must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
-        positive(self, "batch_size", "grad_accum", "max_steps", "log_every", "ckpt_every", "keep_checkpoints",
-                 "max_bad_steps", "max_grad_norm", "lr", "weight_decay", "seed",
-                 allow_zero=("max_steps", "lr", "weight_decay", "seed"))
+        positive(
+            self,
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "log_every",
+            "ckpt_every",
+            "keep_checkpoints",
+            "max_bad_steps",
+            "max_grad_norm",
+            "lr",
+            "weight_decay",
+            "seed",
+            allow_zero=("max_steps", "lr", "weight_decay", "seed"),
+        )
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"'betas' must be two values in [0, 1), got {self.betas}")
         if not self.out_dir:
@@ -499,9 +552,17 @@ class TrainConfig(LoopConfig):
         super().validate()
         if self.stage not in (1, 2):
             raise ConfigError(f"'stage' must be 1 or 2, got {self.stage}")
-        positive(self, "num_coords", "num_frames_stage2", "stage2_max_steps", "l2_weight",
-                 "lpips_weight", "stage2_lpips_weight", "val_clips",
-                 allow_zero=("l2_weight", "lpips_weight", "stage2_lpips_weight", "val_clips"))
+        positive(
+            self,
+            "num_coords",
+            "num_frames_stage2",
+            "stage2_max_steps",
+            "l2_weight",
+            "lpips_weight",
+            "stage2_lpips_weight",
+            "val_clips",
+            allow_zero=("l2_weight", "lpips_weight", "stage2_lpips_weight", "val_clips"),
+        )
 
 
 @dataclass
@@ -518,17 +579,19 @@ class TokenizerRunConfig(RunConfig):
         if tc.stage == 1 and tc.num_coords > m.num_patches:
             raise ConfigError(
                 f"{self.source}: train.num_coords ({tc.num_coords}) is more than the clip's "
-                f"{m.num_patches} patches (model grid {m.patch_grid})")
+                f"{m.num_patches} patches (model grid {m.patch_grid})"
+            )
         if tc.stage == 2 and tc.num_frames_stage2 > m.patch_grid[0]:
             raise ConfigError(
                 f"{self.source}: train.num_frames_stage2 ({tc.num_frames_stage2}) is more than the "
-                f"{m.patch_grid[0]} frames of the model")
+                f"{m.patch_grid[0]} frames of the model"
+            )
         for name, d in (("data", self.data), ("val_data", self.val_data)):
             if d is not None and (d.frames != m.frames or d.size != m.size):
                 raise ConfigError(
                     f"{self.source}: {name} gives {d.frames}x{d.size}x{d.size} clips but the model is built for "
-                    f"{m.frames}x{m.size}x{m.size} (model.frames, model.size)")
-
+                    f"{m.frames}x{m.size}x{m.size} (model.frames, model.size)"
+                )
 
 
 SECTIONS = ("model", "train", "data", "val_data")
@@ -556,8 +619,11 @@ def load_tokenizer_config(path_or_dict: str | Path | dict, overrides: dict | Non
         model=model,
         train=from_dict(TrainConfig, raw.get("train"), f"{source}: train"),
         data=data_section(raw.get("data"), model.frames, model.size, f"{source}: data", default_kind="samples"),
-        val_data=(data_section(raw["val_data"], model.frames, model.size, f"{source}: val_data")
-                  if raw.get("val_data") else None),
+        val_data=(
+            data_section(raw["val_data"], model.frames, model.size, f"{source}: val_data")
+            if raw.get("val_data")
+            else None
+        ),
         source=source,
     )
     cfg.validate()

@@ -19,6 +19,7 @@ Every file is probed once (frame count and size, cached as JSON per video folder
 item ``i`` in epoch ``e`` comes from ``SeedSequence([seed, e, i])`` (no RNG state to checkpoint);
 each ``__getitem__`` opens its own ``VideoReader`` (worker-safe). Details: README.md, "Video data".
 """
+
 from __future__ import annotations
 
 import json
@@ -204,8 +205,9 @@ def to_model_video(video: torch.Tensor, num_frames=None) -> torch.Tensor:
     to be inert, and 0 in [-1, 1] is no uint8 level, so it is set here.
     """
     if video.dtype != torch.uint8 or video.ndim not in (4, 5) or video.shape[-4] != 3:
-        raise ValueError(f"expected uint8 video (3, T, H, W) or (B, 3, T, H, W), got {video.dtype} "
-                         f"{tuple(video.shape)}")
+        raise ValueError(
+            f"expected uint8 video (3, T, H, W) or (B, 3, T, H, W), got {video.dtype} {tuple(video.shape)}"
+        )
     # in place after the one new tensor: out-of-place temporaries of a clip's size cost more in
     # fresh pages (measured ~8x on a CPU) than the arithmetic itself
     x = video.float().div_(127.5).sub_(1)
@@ -296,10 +298,12 @@ class VideoClipDataset(Dataset):
         if not paths:
             raise EmptyDatasetError(f"no video files in {self.name}")
         self.classes: list[str] = list(classes or [])
-        if labels is not None and (len(labels) != len(paths) or not all(0 <= int(k) < len(self.classes)
-                                                                          for k in labels)):
-            raise ValueError(f"labels must give each of the {len(paths)} paths an index into the "
-                             f"{len(self.classes)} classes")
+        if labels is not None and (
+            len(labels) != len(paths) or not all(0 <= int(k) < len(self.classes) for k in labels)
+        ):
+            raise ValueError(
+                f"labels must give each of the {len(paths)} paths an index into the {len(self.classes)} classes"
+            )
         label_of = dict(zip(paths, map(int, labels))) if labels is not None else {}
         self.videos: list[VideoInfo] = []
         self.skipped: list[tuple[str, str]] = []
@@ -443,9 +447,14 @@ class VideoClipDataset(Dataset):
         if valid < self.num_frames:
             x = torch.cat([x, x.new_zeros(3, self.num_frames - valid, *x.shape[2:])], dim=1)
         x = x.contiguous()
-        return {"video": x if self.uint8 else to_model_video(x, valid), "num_frames": valid,
-                "path": info.path, "start": start, "label": info.label,
-                "class_name": self.classes[info.label] if info.label >= 0 else ""}
+        return {
+            "video": x if self.uint8 else to_model_video(x, valid),
+            "num_frames": valid,
+            "path": info.path,
+            "start": start,
+            "label": info.label,
+            "class_name": self.classes[info.label] if info.label >= 0 else "",
+        }
 
     def clip_at(self, video: int, start: int) -> dict:
         """The item of video ``video``'s clip from frame ``start``: ``num_frames`` frames at
@@ -459,8 +468,9 @@ class VideoClipDataset(Dataset):
         valid = min(self.num_frames, math.ceil((lo + n - start) / self.stride))
         if info.path in self._frames:
             frames = self._frames[info.path]
-            return self._item(frames[start - lo: start - lo + self.stride * (valid - 1) + 1: self.stride], valid, info,
-                              start)
+            return self._item(
+                frames[start - lo : start - lo + self.stride * (valid - 1) + 1 : self.stride], valid, info, start
+            )
         return self._decode(decord.VideoReader(info.path, num_threads=1), info, start, valid)
 
     def _load_preloaded(self, index: int, info: VideoInfo) -> dict:
@@ -468,8 +478,9 @@ class VideoClipDataset(Dataset):
         lo, _ = self._usable(info.frames)
         valid = self._valid_count(info.frames)
         start = self.window_start(index, info.frames)
-        return self._item(frames[start - lo: start - lo + self.stride * (valid - 1) + 1: self.stride], valid, info,
-                          start)
+        return self._item(
+            frames[start - lo : start - lo + self.stride * (valid - 1) + 1 : self.stride], valid, info, start
+        )
 
     def __getitem__(self, index: int) -> dict:
         """Item ``index`` (see the module docstring). A file that became unreadable since the
@@ -521,8 +532,11 @@ def list_videos(root) -> list[Path]:
             dirs.clear()
             continue
         seen[key] = folder
-        found += [Path(folder) / f for f in files
-                  if os.path.splitext(f)[1].lower() in VIDEO_EXTENSIONS and not f.startswith(".")]
+        found += [
+            Path(folder) / f
+            for f in files
+            if os.path.splitext(f)[1].lower() in VIDEO_EXTENSIONS and not f.startswith(".")
+        ]
     return sorted(found)
 
 
@@ -598,11 +612,15 @@ def ucf101(root, split: str = "train", fold: int = 1, split_dir=None, **kw) -> V
         folder = rel.split("/")[0] if "/" in rel else ""
         k = index.get(folder.lower())
         if k is None:
-            raise DataError(f"{split_file}:{n}: {rel}: class folder {folder!r} is not in classInd.txt; use the "
-                            f"split lists of the same archive as classInd.txt")
+            raise DataError(
+                f"{split_file}:{n}: {rel}: class folder {folder!r} is not in classInd.txt; use the "
+                f"split lists of the same archive as classInd.txt"
+            )
         if number is not None and number != str(k + 1):
-            raise DataError(f"{split_file}:{n}: {rel} is labelled {number} but classInd.txt numbers {classes[k]} "
-                            f"{k + 1}; use the split lists of the same archive as classInd.txt")
+            raise DataError(
+                f"{split_file}:{n}: {rel} is labelled {number} but classInd.txt numbers {classes[k]} "
+                f"{k + 1}; use the split lists of the same archive as classInd.txt"
+            )
         labels.append(k)
     by_lower = None
     paths = []
@@ -644,7 +662,7 @@ def ucf101_classes(class_file: Path, rel_paths: list[str]) -> list[str]:
 # on each frame alone, so a slice equals the resized slice bit for bit). The least recently used
 # go beyond _PRELOAD_BUDGET bytes. Read-only by convention: items slice and convert, never write.
 _PRELOADED: dict[tuple, torch.Tensor] = {}
-_PRELOAD_BUDGET = 512 * 2 ** 20
+_PRELOAD_BUDGET = 512 * 2**20
 
 
 def _preloaded(path: str, lo: int, n: int, size: int | None) -> torch.Tensor:
@@ -661,7 +679,7 @@ def _preloaded(path: str, lo: int, n: int, size: int | None) -> torch.Tensor:
         _PRELOADED[key] = (resize_center_crop(x, size) if size is not None else x).contiguous()
         while sum(t.numel() for t in _PRELOADED.values()) > _PRELOAD_BUDGET and len(_PRELOADED) > 1:
             del _PRELOADED[next(iter(_PRELOADED))]
-    return _PRELOADED[key][lo:lo + n]
+    return _PRELOADED[key][lo : lo + n]
 
 
 def sample_videos(names=("bikes", "bigbuckbunny"), **kw) -> VideoClipDataset:
@@ -689,10 +707,17 @@ def build_dataset(d: DataConfig, seed: int = 0, deterministic: bool | int = Fals
     if not isinstance(d, DataConfig):
         raise TypeError(f"build_dataset takes a coordtok.config.DataConfig, got {type(d).__name__}")
     d.validate()
-    common = {"num_frames": d.frames, "size": d.size, "stride": d.stride, "seed": seed,
-              "min_frames": min(d.min_frames, d.frames), "clips_per_video": d.clips_per_video,
-              "frame_range": tuple(d.frame_range) if d.frame_range is not None else None,
-              "deterministic_start": deterministic, **kw}
+    common = {
+        "num_frames": d.frames,
+        "size": d.size,
+        "stride": d.stride,
+        "seed": seed,
+        "min_frames": min(d.min_frames, d.frames),
+        "clips_per_video": d.clips_per_video,
+        "frame_range": tuple(d.frame_range) if d.frame_range is not None else None,
+        "deterministic_start": deterministic,
+        **kw,
+    }
     if d.kind == "folder":
         root = Path(d.root)
         return video_folder(root / d.split if d.split else root, **common)

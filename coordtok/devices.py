@@ -4,6 +4,7 @@ Training resolves ``train.mixed_precision`` (:func:`resolve_precision`), the inf
 ``--precision`` (:func:`resolve_inference_precision`, applied by :func:`inference_precision`);
 both depend on what the device supports (:func:`cpu_info` for a CPU's bf16 instructions).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,11 @@ def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
     except OSError:
         pass
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve")
-    return {"model": model, "instruction_sets": [w for w in wanted if w in flags],
-            "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"})}
+    return {
+        "model": model,
+        "instruction_sets": [w for w in wanted if w in flags],
+        "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
+    }
 
 
 def resolve_precision(requested: str, device_type: str, log=None, option: str = "train.mixed_precision") -> str:
@@ -58,16 +62,17 @@ def resolve_precision(requested: str, device_type: str, log=None, option: str = 
         if cuda and not torch.cuda.is_bf16_supported():
             raise ConfigError(f"{option}=bf16: this GPU does not support bf16; use fp16 or auto")
         if not cuda and not cpu_info()["native_bf16"]:
-            log("note: this CPU has no native bf16 (avx512_bf16/AMX): bf16 autocast is emulated and slower "
-                f"than fp32; {option}=auto would pick fp32")
+            log(
+                "note: this CPU has no native bf16 (avx512_bf16/AMX): bf16 autocast is emulated and slower "
+                f"than fp32; {option}=auto would pick fp32"
+            )
     return requested
 
 
 INFERENCE_PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 
 
-def resolve_inference_precision(requested: str, device_type: str, config_says: str | None = None,
-                                log=None) -> str:
+def resolve_inference_precision(requested: str, device_type: str, config_says: str | None = None, log=None) -> str:
     """The precision of an inference command (``sample``, ``encode``, ``eval-recon``, ``eval-fvd``):
     ``"fp32"``, ``"tf32"`` (fp32 tensors, TF32 matmuls and convolutions; CUDA only), ``"bf16"`` or
     ``"fp16"`` (autocast, with TF32 for what autocast keeps in fp32).
@@ -105,8 +110,9 @@ def inference_precision(precision: str, device_type: str):
             stack.callback(_set_tf32, *saved)
             _set_tf32(precision != "fp32", precision != "fp32")
         if precision in ("bf16", "fp16"):
-            stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16 if precision == "bf16"
-                                               else torch.float16))
+            stack.enter_context(
+                torch.autocast(device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+            )
         yield
 
 
@@ -126,8 +132,9 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         raise ConfigError(f"--device {device!r}: not a device (cpu, cuda, cuda:0, ...)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: no CUDA GPU is available here (torch {torch.__version__}); "
-                              f"use --device cpu")
+            raise ConfigError(
+                f"--device {device}: no CUDA GPU is available here (torch {torch.__version__}); use --device cpu"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif dev.type not in ("cpu", "meta") and dev.type != "mps":

@@ -4,6 +4,7 @@ The EMA model is a ``deepcopy`` of the model with ``requires_grad`` off; after e
 step call ``update_ema(ema_model, model)``. CoordTok-SiT samples with its EMA weights (paper: decay
 0.9999); the MAGVIT-v2 baseline evaluates its EMA (0.999).
 """
+
 from __future__ import annotations
 
 from copy import deepcopy

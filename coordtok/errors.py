@@ -6,6 +6,7 @@ message is one line that names the file or value, what is wrong and what to do; 
 prints that line (``coordtok: error: ...``) and exits with status 2. Anything else is a bug and
 keeps its traceback.
 """
+
 from __future__ import annotations
 
 

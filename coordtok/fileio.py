@@ -12,6 +12,7 @@ Pillow) still work, and :data:`TMP_GLOB` finds the ones a killed process left be
 :func:`check_writable` is what commands call before heavy work: it creates the output folder and
 proves a file can be created there, so a read-only ``--out`` fails in a second, not after an hour.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,8 +68,9 @@ def atomic_path(path: str | Path, what: str = "file") -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
         os.close(fd)
     except OSError as e:
-        raise OutputError(f"{path.parent}: cannot write the {what} here ({_reason(e)}); choose a writable "
-                          f"output folder") from None
+        raise OutputError(
+            f"{path.parent}: cannot write the {what} here ({_reason(e)}); choose a writable output folder"
+        ) from None
     tmp = Path(tmp)
     try:
         yield tmp
@@ -80,10 +82,16 @@ def atomic_path(path: str | Path, what: str = "file") -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(e, OSError) or (isinstance(e, RuntimeError) and _looks_like_io(e)):
-            detail = (_reason(e) if isinstance(e, OSError) else _SHORT_WRITE if _is_serializer_failure(e)
-                      else str(e).strip().splitlines()[0])
-            raise OutputError(f"{path}: writing the {what} failed ({detail}); the previous {what}, if any, "
-                              f"is intact") from None
+            detail = (
+                _reason(e)
+                if isinstance(e, OSError)
+                else _SHORT_WRITE
+                if _is_serializer_failure(e)
+                else str(e).strip().splitlines()[0]
+            )
+            raise OutputError(
+                f"{path}: writing the {what} failed ({detail}); the previous {what}, if any, is intact"
+            ) from None
         raise
     _fsync_dir(path.parent)
     note_written(path)
@@ -132,8 +140,9 @@ def _looks_like_io(e: RuntimeError) -> bool:
     """``torch.save`` reports a full disk as ``RuntimeError: ... file write failed`` or as a failed
     check of its zip writer (:func:`_is_serializer_failure`)."""
     text = str(e).lower()
-    return (any(k in text for k in ("write failed", "failed writing", "no space", "errno", "i/o error"))
-            or _is_serializer_failure(e))
+    return any(
+        k in text for k in ("write failed", "failed writing", "no space", "errno", "i/o error")
+    ) or _is_serializer_failure(e)
 
 
 def write_with(path: str | Path, write: Callable, binary: bool = True, what: str = "file") -> Path:
@@ -179,15 +188,15 @@ def check_writable(folder: str | Path, what: str = "output folder", create: bool
         if not ancestor.is_dir():
             raise OutputError(f"{folder}: cannot make the {what} here ({ancestor} is a file); choose another folder")
         if not os.access(ancestor, os.W_OK | os.X_OK):
-            raise OutputError(f"{folder}: cannot make the {what} here ({ancestor} is not writable); choose a "
-                              f"writable folder")
+            raise OutputError(
+                f"{folder}: cannot make the {what} here ({ancestor} is not writable); choose a writable folder"
+            )
         if create:
             folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         if isinstance(e, OutputError):
             raise
-        raise OutputError(f"{folder}: cannot write the {what} here ({_reason(e)}); choose a writable "
-                          f"folder") from None
+        raise OutputError(f"{folder}: cannot write the {what} here ({_reason(e)}); choose a writable folder") from None
     return folder
 
 

@@ -13,6 +13,7 @@ every entry, and builds, trains and reconstructs every tokenizer through this ta
 Adding a tokenizer: its model (and model config), its run-config loader, its
 :class:`coordtok.loop.Task`, a :class:`eval.tokenizers.Reconstructor`, and one row here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,7 +39,9 @@ class Kind:
     task: str | None  # the :class:`coordtok.loop.Task`: ``(run config)``; a generator's ``(run config, latents)``
     example: str | None  # a small config of this kind (repository path): the tests and the demo train it
     reconstructor: str | None = None  # ``(checkpoint, **protocol options) -> Reconstructor`` (tokenizers)
-    profile: str | None = None  # ``(kind, model section, frames, mode, num_coords, batch, device) -> (model, inputs, step)``
+    profile: str | None = (
+        None  # ``(kind, model section, frames, mode, num_coords, batch, device) -> (model, inputs, step)``
+    )
     converter: str | None = None  # ``(checkpoint dict, args) -> (state, info) | None`` for ``coordtok convert``
     note: str | None = None  # why an entry is missing, for the one-line error that names it
 
@@ -55,32 +58,72 @@ class Kind:
         return self.resolve("config")(path_or_dict, overrides)
 
 
-KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("coordtok", "CoordTok", "tokenizer",
-         config="coordtok.config:load_tokenizer_config", model_config="coordtok.config:ModelConfig",
-         model="coordtok.model:CoordTok", task="coordtok.train:TokenizerTask",
-         example="configs/tokenizer/tiny.yaml", reconstructor="eval.tokenizers:CoordTokReconstructor.load",
-         profile="eval.profile:coordtok_step", converter="coordtok.commands:convert_tokenizer"),
-    Kind("magvit2", "MAGVIT-v2", "tokenizer",
-         config="baselines.train:load_magvit2_run_config", model_config="baselines.magvit2:MagvitV2Config",
-         model="baselines.magvit2:MagvitV2", task="baselines.train:MagvitV2Task",
-         example="configs/baselines/magvit2-tiny.yaml", reconstructor="eval.tokenizers:MagvitReconstructor.load",
-         profile="eval.profile:conv3d_step"),
-    Kind("promag", "ProMAG", "tokenizer",
-         config="baselines.train:load_promag_run_config", model_config="baselines.promag:ProMAGConfig",
-         model="baselines.promag:ProMAG", task="baselines.train:ProMAGTask",
-         example="configs/baselines/promag-tiny-4x.yaml", reconstructor="eval.tokenizers:ProMAGReconstructor.load",
-         profile="eval.profile:conv3d_step"),
-    Kind("regen", "REGEN", "tokenizer",
-         config="baselines.regen_train:load_regen_run_config", model_config="baselines.regen:RegenConfig",
-         model="baselines.regen:Regen", task="baselines.regen_train:RegenTask",
-         example="configs/baselines/regen-tiny.yaml", reconstructor="eval.tokenizers:RegenReconstructor.load",
-         profile="eval.profile:regen_step"),
-    Kind("sit", "CoordTok-SiT", "generator",
-         config="sit.config:load_sit_run_config", model_config="sit.config:SiTConfig",
-         model="sit.models:TriplaneSiT", task="sit.train:SiTTask", example="configs/sit/tiny.yaml",
-         profile="eval.profile:sit_step", converter="sit.commands:convert_sit_file"),
-)}
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind(
+            "coordtok",
+            "CoordTok",
+            "tokenizer",
+            config="coordtok.config:load_tokenizer_config",
+            model_config="coordtok.config:ModelConfig",
+            model="coordtok.model:CoordTok",
+            task="coordtok.train:TokenizerTask",
+            example="configs/tokenizer/tiny.yaml",
+            reconstructor="eval.tokenizers:CoordTokReconstructor.load",
+            profile="eval.profile:coordtok_step",
+            converter="coordtok.commands:convert_tokenizer",
+        ),
+        Kind(
+            "magvit2",
+            "MAGVIT-v2",
+            "tokenizer",
+            config="baselines.train:load_magvit2_run_config",
+            model_config="baselines.magvit2:MagvitV2Config",
+            model="baselines.magvit2:MagvitV2",
+            task="baselines.train:MagvitV2Task",
+            example="configs/baselines/magvit2-tiny.yaml",
+            reconstructor="eval.tokenizers:MagvitReconstructor.load",
+            profile="eval.profile:conv3d_step",
+        ),
+        Kind(
+            "promag",
+            "ProMAG",
+            "tokenizer",
+            config="baselines.train:load_promag_run_config",
+            model_config="baselines.promag:ProMAGConfig",
+            model="baselines.promag:ProMAG",
+            task="baselines.train:ProMAGTask",
+            example="configs/baselines/promag-tiny-4x.yaml",
+            reconstructor="eval.tokenizers:ProMAGReconstructor.load",
+            profile="eval.profile:conv3d_step",
+        ),
+        Kind(
+            "regen",
+            "REGEN",
+            "tokenizer",
+            config="baselines.regen_train:load_regen_run_config",
+            model_config="baselines.regen:RegenConfig",
+            model="baselines.regen:Regen",
+            task="baselines.regen_train:RegenTask",
+            example="configs/baselines/regen-tiny.yaml",
+            reconstructor="eval.tokenizers:RegenReconstructor.load",
+            profile="eval.profile:regen_step",
+        ),
+        Kind(
+            "sit",
+            "CoordTok-SiT",
+            "generator",
+            config="sit.config:load_sit_run_config",
+            model_config="sit.config:SiTConfig",
+            model="sit.models:TriplaneSiT",
+            task="sit.train:SiTTask",
+            example="configs/sit/tiny.yaml",
+            profile="eval.profile:sit_step",
+            converter="sit.commands:convert_sit_file",
+        ),
+    )
+}
 
 
 # Kinds of models from other libraries, reached as ``<prefix>:<which>``: ``diffusers:<ClassName>``
@@ -89,12 +132,19 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
 # reconstruct, profile), but have no config loader and no task: this project does not train them.
 # Not in KINDS, so tokenizers() -- what `coordtok train` takes -- does not list them.
 PREFIXED: dict[str, Kind] = {
-    "diffusers": Kind("diffusers", "diffusers autoencoder", "tokenizer", config=None,
-                      model_config="eval.diffusers_vae:DiffusersVAEConfig",
-                      model="eval.diffusers_vae:build_autoencoder",
-                      task=None, example=None, reconstructor="eval.diffusers_vae:DiffusersReconstructor.load",
-                      profile="eval.diffusers_vae:autoencoder_step",
-                      note="a pretrained video autoencoder of diffusers, evaluated and profiled here, not trained"),
+    "diffusers": Kind(
+        "diffusers",
+        "diffusers autoencoder",
+        "tokenizer",
+        config=None,
+        model_config="eval.diffusers_vae:DiffusersVAEConfig",
+        model="eval.diffusers_vae:build_autoencoder",
+        task=None,
+        example=None,
+        reconstructor="eval.diffusers_vae:DiffusersReconstructor.load",
+        profile="eval.diffusers_vae:autoencoder_step",
+        note="a pretrained video autoencoder of diffusers, evaluated and profiled here, not trained",
+    ),
 }
 
 
@@ -115,8 +165,10 @@ def get_kind(name: str | None, where: str = "kind", role: str | None = None) -> 
     known += [f"{p}:<ClassName or folder>" for p, k in PREFIXED.items() if role is None or k.role == role]
     if kind is None or (role is not None and kind.role != role):
         what = f"a {role}" if role else "a kind"
-        raise ConfigError(f"{where}: kind: {name!r} is not {what} this project has (known: {', '.join(known)}; "
-                          f"a CoordTok config has no kind:)")
+        raise ConfigError(
+            f"{where}: kind: {name!r} is not {what} this project has (known: {', '.join(known)}; "
+            f"a CoordTok config has no kind:)"
+        )
     return kind
 
 

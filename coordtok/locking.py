@@ -11,6 +11,7 @@ its holder. Nobody releases such a file for a process that died, so a file left 
 of this host (its pid no longer running) is taken over with a line; one from another host cannot
 be checked from here and is refused with the command that removes it.
 """
+
 from __future__ import annotations
 
 import errno
@@ -73,8 +74,10 @@ class FolderLock:
         self._held_file = False
 
     def _busy(self, holder: str) -> FolderLockError:
-        return FolderLockError(f"{self.folder}: another {self.who} ({holder}) is writing to this folder; "
-                               f"wait for it to finish or {self.hint}")
+        return FolderLockError(
+            f"{self.folder}: another {self.who} ({holder}) is writing to this folder; "
+            f"wait for it to finish or {self.hint}"
+        )
 
     def acquire(self) -> "FolderLock":
         """Take the lock (the folder must exist) or raise a one-line :class:`FolderLockError`."""
@@ -83,8 +86,9 @@ class FolderLock:
         try:
             handle = open(self.path, "a+")
         except OSError as e:
-            raise FolderLockError(f"{self.path}: cannot create the lock file ({e.strerror or e}); "
-                                  f"{self.hint}") from None
+            raise FolderLockError(
+                f"{self.path}: cannot create the lock file ({e.strerror or e}); {self.hint}"
+            ) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -95,8 +99,10 @@ class FolderLock:
                 raise self._busy(holder) from None
             handle.close()
             reason = errno.errorcode.get(e.errno, str(e.errno)) if e.errno else (e.strerror or str(e))
-            self.log(f"{self.folder}: this file system cannot flock ({reason}); locking with {self.held_path.name} "
-                     f"instead, which a process killed on another host leaves behind")
+            self.log(
+                f"{self.folder}: this file system cannot flock ({reason}); locking with {self.held_path.name} "
+                f"instead, which a process killed on another host leaves behind"
+            )
             self._acquire_held_file()
             return self
         handle.seek(0)
@@ -131,10 +137,12 @@ class FolderLock:
                 # Alive here, or on another host where its pid means nothing to us: refuse.
                 raise FolderLockError(
                     f"{self.folder}: another {self.who} ({holder or 'unknown holder'}) holds {self.held_path.name}; "
-                    f"wait for it to finish or {self.hint}; if that process is gone, delete {self.held_path}") from None
+                    f"wait for it to finish or {self.hint}; if that process is gone, delete {self.held_path}"
+                ) from None
             except OSError as e:
-                raise FolderLockError(f"{self.held_path}: cannot create the lock file ({e.strerror or e}); "
-                                      f"{self.hint}") from None
+                raise FolderLockError(
+                    f"{self.held_path}: cannot create the lock file ({e.strerror or e}); {self.hint}"
+                ) from None
             with os.fdopen(fd, "w") as f:
                 f.write(_holder_line() + "\n")
             self._held_file = True

@@ -18,6 +18,7 @@ loss of one micro-batch, and a few hooks (starting weights, validation, extra ch
 Run settings (EMA, validation cadence, TF32, workers, checkpoints) are the ``train:`` section's:
 :class:`coordtok.config.LoopConfig`.
 """
+
 from __future__ import annotations
 
 import abc
@@ -39,7 +40,6 @@ from .config import ConfigError, LoopConfig
 from .devices import cpu_info, resolve_precision
 from .errors import CoordTokError
 from .seeds import SeedTag, mix_seed
-
 
 # ---------------------------------------------------------------------------- data order
 
@@ -78,7 +78,7 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         step = self.start
         while True:
             idx = self.indices(step)
-            yield idx[self.rank * self.local:(self.rank + 1) * self.local]
+            yield idx[self.rank * self.local : (self.rank + 1) * self.local]
             step += 1
 
 
@@ -104,8 +104,10 @@ def split_global_batch(batch_size: int, grad_accum: int, world: int, source: str
     """``(per-process micro-batch, global micro-batch)`` of a global batch split over processes and
     accumulation steps; a batch that does not divide is a one-line config error."""
     if batch_size % (world * grad_accum):
-        raise ConfigError(f"{source}: train.batch_size ({batch_size}) is not divisible by processes ({world}) "
-                          f"x grad_accum ({grad_accum})")
+        raise ConfigError(
+            f"{source}: train.batch_size ({batch_size}) is not divisible by processes ({world}) "
+            f"x grad_accum ({grad_accum})"
+        )
     return batch_size // (world * grad_accum), batch_size // grad_accum
 
 
@@ -116,8 +118,10 @@ def build_optimizer(model: torch.nn.Module, tc: LoopConfig) -> torch.optim.AdamW
     """AdamW over the trainable parameters; no weight decay on biases and norm gains (1-D
     parameters), as nanoGPT / timm. Group 0 decays, group 1 does not."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": tc.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": tc.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
     # The fused kernel updates every parameter in one pass instead of a Python loop of per-tensor
     # ops (70 ms per CoordTok-S step on the 2-core CPU, BENCHMARKS.md). Meta tensors (FLOP
     # counting) have no fused kernel.
@@ -145,7 +149,6 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, tc: LoopConfig) -> l
 
 def _fmt_hp(v) -> str:
     return "(" + ", ".join(f"{x:g}" for x in v) + ")" if isinstance(v, tuple) else f"{v:g}"
-
 
 
 # ---------------------------------------------------------------------------- the task interface
@@ -244,8 +247,9 @@ class Task(abc.ABC):
     # -- checkpoints
     def check_resume(self, state: dict, where: Path) -> None:
         """Refuse a checkpoint that cannot continue this run (e.g. another architecture)."""
-        ckpt.check_same_model(where, (state.get("config") or {}).get("model"), self.config.to_dict().get("model"),
-                              "cannot resume")
+        ckpt.check_same_model(
+            where, (state.get("config") or {}).get("model"), self.config.to_dict().get("model"), "cannot resume"
+        )
 
     def extra_state(self) -> dict:
         """Checkpoint entries beyond modules, optimizers, EMA and RNG (statistics, ...)."""
@@ -253,6 +257,7 @@ class Task(abc.ABC):
 
     def load_extra_state(self, state: dict, log) -> None:
         """Restore :meth:`extra_state` from a resumed checkpoint."""
+
 
 # ---------------------------------------------------------------------------- pieces of the loop
 
@@ -314,12 +319,17 @@ class NonFiniteGuard:
             self.in_a_row[phase] = 0
             return True
         n = self.in_a_row[phase] = self.in_a_row.get(phase, 0) + 1
-        ranks = (f" on every rank (this is rank {self.accelerator.process_index})"
-                 if self.accelerator.num_processes > 1 else "")
+        ranks = (
+            f" on every rank (this is rank {self.accelerator.process_index})"
+            if self.accelerator.num_processes > 1
+            else ""
+        )
         warnings.warn(f"step {step + 1}: non-finite {what}, update skipped{ranks} ({n} in a row)", stacklevel=2)
         if n >= self.max_bad:
-            raise TrainingDiverged(f"{n} consecutive non-finite steps at step {step + 1}; stopped (no checkpoint "
-                                   f"written: these weights give non-finite values). {advise()}")
+            raise TrainingDiverged(
+                f"{n} consecutive non-finite steps at step {step + 1}; stopped (no checkpoint "
+                f"written: these weights give non-finite values). {advise()}"
+            )
         return False
 
 
@@ -345,7 +355,10 @@ def grads_finite(module: torch.nn.Module) -> bool:
 def step_loader(dataset, batch_sampler, num_workers: int, device: torch.device):
     """An iterator of this rank's micro-batches, in the sampler's (resumable) order."""
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=batch_sampler, num_workers=num_workers, pin_memory=device.type == "cuda",
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
         prefetch_factor=2 if num_workers > 0 else None,
     )
     return iter(loader)
@@ -402,8 +415,11 @@ def _resume_on_every_rank(accelerator, folder: ckpt.RunFolder, resume) -> dict |
         try:
             state = folder.resume_state(resume)
             where = folder.resumed_from
-            name = None if state is None else (
-                where.name if where.parent.resolve() == folder.path.resolve() else str(where.resolve()))
+            name = (
+                None
+                if state is None
+                else (where.name if where.parent.resolve() == folder.path.resolve() else str(where.resolve()))
+            )
             decided = [None, name, None if state is None else int(state["step"]), folder.run_id]
         except CoordTokError as e:
             decided = [str(e), None, None, None]
@@ -421,8 +437,10 @@ def _resume_on_every_rank(accelerator, folder: ckpt.RunFolder, resume) -> dict |
         except CoordTokError as e:
             why = str(e)
         if why is not None:
-            error = (f"rank {rank}: {why}, but rank 0 resumes from {name} (step {step}); every process must "
-                     f"read the same checkpoint (a train.out_dir shared by all nodes, or that file copied to each)")
+            error = (
+                f"rank {rank}: {why}, but rank 0 resumes from {name} (step {step}); every process must "
+                f"read the same checkpoint (a train.out_dir shared by all nodes, or that file copied to each)"
+            )
     errors = [e for e in gather_object([error]) if e]
     if errors:
         raise ckpt.CheckpointError(errors[0])
@@ -436,8 +454,14 @@ def _mean_over_ranks(accelerator, sums: dict[str, torch.Tensor]) -> dict[str, fl
 # ---------------------------------------------------------------------------- fit
 
 
-def fit(task: Task, *, resume: bool | str | Path | None = None, progress: bool = True,
-        config_text: str | None = None, log=None) -> dict:
+def fit(
+    task: Task,
+    *,
+    resume: bool | str | Path | None = None,
+    progress: bool = True,
+    config_text: str | None = None,
+    log=None,
+) -> dict:
     """Train ``task`` as ``task.config.train`` says; returns ``{"step", <last metrics>, "run_dir",
     "checkpoint"}``. The trained weights stay in ``task.modules`` (and ``task.ema``).
 
@@ -461,15 +485,19 @@ def fit(task: Task, *, resume: bool | str | Path | None = None, progress: bool =
     # Autocast and the fp16 loss scaler are ours, not accelerate's: its mixed-precision setting is
     # process-wide state that cannot change between runs, and a demo or a test suite trains
     # several models in one process (e.g. an fp32 tokenizer, then a bf16 SiT).
-    accelerator = Accelerator(mixed_precision="no",
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    accelerator = Accelerator(
+        mixed_precision="no", kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)]
+    )
     # The device accelerate runs on, not whether a GPU exists: ACCELERATE_USE_CPU=1 on a GPU
     # machine trains on its CPUs, in the CPU's precision.
     device = accelerator.device
     precision = resolve_precision(tc.mixed_precision, device.type, log)
-    autocast = functools.partial(torch.autocast, device.type,
-                                 dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
-                                 enabled=precision != "no")
+    autocast = functools.partial(
+        torch.autocast,
+        device.type,
+        dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
+        enabled=precision != "no",
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tc.allow_tf32
@@ -494,8 +522,10 @@ def fit(task: Task, *, resume: bool | str | Path | None = None, progress: bool =
         if state is not None:
             step = _restore(task, optimizers, state, tc, log if is_main else (lambda msg: None))
         if is_main:
-            log(f"precision: {'fp32' if precision == 'no' else precision} "
-                f"({'CUDA' if device.type == 'cuda' else cpu_info()['model']})")
+            log(
+                f"precision: {'fp32' if precision == 'no' else precision} "
+                f"({'CUDA' if device.type == 'cuda' else cpu_info()['model']})"
+            )
         blocks = set_activation_checkpointing(task.modules["model"], tc.activation_checkpointing)
         if is_main and tc.activation_checkpointing:
             log(f"activation checkpointing: {blocks} blocks recompute their activations in the backward")
@@ -503,8 +533,8 @@ def fit(task: Task, *, resume: bool | str | Path | None = None, progress: bool =
         names = list(task.modules)
         prepared = accelerator.prepare(*[task.modules[n] for n in names], *[optimizers[n] for n in task.phases])
         prepared = prepared if isinstance(prepared, (list, tuple)) else [prepared]
-        task.wrapped = dict(zip(names, prepared[:len(names)]))
-        optimizers = dict(zip(task.phases, prepared[len(names):]))
+        task.wrapped = dict(zip(names, prepared[: len(names)]))
+        optimizers = dict(zip(task.phases, prepared[len(names) :]))
         if task.ema is not None:
             task.ema.to(device)
         task.setup()
@@ -540,22 +570,33 @@ def fit(task: Task, *, resume: bool | str | Path | None = None, progress: bool =
             if not is_main:
                 return None
             payload = {
-                "kind": task.kind, "step": step_,
+                "kind": task.kind,
+                "step": step_,
                 **{ckpt.module_key(n): accelerator.unwrap_model(task.wrapped[n]).state_dict() for n in names},
                 **{ckpt.optimizer_key(n): opt.state_dict() for n, opt in optimizers.items()},
                 "ema": task.ema.state_dict() if task.ema is not None else None,
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "rng": rngs[0], **({"rng_ranks": rngs} if world > 1 else {}),
-                "config": task.config.to_dict(), "config_text": config_text,
-                "metrics": dict(last), **task.extra_state(),
+                "rng": rngs[0],
+                **({"rng_ranks": rngs} if world > 1 else {}),
+                "config": task.config.to_dict(),
+                "config_text": config_text,
+                "metrics": dict(last),
+                **task.extra_state(),
                 "finite_weights": all(bool(torch.isfinite(p).all()) for p in task.modules["model"].parameters()),
-                "judged": {k: judged[k] for k in sorted(judged)[-64:]}, "first_loss": first_loss,
+                "judged": {k: judged[k] for k in sorted(judged)[-64:]},
+                "first_loss": first_loss,
             }
             return folder.save(payload, step_, tc.keep_checkpoints)
 
         # -- the loop: one optimizer step per phase per step, every rank in step ---------------
-        bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and is_main), desc=task.kind,
-                   dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(
+            total=tc.max_steps,
+            initial=step,
+            disable=not (progress and is_main),
+            desc=task.kind,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
         guard = NonFiniteGuard(accelerator, tc.max_bad_steps, task.hint)
         for module in task.wrapped.values():
             module.train()
@@ -593,8 +634,11 @@ def fit(task: Task, *, resume: bool | str | Path | None = None, progress: bool =
                 if phase == main:
                     main_loss_finite = finite
                 grads_ok = not check_grads or not finite or grads_finite(module)
-                what = "gradient" if finite else "loss" + (
-                    f" on rank {', '.join(map(str, bad_ranks))} of {world}" if world > 1 else "")
+                what = (
+                    "gradient"
+                    if finite
+                    else "loss" + (f" on rank {', '.join(map(str, bad_ranks))} of {world}" if world > 1 else "")
+                )
                 if not guard.step_ok(finite and grads_ok, step, f"{phase} {what}", advise, phase):
                     opt.zero_grad(set_to_none=True)
                     if phase == main:  # the main module's update is the step: skip all of it
@@ -603,8 +647,9 @@ def fit(task: Task, *, resume: bool | str | Path | None = None, progress: bool =
                     continue  # a later phase (a discriminator): its update alone is skipped, the step counts
                 scaler.unscale_(opt)  # (a no-op without fp16) so clipping sees true gradients
                 if tc.max_grad_norm:
-                    sums[prefix + "grad_norm"] = torch.nn.utils.clip_grad_norm_(
-                        module.parameters(), tc.max_grad_norm).detach().float()
+                    sums[prefix + "grad_norm"] = (
+                        torch.nn.utils.clip_grad_norm_(module.parameters(), tc.max_grad_norm).detach().float()
+                    )
                 for group in opt.param_groups:  # the schedule is a function of the step: exact on resume
                     group["lr"] = tc.lr_at(step)
                 scaler.step(opt)  # skips the update when an fp16 gradient overflowed
@@ -675,9 +720,11 @@ def advice(folder: ckpt.RunFolder, judged: dict[int, float], first_loss: float |
     if good is not None:
         k = int(ckpt.peek(good)["step"])
         was = f", the run's first loss was {first_loss:.4g}" if first_loss is not None else ""
-        return (f"The newest checkpoint known good is {good} (step {k}: its weights gave a loss of "
-                f"{judged[k]:.4g}{was}){newer}. {hint}, then --resume {good}: a resumed run takes "
-                f"the config's optimizer settings.")
+        return (
+            f"The newest checkpoint known good is {good} (step {k}: its weights gave a loss of "
+            f"{judged[k]:.4g}{was}){newer}. {hint}, then --resume {good}: a resumed run takes "
+            f"the config's optimizer settings."
+        )
     why = "each one had already diverged: " + ", ".join(bad) if bad else "none was written"
     return f"No checkpoint of this run is known good ({why}). {hint} and start afresh in a new train.out_dir."
 

@@ -16,6 +16,7 @@ package (``LPIPS(net="vgg", version="0.1", spatial=False)``) number for number, 
 Weights: VGG16 from an explicit path, else ``$COORDTOK_VGG16``, else the torch hub cache
 ``<torch.hub.get_dir()>/checkpoints/vgg16-397923af.pth`` (where torchvision would cache it).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from .errors import CoordTokError
 
 VGG16_FILENAME = "vgg16-397923af.pth"

@@ -19,6 +19,7 @@ that are deliberate"): the LayerNorm epsilons are configuration (:class:`ModelCo
 past ``num_frames`` are zeroed and their video tokens excluded from every attention, and the
 decoder's positional embedding is read at the integer patch index ``i`` of each axis.
 """
+
 from __future__ import annotations
 
 import math
@@ -140,14 +141,20 @@ class VideoEncoder(nn.Module):
         # The CLS token takes part in attention and is dropped at the end (as the reference).
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, n, d))
-        self.blocks = nn.ModuleList(Block(d, cfg.enc_heads, cfg.mlp_ratio, qkv_bias=False, eps=cfg.vit_norm_eps)
-                                    for _ in range(cfg.enc_layers))
+        self.blocks = nn.ModuleList(
+            Block(d, cfg.enc_heads, cfg.mlp_ratio, qkv_bias=False, eps=cfg.vit_norm_eps) for _ in range(cfg.enc_layers)
+        )
         self.norm = nn.LayerNorm(d, eps=cfg.vit_norm_eps)
 
     def forward(self, video: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
         c = self.cfg
-        patches = rearrange(video, "b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw)",
-                            pt=c.enc_patch_t, ph=c.enc_patch_xy, pw=c.enc_patch_xy)
+        patches = rearrange(
+            video,
+            "b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw)",
+            pt=c.enc_patch_t,
+            ph=c.enc_patch_xy,
+            pw=c.enc_patch_xy,
+        )
         x = _conv_as_linear(self.patch_embed, patches) + self.pos_embed
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         mask = None
@@ -174,8 +181,9 @@ class TriplaneEncoder(nn.Module):
         self.embed_yt = nn.Conv2d(c, d, kernel_size=(pt, pxy), stride=(pt, pxy))
         self.embed_xt = nn.Conv2d(c, d, kernel_size=(pt, pxy), stride=(pt, pxy))
         self.cross_pos_embed = nn.Parameter(torch.zeros(1, num_video_tokens, d))
-        self.blocks = nn.ModuleList(CrossSelfBlock(d, cfg.enc_heads, cfg.mlp_ratio, eps=cfg.cross_norm_eps)
-                                    for _ in range(cfg.cross_layers))
+        self.blocks = nn.ModuleList(
+            CrossSelfBlock(d, cfg.enc_heads, cfg.mlp_ratio, eps=cfg.cross_norm_eps) for _ in range(cfg.cross_layers)
+        )
         self.norm = nn.LayerNorm(d, eps=cfg.cross_norm_eps)
         self.proj_xy = nn.Linear(d, pxy * pxy * c)
         self.proj_yt = nn.Linear(d, pt * pxy * c)
@@ -184,9 +192,14 @@ class TriplaneEncoder(nn.Module):
 
     def query_tokens(self) -> torch.Tensor:
         """``(1, Q, D)``: the patch-embedded triplane queries (independent of the input clip)."""
-        toks = [rearrange(embed(q), "1 d r s -> 1 (r s) d")
-                for embed, q in ((self.embed_xy, self.query_xy), (self.embed_yt, self.query_yt),
-                                 (self.embed_xt, self.query_xt))]
+        toks = [
+            rearrange(embed(q), "1 d r s -> 1 (r s) d")
+            for embed, q in (
+                (self.embed_xy, self.query_xy),
+                (self.embed_yt, self.query_yt),
+                (self.embed_xt, self.query_xt),
+            )
+        ]
         return torch.cat(toks, dim=1)
 
     def forward(self, video_tokens: torch.Tensor, token_mask: torch.Tensor | None) -> Triplane:
@@ -221,8 +234,9 @@ class CoordDecoder(nn.Module):
         # One learnable embedding per patch of the grid, indexed by integer (t, h, w): no float
         # round trip, so no off-by-one at the grid's edges.
         self.pos_embed = nn.Parameter(torch.randn(*self.patch_grid, d) * d**-0.5)
-        self.blocks = nn.ModuleList(Block(d, cfg.dec_heads, cfg.mlp_ratio, qkv_bias=True, eps=cfg.dec_norm_eps)
-                                    for _ in range(cfg.dec_layers))
+        self.blocks = nn.ModuleList(
+            Block(d, cfg.dec_heads, cfg.mlp_ratio, qkv_bias=True, eps=cfg.dec_norm_eps) for _ in range(cfg.dec_layers)
+        )
         self.norm = nn.LayerNorm(d, eps=cfg.dec_norm_eps)
         self.head = nn.Linear(d, cfg.dec_patch_t * cfg.dec_patch_xy**2 * 3)
 
@@ -268,7 +282,9 @@ def frame_coords(frames: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tens
     """
     _, hp, wp = grid
     b, f = frames.shape
-    hh, ww = torch.meshgrid(torch.arange(hp, device=frames.device), torch.arange(wp, device=frames.device), indexing="ij")
+    hh, ww = torch.meshgrid(
+        torch.arange(hp, device=frames.device), torch.arange(wp, device=frames.device), indexing="ij"
+    )
     t = repeat(frames, "b f -> b f h w", h=hp, w=wp)
     h = repeat(hh, "h w -> b f h w", b=b, f=f)
     w = repeat(ww, "h w -> b f h w", b=b, f=f)
@@ -304,8 +320,11 @@ def random_frames(valid_frames: torch.Tensor, n: int, generator: torch.Generator
     out = []
     for nf in valid_frames.tolist():
         nf = int(nf)
-        idx = torch.randperm(nf, generator=generator)[:n] if nf >= n else \
-            torch.cat([torch.arange(nf), torch.randint(nf, (n - nf,), generator=generator)])
+        idx = (
+            torch.randperm(nf, generator=generator)[:n]
+            if nf >= n
+            else torch.cat([torch.arange(nf), torch.randint(nf, (n - nf,), generator=generator)])
+        )
         out.append(idx.sort().values)
     return torch.stack(out).to(valid_frames.device)
 
@@ -390,7 +409,9 @@ class CoordTok(nn.Module):
         if t < c.frames:
             # A shorter tensor is a short clip: pad it and mask the padding.
             nf = torch.full((b,), t, dtype=torch.long, device=video.device)
-            num_frames = nf if num_frames is None else torch.minimum(torch.as_tensor(num_frames, device=video.device), nf)
+            num_frames = (
+                nf if num_frames is None else torch.minimum(torch.as_tensor(num_frames, device=video.device), nf)
+            )
             video = F.pad(video, (0, 0, 0, 0, 0, c.frames - t))
         return video, num_frames
 
@@ -409,7 +430,9 @@ class CoordTok(nn.Module):
         frame_mask = valid_frame_mask(num_frames, c.frames, video.shape[0], video.device)
         token_mask = None
         if frame_mask is not None:
-            video = torch.where(frame_mask[:, None, :, None, None], video, torch.zeros((), dtype=video.dtype, device=video.device))
+            video = torch.where(
+                frame_mask[:, None, :, None, None], video, torch.zeros((), dtype=video.dtype, device=video.device)
+            )
             tt, th, tw = self.video_encoder.grid
             valid_t = torch.arange(tt, device=video.device) * c.enc_patch_t < num_frames.to(video.device)[:, None]
             token_mask = repeat(valid_t, "b t -> b (t h w)", h=th, w=tw)
@@ -436,13 +459,16 @@ class CoordTok(nn.Module):
             raise ValueError(f"coords outside the patch grid {self.patch_grid}")
         return self.decoder(triplane, coords, key_mask)
 
-    def forward(self, video: torch.Tensor, coords: torch.Tensor, num_frames: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, video: torch.Tensor, coords: torch.Tensor, num_frames: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Training entry point: ``decode(encode(video, num_frames), coords)``."""
         return self.decode(self.encode(video, num_frames), coords)
 
     @torch.no_grad()
-    def decode_video(self, triplane: Triplane, num_frames: torch.Tensor | None = None,
-                     frames_per_chunk: int | None = None) -> torch.Tensor:
+    def decode_video(
+        self, triplane: Triplane, num_frames: torch.Tensor | None = None, frames_per_chunk: int | None = None
+    ) -> torch.Tensor:
         """Decode whole clips ``(B, 3, T, H, W)`` from triplanes.
 
         By default all ``Tp * Hp * Wp`` coordinates (32768 for the paper setting) go through the
@@ -477,8 +503,9 @@ class CoordTok(nn.Module):
         return video
 
     @torch.no_grad()
-    def reconstruct(self, video: torch.Tensor, num_frames: torch.Tensor | None = None,
-                    frames_per_chunk: int | None = None) -> torch.Tensor:
+    def reconstruct(
+        self, video: torch.Tensor, num_frames: torch.Tensor | None = None, frames_per_chunk: int | None = None
+    ) -> torch.Tensor:
         """``decode_video(encode(video))``: ``(B, 3, T, H, W)`` in, the same shape out."""
         t = video.shape[2]
         if num_frames is None and t < self.config.frames:

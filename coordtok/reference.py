@@ -32,6 +32,7 @@ The reference's argument names cross over: its ``enc_patch_num_layers`` is the n
 layers (our ``enc_layers``) and its ``enc_num_layers`` the number of cross-self layers (our
 ``cross_layers``). Its LayerNorm epsilons are :class:`ModelConfig`'s defaults.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,8 +44,8 @@ from typing import Callable
 import torch
 from einops import rearrange
 
-from .errors import CheckpointError
 from .config import ConfigError, ModelConfig
+from .errors import CheckpointError
 
 PREFIX = "module."  # DistributedDataParallel's
 LPIPS_PREFIX = "decoder.lpips_loss."  # the stage-2 loss module: not part of the tokenizer
@@ -67,7 +68,7 @@ def _state_dict(obj) -> tuple[dict, str]:
     if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) for k in sd):
         return {}, ""
     if all(k.startswith(PREFIX) for k in sd):
-        return {k[len(PREFIX):]: v for k, v in sd.items()}, PREFIX
+        return {k[len(PREFIX) :]: v for k, v in sd.items()}, PREFIX
     return dict(sd), ""
 
 
@@ -76,8 +77,11 @@ def is_reference_coordtok(obj) -> bool:
     dict, with or without the ``module.`` prefix, holding ``weight_tokens_xy``, ``encoder.*`` and
     ``decoder.transformer.*`` keys."""
     sd, _ = _state_dict(obj)
-    return ("weight_tokens_xy" in sd and any(k.startswith("encoder.") for k in sd)
-            and any(k.startswith("decoder.transformer.") for k in sd))
+    return (
+        "weight_tokens_xy" in sd
+        and any(k.startswith("encoder.") for k in sd)
+        and any(k.startswith("decoder.transformer.") for k in sd)
+    )
 
 
 class _Reader:
@@ -121,12 +125,16 @@ def _heads(width: int, given: int | None, what: str, flag: str, r: _Reader, rele
     if given is None:
         arg = f"{what[:3]}_num_heads"
         if width % HEAD_DIM:
-            raise r.fail(f"the {what} is {width}-d, not a multiple of {HEAD_DIM}, so its number of attention heads "
-                         f"cannot be guessed; pass --heads (or {flag}): the reference run's {arg} argument")
+            raise r.fail(
+                f"the {what} is {width}-d, not a multiple of {HEAD_DIM}, so its number of attention heads "
+                f"cannot be guessed; pass --heads (or {flag}): the reference run's {arg} argument"
+            )
         if released is None:
-            raise r.fail(f"the {what} is {width}-d, a custom size: its attention heads are not in the weights and "
-                         f"width / {HEAD_DIM} = {width // HEAD_DIM} holds only for the released sizes; pass --heads "
-                         f"(or {flag}): the reference run's {arg} argument")
+            raise r.fail(
+                f"the {what} is {width}-d, a custom size: its attention heads are not in the weights and "
+                f"width / {HEAD_DIM} = {width // HEAD_DIM} holds only for the released sizes; pass --heads "
+                f"(or {flag}): the reference run's {arg} argument"
+            )
         return width // HEAD_DIM
     if given < 1 or width % given:
         raise r.fail(f"{given} heads do not divide the {width}-d {what}; pass a divisor of {width} as {flag}")
@@ -140,15 +148,21 @@ def _clip_candidates(r: _Reader) -> tuple[list[tuple[int, int, int, int]], str]:
     out_dim, _ = r.shape("decoder.projector.weight", 2)
     _, _, et, ep, ep2 = r.shape("encoder.encoder.patch_embed.proj.weight", 5)
     _, n_tokens, _ = r.shape("encoder.encoder.pos_emb", 3)
-    facts = (f"'{r.name('decoder.transformer.pos_embed')}' grid {tp}x{hp}x{wp}, "
-             f"'{r.name('decoder.projector.weight')}' {out_dim} outputs, encoder patch {et}x{ep}x{ep2}, "
-             f"{n_tokens} video tokens")
+    facts = (
+        f"'{r.name('decoder.transformer.pos_embed')}' grid {tp}x{hp}x{wp}, "
+        f"'{r.name('decoder.projector.weight')}' {out_dim} outputs, encoder patch {et}x{ep}x{ep2}, "
+        f"{n_tokens} video tokens"
+    )
     if hp != wp:
-        raise r.fail(f"key '{r.name('decoder.transformer.pos_embed')}' has a {hp}x{wp} spatial grid; "
-                     f"only square clips are supported")
+        raise r.fail(
+            f"key '{r.name('decoder.transformer.pos_embed')}' has a {hp}x{wp} spatial grid; "
+            f"only square clips are supported"
+        )
     if ep != ep2:
-        raise r.fail(f"key '{r.name('encoder.encoder.patch_embed.proj.weight')}' has a {ep}x{ep2} spatial kernel; "
-                     f"only square patches are supported")
+        raise r.fail(
+            f"key '{r.name('encoder.encoder.patch_embed.proj.weight')}' has a {ep}x{ep2} spatial kernel; "
+            f"only square patches are supported"
+        )
     found = []
     if out_dim % 3 == 0:  # decoder head: 3 * pt * p * p outputs
         per_channel = out_dim // 3
@@ -162,9 +176,15 @@ def _clip_candidates(r: _Reader) -> tuple[list[tuple[int, int, int, int]], str]:
     return found, facts
 
 
-def infer_coordtok_config(state_dict, heads: int | None = None, enc_heads: int | None = None,
-                          dec_heads: int | None = None, frames: int | None = None, size: int | None = None,
-                          source: str = "reference checkpoint") -> ModelConfig:
+def infer_coordtok_config(
+    state_dict,
+    heads: int | None = None,
+    enc_heads: int | None = None,
+    dec_heads: int | None = None,
+    frames: int | None = None,
+    size: int | None = None,
+    source: str = "reference checkpoint",
+) -> ModelConfig:
     """The :class:`ModelConfig` of a reference CoordTok state dict, read off its tensor shapes.
 
     Layer counts come from the key indices; widths, latent sizes and patch sizes from the
@@ -198,8 +218,9 @@ def _infer(r: _Reader, heads, enc_heads, dec_heads, frames, size) -> ModelConfig
     mlp_hidden, _ = r.shape("encoder.encoder.layers.0.mlp.fc1.weight", 2)
 
     candidates, facts = _clip_candidates(r)
-    picked = [cand for cand in candidates
-              if (frames is None or cand[0] == frames) and (size is None or cand[1] == size)]
+    picked = [
+        cand for cand in candidates if (frames is None or cand[0] == frames) and (size is None or cand[1] == size)
+    ]
     if not picked:
         if not candidates:
             raise r.fail(f"no clip shape fits {facts}; the file is damaged or not a reference CoordTok checkpoint")
@@ -209,26 +230,54 @@ def _infer(r: _Reader, heads, enc_heads, dec_heads, frames, size) -> ModelConfig
     # The reference un-patchifies a plane's tokens as a sqrt(L) x sqrt(L) grid: only square
     # patch grids of the triplane come out in the layout the decoder reads.
     if tl % pt_lat == 0 and wl % pxy == 0 and tl // pt_lat != wl // pxy:
-        raise r.fail(f"key '{r.name('encoder.patch_embeds_yt.proj.weight')}' gives a {tl // pt_lat}x{wl // pxy} "
-                     f"yt patch grid; the reference lays out only square ones as planes, so this file is unsupported")
+        raise r.fail(
+            f"key '{r.name('encoder.patch_embeds_yt.proj.weight')}' gives a {tl // pt_lat}x{wl // pxy} "
+            f"yt patch grid; the reference lays out only square ones as planes, so this file is unsupported"
+        )
     _, _, enc_p_t, enc_p_xy, _ = r.shape("encoder.encoder.patch_embed.proj.weight", 5)
     mlp_ratio = mlp_hidden / d
     if int(d * mlp_ratio) != mlp_hidden:
-        raise r.fail(f"key '{r.name('encoder.encoder.layers.0.mlp.fc1.weight')}' has a {mlp_hidden}-d MLP for "
-                     f"{d}-d tokens, which no mlp_ratio reproduces")
-    layers = {"enc_layers": r.layers("encoder.encoder.layers"), "cross_layers": r.layers("encoder.transformer.layers"),
-              "dec_layers": r.layers("decoder.transformer.layers")}
-    released = next((name for name, (width, depth) in SIZES.items() if d == dd == width and layers == {
-        "enc_layers": VIT_LAYERS, "cross_layers": depth, "dec_layers": depth}), None)
+        raise r.fail(
+            f"key '{r.name('encoder.encoder.layers.0.mlp.fc1.weight')}' has a {mlp_hidden}-d MLP for "
+            f"{d}-d tokens, which no mlp_ratio reproduces"
+        )
+    layers = {
+        "enc_layers": r.layers("encoder.encoder.layers"),
+        "cross_layers": r.layers("encoder.transformer.layers"),
+        "dec_layers": r.layers("decoder.transformer.layers"),
+    }
+    released = next(
+        (
+            name
+            for name, (width, depth) in SIZES.items()
+            if d == dd == width and layers == {"enc_layers": VIT_LAYERS, "cross_layers": depth, "dec_layers": depth}
+        ),
+        None,
+    )
     enc_h = _heads(d, enc_heads if enc_heads is not None else heads, "encoder", "--enc-heads", r, released)
     dec_h = _heads(dd, dec_heads if dec_heads is not None else heads, "decoder", "--dec-heads", r, released)
     try:  # (a ModelConfig checks itself when it is built)
         return ModelConfig(
-            frames=clip_frames, size=clip_size, enc_patch_t=enc_p_t, enc_patch_xy=enc_p_xy,
-            enc_dim=d, enc_heads=enc_h, latent_xy=hl, latent_t=tl, latent_channels=c, latent_patch_xy=pxy,
-            latent_patch_t=pt_lat, dec_dim=dd, dec_heads=dec_h, **layers,
-            dec_patch_xy=dec_p, dec_patch_t=dec_pt, mlp_ratio=mlp_ratio,
-            vit_norm_eps=1e-5, cross_norm_eps=1e-6, dec_norm_eps=1e-5,  # the reference's (timm <= 1.0.15 Block)
+            frames=clip_frames,
+            size=clip_size,
+            enc_patch_t=enc_p_t,
+            enc_patch_xy=enc_p_xy,
+            enc_dim=d,
+            enc_heads=enc_h,
+            latent_xy=hl,
+            latent_t=tl,
+            latent_channels=c,
+            latent_patch_xy=pxy,
+            latent_patch_t=pt_lat,
+            dec_dim=dd,
+            dec_heads=dec_h,
+            **layers,
+            dec_patch_xy=dec_p,
+            dec_patch_t=dec_pt,
+            mlp_ratio=mlp_ratio,
+            vit_norm_eps=1e-5,
+            cross_norm_eps=1e-6,
+            dec_norm_eps=1e-5,  # the reference's (timm <= 1.0.15 Block)
         )
     except ConfigError as e:
         keys = dict.fromkeys(f"'{r.name(key)}'" for field, key in _FIELD_KEYS.items() if f"'{field}'" in str(e))
@@ -238,12 +287,19 @@ def _infer(r: _Reader, heads, enc_heads, dec_heads, frames, size) -> ModelConfig
 
 # Where infer_coordtok_config reads each field (for messages).
 _FIELD_KEYS = {
-    "enc_patch_t": "encoder.encoder.patch_embed.proj.weight", "enc_patch_xy": "encoder.encoder.patch_embed.proj.weight",
-    "enc_dim": "encoder.encoder.cls_token", "latent_xy": "weight_tokens_xy", "latent_t": "weight_tokens_yt",
-    "latent_channels": "weight_tokens_xy", "latent_patch_xy": "encoder.patch_embeds_xy.proj.weight",
-    "latent_patch_t": "encoder.patch_embeds_yt.proj.weight", "dec_dim": "decoder.transformer.pos_embed",
-    "frames": "decoder.transformer.pos_embed", "size": "decoder.transformer.pos_embed",
-    "dec_patch_t": "decoder.projector.weight", "dec_patch_xy": "decoder.projector.weight",
+    "enc_patch_t": "encoder.encoder.patch_embed.proj.weight",
+    "enc_patch_xy": "encoder.encoder.patch_embed.proj.weight",
+    "enc_dim": "encoder.encoder.cls_token",
+    "latent_xy": "weight_tokens_xy",
+    "latent_t": "weight_tokens_yt",
+    "latent_channels": "weight_tokens_xy",
+    "latent_patch_xy": "encoder.patch_embeds_xy.proj.weight",
+    "latent_patch_t": "encoder.patch_embeds_yt.proj.weight",
+    "dec_dim": "decoder.transformer.pos_embed",
+    "frames": "decoder.transformer.pos_embed",
+    "size": "decoder.transformer.pos_embed",
+    "dec_patch_t": "decoder.projector.weight",
+    "dec_patch_xy": "decoder.projector.weight",
 }
 
 
@@ -256,10 +312,19 @@ def _to(ours: str) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
 
 def _block(layout: Layout, ref: str, ours: str, dim: int, hidden: int, qkv_bias: bool) -> None:
     """A timm ``Block``: the reference and ours use the same names."""
-    shapes = {"norm1.weight": (dim,), "norm1.bias": (dim,), "attn.qkv.weight": (3 * dim, dim),
-              "attn.proj.weight": (dim, dim), "attn.proj.bias": (dim,), "norm2.weight": (dim,), "norm2.bias": (dim,),
-              "mlp.fc1.weight": (hidden, dim), "mlp.fc1.bias": (hidden,), "mlp.fc2.weight": (dim, hidden),
-              "mlp.fc2.bias": (dim,)}
+    shapes = {
+        "norm1.weight": (dim,),
+        "norm1.bias": (dim,),
+        "attn.qkv.weight": (3 * dim, dim),
+        "attn.proj.weight": (dim, dim),
+        "attn.proj.bias": (dim,),
+        "norm2.weight": (dim,),
+        "norm2.bias": (dim,),
+        "mlp.fc1.weight": (hidden, dim),
+        "mlp.fc1.bias": (hidden,),
+        "mlp.fc2.weight": (dim, hidden),
+        "mlp.fc2.bias": (dim,),
+    }
     if qkv_bias:
         shapes["attn.qkv.bias"] = (3 * dim,)
     for name, shape in shapes.items():
@@ -285,13 +350,16 @@ def reference_layout(cfg: ModelConfig) -> Layout:
         # channels-last (1, R, S, C) -> ours (1, C, R, S)
         layout[f"weight_tokens_{plane}"] = (
             (1, rows, cols, c),
-            lambda t, q=f"triplane_encoder.query_{plane}": {q: rearrange(t, "one r s c -> one c r s").contiguous()})
+            lambda t, q=f"triplane_encoder.query_{plane}": {q: rearrange(t, "one r s c -> one c r s").contiguous()},
+        )
 
     vit = "encoder.encoder"
     layout[f"{vit}.cls_token"] = ((1, 1, d), _to("video_encoder.cls_token"))
     layout[f"{vit}.pos_emb"] = ((1, n_tokens, d), _to("video_encoder.pos_embed"))
-    layout[f"{vit}.patch_embed.proj.weight"] = ((d, 3, cfg.enc_patch_t, cfg.enc_patch_xy, cfg.enc_patch_xy),
-                                                _to("video_encoder.patch_embed.weight"))
+    layout[f"{vit}.patch_embed.proj.weight"] = (
+        (d, 3, cfg.enc_patch_t, cfg.enc_patch_xy, cfg.enc_patch_xy),
+        _to("video_encoder.patch_embed.weight"),
+    )
     layout[f"{vit}.patch_embed.proj.bias"] = ((d,), _to("video_encoder.patch_embed.bias"))
     for i in range(cfg.enc_layers):
         _block(layout, f"{vit}.layers.{i}", f"video_encoder.blocks.{i}", d, hidden, qkv_bias=False)
@@ -299,8 +367,10 @@ def reference_layout(cfg: ModelConfig) -> Layout:
 
     layout["encoder.cross_pos_emb"] = ((1, n_tokens, d), _to("triplane_encoder.cross_pos_embed"))
     for plane, kernel in (("xy", (pxy, pxy)), ("yt", (pt, pxy)), ("xt", (pt, pxy))):
-        layout[f"encoder.patch_embeds_{plane}.proj.weight"] = ((d, c, *kernel),
-                                                               _to(f"triplane_encoder.embed_{plane}.weight"))
+        layout[f"encoder.patch_embeds_{plane}.proj.weight"] = (
+            (d, c, *kernel),
+            _to(f"triplane_encoder.embed_{plane}.weight"),
+        )
         layout[f"encoder.patch_embeds_{plane}.proj.bias"] = ((d,), _to(f"triplane_encoder.embed_{plane}.bias"))
         out = kernel[0] * kernel[1] * c
         layout[f"encoder.projectors_{plane}.weight"] = ((out, d), _to(f"triplane_encoder.proj_{plane}.weight"))
@@ -311,8 +381,9 @@ def reference_layout(cfg: ModelConfig) -> Layout:
             _norm(layout, f"{ref}.norm{k}", f"{ours}.norm{k}", d)
         # nn.MultiheadAttention packs the query rows [0, D) and key/value rows [D, 3D) in one weight.
         layout[f"{ref}.cross_attn.in_proj_weight"] = (
-            (3 * d, d), lambda t, o=ours: {f"{o}.cross_attn.q.weight": t[:d].clone(),
-                                           f"{o}.cross_attn.kv.weight": t[d:].clone()})
+            (3 * d, d),
+            lambda t, o=ours: {f"{o}.cross_attn.q.weight": t[:d].clone(), f"{o}.cross_attn.kv.weight": t[d:].clone()},
+        )
         layout[f"{ref}.cross_attn.out_proj.weight"] = ((d, d), _to(f"{ours}.cross_attn.proj.weight"))
         layout[f"{ref}.self_attn.in_proj_weight"] = ((3 * d, d), _to(f"{ours}.self_attn.qkv.weight"))
         layout[f"{ref}.self_attn.out_proj.weight"] = ((d, d), _to(f"{ours}.self_attn.proj.weight"))
@@ -329,7 +400,7 @@ def reference_layout(cfg: ModelConfig) -> Layout:
     for i in range(cfg.dec_layers):
         _block(layout, f"decoder.transformer.layers.{i}", f"decoder.blocks.{i}", dd, dec_hidden, qkv_bias=True)
     _norm(layout, "decoder.transformer.norm", "decoder.norm", dd)
-    out = 3 * cfg.dec_patch_t * cfg.dec_patch_xy ** 2
+    out = 3 * cfg.dec_patch_t * cfg.dec_patch_xy**2
     layout["decoder.projector.weight"] = ((out, dd), _to("decoder.head.weight"))
     layout["decoder.projector.bias"] = ((out,), _to("decoder.head.bias"))
     return layout
@@ -340,16 +411,27 @@ def reference_layout(cfg: ModelConfig) -> Layout:
 
 def _size_name(cfg: ModelConfig) -> str:
     for name, (width, depth) in SIZES.items():
-        if (cfg.enc_dim == cfg.dec_dim == width and cfg.enc_layers == VIT_LAYERS
-                and cfg.cross_layers == cfg.dec_layers == depth):
+        if (
+            cfg.enc_dim == cfg.dec_dim == width
+            and cfg.enc_layers == VIT_LAYERS
+            and cfg.cross_layers == cfg.dec_layers == depth
+        ):
             return name
-    return (f"custom (enc {cfg.enc_dim}-d x {cfg.enc_layers} ViT + {cfg.cross_layers} cross-self layers, "
-            f"dec {cfg.dec_dim}-d x {cfg.dec_layers} layers)")
+    return (
+        f"custom (enc {cfg.enc_dim}-d x {cfg.enc_layers} ViT + {cfg.cross_layers} cross-self layers, "
+        f"dec {cfg.dec_dim}-d x {cfg.dec_layers} layers)"
+    )
 
 
-def convert_coordtok(obj, heads: int | None = None, enc_heads: int | None = None, dec_heads: int | None = None,
-                     frames: int | None = None, size: int | None = None,
-                     source: str | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor], str]:
+def convert_coordtok(
+    obj,
+    heads: int | None = None,
+    enc_heads: int | None = None,
+    dec_heads: int | None = None,
+    frames: int | None = None,
+    size: int | None = None,
+    source: str | None = None,
+) -> tuple[ModelConfig, dict[str, torch.Tensor], str]:
     """A reference CoordTok checkpoint as ``(config, state dict for our CoordTok, info)``.
 
     Args:
@@ -369,8 +451,10 @@ def convert_coordtok(obj, heads: int | None = None, enc_heads: int | None = None
         raise TypeError("convert_coordtok takes the loaded file: coordtok.checkpoint.load_any(path)")
     source = source or "reference checkpoint"
     if not is_reference_coordtok(obj):
-        raise CheckpointError(f"{source}: not a reference CoordTok checkpoint (no 'weight_tokens_xy', 'encoder.*' "
-                              f"and 'decoder.transformer.*' weights)")
+        raise CheckpointError(
+            f"{source}: not a reference CoordTok checkpoint (no 'weight_tokens_xy', 'encoder.*' "
+            f"and 'decoder.transformer.*' weights)"
+        )
     sd, prefix = _state_dict(obj)
     lpips = [k for k in sd if k.startswith(LPIPS_PREFIX)]
     sd = {k: v for k, v in sd.items() if not k.startswith(LPIPS_PREFIX)}
@@ -379,29 +463,44 @@ def convert_coordtok(obj, heads: int | None = None, enc_heads: int | None = None
     what = f"the configuration its other weights give ({_size_name(cfg)})"
     for key in sd:
         if key not in layout:
-            raise CheckpointError(f"{source}: unknown key '{prefix + key}' for {what}; the file is not a CoordTok "
-                                  f"checkpoint of the reference code this project reads (commit 8475272)")
+            raise CheckpointError(
+                f"{source}: unknown key '{prefix + key}' for {what}; the file is not a CoordTok "
+                f"checkpoint of the reference code this project reads (commit 8475272)"
+            )
     state: dict[str, torch.Tensor] = {}
     for key, (shape, convert) in layout.items():
         if key not in sd:
-            raise CheckpointError(f"{source}: key '{prefix + key}' is missing for {what}; the file is incomplete "
-                                  f"or damaged: download or copy it again")
+            raise CheckpointError(
+                f"{source}: key '{prefix + key}' is missing for {what}; the file is incomplete "
+                f"or damaged: download or copy it again"
+            )
         value = sd[key]
         if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{source}: key '{prefix + key}' holds a {type(value).__name__}, not a tensor; "
-                                  f"not a reference CoordTok checkpoint")
+            raise CheckpointError(
+                f"{source}: key '{prefix + key}' holds a {type(value).__name__}, not a tensor; "
+                f"not a reference CoordTok checkpoint"
+            )
         if tuple(value.shape) != shape:
-            raise CheckpointError(f"{source}: key '{prefix + key}' has shape {tuple(value.shape)}, expected "
-                                  f"{shape} for {what}; the file is damaged or not a reference CoordTok checkpoint")
+            raise CheckpointError(
+                f"{source}: key '{prefix + key}' has shape {tuple(value.shape)}, expected "
+                f"{shape} for {what}; the file is damaged or not a reference CoordTok checkpoint"
+            )
         state.update(convert(value))
-    stage = (f"stage 2: LPIPS loss weights dropped ({len(lpips)} tensors)" if lpips
-             else "stage 1 (no LPIPS loss weights)")
+    stage = (
+        f"stage 2: LPIPS loss weights dropped ({len(lpips)} tensors)" if lpips else "stage 1 (no LPIPS loss weights)"
+    )
     assumed = heads is None and (enc_heads is None or dec_heads is None)
-    how = (f" (width / {HEAD_DIM}, as every released size; pass --heads, --enc-heads or --dec-heads if this one "
-           f"used another)" if assumed else "")
-    info = (f"reference CoordTok checkpoint, {_size_name(cfg)}, {cfg.num_latent_tokens} tokens, "
-            f"{cfg.frames}x{cfg.size}x{cfg.size} clips, {stage}, {cfg.enc_heads} encoder / {cfg.dec_heads} decoder "
-            f"heads{how}")
+    how = (
+        f" (width / {HEAD_DIM}, as every released size; pass --heads, --enc-heads or --dec-heads if this one "
+        f"used another)"
+        if assumed
+        else ""
+    )
+    info = (
+        f"reference CoordTok checkpoint, {_size_name(cfg)}, {cfg.num_latent_tokens} tokens, "
+        f"{cfg.frames}x{cfg.size}x{cfg.size} clips, {stage}, {cfg.enc_heads} encoder / {cfg.dec_heads} decoder "
+        f"heads{how}"
+    )
     return cfg, state, info
 
 
@@ -420,5 +519,12 @@ def to_project_checkpoint(cfg: ModelConfig, state: dict[str, torch.Tensor], info
     ``coordtok``, format version 2 (the config holds the epsilon keys), the weights, the model
     config, and ``source: "reference"`` with the ``info`` line. Save it with
     :func:`coordtok.checkpoint.atomic_save`."""
-    return {"kind": "coordtok", "version": CHECKPOINT_VERSION, "step": int(step), "model": state,
-            "config": {"model": dataclasses.asdict(cfg)}, "source": "reference", "info": info}
+    return {
+        "kind": "coordtok",
+        "version": CHECKPOINT_VERSION,
+        "step": int(step),
+        "model": state,
+        "config": {"model": dataclasses.asdict(cfg)},
+        "source": "reference",
+        "info": info,
+    }

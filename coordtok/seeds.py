@@ -4,6 +4,7 @@ A draw is ``mix_seed(seed, ..., tag)``: a pure function of the run's seed, where
 position in the global batch) and which stream it is, so a resumed run or a run on N processes
 draws exactly what one uninterrupted process draws.
 """
+
 from __future__ import annotations
 
 from enum import IntEnum

@@ -12,6 +12,7 @@ The coordinates of a clip are a pure function of ``(seed, step, clip position in
 batch)``, like the clips and their windows; so a resumed run continues exactly, and a run on
 ``N`` processes sees the same global batches as a run on one process (each rank takes its slice).
 """
+
 from __future__ import annotations
 
 import abc
@@ -28,8 +29,8 @@ from .checkpoint import CheckpointError, check_same_model, load_run, load_tokeni
 from .config import TokenizerRunConfig, to_dict
 from .ema import update_ema
 from .loop import EpochIndexed, StepContext, Task, fit
-from .seeds import SeedTag
 from .model import CoordTok, frame_coords, frames_from_patches, gather_patches, random_coords, random_frames
+from .seeds import SeedTag
 
 
 def psnr_from_mse(mse: float) -> float:
@@ -37,8 +38,7 @@ def psnr_from_mse(mse: float) -> float:
     return 10 * math.log10(4.0 / max(mse, 1e-12))
 
 
-def sample_targets(model: CoordTok, num_frames: torch.Tensor, stage: int, n: int,
-                   seeds: list[int]) -> torch.Tensor:
+def sample_targets(model: CoordTok, num_frames: torch.Tensor, stage: int, n: int, seeds: list[int]) -> torch.Tensor:
     """Coordinates ``(B, N, 3)`` for one micro-batch: ``n`` random patches per clip (stage 1) or
     all patches of ``n`` random frames (stage 2), drawn only from each clip's valid frames, from
     one generator per clip seeded by ``seeds``."""
@@ -47,15 +47,23 @@ def sample_targets(model: CoordTok, num_frames: torch.Tensor, stage: int, n: int
     for b, seed in enumerate(seeds):
         g = torch.Generator().manual_seed(seed)
         if stage == 1:
-            coords.append(random_coords(valid_pf[b:b + 1], n, model.patch_grid, g))
+            coords.append(random_coords(valid_pf[b : b + 1], n, model.patch_grid, g))
         else:
-            coords.append(frame_coords(random_frames(valid_pf[b:b + 1], n, g), model.patch_grid))
+            coords.append(frame_coords(random_frames(valid_pf[b : b + 1], n, g), model.patch_grid))
     return torch.cat(coords)
 
 
-def tokenizer_loss(model, core: CoordTok, video: torch.Tensor, num_frames: torch.Tensor | None, coords: torch.Tensor,
-                   frames_per_clip: int | None = None, l2_weight: float = 1.0, lpips_weight: float = 0.0,
-                   lpips=None) -> dict:
+def tokenizer_loss(
+    model,
+    core: CoordTok,
+    video: torch.Tensor,
+    num_frames: torch.Tensor | None,
+    coords: torch.Tensor,
+    frames_per_clip: int | None = None,
+    l2_weight: float = 1.0,
+    lpips_weight: float = 0.0,
+    lpips=None,
+) -> dict:
     """Mean L2 over clips, coordinates and values (+ LPIPS over the decoded frames in stage 2).
 
     ``model`` is what to call (possibly DDP-wrapped), ``core`` the bare :class:`CoordTok`. The
@@ -68,8 +76,9 @@ def tokenizer_loss(model, core: CoordTok, video: torch.Tensor, num_frames: torch
     if lpips is not None and lpips_weight > 0:
         if frames_per_clip is None:
             raise ValueError("LPIPS needs whole frames (stage 2)")
-        as_frames = lambda p: rearrange(frames_from_patches(p, frames_per_clip, core.patch_grid),
-                                        "b c t h w -> (b t) c h w")
+        as_frames = lambda p: rearrange(
+            frames_from_patches(p, frames_per_clip, core.patch_grid), "b c t h w -> (b t) c h w"
+        )
         lp = lpips(as_frames(pred), as_frames(target)).mean()
         out["lpips"] = lp
         out["loss"] = out["loss"] + lpips_weight * lp
@@ -119,6 +128,7 @@ class VideoTask(Task):
         self.lpips = None
         if lpips_weight > 0:
             from .lpips import LPIPS
+
             self.lpips = LPIPS.from_pretrained(lpips_vgg_path)
         self.train_set = build_dataset(cfg.data, tc.seed, uint8=True)  # floats on the device: collate_to
         self.val_set = build_dataset(cfg.val_data, tc.seed, deterministic=True) if cfg.val_data is not None else None
@@ -141,8 +151,13 @@ class VideoTask(Task):
         other modules, a discriminator, where the checkpoint has them); its EMA where it keeps one,
         else the EMA starts at the weights."""
         state, where = load_run(path, self.kind, self.what, "cpu")
-        check_same_model(where, (state.get("config") or {}).get("model") or {}, self.config.to_dict()["model"],
-                         "cannot initialise from it", "use the checkpoint's model settings")
+        check_same_model(
+            where,
+            (state.get("config") or {}).get("model") or {},
+            self.config.to_dict()["model"],
+            "cannot initialise from it",
+            "use the checkpoint's model settings",
+        )
         for name, module in self.modules.items():
             if state.get(module_key(name)) is not None:
                 module.load_state_dict(state[module_key(name)])
@@ -193,10 +208,12 @@ class TokenizerTask(VideoTask):
 
     def init_from(self, path: str, log) -> None:
         m = self.config.model  # a reference file's heads and clip shape are the config's
-        init, _, info = load_tokenizer(path, with_info=True, enc_heads=m.enc_heads, dec_heads=m.dec_heads,
-                                       frames=m.frames, size=m.size)
-        check_same_model(path, to_dict(init.config), to_dict(m), "cannot initialise from it",
-                         "use the checkpoint's model settings")
+        init, _, info = load_tokenizer(
+            path, with_info=True, enc_heads=m.enc_heads, dec_heads=m.dec_heads, frames=m.frames, size=m.size
+        )
+        check_same_model(
+            path, to_dict(init.config), to_dict(m), "cannot initialise from it", "use the checkpoint's model settings"
+        )
         self.modules["model"].load_state_dict(init.state_dict())
         log(f"initialised from {path}" + (f" ({info})" if info else ""))
 
@@ -205,8 +222,17 @@ class TokenizerTask(VideoTask):
         video, num_frames = batch["video"], batch["num_frames"]
         seeds = ctx.item_seeds(video.shape[0], SeedTag.COORDS)
         coords = sample_targets(core, num_frames.cpu(), tc.stage, self.per_clip, seeds)
-        return tokenizer_loss(self.wrapped["model"], core, video, num_frames, coords.to(ctx.device),
-                              self.per_clip if tc.stage == 2 else None, tc.l2_weight, tc.lpips_weight, self.lpips)
+        return tokenizer_loss(
+            self.wrapped["model"],
+            core,
+            video,
+            num_frames,
+            coords.to(ctx.device),
+            self.per_clip if tc.stage == 2 else None,
+            tc.l2_weight,
+            tc.lpips_weight,
+            self.lpips,
+        )
 
     def summarize(self, metrics):
         return {**metrics, "psnr": psnr_from_mse(metrics["mse"])}
@@ -218,12 +244,17 @@ class TokenizerTask(VideoTask):
         from .config import model_config_from_checkpoint
 
         old = model_config_from_checkpoint(state["config"]["model"])
-        check_same_model(where, to_dict(old), to_dict(self.config.model), "cannot resume",
-                         "use the checkpoint's model settings")
+        check_same_model(
+            where, to_dict(old), to_dict(self.config.model), "cannot resume", "use the checkpoint's model settings"
+        )
 
 
-def train(cfg: TokenizerRunConfig, resume: bool | str | Path | None = None, progress: bool = True,
-          config_text: str | None = None) -> dict:
+def train(
+    cfg: TokenizerRunConfig,
+    resume: bool | str | Path | None = None,
+    progress: bool = True,
+    config_text: str | None = None,
+) -> dict:
     """Train a tokenizer; returns ``{"step", "loss", "mse", "psnr", ("val_psnr"), "run_dir", "checkpoint"}``.
 
     ``resume``: ``True`` continues from the newest good checkpoint of ``cfg.train.out_dir`` (if

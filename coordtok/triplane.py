@@ -14,6 +14,7 @@ Coordinates are integer *patch indices* ``(t, h, w)`` on the decoder's patch gri
 ``r`` cells, i.e. the first and last patches sit exactly on the first and last plane cells
 (``align_corners=True`` semantics), and everything in between is bilinearly interpolated.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -133,9 +134,7 @@ class Triplane:
         scale = torch.tensor([max(n - 1, 1) for n in patch_grid], dtype=pos.dtype, device=pos.device)
         pos = pos / scale * 2.0 - 1.0
         t, h, w = pos.unbind(-1)
-        return torch.cat(
-            [_bilinear(self.xy, h, w), _bilinear(self.yt, t, w), _bilinear(self.xt, t, h)], dim=-1
-        )
+        return torch.cat([_bilinear(self.xy, h, w), _bilinear(self.yt, t, w), _bilinear(self.xt, t, h)], dim=-1)
 
 
 def _bilinear(plane: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

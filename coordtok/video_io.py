@@ -6,6 +6,7 @@ the first into the second; everything that writes a file takes the second. Write
 (temporary file in the destination folder, then ``os.replace``) so an interrupted run never
 leaves a half-written mp4 or png behind under the final name.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -128,9 +129,30 @@ def write_mp4(path, frames: np.ndarray, fps: float = 25, crf: int = 10) -> Path:
     _, h, w, _ = frames.shape
     rate = str(Fraction(fps).limit_denominator())  # a rational, so 24000/1001 stays exact
     with atomic_path(path, "video") as tmp, tempfile.TemporaryFile() as err:
-        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-               "-s", f"{w}x{h}", "-r", rate, "-i", "-", "-an", "-vcodec", "libx264", "-pix_fmt", "yuv420p",
-               "-crf", str(int(crf)), str(tmp)]
+        cmd = [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-y",
+            "-v",
+            "error",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            f"{w}x{h}",
+            "-r",
+            rate,
+            "-i",
+            "-",
+            "-an",
+            "-vcodec",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-crf",
+            str(int(crf)),
+            str(tmp),
+        ]
         # stderr goes to a file, not a pipe: a pipe nobody reads while frames are written could fill and block ffmpeg
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
         try:
@@ -222,7 +244,9 @@ def side_by_side(a: np.ndarray, b: np.ndarray, sep: int = 2, sep_value: int = 25
     return np.concatenate([a, bar, b], axis=2)
 
 
-def contact_sheet(videos: list[np.ndarray], frames_per_video: int = 8, sep: int = 2, sep_value: int = 255) -> np.ndarray:
+def contact_sheet(
+    videos: list[np.ndarray], frames_per_video: int = 8, sep: int = 2, sep_value: int = 255
+) -> np.ndarray:
     """A still overview: one row per video, ``frames_per_video`` evenly spaced frames as columns.
 
     videos: uint8 ``(T_i, H, W, 3)`` with equal H, W (T may differ; a video shorter than

@@ -17,6 +17,7 @@ Two properties of the *real* clip (CoordTok paper, section 4.4 and Figure 6), ea
 Videos are accepted in either project convention: uint8 ``(T, H, W, 3)`` (file side, 0..255) or
 float ``(3, T, H, W)`` in [-1, 1] (model side), numpy or torch.
 """
+
 from __future__ import annotations
 
 import csv
@@ -109,8 +110,14 @@ def analyze(items, out_dir, prefix: str = "analysis") -> dict:
     rows = []
     for name, real, recon in items:
         value = float(recon) if isinstance(recon, numbers.Real) else video_psnr(real, recon)
-        rows.append({"name": str(name), "psnr": value, "dynamics": dynamics_magnitude(real),
-                     "frequency": frequency_magnitude(real)})
+        rows.append(
+            {
+                "name": str(name),
+                "psnr": value,
+                "dynamics": dynamics_magnitude(real),
+                "frequency": frequency_magnitude(real),
+            }
+        )
     return write_analysis(rows, out_dir, prefix)
 
 
@@ -124,6 +131,7 @@ def write_analysis(rows: list[dict], out_dir, prefix: str = "analysis") -> dict:
     corr = {m: _pearson([r[m] for r in rows], psnrs) for m in ("dynamics", "frequency")}
 
     paths = {"csv": out_dir / f"{prefix}.csv", "markdown": out_dir / f"{prefix}.md", "plot": out_dir / f"{prefix}.png"}
+
     def write_csv(f):
         writer = csv.DictWriter(f, fieldnames=["name", "psnr", "dynamics", "frequency"])
         writer.writeheader()
@@ -133,8 +141,12 @@ def write_analysis(rows: list[dict], out_dir, prefix: str = "analysis") -> dict:
     lines = ["| video | PSNR (dB) | dynamics magnitude (log) | frequency magnitude |", "|---|---:|---:|---:|"]
     lines += [f"| {r['name']} | {r['psnr']:.2f} | {r['dynamics']:.3f} | {r['frequency']:.4f} |" for r in rows]
     fmt = lambda c: "n/a" if c is None else f"{c:+.3f}"  # noqa: E731
-    lines += ["", f"Pearson correlation with PSNR over {len(rows)} videos: dynamics {fmt(corr['dynamics'])}, "
-                  f"frequency {fmt(corr['frequency'])}.", ""]
+    lines += [
+        "",
+        f"Pearson correlation with PSNR over {len(rows)} videos: dynamics {fmt(corr['dynamics'])}, "
+        f"frequency {fmt(corr['frequency'])}.",
+        "",
+    ]
     write_text(paths["markdown"], "\n".join(lines), what="analysis table")
     _scatter(rows, corr, paths["plot"])
     return {"rows": rows, "correlation": corr, **{k: str(v) for k, v in paths.items()}}
@@ -147,8 +159,10 @@ def _scatter(rows: list[dict], corr: dict, path: Path) -> None:
 
     fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    labels = {"dynamics": "dynamics magnitude (log mean RGB L2, [0, 1] pixels)",
-              "frequency": "frequency magnitude (mean Sobel magnitude of luma)"}
+    labels = {
+        "dynamics": "dynamics magnitude (log mean RGB L2, [0, 1] pixels)",
+        "frequency": "frequency magnitude (mean Sobel magnitude of luma)",
+    }
     for ax, metric in zip(axes, ("dynamics", "frequency")):
         x, y = [r[metric] for r in rows], [r["psnr"] for r in rows]
         ax.scatter(x, y, s=14, alpha=0.8)

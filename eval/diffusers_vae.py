@@ -32,6 +32,7 @@ FLOPs (:func:`coding_flops`) are counted with :func:`eval.flops.counter` on the 
 default class builds and runs there); a model that cannot run on meta is counted on a real CPU
 instead, and the result says which (``counted_on``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -63,8 +64,10 @@ VIDEO_AUTOENCODERS = {
 # (``_temporal_tiled_encode``), and the attribute that switches it on: their tile starts are the
 # seams the seam measure looks at. The others carry a cache across frame groups or take the clip
 # whole, so they have no seams of their own.
-TEMPORAL_TILES = {"AutoencoderKLHunyuanVideo": "use_framewise_encoding",
-                  "AutoencoderKLLTXVideo": "use_framewise_decoding"}
+TEMPORAL_TILES = {
+    "AutoencoderKLHunyuanVideo": "use_framewise_encoding",
+    "AutoencoderKLLTXVideo": "use_framewise_decoding",
+}
 SEED = 0  # random weights of a default config
 
 
@@ -76,8 +79,9 @@ def import_diffusers():
     try:
         import diffusers
     except ImportError:
-        raise DiffusersError("diffusers is not installed: pip install -e \".[diffusers]\" (the optional extra) to "
-                             "use the diffusers: kinds") from None
+        raise DiffusersError(
+            'diffusers is not installed: pip install -e ".[diffusers]" (the optional extra) to use the diffusers: kinds'
+        ) from None
     return diffusers
 
 
@@ -104,8 +108,10 @@ def parse_source(spec: str) -> Source:
     if path.is_dir():
         sub = None if (path / "config.json").is_file() else "vae" if (path / "vae" / "config.json").is_file() else ""
         if sub == "":
-            raise DiffusersError(f"{spec}: {path} has neither config.json nor vae/config.json (a diffusers model "
-                                 f"folder, or a pipeline folder with its autoencoder in vae/)")
+            raise DiffusersError(
+                f"{spec}: {path} has neither config.json nor vae/config.json (a diffusers model "
+                f"folder, or a pipeline folder with its autoencoder in vae/)"
+            )
         config_file = path / (sub or "") / "config.json"
         try:
             name = json.loads(config_file.read_text()).get("_class_name")
@@ -113,14 +119,17 @@ def parse_source(spec: str) -> Source:
             raise DiffusersError(f"{spec}: cannot read {config_file} ({e})") from None
         cls = getattr(diffusers, name or "", None)
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise DiffusersError(f"{spec}: {config_file} names class {name!r}, which diffusers "
-                                 f"{diffusers.__version__} does not have")
+            raise DiffusersError(
+                f"{spec}: {config_file} names class {name!r}, which diffusers {diffusers.__version__} does not have"
+            )
         return Source(cls, path, sub)
     cls = getattr(diffusers, rest, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module) and rest.startswith("Autoencoder")):
         known = [n for n in VIDEO_AUTOENCODERS if hasattr(diffusers, n)]
-        raise DiffusersError(f"{spec}: neither a folder nor an autoencoder class of diffusers {diffusers.__version__} "
-                             f"(video autoencoders: {', '.join(known)})")
+        raise DiffusersError(
+            f"{spec}: neither a folder nor an autoencoder class of diffusers {diffusers.__version__} "
+            f"(video autoencoders: {', '.join(known)})"
+        )
     return Source(cls)
 
 
@@ -146,8 +155,9 @@ def build_autoencoder(spec: str, config: dict | None = None, device="cpu", weigh
                 torch.manual_seed(SEED)
                 model = src.cls.from_config(config)
     except (OSError, TypeError, ValueError) as e:  # diffusers' own messages for a bad folder or config key
-        raise DiffusersError(f"{spec}: cannot build it ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-                             ) from None
+        raise DiffusersError(
+            f"{spec}: cannot build it ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
     # (a default device builds parameters there, but a buffer cloned from a module-level tensor,
     # such as Cosmos' wavelet filters, stays on the CPU: .to() moves it too)
     return model.to(device).eval()
@@ -199,8 +209,10 @@ def _probe(cls: type, config_json: str, device: str) -> Geometry:
         z = encode(model, torch.zeros(1, 3, PROBE_FRAMES, PROBE_SIZE, PROBE_SIZE, device=device))
     c, t, h = z.shape[1], z.shape[2], z.shape[3]
     if t < 2 or (PROBE_FRAMES - 1) % (t - 1) or PROBE_SIZE % h:
-        raise DiffusersError(f"{cls.__name__}: a {PROBE_FRAMES}-frame {PROBE_SIZE}^2 clip encodes to {t} x {h} x {h} "
-                             f"latents, not a causal 1 + k t frames, S / s side autoencoder this project can compare")
+        raise DiffusersError(
+            f"{cls.__name__}: a {PROBE_FRAMES}-frame {PROBE_SIZE}^2 clip encodes to {t} x {h} x {h} "
+            f"latents, not a causal 1 + k t frames, S / s side autoencoder this project can compare"
+        )
     time = (PROBE_FRAMES - 1) // (t - 1)
     # Which latent lengths decode back to 1 + k time frames: CogVideoX decodes latent frames in
     # pairs after the first, so only odd counts do (2 latents give 8 frames, not 5).
@@ -272,11 +284,19 @@ def autoencoder_step(kind, model_cfg: dict, frames: int, mode: str, num_coords: 
         if opt is not None:
             opt.step()
             opt.zero_grad(set_to_none=True)
+
     return model, video, step
 
 
-def coding_flops(spec: str, frames: int, size: int = 128, config: dict | None = None, batch: int = 1,
-                 train: bool = False, device: str = "meta") -> dict:
+def coding_flops(
+    spec: str,
+    frames: int,
+    size: int = 128,
+    config: dict | None = None,
+    batch: int = 1,
+    train: bool = False,
+    device: str = "meta",
+) -> dict:
     """FLOPs of encoding and of decoding one batch of ``frames``-frame clips (padded to the model's
     ``1 + k t``; ``train``: also a training step, :func:`autoencoder_step`), counted on ``device``
     (meta: nothing allocated; a model that fails there is counted on a real CPU, and
@@ -291,8 +311,10 @@ def coding_flops(spec: str, frames: int, size: int = 128, config: dict | None = 
         try:
             return _coding_flops(spec, frames, size, config, batch, train, "cpu")
         except RuntimeError:
-            raise DiffusersError(f"{spec}: cannot be counted on the meta device ({str(e).splitlines()[0]}) nor on "
-                                 f"this CPU at {frames} frames of {size}^2") from None
+            raise DiffusersError(
+                f"{spec}: cannot be counted on the meta device ({str(e).splitlines()[0]}) nor on "
+                f"this CPU at {frames} frames of {size}^2"
+            ) from None
 
 
 def _coding_flops(spec, frames, size, config, batch, train, device) -> dict:
@@ -307,13 +329,19 @@ def _coding_flops(spec, frames, size, config, batch, train, device) -> dict:
         with counter() as fc:
             decode(model, z)
         dec = int(fc.get_total_flops())
-    out = {"encode": enc, "decode": dec, "clip_frames": clip, "latent_shape": tuple(z.shape[1:]),
-           "counted_on": torch.device(device).type}
+    out = {
+        "encode": enc,
+        "decode": dec,
+        "clip_frames": clip,
+        "latent_shape": tuple(z.shape[1:]),
+        "counted_on": torch.device(device).type,
+    }
     if train:
         from coordtok.kinds import get_kind
 
-        m, inputs, step = autoencoder_step(get_kind(spec), {"size": size, "config": dict(config or {})}, frames,
-                                           spec, 0, batch, device)
+        m, inputs, step = autoencoder_step(
+            get_kind(spec), {"size": size, "config": dict(config or {})}, frames, spec, 0, batch, device
+        )
         with counter() as fc:
             step(m, inputs)
         out["train"] = int(fc.get_total_flops())
@@ -327,8 +355,9 @@ class DiffusersReconstructor(Reconstructor):
     """A diffusers video autoencoder: the clip padded to ``1 + k t`` frames, encoded to its
     posterior's mode, decoded, the padding cut off; long clips by the class's own tiling."""
 
-    def __init__(self, model: nn.Module, source: str, tiling: bool = True, size: int = 128,
-                 random_weights: bool = False):
+    def __init__(
+        self, model: nn.Module, source: str, tiling: bool = True, size: int = 128, random_weights: bool = False
+    ):
         self.model, self.source, self.tiling = model.eval(), source, tiling
         self.geometry = geo = geometry(model)
         if tiling and hasattr(model, "enable_tiling"):
@@ -355,8 +384,9 @@ class DiffusersReconstructor(Reconstructor):
     def at_size(self, size: int) -> None:
         """Take frames of side ``size`` (a multiple of its spatial factor)."""
         if size % self.geometry.space:
-            raise ConfigError(f"{self.source}: frame side {size} is not a multiple of its spatial factor "
-                              f"{self.geometry.space}")
+            raise ConfigError(
+                f"{self.source}: frame side {size} is not a multiple of its spatial factor {self.geometry.space}"
+            )
         self.size = size
 
     def long_clips(self) -> str:
@@ -393,8 +423,10 @@ class DiffusersReconstructor(Reconstructor):
     def reconstruct(self, video):
         T = video.shape[2]
         if video.shape[-1] % self.geometry.space or video.shape[-2] % self.geometry.space:
-            raise ConfigError(f"{self.source}: frames of {video.shape[-2]}x{video.shape[-1]} are not multiples of its "
-                              f"spatial factor {self.geometry.space}")
+            raise ConfigError(
+                f"{self.source}: frames of {video.shape[-2]}x{video.shape[-1]} are not multiples of its "
+                f"spatial factor {self.geometry.space}"
+            )
         x = pad_to(video, self.geometry.clip_frames(T))
         rec = decode(self.model, encode(self.model, x))[:, :, :T]
         return rec.clamp(-1, 1), self.seams(T)
@@ -404,5 +436,14 @@ class DiffusersReconstructor(Reconstructor):
         return self
 
 
-__all__ = ["DiffusersReconstructor", "DiffusersVAEConfig", "Geometry", "VIDEO_AUTOENCODERS", "autoencoder_step",
-           "build_autoencoder", "coding_flops", "geometry", "parse_source"]
+__all__ = [
+    "DiffusersReconstructor",
+    "DiffusersVAEConfig",
+    "Geometry",
+    "VIDEO_AUTOENCODERS",
+    "autoencoder_step",
+    "build_autoencoder",
+    "coding_flops",
+    "geometry",
+    "parse_source",
+]

@@ -5,6 +5,7 @@ PyTorch's counter has formulas for the CUDA attention kernels but none for the C
 zero. :func:`counter` adds those formulas, so a count is the same on CPU, CUDA and the meta device
 (where SDPA decomposes into matmuls that are counted anyway).
 """
+
 from __future__ import annotations
 
 import torch

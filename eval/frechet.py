@@ -5,6 +5,7 @@ Unterthiner et al. 2018 for videos). :class:`FeatureStats` accumulates the mean 
 of feature rows in float64; the protocol that decides which clips and which detector is
 :mod:`eval.fvd`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -74,8 +75,11 @@ class FeatureStats:
         if self.n == 0:
             raise ValueError("cannot save empty FeatureStats")
         path = Path(path)
-        write_with(path, lambda f: np.savez(f, n=np.int64(self.n), shift=self.shift, sum=self.sum, outer=self.outer),
-                   what="feature statistics")
+        write_with(
+            path,
+            lambda f: np.savez(f, n=np.int64(self.n), shift=self.shift, sum=self.sum, outer=self.outer),
+            what="feature statistics",
+        )
         return path
 
     @classmethod
@@ -113,4 +117,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 
 def fvd_from_features(a, b, ddof: int = 1) -> float:
     """Frechet distance between Gaussians fitted to feature rows ``a: (N, D)`` and ``b: (M, D)``."""
-    return frechet_distance(*FeatureStats.from_features(a).mean_cov(ddof), *FeatureStats.from_features(b).mean_cov(ddof))
+    return frechet_distance(
+        *FeatureStats.from_features(a).mean_cov(ddof), *FeatureStats.from_features(b).mean_cov(ddof)
+    )

@@ -20,10 +20,10 @@ The protocols in detail, with where each convention comes from: README.md, "FVD 
 :class:`DetectorWeightsMissing` whose one-line message names the expected file, where it was
 looked for and where the file comes from.
 """
+
 from __future__ import annotations
 
 import abc
-
 import hashlib
 import math
 import os
@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+
 from coordtok.errors import CoordTokError
 
 I3D_TORCHSCRIPT_FILE = "i3d_torchscript.pt"
@@ -48,9 +49,9 @@ I3D_MIN_FRAMES = 9
 # Where the files come from: text for error messages only; nothing here downloads.
 WEIGHT_SOURCES = {
     I3D_TORCHSCRIPT_FILE: "StyleGAN-V's detector, https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt "
-                          "(see universome/stylegan-v src/metrics/frechet_video_distance.py)",
+    "(see universome/stylegan-v src/metrics/frechet_video_distance.py)",
     I3D_PRETRAINED_FILE: "VideoGPT/PVDM's InceptionI3d weights, Google Drive file id "
-                         "1fBNl3TS0LA5FEhZv5nMGJs2_7qQmvTmh (see evals/fvd/download.py in PVDM or CoordTok)",
+    "1fBNl3TS0LA5FEhZv5nMGJs2_7qQmvTmh (see evals/fvd/download.py in PVDM or CoordTok)",
 }
 
 
@@ -199,8 +200,16 @@ class Unit3D(nn.Module):
     Module names ``conv3d`` and ``bn`` match the released state dict.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel=(1, 1, 1), stride=(1, 1, 1),
-                 batch_norm: bool = True, bias: bool = False, relu: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel=(1, 1, 1),
+        stride=(1, 1, 1),
+        batch_norm: bool = True,
+        bias: bool = False,
+        relu: bool = True,
+    ):
         super().__init__()
         self.kernel, self.stride, self.relu = tuple(kernel), tuple(stride), relu
         self.conv3d = nn.Conv3d(in_channels, out_channels, self.kernel, self.stride, padding=0, bias=bias)
@@ -327,7 +336,7 @@ def i3d_preprocess(videos, size: int = I3D_SIZE) -> torch.Tensor:
         target = (size, math.ceil(w * scale)) if h < w else (math.ceil(h * scale), size)
         x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
         top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-        x = x[:, :, top: top + size, left: left + size]
+        x = x[:, :, top : top + size, left : left + size]
         out.append(rearrange((x - 0.5) * 2, "t c h w -> c t h w"))
     return torch.stack(out)
 

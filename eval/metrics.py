@@ -6,6 +6,7 @@ values ``(B,)`` so the caller can average over a whole dataset or report spreads
 
 Everything runs in float32 without autograd, whatever autocast region the caller is in.
 """
+
 from __future__ import annotations
 
 import contextlib

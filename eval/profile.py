@@ -26,6 +26,7 @@ Estimated (:func:`step_memory_estimate`, any batch, paper scale included, nothin
 bytes of one fp32 training step with AdamW, with and without activation checkpointing
 (``train.activation_checkpointing``), from the tensors autograd saves on the meta device.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,9 +52,14 @@ from coordtok.train import tokenizer_loss
 from .flops import counter
 
 MODES = ("coordtok", "full")
-LABELS = {"coordtok": "CoordTok (sampled coordinates)", "full": "CoordTok decoding every patch",
-          "stage2": "CoordTok stage 2 (whole frames, L2 + LPIPS)",
-          "magvit2": "MAGVIT-v2", "promag": "ProMAG", "regen": "REGEN (decoder step)"}
+LABELS = {
+    "coordtok": "CoordTok (sampled coordinates)",
+    "full": "CoordTok decoding every patch",
+    "stage2": "CoordTok stage 2 (whole frames, L2 + LPIPS)",
+    "magvit2": "MAGVIT-v2",
+    "promag": "ProMAG",
+    "regen": "REGEN (decoder step)",
+}
 
 
 # ---------------------------------------------------------------------------- CoordTok
@@ -138,6 +144,7 @@ def coordtok_step(kind, model_cfg: dict, frames: int, mode: str, num_coords: int
         def stage2(m, x, opt=None):
             tokenizer_loss(m, m, x[0], None, x[1], patch_frames, lpips_weight=1.0, lpips=lpips)["loss"].backward()
             _optimizer_step(opt)
+
         return model, inputs, stage2
     return model, inputs, lambda m, x, opt=None: training_step(m, *x, optimizer=opt)
 
@@ -155,6 +162,7 @@ def sit_step(kind, model_cfg: dict, frames: int, mode: str, num_coords: int, bat
     def step(m, x, opt=None):
         training_loss(m, x)[0].backward()
         _optimizer_step(opt)
+
     return model, x1, step
 
 
@@ -165,8 +173,9 @@ def conv3d_step(kind, model_cfg: dict, frames: int, mode: str, num_coords: int, 
     cfg = model_config(kind.name, model_cfg)
     with device:
         model = kind.resolve("model")(cfg)
-    video = torch.empty(batch, 3, clip_frames(kind.name, model_cfg, frames), cfg.size, cfg.size,
-                        device=device).uniform_(-1, 1)
+    video = torch.empty(
+        batch, 3, clip_frames(kind.name, model_cfg, frames), cfg.size, cfg.size, device=device
+    ).uniform_(-1, 1)
 
     def step(m, x, opt=None):
         recon, aux = m(x)
@@ -174,6 +183,7 @@ def conv3d_step(kind, model_cfg: dict, frames: int, mode: str, num_coords: int, 
         loss = loss + sum(aux[k] for k in ("commitment", "entropy", "kl") if k in aux)
         loss.backward()
         _optimizer_step(opt)
+
     return model, video, step
 
 
@@ -189,6 +199,7 @@ def regen_step(kind, model_cfg: dict, frames: int, mode: str, num_coords: int, b
     def step(m, x, opt=None):
         m.loss(x)[0].backward()
         _optimizer_step(opt)
+
     return model, video, step
 
 
@@ -198,8 +209,14 @@ def _optimizer_step(opt) -> None:
         opt.zero_grad(set_to_none=True)
 
 
-def step_flops(cfg: ModelConfig, mode: str, num_coords: int = 1024, batch: int = 1, family: str = "coordtok",
-               frames: int | None = None) -> dict:
+def step_flops(
+    cfg: ModelConfig,
+    mode: str,
+    num_coords: int = 1024,
+    batch: int = 1,
+    family: str = "coordtok",
+    frames: int | None = None,
+) -> dict:
     """FLOPs of one training step (forward + backward) counted on the meta device."""
     model_cfg = dataclasses.asdict(cfg) if isinstance(cfg, ModelConfig) else dict(cfg)
     frames = frames if frames is not None else model_cfg["frames"]
@@ -216,8 +233,7 @@ def step_flops(cfg: ModelConfig, mode: str, num_coords: int = 1024, batch: int =
 ADAMW_BYTES_PER_PARAM = 16  # fp32 weight, gradient, and AdamW's two moments
 
 
-def step_memory_estimate(family: str, model_cfg: dict, frames: int, mode: str, num_coords: int,
-                         batch: int) -> dict:
+def step_memory_estimate(family: str, model_cfg: dict, frames: int, mode: str, num_coords: int, batch: int) -> dict:
     """Bytes one fp32 training step with AdamW needs on a device, with and without activation
     checkpointing, from the model's shapes alone (the step runs on the meta device).
 
@@ -263,6 +279,7 @@ def step_memory_estimate(family: str, model_cfg: dict, frames: int, mode: str, n
                 if isinstance(t, torch.Tensor):
                     alive.append(t)
                     block_inputs[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+
         return hook
 
     def leave(module, args, output):
@@ -279,8 +296,11 @@ def step_memory_estimate(family: str, model_cfg: dict, frames: int, mode: str, n
         saved.setdefault(key, (t.untyped_storage().nbytes(), set()))[1].add(current[0])
         return t
 
-    handles = [h for i, b in enumerate(blocks) for h in (b.register_forward_pre_hook(enter(i), with_kwargs=True),
-                                                          b.register_forward_hook(leave))]
+    handles = [
+        h
+        for i, b in enumerate(blocks)
+        for h in (b.register_forward_pre_hook(enter(i), with_kwargs=True), b.register_forward_hook(leave))
+    ]
     try:
         with memory_efficient_on_meta(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             step(model, inputs)
@@ -290,24 +310,42 @@ def step_memory_estimate(family: str, model_cfg: dict, frames: int, mode: str, n
     # frozen weights (LPIPS, a grown ProMAG's parent levels) and buffers at 4 bytes a value
     frozen = sum(weights.values())
     static = ADAMW_BYTES_PER_PARAM * trainable + frozen
-    batch_storages = {t.untyped_storage()._cdata: t.untyped_storage().nbytes()
-                      for t in (inputs if isinstance(inputs, (tuple, list)) else (inputs,))}
+    batch_storages = {
+        t.untyped_storage()._cdata: t.untyped_storage().nbytes()
+        for t in (inputs if isinstance(inputs, (tuple, list)) else (inputs,))
+    }
     batch_bytes = sum(n for k, n in batch_storages.items() if k not in saved)
     activations = sum(n for n, _ in saved.values())
     kept = {k: n for k, (n, owners) in saved.items() if None in owners} | block_inputs
-    per_block = [sum(n for k, (n, owners) in saved.items() if i in owners and k not in kept)
-                 for i in range(len(blocks))]
+    per_block = [
+        sum(n for k, (n, owners) in saved.items() if i in owners and k not in kept) for i in range(len(blocks))
+    ]
     largest = max(per_block, default=0)
     checkpointed = sum(kept.values()) + largest
-    return {"trainable_params": trainable, "static_bytes": static, "batch_bytes": batch_bytes,
-            "activation_bytes": activations, "checkpointed_activation_bytes": checkpointed,
-            "largest_block_bytes": largest, "blocks": len(blocks),
-            "total_bytes": static + batch_bytes + activations,
-            "total_bytes_checkpointed": static + batch_bytes + checkpointed}
+    return {
+        "trainable_params": trainable,
+        "static_bytes": static,
+        "batch_bytes": batch_bytes,
+        "activation_bytes": activations,
+        "checkpointed_activation_bytes": checkpointed,
+        "largest_block_bytes": largest,
+        "blocks": len(blocks),
+        "total_bytes": static + batch_bytes + activations,
+        "total_bytes_checkpointed": static + batch_bytes + checkpointed,
+    }
 
 
-def _measure_step_memory(family: str, model_cfg: dict, frames: int, mode: str, num_coords: int, batch: int,
-                         device: str, activation_checkpointing: bool = False, steady_state: bool = False) -> dict:
+def _measure_step_memory(
+    family: str,
+    model_cfg: dict,
+    frames: int,
+    mode: str,
+    num_coords: int,
+    batch: int,
+    device: str,
+    activation_checkpointing: bool = False,
+    steady_state: bool = False,
+) -> dict:
     """Run in the measuring process: one training step with AdamW, its peak memory.
 
     ``steady_state``: the peak of a second step, AdamW's moments alive from its start as in every
@@ -345,18 +383,39 @@ def _proc_status_bytes(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def step_memory(cfg, mode: str, num_coords: int, batch: int, device: str, timeout: int = 3600,
-                family: str = "coordtok", frames: int | None = None, activation_checkpointing: bool = False,
-                steady_state: bool = False) -> dict:
+def step_memory(
+    cfg,
+    mode: str,
+    num_coords: int,
+    batch: int,
+    device: str,
+    timeout: int = 3600,
+    family: str = "coordtok",
+    frames: int | None = None,
+    activation_checkpointing: bool = False,
+    steady_state: bool = False,
+) -> dict:
     """Peak memory of one real training step, measured in a fresh child process (``steady_state``:
     of the second step, see :func:`_measure_step_memory`)."""
     model_cfg = dataclasses.asdict(cfg) if isinstance(cfg, ModelConfig) else dict(cfg)
     frames = frames if frames is not None else model_cfg["frames"]
-    code = ("import json,sys; from eval.profile import _measure_step_memory as m; "
-            "a=json.loads(sys.argv[1]); print(json.dumps(m(**a)))")
-    arg = json.dumps({"family": family, "model_cfg": model_cfg, "frames": frames, "mode": mode,
-                      "num_coords": num_coords, "batch": batch, "device": device,
-                      "activation_checkpointing": activation_checkpointing, "steady_state": steady_state})
+    code = (
+        "import json,sys; from eval.profile import _measure_step_memory as m; "
+        "a=json.loads(sys.argv[1]); print(json.dumps(m(**a)))"
+    )
+    arg = json.dumps(
+        {
+            "family": family,
+            "model_cfg": model_cfg,
+            "frames": frames,
+            "mode": mode,
+            "num_coords": num_coords,
+            "batch": batch,
+            "device": device,
+            "activation_checkpointing": activation_checkpointing,
+            "steady_state": steady_state,
+        }
+    )
     root = str(Path(__file__).resolve().parent.parent)
     env = None
     if steady_state:
@@ -364,8 +423,9 @@ def step_memory(cfg, mode: str, num_coords: int, batch: int, device: str, timeou
         # and keeps the freed heap resident: the first step's freed activations would then count
         # in the second step's RSS. A fixed threshold unmaps every freed tensor of 128 KB or more.
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    res = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True, timeout=timeout, cwd=root,
-                         env=env)
+    res = subprocess.run(
+        [sys.executable, "-c", code, arg], capture_output=True, text=True, timeout=timeout, cwd=root, env=env
+    )
     if res.returncode != 0:
         tail = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "no output"
         low = res.stderr.lower()  # CUDA's "out of memory", the CPU allocator's "can't allocate memory"
@@ -375,12 +435,22 @@ def step_memory(cfg, mode: str, num_coords: int, batch: int, device: str, timeou
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def max_batch(cfg, mode: str, num_coords: int, budget_bytes: int, device: str, limit: int = 4096,
-              family: str = "coordtok", frames: int | None = None, deadline: float | None = None) -> int:
+def max_batch(
+    cfg,
+    mode: str,
+    num_coords: int,
+    budget_bytes: int,
+    device: str,
+    limit: int = 4096,
+    family: str = "coordtok",
+    frames: int | None = None,
+    deadline: float | None = None,
+) -> int:
     """Largest batch whose training step fits ``budget_bytes`` on ``device`` (doubling, then bisection).
 
     ``deadline`` (a ``time.monotonic()`` value): no probe starts after it; the search then returns
     the largest batch seen to fit so far (a lower bound; 0 when none was probed)."""
+
     def fits(b: int) -> bool:
         r = step_memory(cfg, mode, num_coords, b, device, family=family, frames=frames)
         return r.get("peak_bytes") is not None and r["peak_bytes"] <= budget_bytes
@@ -424,8 +494,15 @@ def available_memory(device: str) -> tuple[int | None, str]:
     return None, "not known on this system"
 
 
-def check_memory(targets, frames: list[int], num_coords: int, device: str, budget_bytes: int | None = None,
-                 available: int | None = None, source: str = "") -> None:
+def check_memory(
+    targets,
+    frames: list[int],
+    num_coords: int,
+    device: str,
+    budget_bytes: int | None = None,
+    available: int | None = None,
+    source: str = "",
+) -> None:
     """One-line :class:`ProfileError` for what cannot fit on ``device``, before any real step runs:
     a max-batch ``budget_bytes`` beyond the available memory (the search grows the batch until a
     step passes the budget, so it would exhaust the machine first), or a ``(family, model config,
@@ -440,23 +517,37 @@ def check_memory(targets, frames: list[int], num_coords: int, device: str, budge
     gb = lambda n: f"{n / 1e9:.1f} GB"  # noqa: E731
     where = f"on {device} ({source})"
     if budget_bytes is not None and budget_bytes > available:
-        raise ProfileError(f"--budget-gb {budget_bytes / 1e9:.15g}: more than the {gb(available)} available {where}; the "
-                           f"max-batch search grows the batch until a step passes the budget and would run out of "
-                           f"memory first: pass --budget-gb {math.floor(available / 1e9)} or less")
+        raise ProfileError(
+            f"--budget-gb {budget_bytes / 1e9:.15g}: more than the {gb(available)} available {where}; the "
+            f"max-batch search grows the batch until a step passes the budget and would run out of "
+            f"memory first: pass --budget-gb {math.floor(available / 1e9)} or less"
+        )
     for t in frames:
         for family, model_cfg, mode in targets:
             need = step_memory_estimate(family, model_cfg, t, mode, num_coords, 1)["total_bytes"]
             if need > available:
-                raise ProfileError(f"{t} frames, {LABELS.get(mode, mode)}: one training step needs an estimated "
-                                   f"{gb(need)} (weights, gradients, AdamW moments, activations) but {gb(available)} "
-                                   f"is available {where}; profile fewer --frames, or pass --no-memory for FLOPs "
-                                   f"alone")
+                raise ProfileError(
+                    f"{t} frames, {LABELS.get(mode, mode)}: one training step needs an estimated "
+                    f"{gb(need)} (weights, gradients, AdamW moments, activations) but {gb(available)} "
+                    f"is available {where}; profile fewer --frames, or pass --no-memory for FLOPs "
+                    f"alone"
+                )
 
 
-def profile(config, frames: list[int], num_coords: int = 1024, device: str | None = None,
-            measure_memory: bool = True, budget_gb: float = 24.0, max_batch_search: bool | None = None,
-            modes: tuple[str, ...] = MODES, progress=print, baselines=(), estimate_batch: int | None = None,
-            measure_checkpointing: bool = False) -> list[dict]:
+def profile(
+    config,
+    frames: list[int],
+    num_coords: int = 1024,
+    device: str | None = None,
+    measure_memory: bool = True,
+    budget_gb: float = 24.0,
+    max_batch_search: bool | None = None,
+    modes: tuple[str, ...] = MODES,
+    progress=print,
+    baselines=(),
+    estimate_batch: int | None = None,
+    measure_checkpointing: bool = False,
+) -> list[dict]:
     """One row per (clip length, tokenizer): FLOPs, peak memory, max batch (GPU), and, given an
     ``estimate_batch`` (``coordtok profile``: 1 unless ``--estimate-batch``), the estimated per-GPU
     bytes of a step at that batch with and without activation checkpointing
@@ -487,23 +578,29 @@ def profile(config, frames: list[int], num_coords: int = 1024, device: str | Non
                 from .diffusers_vae import coding_flops
 
                 c = coding_flops(family, t, model_cfg["size"], model_cfg.get("config"), train=True)
-                row.update(flops=c["train"], encode_flops=c["encode"], decode_flops=c["decode"],
-                           counted_on=c["counted_on"])
+                row.update(
+                    flops=c["train"], encode_flops=c["encode"], decode_flops=c["decode"], counted_on=c["counted_on"]
+                )
             else:
                 row.update(step_flops(model_cfg, mode, num_coords, family=family, frames=t))
             if estimate_batch:
                 est = step_memory_estimate(family, model_cfg, t, mode, num_coords, estimate_batch)
-                row.update(est_batch=estimate_batch, est_bytes=est["total_bytes"],
-                           est_bytes_ckpt=est["total_bytes_checkpointed"])
+                row.update(
+                    est_batch=estimate_batch,
+                    est_bytes=est["total_bytes"],
+                    est_bytes_ckpt=est["total_bytes_checkpointed"],
+                )
             if measure_memory:
                 mem = step_memory(model_cfg, mode, num_coords, 1, device, family=family, frames=t)
                 row["peak_bytes"] = mem.get("peak_bytes")
                 if measure_checkpointing:
-                    row["peak_bytes_ckpt"] = step_memory(model_cfg, mode, num_coords, 1, device, family=family,
-                                                         frames=t, activation_checkpointing=True).get("peak_bytes")
+                    row["peak_bytes_ckpt"] = step_memory(
+                        model_cfg, mode, num_coords, 1, device, family=family, frames=t, activation_checkpointing=True
+                    ).get("peak_bytes")
             if search:
-                row["max_batch"] = max_batch(model_cfg, mode, num_coords, int(budget_gb * 1e9), device,
-                                             family=family, frames=t)
+                row["max_batch"] = max_batch(
+                    model_cfg, mode, num_coords, int(budget_gb * 1e9), device, family=family, frames=t
+                )
             rows.append(row)
             progress(_row_text(row))
     return rows
@@ -513,8 +610,14 @@ def _row_text(r: dict) -> str:
     mem = "" if r.get("peak_bytes") is None else f", peak {r['peak_bytes'] / 1e9:.2f} GB"
     if r.get("peak_bytes_ckpt") is not None:
         mem += f" ({r['peak_bytes_ckpt'] / 1e9:.2f} GB checkpointed)"
-    est = "" if "est_bytes" not in r else (f", estimated {r['est_bytes'] / 1e9:.2f} GB / {r['est_bytes_ckpt'] / 1e9:.2f} GB "
-                                           f"checkpointed at batch {r['est_batch']}")
+    est = (
+        ""
+        if "est_bytes" not in r
+        else (
+            f", estimated {r['est_bytes'] / 1e9:.2f} GB / {r['est_bytes_ckpt'] / 1e9:.2f} GB "
+            f"checkpointed at batch {r['est_batch']}"
+        )
+    )
     mb = "" if "max_batch" not in r else f", max batch {r['max_batch']}"
     return f"{r['frames']:4d} frames, {LABELS.get(r['mode'], r['mode'])}: {r['flops'] / 1e12:.3f} TFLOP{mem}{est}{mb}"
 
@@ -527,33 +630,54 @@ def write_report(rows: list[dict], out_dir: str | Path, title: str, device: str)
     out = Path(out_dir)
     write_json(out / "profile.json", {"title": title, "device": device, "rows": rows}, what="profile")
     est_batch = next((r["est_batch"] for r in rows if "est_batch" in r), None)
-    lines = [f"# {title}", "", f"device for memory: {device}", "",
-             "Peak memory: measured, one step at batch 1 (with activation checkpointing where measured)."
-             + ("" if est_batch is None else
-                f" Estimated: per-GPU bytes of an fp32 step with AdamW at batch {est_batch}, from the model's "
-                "shapes (`eval.profile.step_memory_estimate`), without / with `train.activation_checkpointing`."), "",
-             "| frames | tokenizer | frames in the step | TFLOP / step | peak memory (GB) | peak, checkpointed (GB) "
-             "| estimated (GB) | estimated, checkpointed (GB) | max batch |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {title}",
+        "",
+        f"device for memory: {device}",
+        "",
+        "Peak memory: measured, one step at batch 1 (with activation checkpointing where measured)."
+        + (
+            ""
+            if est_batch is None
+            else f" Estimated: per-GPU bytes of an fp32 step with AdamW at batch {est_batch}, from the model's "
+            "shapes (`eval.profile.step_memory_estimate`), without / with `train.activation_checkpointing`."
+        ),
+        "",
+        "| frames | tokenizer | frames in the step | TFLOP / step | peak memory (GB) | peak, checkpointed (GB) "
+        "| estimated (GB) | estimated, checkpointed (GB) | max batch |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     gb = lambda r, k: "n/a" if r.get(k) is None else f"{r[k] / 1e9:.3f}"
     for r in rows:
         label = LABELS.get(r["mode"], r["mode"]) + (f" ({r['coords']} coordinates)" if "coords" in r else "")
-        lines.append(f"| {r['frames']} | {label} | {r.get('clip_frames', r['frames'])} | {r['flops'] / 1e12:.4f} | "
-                     f"{gb(r, 'peak_bytes')} | {gb(r, 'peak_bytes_ckpt')} | {gb(r, 'est_bytes')} | "
-                     f"{gb(r, 'est_bytes_ckpt')} | {r.get('max_batch', 'n/a')} |")
+        lines.append(
+            f"| {r['frames']} | {label} | {r.get('clip_frames', r['frames'])} | {r['flops'] / 1e12:.4f} | "
+            f"{gb(r, 'peak_bytes')} | {gb(r, 'peak_bytes_ckpt')} | {gb(r, 'est_bytes')} | "
+            f"{gb(r, 'est_bytes_ckpt')} | {r.get('max_batch', 'n/a')} |"
+        )
     coding = [r for r in rows if "encode_flops" in r]
     if coding:  # the diffusers autoencoders: inference cost beside the training step
-        lines += ["", "Encoding and decoding one clip (posterior mode, no gradients); FLOPs counted on the device "
-                      "named (meta: exact from the shapes; cpu: a real run, where the model fails on meta).", "",
-                  "| frames | autoencoder | frames coded | encode TFLOP | decode TFLOP | training TFLOP / step "
-                  "| counted on |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['frames']} | {r['mode']} | {r['clip_frames']} | {r['encode_flops'] / 1e12:.4f} | "
-                  f"{r['decode_flops'] / 1e12:.4f} | {r['flops'] / 1e12:.4f} | {r['counted_on']} |" for r in coding]
+        lines += [
+            "",
+            "Encoding and decoding one clip (posterior mode, no gradients); FLOPs counted on the device "
+            "named (meta: exact from the shapes; cpu: a real run, where the model fails on meta).",
+            "",
+            "| frames | autoencoder | frames coded | encode TFLOP | decode TFLOP | training TFLOP / step "
+            "| counted on |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['frames']} | {r['mode']} | {r['clip_frames']} | {r['encode_flops'] / 1e12:.4f} | "
+            f"{r['decode_flops'] / 1e12:.4f} | {r['flops'] / 1e12:.4f} | {r['counted_on']} |"
+            for r in coding
+        ]
     write_text(out / "profile.md", "\n".join(lines) + "\n", what="profile table")
 
-    panels = [("flops", "training TFLOP / step", 1e12, "profile_flops.png"),
-              ("peak_bytes", "peak memory of a step (GB)", 1e9, "profile_memory.png"),
-              ("max_batch", "max batch at the memory budget", 1, "profile_max_batch.png")]
+    panels = [
+        ("flops", "training TFLOP / step", 1e12, "profile_flops.png"),
+        ("peak_bytes", "peak memory of a step (GB)", 1e9, "profile_memory.png"),
+        ("max_batch", "max batch at the memory budget", 1, "profile_max_batch.png"),
+    ]
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     for key, ylabel, scale, name in panels:
         if not any(r.get(key) is not None for r in rows):
@@ -591,5 +715,16 @@ def analytic_attention_flops(n_q: int, n_k: int, dim: int, backward: bool = True
     return fwd * 3 if backward else fwd
 
 
-__all__ = ["profile", "write_report", "step_flops", "step_memory", "step_memory_estimate", "max_batch",
-           "model_for_frames", "analytic_linear_flops", "analytic_attention_flops", "build_step", "family_of"]
+__all__ = [
+    "profile",
+    "write_report",
+    "step_flops",
+    "step_memory",
+    "step_memory_estimate",
+    "max_batch",
+    "model_for_frames",
+    "analytic_linear_flops",
+    "analytic_attention_flops",
+    "build_step",
+    "family_of",
+]

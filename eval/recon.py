@@ -16,6 +16,7 @@ Clips are split over processes (``accelerate launch``); features and per-clip me
 gathered on the main process, which writes ``recon.json``, ``recon.md`` and a few side-by-side
 videos. The output folder is checked writable before any clip is touched.
 """
+
 from __future__ import annotations
 
 import sys
@@ -44,15 +45,25 @@ def _to_model(clips_u8: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_clip(tokenizer, video: torch.Tensor, num_frames: int, out_path: str | Path | None,
-                  device="cpu", frames_per_chunk: int | None = None, vgg_path: str | None = None,
-                  lpips=None, fps: float = 25) -> dict:
+def evaluate_clip(
+    tokenizer,
+    video: torch.Tensor,
+    num_frames: int,
+    out_path: str | Path | None,
+    device="cpu",
+    frames_per_chunk: int | None = None,
+    vgg_path: str | None = None,
+    lpips=None,
+    fps: float = 25,
+) -> dict:
     """Reconstruct ``video`` ``(3, T, H, W)`` in [-1, 1] with ``tokenizer`` (a :class:`CoordTok`
     or a :class:`Reconstructor`); PSNR / SSIM / LPIPS over its valid frames and the seam jump.
 
     Writes ``ground truth | reconstruction`` to ``out_path`` (mp4) when given.
     """
-    rec_model = tokenizer if isinstance(tokenizer, Reconstructor) else CoordTokReconstructor(tokenizer, frames_per_chunk)
+    rec_model = (
+        tokenizer if isinstance(tokenizer, Reconstructor) else CoordTokReconstructor(tokenizer, frames_per_chunk)
+    )
     rec_model.to(device)
     nf = int(num_frames)
     x = video[None, :, :nf].to(device)
@@ -61,15 +72,20 @@ def evaluate_clip(tokenizer, video: torch.Tensor, num_frames: int, out_path: str
     if lpips is None:
         lpips, note = try_lpips(vgg_path, device)
     m = video_metrics(x, rec, lpips=lpips)
-    out = {"psnr": float(m["psnr"][0]), "ssim": float(m["ssim"][0]),
-           "lpips": float(m["lpips"][0]) if "lpips" in m else None, "tokens": rec_model.tokens(nf),
-           "tokenizer": rec_model.name}
+    out = {
+        "psnr": float(m["psnr"][0]),
+        "ssim": float(m["ssim"][0]),
+        "lpips": float(m["lpips"][0]) if "lpips" in m else None,
+        "tokens": rec_model.tokens(nf),
+        "tokenizer": rec_model.name,
+    }
     if getattr(rec_model, "token_channels", None):  # a diffusers autoencoder: floats per latent position
         out["token_channels"] = rec_model.token_channels
     if nf > 17:
         seams = seam_jump(x.cpu(), rec.cpu(), boundaries or _reference_boundaries(nf))
-        out.update({"seam_boundary": seams["boundary"], "seam_within": seams["within"],
-                    "seam_difference": seams["difference"]})
+        out.update(
+            {"seam_boundary": seams["boundary"], "seam_within": seams["within"], "seam_difference": seams["difference"]}
+        )
     if note:
         out["lpips_note"] = note
     if out_path is not None:
@@ -83,12 +99,31 @@ def _reference_boundaries(frames: int) -> list[int]:
     return chunk_boundaries(frames)
 
 
-def eval_recon(ckpt, real, out_dir, num_clips: int = 10000, seed: int = 0, kind: str | None = None,
-               split: str | None = None, fold: int = 1, detector: str | None = "videogpt",
-               detector_path=None, sub_clip_frames: int = 16, batch_size: int = 1, frames: int | None = None,
-               frames_per_chunk: int | None = None, vgg_path=None, write_videos: int = 4, analysis: bool = False,
-               progress: bool = True, device=None, hints: dict | None = None, precision: str = "auto",
-               num_workers: int = 2, **options) -> dict:
+def eval_recon(
+    ckpt,
+    real,
+    out_dir,
+    num_clips: int = 10000,
+    seed: int = 0,
+    kind: str | None = None,
+    split: str | None = None,
+    fold: int = 1,
+    detector: str | None = "videogpt",
+    detector_path=None,
+    sub_clip_frames: int = 16,
+    batch_size: int = 1,
+    frames: int | None = None,
+    frames_per_chunk: int | None = None,
+    vgg_path=None,
+    write_videos: int = 4,
+    analysis: bool = False,
+    progress: bool = True,
+    device=None,
+    hints: dict | None = None,
+    precision: str = "auto",
+    num_workers: int = 2,
+    **options,
+) -> dict:
     """Evaluate the tokenizer(s) in ``ckpt`` (a checkpoint, or a list of them: one table) on the
     same ``num_clips`` random clips of ``real``; see the module docstring.
 
@@ -123,8 +158,9 @@ def eval_recon(ckpt, real, out_dir, num_clips: int = 10000, seed: int = 0, kind:
             tok.at_size(next(iter(fixed)))
     sizes = {tok.size for _, tok in toks}
     if len(sizes) > 1:
-        raise ConfigError(f"the tokenizers take different frame sizes ({sorted(sizes)}): compare tokenizers of "
-                          f"one resolution")
+        raise ConfigError(
+            f"the tokenizers take different frame sizes ({sorted(sizes)}): compare tokenizers of one resolution"
+        )
     for _, tok in toks:
         tok.check_frames(frames)
     det = None
@@ -139,16 +175,37 @@ def eval_recon(ckpt, real, out_dir, num_clips: int = 10000, seed: int = 0, kind:
     for k, (c, tok) in enumerate(toks):
         folder = out if len(toks) == 1 else out / f"{k:02d}-{_slug(tok.name)}"
         with inference_precision(precision, device.type):
-            results.append(_evaluate(accelerator, c, tok, clips, frames, folder, seed, det, lpips, lpips_note,
-                                     sub_clip_frames, batch_size, write_videos, analysis, progress, precision,
-                                     num_workers))
+            results.append(
+                _evaluate(
+                    accelerator,
+                    c,
+                    tok,
+                    clips,
+                    frames,
+                    folder,
+                    seed,
+                    det,
+                    lpips,
+                    lpips_note,
+                    sub_clip_frames,
+                    batch_size,
+                    write_videos,
+                    analysis,
+                    progress,
+                    precision,
+                    num_workers,
+                )
+            )
     if not accelerator.is_main_process:
         return {}
     if len(results) > 1:
         write_json(out / "recon.json", {"results": results}, what="evaluation result")
     write_text(out / "recon.md", markdown_table(results, frames, sub_clip_frames), what="evaluation table")
-    return results[0] if len(results) == 1 else {"results": [{k: v for k, v in r.items() if k != "analysis"}
-                                                             for r in results]}
+    return (
+        results[0]
+        if len(results) == 1
+        else {"results": [{k: v for k, v in r.items() if k != "analysis"} for r in results]}
+    )
 
 
 def variants(ckpt, frames_per_chunk=None, hints=None, options=None) -> list[Reconstructor]:
@@ -165,9 +222,25 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")[:48]
 
 
-def _evaluate(accelerator, ckpt, tok: Reconstructor, clips, frames: int, out: Path, seed: int, det, lpips,
-              lpips_note, sub_clip_frames: int, batch_size: int, write_videos: int, analysis: bool,
-              progress: bool, precision: str, num_workers: int = 0) -> dict:
+def _evaluate(
+    accelerator,
+    ckpt,
+    tok: Reconstructor,
+    clips,
+    frames: int,
+    out: Path,
+    seed: int,
+    det,
+    lpips,
+    lpips_note,
+    sub_clip_frames: int,
+    batch_size: int,
+    write_videos: int,
+    analysis: bool,
+    progress: bool,
+    precision: str,
+    num_workers: int = 0,
+) -> dict:
     """One tokenizer on the clips (this process's share); the main process gathers, writes and
     returns the result. ``num_workers`` processes decode the real clips ahead of the
     reconstruction (uint8 batches, pinned for a GPU; 0: decoded here, between batches)."""
@@ -179,12 +252,21 @@ def _evaluate(accelerator, ckpt, tok: Reconstructor, clips, frames: int, out: Pa
     device = accelerator.device
     mine = list(range(accelerator.process_index, len(clips), accelerator.num_processes))
     rows, feats = [], {"real": [], "fake": [], "real_sub": [], "fake_sub": []}
-    bar = tqdm(total=len(mine), disable=not (progress and accelerator.is_main_process), desc=tok.name[:40],
-               unit="clip", file=sys.stderr)
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(clips, mine), batch_size=batch_size,
-                                         num_workers=num_workers, pin_memory=device.type == "cuda")
+    bar = tqdm(
+        total=len(mine),
+        disable=not (progress and accelerator.is_main_process),
+        desc=tok.name[:40],
+        unit="clip",
+        file=sys.stderr,
+    )
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(clips, mine),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
     for first, real_u8 in zip(range(0, len(mine), batch_size), loader):  # real_u8: (B, T, H, W, 3)
-        idx = mine[first:first + batch_size]
+        idx = mine[first : first + batch_size]
         video = _to_model(real_u8.to(device, non_blocking=True))
         rec, boundaries = tok.reconstruct(video)
         m = video_metrics(video, rec, lpips=lpips)
@@ -216,9 +298,17 @@ def _evaluate(accelerator, ckpt, tok: Reconstructor, clips, frames: int, out: Pa
         return {}
     rows.sort(key=lambda r: r["clip"])
     keys = [k for k in ("psnr", "ssim", "lpips", "seam_boundary", "seam_within", "seam_difference") if k in rows[0]]
-    result = {"checkpoint": str(ckpt), "tokenizer": tok.name, "tokens": tok.tokens(frames), "clips": len(rows),
-              "frames": frames, "size": tok.size, "seed": seed, "precision": precision,
-              **{k: float(np.mean([r[k] for r in rows])) for k in keys}}
+    result = {
+        "checkpoint": str(ckpt),
+        "tokenizer": tok.name,
+        "tokens": tok.tokens(frames),
+        "clips": len(rows),
+        "frames": frames,
+        "size": tok.size,
+        "seed": seed,
+        "precision": precision,
+        **{k: float(np.mean([r[k] for r in rows])) for k in keys},
+    }
     if getattr(tok, "token_channels", None):  # a diffusers autoencoder: floats per latent position
         result["token_channels"] = tok.token_channels
     if "lpips" not in result:
@@ -232,8 +322,18 @@ def _evaluate(accelerator, ckpt, tok: Reconstructor, clips, frames: int, out: Pa
             result[f"rfvd_{sub_clip_frames}"] = fvd_from_features(cat["real_sub"], cat["fake_sub"])
     write_json(out / "recon.json", {**result, "per_clip": rows}, what="evaluation result")
     if analysis:
-        result["analysis"] = write_analysis([{"name": f"clip_{r['clip']:05d}", "psnr": r["psnr"], "dynamics": r["dynamics"],
-                                              "frequency": r["frequency"]} for r in rows], out)
+        result["analysis"] = write_analysis(
+            [
+                {
+                    "name": f"clip_{r['clip']:05d}",
+                    "psnr": r["psnr"],
+                    "dynamics": r["dynamics"],
+                    "frequency": r["frequency"],
+                }
+                for r in rows
+            ],
+            out,
+        )
     return result
 
 
@@ -244,17 +344,26 @@ def markdown_table(results: list[dict], frames: int, sub: int = 16) -> str:
     if results:
         r0 = results[0]
         lines += [f"{r0['clips']} random {frames}-frame clips at {r0['size']}x{r0['size']} (seed {r0['seed']}).", ""]
-    lines += [f"| tokenizer | tokens | rFVD ({frames} f) | rFVD ({sub}-f sub-clips) | PSNR | SSIM | LPIPS | "
-              f"seam jump at boundaries | within chunks |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"| tokenizer | tokens | rFVD ({frames} f) | rFVD ({sub}-f sub-clips) | PSNR | SSIM | LPIPS | "
+        f"seam jump at boundaries | within chunks |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         tokens = f"{r['tokens']} x {r['token_channels']}" if r.get("token_channels") else r["tokens"]
-        lines.append(f"| {r['tokenizer']} | {tokens} | {fmt(r.get(f'rfvd_{frames}'), '.1f')} | "
-                     f"{fmt(r.get(f'rfvd_{sub}'), '.1f')} | {fmt(r['psnr'])} | {fmt(r['ssim'], '.3f')} | "
-                     f"{fmt(r['lpips'], '.3f')} | {fmt(r.get('seam_boundary'), '.4f')} | "
-                     f"{fmt(r.get('seam_within'), '.4f')} |")
-    lines += ["", "Tokens: latent positions per clip (x floats per position, for the diffusers autoencoders).", "",
-              "Seam jump: mean |x_t - x_(t-1)| of the reconstruction minus that of the ground truth, at the "
-              "frames where chunks meet and within chunks (a tokenizer without chunks is measured at the same "
-              "frames); equal values mean no visible seams.", ""]
+        lines.append(
+            f"| {r['tokenizer']} | {tokens} | {fmt(r.get(f'rfvd_{frames}'), '.1f')} | "
+            f"{fmt(r.get(f'rfvd_{sub}'), '.1f')} | {fmt(r['psnr'])} | {fmt(r['ssim'], '.3f')} | "
+            f"{fmt(r['lpips'], '.3f')} | {fmt(r.get('seam_boundary'), '.4f')} | "
+            f"{fmt(r.get('seam_within'), '.4f')} |"
+        )
+    lines += [
+        "",
+        "Tokens: latent positions per clip (x floats per position, for the diffusers autoencoders).",
+        "",
+        "Seam jump: mean |x_t - x_(t-1)| of the reconstruction minus that of the ground truth, at the "
+        "frames where chunks meet and within chunks (a tokenizer without chunks is measured at the same "
+        "frames); equal values mean no visible seams.",
+        "",
+    ]
     return "\n".join(lines)

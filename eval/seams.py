@@ -16,6 +16,7 @@ For a tokenizer without chunks (CoordTok) pass the same boundaries as the chunke
 compared with (``chunk_boundaries(T)``: every 16 frames for 17-frame causal chunks) so the two
 sets of numbers cover the same frame pairs; its boundary and within jumps should then agree.
 """
+
 from __future__ import annotations
 
 import math

@@ -16,6 +16,7 @@ Each reports the token count it spent on the clip and the frames where its chunk
 seam measure (:mod:`eval.seams`). A tokenizer without chunks reports the boundaries a 17-frame
 causal tokenizer would have, so seam numbers compare the same frame pairs.
 """
+
 from __future__ import annotations
 
 import abc
@@ -25,9 +26,8 @@ from pathlib import Path
 
 import torch
 
-from coordtok.chunking import (chunk_boundaries, chunk_windows, default_overlap, reconstruct_chunked,
-                                stitch_windows)
 from coordtok.checkpoint import CheckpointError, load_any, load_run, load_tokenizer
+from coordtok.chunking import chunk_boundaries, chunk_windows, default_overlap, reconstruct_chunked, stitch_windows
 from coordtok.config import ConfigError
 from coordtok.kinds import get_kind, tokenizers
 from coordtok.model import CoordTok
@@ -59,15 +59,13 @@ class Reconstructor(abc.ABC):
         boundaries)``: frame indices where a new chunk's own frames start."""
 
     @abc.abstractmethod
-    def to(self, device) -> "Reconstructor":
-        ...
+    def to(self, device) -> "Reconstructor": ...
 
     def check_frames(self, frames: int) -> None:
         if frames < 2:
             raise ConfigError(f"--frames {frames}: a clip needs at least 2 frames")
         if self.max_frames is not None and frames > self.max_frames:
-            raise ConfigError(f"--frames {frames}: {self.name} is built for clips of at most {self.max_frames} "
-                              f"frames")
+            raise ConfigError(f"--frames {frames}: {self.name} is built for clips of at most {self.max_frames} frames")
 
 
 class CoordTokReconstructor(Reconstructor):
@@ -82,11 +80,15 @@ class CoordTokReconstructor(Reconstructor):
         c = model.config
         self.overlap = default_overlap(c.frames) if overlap is None else int(overlap)
         if not 0 <= self.overlap <= c.frames // 2:
-            raise ConfigError(f"--overlap {overlap}: CoordTok's windows of {c.frames} frames overlap by 0 to "
-                              f"{c.frames // 2} frames (half a window at most, so a frame lies in at most two)")
+            raise ConfigError(
+                f"--overlap {overlap}: CoordTok's windows of {c.frames} frames overlap by 0 to "
+                f"{c.frames // 2} frames (half a window at most, so a frame lies in at most two)"
+            )
         # "tokens" per window; the table's token column counts every window of the clip (tokens())
-        self.name = (f"CoordTok ({c.num_latent_tokens} tokens), windows of {c.frames} frames overlapping by "
-                     f"{self.overlap}, blended")
+        self.name = (
+            f"CoordTok ({c.num_latent_tokens} tokens), windows of {c.frames} frames overlapping by "
+            f"{self.overlap}, blended"
+        )
         self.size, self.max_frames, self.default_frames = c.size, None, c.frames
         self.frames_per_chunk = frames_per_chunk
 
@@ -112,8 +114,9 @@ class CoordTokReconstructor(Reconstructor):
             rec = self.model.reconstruct(video, frames_per_chunk=self.frames_per_chunk).clamp(-1, 1)
             return rec, chunk_boundaries(T) if T > 17 else []
         window = lambda clip: self.model.reconstruct(clip, frames_per_chunk=self.frames_per_chunk)  # noqa: E731
-        rec, info = reconstruct_chunked(window, video, chunk=self.model.config.frames, overlap=self.overlap,
-                                        blend="linear", pad=False)
+        rec, info = reconstruct_chunked(
+            window, video, chunk=self.model.config.frames, overlap=self.overlap, blend="linear", pad=False
+        )
         return rec.clamp(-1, 1), info["boundaries"]
 
     @torch.no_grad()
@@ -128,9 +131,12 @@ class CoordTokReconstructor(Reconstructor):
 
         def outputs():
             for (s, e), triplane in zip(self.windows(frames), triplanes):
-                nf = None if e - s == c.frames else torch.full((triplane.batch_size,), e - s, dtype=torch.long,
-                                                                device=triplane.xy.device)
-                yield self.model.decode_video(triplane, nf, self.frames_per_chunk)[:, :, :e - s]
+                nf = (
+                    None
+                    if e - s == c.frames
+                    else torch.full((triplane.batch_size,), e - s, dtype=torch.long, device=triplane.xy.device)
+                )
+                yield self.model.decode_video(triplane, nf, self.frames_per_chunk)[:, :, : e - s]
 
         return stitch_windows(outputs(), frames, c.frames, self.overlap, "linear").clamp(-1, 1)
 
@@ -170,8 +176,9 @@ class MagvitReconstructor(Reconstructor):
 
     @torch.no_grad()
     def reconstruct(self, video):
-        rec, info = reconstruct_chunked(lambda clip: self.model(clip)[0], video, chunk=self.model.chunk_frames,
-                                        overlap=1, blend="drop")
+        rec, info = reconstruct_chunked(
+            lambda clip: self.model(clip)[0], video, chunk=self.model.chunk_frames, overlap=1, blend="drop"
+        )
         return rec.clamp(-1, 1), info["boundaries"]
 
     def to(self, device):
@@ -204,8 +211,9 @@ class ProMAGReconstructor(Reconstructor):
 
     @torch.no_grad()
     def reconstruct(self, video):
-        rec, info = reconstruct_chunked(self.model.codec, video, chunk=self.model.chunk_frames, overlap=self.overlap,
-                                        blend=self.blend)
+        rec, info = reconstruct_chunked(
+            self.model.codec, video, chunk=self.model.chunk_frames, overlap=self.overlap, blend=self.blend
+        )
         return rec.clamp(-1, 1), info["boundaries"]
 
     def to(self, device):
@@ -276,8 +284,9 @@ def load_reconstructor(path: str | Path, **options) -> Reconstructor:
     """
     kind = get_kind(checkpoint_kind(path), str(path))
     if kind.reconstructor is None:
-        raise CheckpointError(f"{path}: a {kind.title} checkpoint is not a tokenizer "
-                              f"(known: {', '.join(k.title for k in tokenizers())})")
+        raise CheckpointError(
+            f"{path}: a {kind.title} checkpoint is not a tokenizer (known: {', '.join(k.title for k in tokenizers())})"
+        )
     load = kind.resolve("reconstructor")
     accepted = set(inspect.signature(load).parameters)
     # CoordTok's decoding options mean nothing to a chunk tokenizer (it decodes chunk by chunk

@@ -17,6 +17,7 @@ indexing (its C++ binding takes a CUDA device guard). Autograd is likewise out o
 the same reason: the steps run under ``no_grad`` (forward and loss; backward places its tensors
 where autograd puts them, on the forward's devices).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,9 +41,15 @@ class OnCuda(torch.Tensor):
 
     @staticmethod
     def __new__(cls, elem: torch.Tensor):
-        return torch.Tensor._make_wrapper_subclass(cls, elem.shape, strides=elem.stride(),
-                                                   storage_offset=elem.storage_offset(), dtype=elem.dtype,
-                                                   device=CUDA, requires_grad=False)
+        return torch.Tensor._make_wrapper_subclass(
+            cls,
+            elem.shape,
+            strides=elem.stride(),
+            storage_offset=elem.storage_offset(),
+            dtype=elem.dtype,
+            device=CUDA,
+            requires_grad=False,
+        )
 
     def __init__(self, elem: torch.Tensor):
         self.elem = elem
@@ -57,8 +64,9 @@ class OnCuda(torch.Tensor):
 
 def on_cuda(tree):
     """Tensors (in nested lists/dicts) -> :class:`OnCuda`, detached."""
-    return tree_map(lambda t: OnCuda(t.detach()) if isinstance(t, torch.Tensor) and not isinstance(t, OnCuda)
-                    else t, tree)
+    return tree_map(
+        lambda t: OnCuda(t.detach()) if isinstance(t, torch.Tensor) and not isinstance(t, OnCuda) else t, tree
+    )
 
 
 def module_on_cuda(module: torch.nn.Module) -> torch.nn.Module:
@@ -118,8 +126,16 @@ class _CudaOps(TorchDispatchMode):
         return tree_map(wrap, out)
 
 
-_ON_ELEM = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__float__, torch.Tensor.__int__,
-            torch.Tensor.__bool__, torch.Tensor.__index__, torch.Tensor.__repr__, torch.Tensor.__format__}
+_ON_ELEM = {
+    torch.Tensor.tolist,
+    torch.Tensor.item,
+    torch.Tensor.__float__,
+    torch.Tensor.__int__,
+    torch.Tensor.__bool__,
+    torch.Tensor.__index__,
+    torch.Tensor.__repr__,
+    torch.Tensor.__format__,
+}
 
 
 class _CudaFunctions(TorchFunctionMode):
@@ -142,8 +158,11 @@ class _CudaFunctions(TorchFunctionMode):
             args = tuple(CUDA if isinstance(a, str) and _is_cuda(a) else a for a in args)
             if isinstance(kwargs.get("device"), str) and _is_cuda(kwargs["device"]):
                 kwargs["device"] = CUDA
-        if func is torch.Tensor.new_tensor and isinstance(args[0], OnCuda) and \
-                (kwargs.get("device") is None or _is_cuda(kwargs["device"])):
+        if (
+            func is torch.Tensor.new_tensor
+            and isinstance(args[0], OnCuda)
+            and (kwargs.get("device") is None or _is_cuda(kwargs["device"]))
+        ):
             kwargs.pop("device", None)
             return OnCuda(func(args[0].elem, *args[1:], **kwargs))
         if func is torch.Tensor.numpy and isinstance(args[0], OnCuda):
@@ -158,8 +177,12 @@ def cuda_on_cpu():
     """The block runs with :class:`OnCuda` tensors as CUDA tensors (module docstring), under
     ``no_grad``; inside, ``torch.cuda`` reports one bf16-capable GPU (so ``torch.autocast("cuda")``
     can be entered too)."""
-    fakes = {"_lazy_init": lambda: None, "is_available": lambda: True, "current_device": lambda: 0,
-             "is_bf16_supported": lambda *a, **k: True}
+    fakes = {
+        "_lazy_init": lambda: None,
+        "is_available": lambda: True,
+        "current_device": lambda: 0,
+        "is_bf16_supported": lambda *a, **k: True,
+    }
     saved = {name: getattr(torch.cuda, name) for name in fakes}
     for name, fn in fakes.items():
         setattr(torch.cuda, name, fn)

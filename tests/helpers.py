@@ -1,5 +1,6 @@
 """Helpers shared by the tests: a training run watched from outside, gradients compared up to
 float32 reduction order, parameter counts."""
+
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 

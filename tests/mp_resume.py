@@ -5,6 +5,7 @@ stderr and exit status 2, as the command line does.
 
     python tests/mp_resume.py BASE MAX_STEPS
 """
+
 import os
 import sys
 from pathlib import Path
@@ -18,10 +19,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def config(out_dir: Path, steps: int):
     from coordtok.config import load_tokenizer_config
 
-    return load_tokenizer_config("configs/tokenizer/tiny.yaml", {
-        "train": {"max_steps": steps, "out_dir": str(out_dir), "batch_size": 4, "num_coords": 256, "log_every": 1,
-                  "ckpt_every": 1, "keep_checkpoints": 10, "val_every": 10 ** 9, "mixed_precision": "no"},
-        "data": {"names": ["bikes"], "frame_range": [0, 140]}, "val_data": None})
+    return load_tokenizer_config(
+        "configs/tokenizer/tiny.yaml",
+        {
+            "train": {
+                "max_steps": steps,
+                "out_dir": str(out_dir),
+                "batch_size": 4,
+                "num_coords": 256,
+                "log_every": 1,
+                "ckpt_every": 1,
+                "keep_checkpoints": 10,
+                "val_every": 10**9,
+                "mixed_precision": "no",
+            },
+            "data": {"names": ["bikes"], "frame_range": [0, 140]},
+            "val_data": None,
+        },
+    )
 
 
 def main(base: str, steps: int) -> int:

@@ -9,6 +9,7 @@ inputs, so every rebuilt tensor equals the saved one bit for bit, and the backwa
 exactly the plain step's operations in the same order. Any difference at all (tolerance 0) means
 the recomputation saw something else.
 """
+
 import sys
 
 import pytest
@@ -30,6 +31,7 @@ def _sit_step(cfg_path="configs/sit/tiny.yaml", batch=2):
 
     def step(m, x, opt=None):
         training_loss(m, x, generator=torch.Generator().manual_seed(3))[0].backward()
+
     return model, x1, step
 
 
@@ -40,8 +42,11 @@ def _family_step(family: str):
     if family == "coordtok":
         cfg = to_dict(model_for_frames(load_model_config("configs/tokenizer/tiny.yaml"), 32))
         return build_step("coordtok", cfg, 32, "coordtok", 256, 2, "cpu")
-    path = {"magvit2": "configs/baselines/magvit2-tiny.yaml", "promag": "configs/baselines/promag-tiny-8x.yaml",
-            "regen": "configs/baselines/regen-tiny.yaml"}[family]
+    path = {
+        "magvit2": "configs/baselines/magvit2-tiny.yaml",
+        "promag": "configs/baselines/promag-tiny-8x.yaml",
+        "regen": "configs/baselines/regen-tiny.yaml",
+    }[family]
     model_cfg = yaml.safe_load(open(path))["model"]
     if family == "regen":
         return build_step(family, model_cfg, model_cfg["frames"], family, 0, 1, "cpu")
@@ -52,8 +57,10 @@ def _family_step(family: str):
 def _gradients(model, inputs, step, seed: int, autocast: bool = False) -> tuple[dict, dict]:
     """Gradients of one step and how often each block's forward ran (``{block index: calls}``)."""
     calls: dict[int, int] = {}
-    handles = [b.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls.get(i, 0) + 1))
-               for i, b in enumerate(checkpointed_blocks(model))]
+    handles = [
+        b.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls.get(i, 0) + 1))
+        for i, b in enumerate(checkpointed_blocks(model))
+    ]
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)  # the step's own randomness (ProMAG's posterior sample, the noise)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -72,8 +79,10 @@ def _perturb(model: torch.nn.Module) -> None:
             p.add_(torch.randn(p.shape, generator=g) * 0.02)
 
 
-@pytest.mark.parametrize("family, autocast", [("coordtok", False), ("coordtok", True), ("sit", False),
-                                              ("regen", False), ("magvit2", False), ("promag", False)])
+@pytest.mark.parametrize(
+    "family, autocast",
+    [("coordtok", False), ("coordtok", True), ("sit", False), ("regen", False), ("magvit2", False), ("promag", False)],
+)
 def test_gradients_equal_with_and_without_checkpointing(family, autocast):
     torch.manual_seed(0)
     model, inputs, step = _family_step(family)
@@ -154,16 +163,28 @@ def test_nested_blocks_checkpoint_only_the_outermost():
 def test_training_loop_turns_it_on_from_the_config(tmp_path, capfd):
     """``train.activation_checkpointing: true`` reaches the model's blocks in a real run, logs one line,
     and gives the first step's gradients of the run without it."""
-    from coordtok.config import load_tokenizer_config
-    from coordtok.train import TokenizerTask
     from helpers import first_step_gradients
 
+    from coordtok.config import load_tokenizer_config
+    from coordtok.train import TokenizerTask
+
     def run(name, on):
-        over = {"train": {"max_steps": 1, "out_dir": str(tmp_path / name), "batch_size": 1, "num_coords": 64,
-                          "log_every": 1, "ckpt_every": 10, "val_every": 10 ** 9, "mixed_precision": "no",
-                          "activation_checkpointing": on},
-                "model": {"frames": 16, "latent_t": 8}, "data": {"names": ["bikes"], "frame_range": [0, 40], "frames": 16},
-                "val_data": None}
+        over = {
+            "train": {
+                "max_steps": 1,
+                "out_dir": str(tmp_path / name),
+                "batch_size": 1,
+                "num_coords": 64,
+                "log_every": 1,
+                "ckpt_every": 10,
+                "val_every": 10**9,
+                "mixed_precision": "no",
+                "activation_checkpointing": on,
+            },
+            "model": {"frames": 16, "latent_t": 8},
+            "data": {"names": ["bikes"], "frame_range": [0, 40], "frames": 16},
+            "val_data": None,
+        }
         capfd.readouterr()
         task = TokenizerTask(load_tokenizer_config("configs/tokenizer/tiny.yaml", over))
         grads = first_step_gradients(task)
@@ -174,7 +195,8 @@ def test_training_loop_turns_it_on_from_the_config(tmp_path, capfd):
     ckpt, ckpt_lines, ckpt_flags = run("ckpt", True)
     assert plain_flags == {False} and ckpt_flags == {True}
     assert [ln for ln in ckpt_lines if "activation checkpointing" in ln] == [
-        "activation checkpointing: 6 blocks recompute their activations in the backward"]
+        "activation checkpointing: 6 blocks recompute their activations in the backward"
+    ]
     assert not [ln for ln in plain_lines if "activation checkpointing" in ln]
     assert plain.keys() == ckpt.keys()
     for name in plain:
@@ -190,8 +212,26 @@ def test_two_processes_with_checkpointing_match_one_without(tmp_path):
 
     script = str(ROOT / "tests" / "mp_checkpointing.py")
     two, one = tmp_path / "two", tmp_path / "one"
-    _run([_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-          "no", "--dynamo_backend", "no", script, str(two), "2", "1"], env={"ACCELERATE_USE_CPU": "1"})
+    _run(
+        [
+            _accelerate(),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            script,
+            str(two),
+            "2",
+            "1",
+        ],
+        env={"ACCELERATE_USE_CPU": "1"},
+    )
     _run([sys.executable, script, str(one), "2", "0"])
     r0, r1 = torch.load(two / "rank0.pt"), torch.load(two / "rank1.pt")
     assert all(torch.equal(r0[k], r1[k]) for k in r0), "ranks disagree"

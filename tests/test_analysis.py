@@ -1,4 +1,5 @@
 """Analysis metrics against hand-computed values, and the table + plot that `analyze` writes."""
+
 import csv
 import math
 

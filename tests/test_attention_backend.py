@@ -1,6 +1,7 @@
 """xformers that imports but cannot run: probed once, SDPA instead with one log line; an explicit
 request is a one-line error. xformers has no CPU kernels, so a fake ``xformers.ops`` stands in and
 the CPU is made a device xformers "has kernels for" (``XFORMERS_DEVICE_TYPES``)."""
+
 import logging
 import types
 
@@ -21,8 +22,10 @@ def _fake_xops(broken: bool) -> types.SimpleNamespace:
     def memory_efficient_attention(q, k, v, attn_bias=None):
         calls.append(tuple(q.shape))
         if broken:
-            raise RuntimeError("No such operator xformers::efficient_attention_forward_cutlass - did you forget "
-                               "to build xformers with `python setup.py develop`?\nsecond line")
+            raise RuntimeError(
+                "No such operator xformers::efficient_attention_forward_cutlass - did you forget "
+                "to build xformers with `python setup.py develop`?\nsecond line"
+            )
         q, k, v = (rearrange(x, "b n h d -> b h n d") for x in (q, k, v))
         mask = None if attn_bias is None else attn_bias.to(q.dtype)
         return rearrange(F.scaled_dot_product_attention(q, k, v, attn_mask=mask), "b h n d -> b n h d")
@@ -33,6 +36,7 @@ def _fake_xops(broken: bool) -> types.SimpleNamespace:
 @pytest.fixture
 def fake_xformers(monkeypatch):
     """Install a fake xformers (``install(broken)``) with the CPU counted as an xformers device."""
+
     def install(broken: bool):
         ops = _fake_xops(broken)
         monkeypatch.setattr(attn, "_xformers_ops", lambda: ops)
@@ -40,6 +44,7 @@ def fake_xformers(monkeypatch):
         monkeypatch.setattr(attn, "_probed", {})
         monkeypatch.delenv("COORDTOK_ATTENTION", raising=False)
         return ops
+
     return install
 
 

@@ -2,6 +2,7 @@
 resume with the GAN on, the generator phase leaving the discriminator alone, learning a real clip,
 progressive growing (a grown model starts as its parent, its inherited weights stay frozen, a
 grown run resumes without its parent)."""
+
 from __future__ import annotations
 
 import math
@@ -11,11 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from coordtok import checkpoint as ckpt
 from baselines import train as bt
 from baselines.checkpoint import load_baseline
-from baselines.train import (MagvitV2Task, ProMAGTask, inherited_names, load_baseline_run_config,
-                                      load_magvit2_run_config, load_promag_run_config, train_baseline)
+from baselines.train import (
+    MagvitV2Task,
+    ProMAGTask,
+    inherited_names,
+    load_baseline_run_config,
+    load_magvit2_run_config,
+    load_promag_run_config,
+    train_baseline,
+)
+from coordtok import checkpoint as ckpt
 from coordtok.config import ConfigError
 from coordtok.data import build_dataset, to_model_video
 from coordtok.loop import StepContext
@@ -41,19 +49,40 @@ def _one_thread():
 def run_train(steps: int, out, **train) -> dict:
     """Train-section overrides for a short CPU run: fp32 (the same numbers on any CPU), no
     validation, a checkpoint every 2 steps."""
-    return {"max_steps": steps, "out_dir": str(out), "log_every": 1, "ckpt_every": 2, "keep_checkpoints": 10,
-            "mixed_precision": "no", "val_every": 10 ** 9, **train}
+    return {
+        "max_steps": steps,
+        "out_dir": str(out),
+        "log_every": 1,
+        "ckpt_every": 2,
+        "keep_checkpoints": 10,
+        "mixed_precision": "no",
+        "val_every": 10**9,
+        **train,
+    }
 
 
 def magvit_gan_config(out, steps: int, seed: int = 0, gan_weight: float = 0.1):
     """magvit2-tiny on 9 x 32 x 32 clips with the GAN, R1 and LeCAM on and a small discriminator;
     batch 4 as two accumulated micro-batches of 2 (so the per-micro-batch cache of generator outputs
     is used)."""
-    return load_magvit2_run_config(CONFIGS / "magvit2-tiny.yaml", {
-        "model": {"frames": 9, "size": 32, "disc_base_channels": 8, "disc_channel_multipliers": [1, 2, 2]},
-        "train": run_train(steps, out, batch_size=4, grad_accum=2, gan_weight=gan_weight, r1_weight=10.0,
-                           lecam_weight=0.001, seed=seed),
-        "data": {**RANDOM, "frames": 9, "size": 32}, "val_data": None})
+    return load_magvit2_run_config(
+        CONFIGS / "magvit2-tiny.yaml",
+        {
+            "model": {"frames": 9, "size": 32, "disc_base_channels": 8, "disc_channel_multipliers": [1, 2, 2]},
+            "train": run_train(
+                steps,
+                out,
+                batch_size=4,
+                grad_accum=2,
+                gan_weight=gan_weight,
+                r1_weight=10.0,
+                lecam_weight=0.001,
+                seed=seed,
+            ),
+            "data": {**RANDOM, "frames": 9, "size": 32},
+            "val_data": None,
+        },
+    )
 
 
 # ---------------------------------------------------------------------------- configs
@@ -66,13 +95,31 @@ def test_configs_load_and_check_their_kind(tmp_path):
         assert cfg.to_dict()["kind"] == ("magvit2" if name.startswith("magvit2") else "promag")
     paper = load_magvit2_run_config(CONFIGS / "magvit2.yaml")
     t = paper.train
-    assert (t.l2_weight, t.perceptual_weight, t.commitment_weight, t.entropy_weight, t.gan_weight, t.r1_weight,
-            t.lecam_weight, t.ema, t.lr, tuple(t.betas), t.weight_decay, t.batch_size) == \
-        (5.0, 0.1, 0.25, 0.1, 0.1, 10.0, 0.001, 0.999, 1e-4, (0.0, 0.99), 0.0, 256)
+    assert (
+        t.l2_weight,
+        t.perceptual_weight,
+        t.commitment_weight,
+        t.entropy_weight,
+        t.gan_weight,
+        t.r1_weight,
+        t.lecam_weight,
+        t.ema,
+        t.lr,
+        tuple(t.betas),
+        t.weight_decay,
+        t.batch_size,
+    ) == (5.0, 0.1, 0.25, 0.1, 0.1, 10.0, 0.001, 0.999, 1e-4, (0.0, 0.99), 0.0, 256)
     assert paper.data.kind == "ucf101" and paper.data.size == 128
     p4, p8 = (load_promag_run_config(CONFIGS / f"promag-{s}.yaml").train for s in ("4x", "8x"))
-    assert (p4.recon_weight, p4.perceptual_weight, p4.kl_weight, p4.gan_weight, p4.r1_weight, tuple(p4.betas),
-            p4.weight_decay) == (1.0, 1.0, 1e-12, 0.1, 0.0, (0.9, 0.99), 1e-4)
+    assert (
+        p4.recon_weight,
+        p4.perceptual_weight,
+        p4.kl_weight,
+        p4.gan_weight,
+        p4.r1_weight,
+        tuple(p4.betas),
+        p4.weight_decay,
+    ) == (1.0, 1.0, 1e-12, 0.1, 0.0, (0.9, 0.99), 1e-4)
     assert p8.gan_weight == 0.0 and p8.grow_from == "runs/promag-4x"
     with pytest.raises(ConfigError, match="kind: 'promag'"):
         load_magvit2_run_config(CONFIGS / "promag-4x.yaml")
@@ -139,9 +186,10 @@ def test_generator_phase_leaves_the_discriminator_alone(tmp_path, kind, monkeypa
         cfg = magvit_gan_config(tmp_path, 1)
         task = _bare(MagvitV2Task(cfg))
     else:
-        cfg = load_promag_run_config(CONFIGS / "promag-tiny-4x.yaml",
-                                     {"train": run_train(1, tmp_path, gan_weight=0.1, batch_size=2), "data": WINDOW,
-                                      "val_data": None})
+        cfg = load_promag_run_config(
+            CONFIGS / "promag-tiny-4x.yaml",
+            {"train": run_train(1, tmp_path, gan_weight=0.1, batch_size=2), "data": WINDOW, "val_data": None},
+        )
         task = _bare(ProMAGTask(cfg))
     model, disc = task.modules["model"], task.modules["disc"]
     clip = to_model_video(task.dataset()[0]["video"])  # training items are uint8 (floats on the device)
@@ -184,8 +232,9 @@ def test_generator_phase_leaves_the_discriminator_alone(tmp_path, kind, monkeypa
 def test_magvit2_in_the_loop_generator_phase_gives_the_discriminator_no_gradient(tmp_path):
     """Through fit(): at every generator phase the discriminator's gradients are still None (the
     loop clears them only at the start of the discriminator phase and after its step)."""
-    from coordtok.loop import fit
     from helpers import StepRecorder
+
+    from coordtok.loop import fit
 
     task = MagvitV2Task(magvit_gan_config(tmp_path, 2))
     seen = []
@@ -204,8 +253,10 @@ def test_magvit2_tiny_learns_a_real_clip(tmp_path):
     Measured (training weights, clamped reconstruction) over seeds 0-2: 10.3-11.0 dB at init,
     16.8-18.4 dB after 30 steps; the test asks for 15.5 dB. Codebook use 0.13-0.20 of the 1024
     codes at every step, perplexity 150-170 at the last."""
-    cfg = load_magvit2_run_config(CONFIGS / "magvit2-tiny.yaml",
-                                  {"train": run_train(30, tmp_path, ckpt_every=30), "data": WINDOW, "val_data": None})
+    cfg = load_magvit2_run_config(
+        CONFIGS / "magvit2-tiny.yaml",
+        {"train": run_train(30, tmp_path, ckpt_every=30), "data": WINDOW, "val_data": None},
+    )
     result = train_baseline(cfg, progress=False)
     model, state = load_baseline(tmp_path, weights="model")
     window = build_dataset(cfg.data, 0, deterministic=True)
@@ -235,8 +286,9 @@ def test_load_baseline_errors(tmp_path):
 def promag_4x(tmp_path_factory):
     """promag-tiny-4x trained 30 steps on the bikes window: (run folder, config)."""
     out = tmp_path_factory.mktemp("promag4x")
-    cfg = load_promag_run_config(CONFIGS / "promag-tiny-4x.yaml",
-                                 {"train": run_train(30, out, ckpt_every=30), "data": WINDOW, "val_data": None})
+    cfg = load_promag_run_config(
+        CONFIGS / "promag-tiny-4x.yaml", {"train": run_train(30, out, ckpt_every=30), "data": WINDOW, "val_data": None}
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     train_baseline(cfg, progress=False)
@@ -250,14 +302,17 @@ def test_promag_tiny_learns_a_real_clip(promag_4x):
     0-2; the test asks for 16.0 dB."""
     out, cfg = promag_4x
     model, _ = load_baseline(out)
-    psnr = validation_psnr(lambda i, clip, nf: model.codec(clip), build_dataset(cfg.data, 0, deterministic=True), 1,
-                           "cpu")
+    psnr = validation_psnr(
+        lambda i, clip, nf: model.codec(clip), build_dataset(cfg.data, 0, deterministic=True), 1, "cpu"
+    )
     assert psnr > 16.0, psnr
 
 
 def grown_config(out, parent, steps: int):
-    return load_promag_run_config(CONFIGS / "promag-tiny-8x.yaml", {
-        "train": run_train(steps, out, grow_from=str(parent)), "data": WINDOW, "val_data": None})
+    return load_promag_run_config(
+        CONFIGS / "promag-tiny-8x.yaml",
+        {"train": run_train(steps, out, grow_from=str(parent)), "data": WINDOW, "val_data": None},
+    )
 
 
 def test_grown_model_starts_as_its_parent_through_the_training_loss(promag_4x, tmp_path):

@@ -1,4 +1,5 @@
 """Long videos through a chunk codec (coordtok.chunking) and the seam measure (eval.seams)."""
+
 import math
 
 import pytest
@@ -103,7 +104,7 @@ def test_end_padding_is_invisible_to_a_causal_codec():
     s, e = info["windows"][-1]
     assert info["pad"] == 17 - (e - s) > 0
     # the last window's real frames come out as if the codec had seen the short window alone
-    assert torch.equal(recon[:, :, s + 1:e], causal_mean(video[:, :, s:e])[:, :, 1:])
+    assert torch.equal(recon[:, :, s + 1 : e], causal_mean(video[:, :, s:e])[:, :, 1:])
 
 
 def test_codec_shape_is_checked():

@@ -1,4 +1,5 @@
 """`coordtok convert --out <existing file>` refuses to replace it unless --force."""
+
 from pathlib import Path
 
 from coordtok import checkpoint as ckpt

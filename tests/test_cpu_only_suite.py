@@ -3,14 +3,15 @@ CUDA from every test (in this process and in the processes tests start), a test'
 ``torch.cuda`` still wins, and the tests that once took the GPU's branches (the precision test's
 training run, the profile test's max-batch search) stay on the CPU with ``torch.cuda`` reporting
 a GPU."""
+
 import subprocess
 import sys
 
 import pytest
-import torch
-
 import test_precision
 import test_profile
+import torch
+
 from coordtok.devices import resolve_device
 
 
@@ -25,8 +26,10 @@ def _gpu_machine(monkeypatch):
 
 def test_cuda_is_hidden_here_and_in_the_processes_tests_start():
     assert not torch.cuda.is_available() and resolve_device(None) == torch.device("cpu")
-    code = "import os, torch; print(repr(os.environ['CUDA_VISIBLE_DEVICES']), os.environ['ACCELERATE_USE_CPU'], " \
-           "torch.cuda.is_available())"
+    code = (
+        "import os, torch; print(repr(os.environ['CUDA_VISIBLE_DEVICES']), os.environ['ACCELERATE_USE_CPU'], "
+        "torch.cuda.is_available())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["''", "1", "False"]
 
@@ -76,7 +79,8 @@ def test_the_profiler_searches_where_it_measures(device, monkeypatch):
     _gpu_machine(monkeypatch)
     monkeypatch.setattr(eval.profile, "max_batch", lambda *a, **k: calls.append(a[4]) or 1)
     monkeypatch.setattr(eval.profile, "step_memory", lambda *a, **k: {"peak_bytes": 1})
-    monkeypatch.setattr(eval.profile, "available_memory", lambda device: (10 ** 13, "a mocked GPU"))
-    eval.profile.profile("configs/tokenizer/tiny.yaml", [16], device=device, modes=("coordtok",),
-                         progress=lambda *_: None)
+    monkeypatch.setattr(eval.profile, "available_memory", lambda device: (10**13, "a mocked GPU"))
+    eval.profile.profile(
+        "configs/tokenizer/tiny.yaml", [16], device=device, modes=("coordtok",), progress=lambda *_: None
+    )
     assert calls == (["cuda"] if device is None else [])

@@ -1,4 +1,5 @@
 """Video I/O and the clip datasets, on small mp4s cut from the real bikes.mp4 sample."""
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,14 @@ from coordtok import data as D
 from coordtok.config import ConfigError, DataConfig
 from coordtok.data import DataNotFoundError, EmptyDatasetError, VideoClipDataset, build_dataset, ucf101, video_folder
 from coordtok.video_io import (
-    contact_sheet, read_video, resize_center_crop, sample_video_paths, side_by_side, to_uint8,
-    write_mp4, write_png,
+    contact_sheet,
+    read_video,
+    resize_center_crop,
+    sample_video_paths,
+    side_by_side,
+    to_uint8,
+    write_mp4,
+    write_png,
 )
 
 
@@ -126,8 +133,9 @@ def test_resize_keeps_aspect_then_center_crops(clips, tmp_path):
 def test_window_is_contiguous_at_stride(clips, tmp_path, stride):
     src = decoded(clips["long"]) / 127.5 - 1  # (40, 3, 64, 80)
     # size=64 equals the short side: no interpolation, only the center crop of columns 8..72
-    ds = VideoClipDataset([clips["long"]], num_frames=8, size=64, stride=stride, clips_per_video=4,
-                          cache_dir=tmp_path / "c")
+    ds = VideoClipDataset(
+        [clips["long"]], num_frames=8, size=64, stride=stride, clips_per_video=4, cache_dir=tmp_path / "c"
+    )
     starts = set()
     for i in range(len(ds)):
         item = ds[i]
@@ -141,8 +149,9 @@ def test_window_is_contiguous_at_stride(clips, tmp_path, stride):
 
 def test_determinism_across_instances_and_epochs(clips, tmp_path):
     def starts(epoch, seed=0):
-        ds = VideoClipDataset([clips["long"]], num_frames=4, size=16, seed=seed, clips_per_video=8,
-                              cache_dir=tmp_path / "c")
+        ds = VideoClipDataset(
+            [clips["long"]], num_frames=4, size=16, seed=seed, clips_per_video=8, cache_dir=tmp_path / "c"
+        )
         ds.set_epoch(epoch)
         return [ds.window_start(i, 40) for i in range(len(ds))]
 
@@ -178,8 +187,9 @@ def test_short_video_zero_padded(clips, tmp_path):
 def test_bad_files_skipped_and_counted(clips, tmp_path, caplog):
     bad = make_bad_files(tmp_path / "bad")
     with caplog.at_level(logging.INFO, logger="coordtok.data"):
-        ds = VideoClipDataset([clips["long"], *bad, tmp_path / "nope.mp4"], num_frames=8, size=16,
-                              cache_dir=tmp_path / "c")
+        ds = VideoClipDataset(
+            [clips["long"], *bad, tmp_path / "nope.mp4"], num_frames=8, size=16, cache_dir=tmp_path / "c"
+        )
     assert [v.path for v in ds.videos] == [str(clips["long"].resolve())]
     reasons = dict(ds.skipped)
     assert reasons[str(bad[0])].startswith("unreadable")
@@ -193,8 +203,9 @@ def test_bad_files_skipped_and_counted(clips, tmp_path, caplog):
 
 
 def test_too_short_skipped(clips, tmp_path):
-    ds = VideoClipDataset([clips["long"], clips["short"]], num_frames=16, size=16, min_frames=12,
-                          cache_dir=tmp_path / "c")
+    ds = VideoClipDataset(
+        [clips["long"], clips["short"]], num_frames=16, size=16, min_frames=12, cache_dir=tmp_path / "c"
+    )
     assert len(ds) == 1 and ds.skipped[0][0] == str(clips["short"].resolve())
     assert ds.skipped[0][1].startswith("too short")
     with pytest.raises(EmptyDatasetError, match="1 too short"):
@@ -247,11 +258,16 @@ def test_ucf101_splits(clips, tmp_path):
     )
     train = ucf101(root, "train", num_frames=4, size=16, cache_dir=tmp_path / "c")
     assert [os.path.basename(v.path) for v in train.videos] == [
-        "v_ApplyEyeMakeup_g08_c01.avi", "v_Basketball_g08_c01.avi", "v_HandStandPushups_g08_c01.avi"]
+        "v_ApplyEyeMakeup_g08_c01.avi",
+        "v_Basketball_g08_c01.avi",
+        "v_HandStandPushups_g08_c01.avi",
+    ]
     assert len(train.skipped) == 1 and train.skipped[0][1] == "missing"
     test = ucf101(root, "test", num_frames=4, size=16, cache_dir=tmp_path / "c")
     assert [os.path.basename(v.path) for v in test.videos] == [
-        "v_ApplyEyeMakeup_g01_c01.avi", "v_Basketball_g01_c01.avi"]
+        "v_ApplyEyeMakeup_g01_c01.avi",
+        "v_Basketball_g01_c01.avi",
+    ]
     assert test[1]["video"].shape == (3, 4, 16, 16)
     with pytest.raises(FileNotFoundError, match="testlist02.txt"):
         ucf101(root, "test", fold=2)
@@ -313,14 +329,16 @@ def test_preloaded_frames_are_decoded_once_and_equal_a_fresh_decode(clips, tmp_p
 
 
 def test_frame_range(clips, tmp_path):
-    ds = VideoClipDataset([clips["long"]], num_frames=8, size=16, frame_range=(10, 30), clips_per_video=16,
-                          cache_dir=tmp_path / "c")
+    ds = VideoClipDataset(
+        [clips["long"]], num_frames=8, size=16, frame_range=(10, 30), clips_per_video=16, cache_dir=tmp_path / "c"
+    )
     for epoch in range(3):
         ds.set_epoch(epoch)
         assert all(10 <= ds.window_start(i, 40) <= 22 for i in range(len(ds)))
     assert ds.eval().window_start(0, 40) == 10 + 0  # K = 16 windows: the first at floor(12 * 0.5 / 16)
-    held_out = VideoClipDataset([clips["long"]], num_frames=16, size=16, frame_range=(30, None),
-                                cache_dir=tmp_path / "c")[0]
+    held_out = VideoClipDataset(
+        [clips["long"]], num_frames=16, size=16, frame_range=(30, None), cache_dir=tmp_path / "c"
+    )[0]
     assert held_out["start"] == 30 and held_out["num_frames"] == 10
     with pytest.raises(EmptyDatasetError, match="too short"):
         VideoClipDataset([clips["long"]], num_frames=8, frame_range=(40, 50), cache_dir=tmp_path / "c")
@@ -399,8 +417,9 @@ def test_a_linked_folder_is_followed_and_a_loop_is_named(clips, tmp_path, caplog
 
 
 def test_dataloader_workers(clips, tmp_path):
-    ds = VideoClipDataset([clips["long"], clips["short"]], num_frames=12, size=16, clips_per_video=2,
-                          cache_dir=tmp_path / "c")
+    ds = VideoClipDataset(
+        [clips["long"], clips["short"]], num_frames=12, size=16, clips_per_video=2, cache_dir=tmp_path / "c"
+    )
     serial = [ds[i] for i in range(len(ds))]
     loader = DataLoader(ds, batch_size=2, num_workers=2)
     batches = list(loader)
@@ -416,12 +435,28 @@ def test_build_dataset(clips, tmp_path):
     assert ds[1]["path"].endswith("bigbuckbunny.mp4")
     (tmp_path / "root" / "train").mkdir(parents=True)
     shutil.copy(clips["long"], tmp_path / "root" / "train" / "a.mp4")
-    ds = build_dataset(DataConfig(kind="folder", root=str(tmp_path / "root"), split="train", frames=4, size=16,
-                                  min_frames=4, frame_range=[0, 20]), cache_dir=tmp_path / "c")
+    ds = build_dataset(
+        DataConfig(
+            kind="folder",
+            root=str(tmp_path / "root"),
+            split="train",
+            frames=4,
+            size=16,
+            min_frames=4,
+            frame_range=[0, 20],
+        ),
+        cache_dir=tmp_path / "c",
+    )
     assert ds.frame_range == (0, 20) and len(ds) == 1
     # The same window as the dataset built by hand: the config reaches VideoClipDataset unchanged.
-    by_hand = VideoClipDataset([tmp_path / "root" / "train" / "a.mp4"], num_frames=4, size=16, frame_range=(0, 20),
-                               min_frames=4, cache_dir=tmp_path / "c")
+    by_hand = VideoClipDataset(
+        [tmp_path / "root" / "train" / "a.mp4"],
+        num_frames=4,
+        size=16,
+        frame_range=(0, 20),
+        min_frames=4,
+        cache_dir=tmp_path / "c",
+    )
     assert torch.equal(ds[0]["video"], by_hand[0]["video"]) and ds[0]["start"] == by_hand[0]["start"]
     with pytest.raises(ConfigError, match="'kind' must be folder, ucf101 or samples"):
         DataConfig(kind="kinetics", root=str(tmp_path))

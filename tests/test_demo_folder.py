@@ -1,5 +1,6 @@
 """The demo's folder: locked while a demo runs, and ``--fresh`` deletes exactly the files the demo
 wrote (its manifest), never a user's file beside them."""
+
 import json
 import os
 
@@ -43,21 +44,44 @@ def test_fresh_deletes_only_the_files_the_demo_wrote_and_the_folders_it_made(tmp
         write_bytes(out / "reconstructions" / "heldout" / "coordtok.mp4", b"demo video")
         write_bytes(out / "summary.md", b"# demo")
     listed = json.loads((out / MANIFEST).read_text())
-    assert listed == {"files": ["reconstructions/heldout/coordtok.mp4", "runs/tokenizer/.lock",
-                                "runs/tokenizer/ckpt-0000001.pt", "samples/sample_000.mp4", "summary.md"],
-                      "folders": ["reconstructions", "reconstructions/heldout", "runs", "runs/tokenizer", "samples"]}
+    assert listed == {
+        "files": [
+            "reconstructions/heldout/coordtok.mp4",
+            "runs/tokenizer/.lock",
+            "runs/tokenizer/ckpt-0000001.pt",
+            "samples/sample_000.mp4",
+            "summary.md",
+        ],
+        "folders": ["reconstructions", "reconstructions/heldout", "runs", "runs/tokenizer", "samples"],
+    }
     # the user's files inside the demo's own subfolders, e.g. `cd demo && coordtok train ...`
-    mine = {out / "runs" / "my-own-run" / "ckpt-0000100.pt": b"a week of training",
-            out / "samples" / "mine.mp4": b"my video", out / "reconstructions" / "mine.mp4": b"my reconstruction",
-            out / "runs" / "tokenizer" / "notes.txt": b"my notes"}
+    mine = {
+        out / "runs" / "my-own-run" / "ckpt-0000100.pt": b"a week of training",
+        out / "samples" / "mine.mp4": b"my video",
+        out / "reconstructions" / "mine.mp4": b"my reconstruction",
+        out / "runs" / "tokenizer" / "notes.txt": b"my notes",
+    }
     for path, data in mine.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     prepare_folder(out, fresh=True)
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
-    assert left == sorted([".lock", MARKER, MANIFEST, "reconstructions", "reconstructions/mine.mp4", "runs",
-                           "runs/my-own-run", "runs/my-own-run/ckpt-0000100.pt", "runs/tokenizer",
-                           "runs/tokenizer/notes.txt", "samples", "samples/mine.mp4"])
+    assert left == sorted(
+        [
+            ".lock",
+            MARKER,
+            MANIFEST,
+            "reconstructions",
+            "reconstructions/mine.mp4",
+            "runs",
+            "runs/my-own-run",
+            "runs/my-own-run/ckpt-0000100.pt",
+            "runs/tokenizer",
+            "runs/tokenizer/notes.txt",
+            "samples",
+            "samples/mine.mp4",
+        ]
+    )
     assert all(path.read_bytes() == data for path, data in mine.items())
     assert json.loads((out / MANIFEST).read_text()) == {"files": [], "folders": []}
 

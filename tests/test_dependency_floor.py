@@ -2,6 +2,7 @@
 release that introduced every torch API the code (package, benchmarks and tests) calls, and the
 README states the same floor. A user installing the oldest allowed torch then gets no
 AttributeError on a cluster where nobody ran the tests."""
+
 import importlib
 import re
 from pathlib import Path
@@ -13,8 +14,12 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = [p for d in ("coordtok", "sit", "eval", "bench", "tests") for p in sorted((ROOT / d).rglob("*.py"))
-           if p.name != Path(__file__).name]
+SOURCES = [
+    p
+    for d in ("coordtok", "sit", "eval", "bench", "tests")
+    for p in sorted((ROOT / d).rglob("*.py"))
+    if p.name != Path(__file__).name
+]
 
 # API -> (a pattern that finds its use in the source, the torch release that introduced it),
 # from the PyTorch release notes.
@@ -51,15 +56,18 @@ def _floor(spec: SpecifierSet) -> Version:
 def _uses() -> dict[str, list[str]]:
     """Each table API -> the files that call it."""
     texts = {p.relative_to(ROOT).as_posix(): p.read_text() for p in SOURCES}
-    return {api: [name for name, text in texts.items() if re.search(pattern, text)]
-            for api, (pattern, _) in NEWER_APIS.items()}
+    return {
+        api: [name for name, text in texts.items() if re.search(pattern, text)]
+        for api, (pattern, _) in NEWER_APIS.items()
+    }
 
 
 def test_the_floor_covers_every_api_the_code_calls():
     floor, uses = _floor(_torch_range()), _uses()
     assert uses["torch.nn.utils.get_total_norm"], "the table must describe the code it guards"
-    too_new = {api: (version, uses[api]) for api, (_, version) in NEWER_APIS.items()
-               if uses[api] and Version(version) > floor}
+    too_new = {
+        api: (version, uses[api]) for api, (_, version) in NEWER_APIS.items() if uses[api] and Version(version) > floor
+    }
     assert not too_new, f"pyproject.toml allows torch {floor}, but the code calls newer APIs: {too_new}"
 
 

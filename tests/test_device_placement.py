@@ -3,13 +3,14 @@ phase, in fp32 and under CUDA bf16 autocast: CoordTok stages 1 and 2, SiT, MAGVI
 discriminator, ProMAG with its discriminator, REGEN with and without latent extension) and the
 samplers run with every parameter, buffer and input on "cuda:0" (tests/cuda_on_cpu.py). A tensor
 made on the CPU inside such a step fails the test, as it would fail the first step on a GPU."""
+
 from types import SimpleNamespace
 
 import pytest
 import torch
+from cuda_on_cpu import CUDA, DeviceMismatch, OnCuda, cuda_on_cpu, module_on_cuda, on_cuda
 
 from coordtok.loop import StepContext
-from cuda_on_cpu import CUDA, DeviceMismatch, OnCuda, cuda_on_cpu, module_on_cuda, on_cuda
 
 CTX = StepContext(step=0, micro=0, first=0, seed=0, device=CUDA)
 NO_VAL = {"val_data": None}
@@ -27,8 +28,9 @@ def _run_phases(task, batch, autocast: bool = True) -> dict:
     for module in [*task.modules.values(), *(m for m in helpers if m is not None)]:
         module_on_cuda(module)
     task.wrapped = dict(task.modules)
-    task.accelerator = SimpleNamespace(device=CUDA, num_processes=1, process_index=0, is_main_process=True,
-                                       wait_for_everyone=lambda: None)
+    task.accelerator = SimpleNamespace(
+        device=CUDA, num_processes=1, process_index=0, is_main_process=True, wait_for_everyone=lambda: None
+    )
     losses = {}
     with cuda_on_cpu():
         task.setup()
@@ -88,8 +90,10 @@ def test_coordtok_step(stage):
     from coordtok.config import load_tokenizer_config
     from coordtok.train import TokenizerTask
 
-    cfg = load_tokenizer_config("configs/tokenizer/tiny.yaml", {
-        "train": {"stage": stage, "num_coords": 64, "num_frames_stage2": 2, "lpips_weight": 0.0}, **NO_VAL})
+    cfg = load_tokenizer_config(
+        "configs/tokenizer/tiny.yaml",
+        {"train": {"stage": stage, "num_coords": 64, "num_frames_stage2": 2, "lpips_weight": 0.0}, **NO_VAL},
+    )
     m = cfg.model
     batch = {"video": _video(2, m.frames, m.size), "num_frames": torch.tensor([m.frames, m.frames - 5])}
     task = TokenizerTask(cfg)
@@ -121,8 +125,11 @@ def test_samplers(cache, sampler):
     task = _sit_task(cache)
     model = module_on_cuda(task.modules["model"].eval())
     noise = torch.randn(2, *task.shape, generator=torch.Generator().manual_seed(0))
-    kw = ({"method": "euler", "num_steps": 3} if sampler == "ode" else
-          {"num_steps": 3, "generator": torch.Generator().manual_seed(1), "path": make_path("linear")})
+    kw = (
+        {"method": "euler", "num_steps": 3}
+        if sampler == "ode"
+        else {"num_steps": 3, "generator": torch.Generator().manual_seed(1), "path": make_path("linear")}
+    )
     with cuda_on_cpu():
         x = SAMPLERS[sampler](lambda x, t: model(x, t), on_cuda(noise), **kw)
         assert isinstance(x, OnCuda) and x.shape == noise.shape and bool(torch.isfinite(x).all())
@@ -133,8 +140,9 @@ def test_magvit2_step_with_its_discriminator():
     from baselines.train import MagvitV2Task, load_magvit2_run_config
 
     # R1 takes input gradients: this harness runs without autograd (module docstring).
-    cfg = load_magvit2_run_config("configs/baselines/magvit2-tiny.yaml",
-                                  {"train": {"gan_weight": 0.1, "r1_weight": 0.0}, **NO_VAL})
+    cfg = load_magvit2_run_config(
+        "configs/baselines/magvit2-tiny.yaml", {"train": {"gan_weight": 0.1, "r1_weight": 0.0}, **NO_VAL}
+    )
     task = MagvitV2Task(cfg)
     assert task.phases == ("model", "disc")
     # fp32 only: its bf16 3-D convolutions take two minutes on a CPU without native bf16 (ProMAG
@@ -145,8 +153,9 @@ def test_magvit2_step_with_its_discriminator():
 def test_promag_step_with_its_discriminator():
     from baselines.train import ProMAGTask, load_promag_run_config
 
-    cfg = load_promag_run_config("configs/baselines/promag-tiny-4x.yaml",
-                                 {"train": {"gan_weight": 0.1, "r1_weight": 0.0}, **NO_VAL})
+    cfg = load_promag_run_config(
+        "configs/baselines/promag-tiny-4x.yaml", {"train": {"gan_weight": 0.1, "r1_weight": 0.0}, **NO_VAL}
+    )
     task = ProMAGTask(cfg)
     assert task.phases == ("model", "disc")
     m = cfg.model
@@ -157,8 +166,9 @@ def test_promag_step_with_its_discriminator():
 def test_regen_step(extend):
     from baselines.regen_train import RegenTask, load_regen_run_config
 
-    cfg = load_regen_run_config("configs/baselines/regen-tiny.yaml",
-                                {"train": {"extend_prob": 1.0 if extend else 0.0}, **NO_VAL})
+    cfg = load_regen_run_config(
+        "configs/baselines/regen-tiny.yaml", {"train": {"extend_prob": 1.0 if extend else 0.0}, **NO_VAL}
+    )
     m = cfg.model
     frames = 2 * m.frames if extend else m.frames
     assert set(_run_phases(RegenTask(cfg), {"video": _video(2, frames, m.size)})) == {"model"}

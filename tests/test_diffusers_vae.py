@@ -2,6 +2,7 @@
 initialised Wan and CogVideoX configs (no weights) -- their shapes, FLOP counts against a direct
 count, reconstruction and its metrics -- and the diffusers: kinds through the table, profile and
 eval-recon's loader."""
+
 import json
 
 import numpy as np
@@ -26,8 +27,14 @@ COG = "diffusers:AutoencoderKLCogVideoX"
 # Small versions of the default architectures: same blocks, narrower and shallower; compression
 # unchanged (4 x 8 x 8: three spatial downsamplings, two of them also in time).
 SMALL = {
-    WAN: {"base_dim": 8, "z_dim": 4, "dim_mult": [1, 2, 2, 2], "num_res_blocks": 1,
-          "latents_mean": [0.0] * 4, "latents_std": [1.0] * 4},
+    WAN: {
+        "base_dim": 8,
+        "z_dim": 4,
+        "dim_mult": [1, 2, 2, 2],
+        "num_res_blocks": 1,
+        "latents_mean": [0.0] * 4,
+        "latents_std": [1.0] * 4,
+    },
     COG: {"block_out_channels": [8, 8, 16, 16], "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 4},
 }
 
@@ -55,8 +62,11 @@ def direct_flops(model, run) -> int:
             kernel = torch.tensor(module.kernel_size).prod().item()
             total[0] += 2 * output.numel() * module.in_channels // module.groups * kernel
 
-    handles = [m.register_forward_hook(conv_or_linear) for m in model.modules()
-               if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear))]
+    handles = [
+        m.register_forward_hook(conv_or_linear)
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear))
+    ]
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def counted_sdpa(q, k, v, *args, **kwargs):
@@ -142,8 +152,13 @@ def test_a_model_that_fails_on_meta_is_counted_on_the_cpu(monkeypatch):
 
 def test_hunyuan_temporal_tiles_are_its_seams():
     spec = "diffusers:AutoencoderKLHunyuanVideo"
-    small = {"block_out_channels": [8, 8, 16, 16], "latent_channels": 4, "layers_per_block": 1,
-             "norm_num_groups": 4, "mid_block_add_attention": False}
+    small = {
+        "block_out_channels": [8, 8, 16, 16],
+        "latent_channels": 4,
+        "layers_per_block": 1,
+        "norm_num_groups": 4,
+        "mid_block_add_attention": False,
+    }
     tok = DiffusersReconstructor(build_autoencoder(spec, small), spec, size=16, random_weights=True)
     assert "temporal tiles of 17 frames every 12" in tok.name
     # tiles once the coded clip is longer than 16 frames: 12 frames (13 coded) are one pass, 16 (17) two tiles
@@ -184,12 +199,22 @@ def test_profile_puts_a_default_autoencoder_beside_coordtok(tmp_path):
     from eval.profile import profile, write_report
 
     spec = "diffusers:AutoencoderKLCosmos"  # its Haar filters are CPU buffers: moved to meta with the model
-    rows = profile(ROOT / "configs/tokenizer/tiny.yaml", [16], measure_memory=False, modes=("coordtok",),
-                   baselines=[spec], progress=lambda s: None, estimate_batch=None)
+    rows = profile(
+        ROOT / "configs/tokenizer/tiny.yaml",
+        [16],
+        measure_memory=False,
+        modes=("coordtok",),
+        baselines=[spec],
+        progress=lambda s: None,
+        estimate_batch=None,
+    )
     row = next(r for r in rows if r["family"] == spec)
     assert row["clip_frames"] == 17 and row["counted_on"] == "meta"
-    assert 2 * (row["encode_flops"] + row["decode_flops"]) < row["flops"] <= 3 * (row["encode_flops"]
-                                                                                 + row["decode_flops"])
+    assert (
+        2 * (row["encode_flops"] + row["decode_flops"])
+        < row["flops"]
+        <= 3 * (row["encode_flops"] + row["decode_flops"])
+    )
     write_report(rows, tmp_path, "t", "cpu")
     assert f"| 16 | {spec} | 17 |" in (tmp_path / "profile.md").read_text()
 
@@ -202,8 +227,23 @@ def test_reconstruct_command_with_a_pretrained_folder(tmp_path, capsys, monkeypa
     build_autoencoder(COG, SMALL[COG]).save_pretrained(tmp_path / "vae")
     out = tmp_path / "rec.mp4"
     video = str(sample_video_paths()["bikes"])
-    assert main(["reconstruct", "--ckpt", f"diffusers:{tmp_path / 'vae'}", "--video", video, "--frames", "12",
-                 "--out", str(out), "--no-vae-tiling"]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--ckpt",
+                f"diffusers:{tmp_path / 'vae'}",
+                "--video",
+                video,
+                "--frames",
+                "12",
+                "--out",
+                str(out),
+                "--no-vae-tiling",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(capsys.readouterr().out)
     # 12 frames coded as 17 (5 latent frames) at 128 x 128: 5 x 16 x 16 positions of 4 floats
     assert metrics["frames"] == 12 and metrics["tokens"] == 5 * 16 * 16 and metrics["token_channels"] == 4
@@ -220,8 +260,13 @@ def test_only_eval_diffusers_vae_imports_diffusers():
     for package in ("coordtok", "sit", "baselines", "eval", "bench"):
         for path in (root / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
-                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom) and not node.level
+                    else []
+                )
                 if any(n == "diffusers" or n.startswith("diffusers.") for n in names):
                     importers.add(path.relative_to(root).as_posix())
     assert importers == {"eval/diffusers_vae.py"}
@@ -237,13 +282,39 @@ def test_eval_recon_compares_a_diffusers_folder_with_coordtok_at_its_frame_side(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     ckpt = tiny_tokenizer(root)  # 64 x 64 frames: the autoencoder takes that side too
     build_autoencoder(WAN, SMALL[WAN]).save_pretrained(tmp_path / "wan")
-    frames = decord.VideoReader(str(sample_video_paths()["bikes"]), width=64, height=64,
-                                num_threads=1).get_batch(list(range(40))).asnumpy()
+    frames = (
+        decord.VideoReader(str(sample_video_paths()["bikes"]), width=64, height=64, num_threads=1)
+        .get_batch(list(range(40)))
+        .asnumpy()
+    )
     write_mp4(tmp_path / "real" / "a.mp4", frames)
     out = tmp_path / "out"
-    assert main(["eval-recon", "--ckpt", str(ckpt), "--ckpt", f"diffusers:{tmp_path / 'wan'}", "--data",
-                 str(tmp_path / "real"), "--out", str(out), "--num-clips", "1", "--frames", "20", "--no-fvd",
-                 "--write-videos", "0", "--no-progress", "--num-workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "eval-recon",
+                "--ckpt",
+                str(ckpt),
+                "--ckpt",
+                f"diffusers:{tmp_path / 'wan'}",
+                "--data",
+                str(tmp_path / "real"),
+                "--out",
+                str(out),
+                "--num-clips",
+                "1",
+                "--frames",
+                "20",
+                "--no-fvd",
+                "--write-videos",
+                "0",
+                "--no-progress",
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     coordtok, wan = json.loads(capsys.readouterr().out)["results"]
     assert wan["size"] == coordtok["size"] == 64
     # 20 frames coded as 21: 6 latent frames of 8 x 8 positions, 4 floats each

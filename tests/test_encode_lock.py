@@ -1,6 +1,7 @@
 """Two `coordtok encode` runs into one --out: the cache folder is locked like a run folder, so the
 second is one line while the first writes, instead of both exiting 0 with one's latents under the
 other's index."""
+
 import os
 from pathlib import Path
 
@@ -11,8 +12,22 @@ from coordtok.errors import CoordTokError
 from coordtok.locking import FolderLock
 
 TOKENIZER = Path(__file__).resolve().parent / "fixtures" / "reference" / "coordtok_A.pth"
-ENCODE = ["encode", "--tokenizer-ckpt", str(TOKENIZER), "--heads", "4", "--kind", "samples", "--data", "bikes",
-          "--clips-per-video", "1", "--stats-num", "1", "--no-progress"]
+ENCODE = [
+    "encode",
+    "--tokenizer-ckpt",
+    str(TOKENIZER),
+    "--heads",
+    "4",
+    "--kind",
+    "samples",
+    "--data",
+    "bikes",
+    "--clips-per-video",
+    "1",
+    "--stats-num",
+    "1",
+    "--no-progress",
+]
 
 
 def test_encode_holds_the_cache_lock_while_it_writes_and_a_second_encode_is_refused(tmp_path, monkeypatch, capsys):
@@ -60,14 +75,33 @@ def test_two_process_encode_into_a_locked_cache_stops_on_every_rank(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     exe = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
-    launch = [exe, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no", "-m", "coordtok", *ENCODE, "--clips-per-video", "2", "--shard-size", "1"]
+    launch = [
+        exe,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "coordtok",
+        *ENCODE,
+        "--clips-per-video",
+        "2",
+        "--shard-size",
+        "1",
+    ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "COORDTOK_CACHE": str(tmp_path / "c")}
     out = tmp_path / "latents"
     out.mkdir()
     with FolderLock(out, "encode", "choose another --out", lambda m: None):
-        held = subprocess.run([*launch, "--out", str(out)], cwd=root, env=env, capture_output=True, text=True,
-                              timeout=300)
+        held = subprocess.run(
+            [*launch, "--out", str(out)], cwd=root, env=env, capture_output=True, text=True, timeout=300
+        )
     assert held.returncode != 0 and held.stderr.count("coordtok: error:") == 2, held.stderr[-3000:]
     assert held.stderr.count(f"another encode (pid {os.getpid()} ") == 2
     # no traceback from the project's code (the launcher prints its own for a failed rank)
@@ -75,5 +109,7 @@ def test_two_process_encode_into_a_locked_cache_stops_on_every_rank(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
     free = subprocess.run([*launch, "--out", str(out)], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert free.returncode == 0, free.stderr[-3000:]
-    assert sorted(p.name for p in out.glob("shard-*.safetensors")) == ["shard-00000.safetensors",
-                                                                         "shard-00001.safetensors"]
+    assert sorted(p.name for p in out.glob("shard-*.safetensors")) == [
+        "shard-00000.safetensors",
+        "shard-00001.safetensors",
+    ]

@@ -1,5 +1,6 @@
 """Faults a training run survives: kill -9 then --resume, a full disk while checkpointing,
 an output folder that cannot be created."""
+
 import errno
 import os
 import random
@@ -20,11 +21,36 @@ STEPS = 6
 
 
 def _cmd(out: Path, *extra):
-    return [sys.executable, "-m", "coordtok", "train", "--config", "configs/tokenizer/tiny.yaml", "--no-progress",
-            "--set", f"train.out_dir={out}", "--set", f"train.max_steps={STEPS}", "--set", "train.batch_size=2",
-            "--set", "train.num_coords=256", "--set", "train.ckpt_every=1", "--set", "train.keep_checkpoints=10",
-            "--set", "train.val_every=1000000", "--set", "data.names=[bikes]", "--set", "data.frame_range=[0, 140]",
-            "--set", "val_data=null", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "coordtok",
+        "train",
+        "--config",
+        "configs/tokenizer/tiny.yaml",
+        "--no-progress",
+        "--set",
+        f"train.out_dir={out}",
+        "--set",
+        f"train.max_steps={STEPS}",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.num_coords=256",
+        "--set",
+        "train.ckpt_every=1",
+        "--set",
+        "train.keep_checkpoints=10",
+        "--set",
+        "train.val_every=1000000",
+        "--set",
+        "data.names=[bikes]",
+        "--set",
+        "data.frame_range=[0, 140]",
+        "--set",
+        "val_data=null",
+        *extra,
+    ]
 
 
 def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
@@ -51,11 +77,14 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
     assert not list(killed.glob(".ckpt-*.tmp")), "temporary files of the killed write were left behind"
 
 
-@pytest.mark.parametrize("error", [
-    OSError(errno.ENOSPC, "No space left on device"),
-    # what torch.save actually raises when the disk fills up under its zip writer
-    RuntimeError("[enforce fail at inline_container.cc:659] . unexpected pos 64 vs 0: file write failed"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        # what torch.save actually raises when the disk fills up under its zip writer
+        RuntimeError("[enforce fail at inline_container.cc:659] . unexpected pos 64 vs 0: file write failed"),
+    ],
+)
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch, error):
     good = tmp_path / "ckpt-0000001.pt"
     ckpt.atomic_save({"model": {"w": torch.ones(3)}, "step": 1}, good)
@@ -66,7 +95,9 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
         raise error
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(ckpt.CheckpointError, match="writing the checkpoint failed.*previous checkpoint.*intact") as info:
+    with pytest.raises(
+        ckpt.CheckpointError, match="writing the checkpoint failed.*previous checkpoint.*intact"
+    ) as info:
         ckpt.atomic_save({"model": {}, "step": 2}, tmp_path / "ckpt-0000002.pt")
     assert "\n" not in str(info.value)
     assert good.read_bytes() == before
@@ -76,8 +107,20 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
 def test_output_folder_that_cannot_be_created_is_one_line(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    assert main(["train", "--config", "configs/tokenizer/tiny.yaml", "--set", f"train.out_dir={blocker}/run",
-                 "--max-steps", "1"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "configs/tokenizer/tiny.yaml",
+                "--set",
+                f"train.out_dir={blocker}/run",
+                "--max-steps",
+                "1",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("coordtok: error:") and "cannot create the output folder" in err and "\n" not in err
 
@@ -90,18 +133,31 @@ def test_bad_files_in_the_data_folder_are_skipped_and_training_goes_on(tmp_path,
     from coordtok.video_io import sample_video_paths, write_mp4
 
     data = tmp_path / "videos"
-    frames = decord.VideoReader(str(sample_video_paths()["bikes"]), width=80, height=64,
-                                num_threads=1).get_batch(list(range(140))).asnumpy()
+    frames = (
+        decord.VideoReader(str(sample_video_paths()["bikes"]), width=80, height=64, num_threads=1)
+        .get_batch(list(range(140)))
+        .asnumpy()
+    )
     write_mp4(data / "good.mp4", frames)
     write_mp4(data / "too_short.mp4", frames[:10])
     (data / "corrupt.mp4").write_bytes(os.urandom(4096))
     (data / "truncated.mp4").write_bytes((data / "good.mp4").read_bytes()[:2000])
     (data / "empty.mp4").write_bytes(b"")
     (data / "notes.avi").write_text("not a video")
-    cfg = load_tokenizer_config("configs/tokenizer/tiny.yaml", {
-        "train": {"max_steps": 1, "out_dir": str(tmp_path / "run"), "batch_size": 1, "num_coords": 64,
-                  "val_every": 10 ** 9},
-        "data": {"kind": "folder", "root": str(data), "min_frames": 32, "num_workers": 0}, "val_data": None})
+    cfg = load_tokenizer_config(
+        "configs/tokenizer/tiny.yaml",
+        {
+            "train": {
+                "max_steps": 1,
+                "out_dir": str(tmp_path / "run"),
+                "batch_size": 1,
+                "num_coords": 64,
+                "val_every": 10**9,
+            },
+            "data": {"kind": "folder", "root": str(data), "min_frames": 32, "num_workers": 0},
+            "val_data": None,
+        },
+    )
     with caplog.at_level("WARNING"):
         result = train(cfg, progress=False)
     assert result["step"] == 1 and (tmp_path / "run" / "ckpt-0000001.pt").is_file()

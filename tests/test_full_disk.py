@@ -6,6 +6,7 @@ The short write is real: the command runs in a child process whose file size lim
 the write returns short instead of killing the process. torch's zip writer then fails its own check
 (``RuntimeError: [enforce fail at inline_container.cc:...] . unexpected pos ...``).
 """
+
 import os
 import subprocess
 import sys
@@ -30,33 +31,59 @@ sys.exit(main(sys.argv[2:]))
 
 def run_limited(limit: int, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "COORDTOK_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", CHILD, str(limit), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, str(limit), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def assert_one_line_short_write(proc: subprocess.CompletedProcess, path: Path) -> None:
     err = proc.stderr.strip()
     assert proc.returncode == 2 and "Traceback" not in err and "enforce fail" not in err, err
     last = err.splitlines()[-1]
-    assert last.startswith("coordtok: error:") and str(path) in last and "could not be written in full" in last \
-        and "file size limit" in last and "is intact" in last, last
+    assert (
+        last.startswith("coordtok: error:")
+        and str(path) in last
+        and "could not be written in full" in last
+        and "file size limit" in last
+        and "is intact" in last
+    ), last
 
 
 def test_convert_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, capsys):
     whole = tmp_path / "whole.pt"
     assert main(["convert", "--ckpt", str(TOKENIZER), "--out", str(whole), "--heads", "4"]) == 0
     out = tmp_path / "tok.pt"
-    proc = run_limited(whole.stat().st_size // 2, ["convert", "--ckpt", str(TOKENIZER), "--out", str(out), "--heads",
-                                                   "4"], tmp_path)
+    proc = run_limited(
+        whole.stat().st_size // 2, ["convert", "--ckpt", str(TOKENIZER), "--out", str(out), "--heads", "4"], tmp_path
+    )
     assert_one_line_short_write(proc, out)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["whole.pt"]  # no torn file left
 
 
 def test_train_on_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
     run = tmp_path / "run"
-    common = ["train", "--config", TINY, "--out-dir", str(run), "--no-progress", "--set", "train.ckpt_every=1",
-              "--set", "train.val_every=1000", "--set", "train.batch_size=1", "--set", "train.num_coords=64",
-              "--set", "data.names=[bikes]", "--set", "data.frame_range=[0,140]", "--set", "val_data=null"]
+    common = [
+        "train",
+        "--config",
+        TINY,
+        "--out-dir",
+        str(run),
+        "--no-progress",
+        "--set",
+        "train.ckpt_every=1",
+        "--set",
+        "train.val_every=1000",
+        "--set",
+        "train.batch_size=1",
+        "--set",
+        "train.num_coords=64",
+        "--set",
+        "data.names=[bikes]",
+        "--set",
+        "data.frame_range=[0,140]",
+        "--set",
+        "val_data=null",
+    ]
     assert main([*common, "--max-steps", "1"]) == 0
     first = run / "ckpt-0000001.pt"
     before = first.read_bytes()
@@ -76,10 +103,13 @@ def test_both_forms_of_torchs_short_write_are_io_errors(tmp_path):
 
     target = tmp_path / "ckpt.pt"
     target.write_bytes(b"previous")
-    for message in ("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598",
-                    "basic_ios::clear: iostream error"):
-        with pytest.raises(OutputError, match="could not be written in full.*the previous checkpoint, if any, is "
-                                              "intact"):
+    for message in (
+        "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598",
+        "basic_ios::clear: iostream error",
+    ):
+        with pytest.raises(
+            OutputError, match="could not be written in full.*the previous checkpoint, if any, is intact"
+        ):
             with atomic_path(target, "checkpoint") as tmp:
                 tmp.write_bytes(b"half")
                 raise RuntimeError(message)

@@ -1,5 +1,6 @@
 """FVD: the Frechet distance against closed forms, float64 statistics, the two I3D detectors'
 loaders and conventions, the real-statistics cache, and `coordtok eval-fvd` end to end."""
+
 import importlib.util
 import json
 import warnings
@@ -13,10 +14,26 @@ import torch
 
 from coordtok.cli import main
 from coordtok.video_io import write_mp4
-from eval.fvd import (FeatureStats, FVDInputError, compute_fvd, real_data, fake_videos, frechet_distance,
-                      fvd_from_features, real_clips, real_stats)
-from eval.i3d import (Detector, DetectorWeightsError, DetectorWeightsMissing, InceptionI3d, i3d_preprocess,
-                      load_i3d_pretrained, load_torchscript_i3d)
+from eval.fvd import (
+    FeatureStats,
+    FVDInputError,
+    compute_fvd,
+    fake_videos,
+    frechet_distance,
+    fvd_from_features,
+    real_clips,
+    real_data,
+    real_stats,
+)
+from eval.i3d import (
+    Detector,
+    DetectorWeightsError,
+    DetectorWeightsMissing,
+    InceptionI3d,
+    i3d_preprocess,
+    load_i3d_pretrained,
+    load_torchscript_i3d,
+)
 
 
 # ---------------------------------------------------------------------------- Frechet distance
@@ -57,7 +74,9 @@ def test_frechet_distance_matches_an_independent_computation_on_random_features(
     assert fvd_from_features(a, b) == pytest.approx(expected, rel=1e-8)
     # ... and the plain scipy formula (StyleGAN-V's) on the same statistics.
     s = scipy.linalg.sqrtm(cov_a @ cov_b).real
-    assert fvd_from_features(a, b) == pytest.approx(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * s), rel=1e-10)
+    assert fvd_from_features(a, b) == pytest.approx(
+        np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * s), rel=1e-10
+    )
 
 
 def test_fvd_of_a_set_against_itself_is_zero_and_grows_with_a_mean_shift():
@@ -86,9 +105,9 @@ def _singular_tolerance(s1, s2, shift2, c):
     import inspect
 
     d, u = s1.shape[0], np.finfo(np.float64).eps / 2
-    delta = d ** 2 * u * np.linalg.norm(s1, 2) * np.linalg.norm(s2, 2)
+    delta = d**2 * u * np.linalg.norm(s1, 2) * np.linalg.norm(s2, 2)
     eps = inspect.signature(frechet_distance).parameters["eps"].default
-    return 2 * d * np.sqrt(delta) + d * eps * (1 + c ** 2) / c + d * u * (np.trace(s1) + np.trace(s2) + shift2)
+    return 2 * d * np.sqrt(delta) + d * eps * (1 + c**2) / c + d * u * (np.trace(s1) + np.trace(s2) + shift2)
 
 
 def test_singular_covariances_give_a_finite_distance():
@@ -111,7 +130,7 @@ def test_singular_covariances_give_a_finite_distance():
     assert np.linalg.matrix_rank(s) == 3
     shift2 = np.sum((y.mean(0) - (c * y + v).mean(0)) ** 2)
     expected = shift2 + (1 - c) ** 2 * np.trace(s)
-    assert abs(fvd_from_features(y, c * y + v) - expected) <= _singular_tolerance(s, c ** 2 * s, shift2, c)
+    assert abs(fvd_from_features(y, c * y + v) - expected) <= _singular_tolerance(s, c**2 * s, shift2, c)
     d_ab = fvd_from_features(a, b)
     assert np.isfinite(d_ab) and d_ab > 0
 
@@ -148,8 +167,9 @@ class _FakeStyleGANI3D(torch.nn.Module):
         super().__init__()
         self.register_buffer("proj", torch.randn(7, dim, generator=torch.Generator().manual_seed(0)))
 
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
-                return_features: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False
+    ) -> torch.Tensor:
         if x.dtype != torch.uint8 or x.dim() != 5 or x.shape[1] != 3:
             raise RuntimeError("expected uint8 (B, 3, T, H, W)")
         if not (rescale and resize and return_features):
@@ -255,9 +275,9 @@ def clip_folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("fvd_videos")
     frames = decord.VideoReader(str(_bikes()), width=64, height=32, num_threads=1).get_batch(list(range(200))).asnumpy()
     for i in range(4):
-        write_mp4(root / "real" / f"clip{i}.mp4", frames[i * 40: i * 40 + 24])
+        write_mp4(root / "real" / f"clip{i}.mp4", frames[i * 40 : i * 40 + 24])
     for i in range(3):
-        noisy = frames[i * 50 + 5: i * 50 + 21, :, 16:48].astype(np.int16) + (i + 1) * 10
+        noisy = frames[i * 50 + 5 : i * 50 + 21, :, 16:48].astype(np.int16) + (i + 1) * 10
         write_mp4(root / "fake" / f"gen{i}.mp4", noisy.clip(0, 255).astype(np.uint8))
     return root / "real", root / "fake"
 
@@ -312,8 +332,17 @@ def test_fvd_of_the_real_clips_themselves_is_zero(clip_folders, tmp_path):
     spec = real_data(clip_folders[0])
     clips = real_clips(spec, frames=16, size=16, num_videos=6, seed=3)
     np.savez(tmp_path / "same.npz", videos=np.stack([clips[i].numpy() for i in range(len(clips))]))
-    result = compute_fvd(clip_folders[0], tmp_path / "same.npz", frames=16, num_videos=6, detector=CountingDetector(),
-                         seed=3, clip_frames=4, cache_dir=False, progress=False)
+    result = compute_fvd(
+        clip_folders[0],
+        tmp_path / "same.npz",
+        frames=16,
+        num_videos=6,
+        detector=CountingDetector(),
+        seed=3,
+        clip_frames=4,
+        cache_dir=False,
+        progress=False,
+    )
     assert result["size"] == 16 and result["clip_frames"] == 4
     assert abs(result["mean"]) < 1e-8
 
@@ -328,10 +357,36 @@ def test_fake_input_errors_are_clear(tmp_path):
 
 def test_eval_fvd_cli_end_to_end(clip_folders, small_torchscript_path, tmp_path, capsys):
     real, fake = clip_folders
-    argv = ["eval-fvd", "--real", str(real), "--fake", str(fake), "--frames", "16", "--num-videos", "3",
-            "--detector", "stylegan", "--detector-path", str(small_torchscript_path), "--seed", "0", "--repeats", "2",
-            "--clip-frames", "8", "--cache-dir", str(tmp_path / "cache"), "--num-workers", "0", "--batch-size", "2",
-            "--no-progress", "--device", "cpu"]
+    argv = [
+        "eval-fvd",
+        "--real",
+        str(real),
+        "--fake",
+        str(fake),
+        "--frames",
+        "16",
+        "--num-videos",
+        "3",
+        "--detector",
+        "stylegan",
+        "--detector-path",
+        str(small_torchscript_path),
+        "--seed",
+        "0",
+        "--repeats",
+        "2",
+        "--clip-frames",
+        "8",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--num-workers",
+        "0",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["detector"] == "stylegan-i3d" and result["seeds"] == [0, 1] and result["size"] == 32
@@ -346,15 +401,37 @@ def test_eval_fvd_cli_end_to_end(clip_folders, small_torchscript_path, tmp_path,
     np.testing.assert_allclose(json.loads(capsys.readouterr().out)["values"], result["values"], rtol=1e-9)
 
 
-@pytest.mark.parametrize("extra, needle", [
-    (["--detector-path", "/nonexistent/weights"], "expected i3d_torchscript.pt at /nonexistent/weights/i3d_torchscript.pt"),
-    (["--num-videos", "5"], "fewer than --num-videos 5"),
-    (["--clip-frames", "5"], "must divide --frames 16"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (
+            ["--detector-path", "/nonexistent/weights"],
+            "expected i3d_torchscript.pt at /nonexistent/weights/i3d_torchscript.pt",
+        ),
+        (["--num-videos", "5"], "fewer than --num-videos 5"),
+        (["--clip-frames", "5"], "must divide --frames 16"),
+    ],
+)
 def test_eval_fvd_cli_errors_are_one_line(clip_folders, small_torchscript_path, extra, needle, capsys):
     real, fake = clip_folders
-    argv = ["eval-fvd", "--real", str(real), "--fake", str(fake), "--frames", "16", "--num-videos", "3",
-            "--detector-path", str(small_torchscript_path), "--no-cache", "--no-progress", "--device", "cpu", *extra]
+    argv = [
+        "eval-fvd",
+        "--real",
+        str(real),
+        "--fake",
+        str(fake),
+        "--frames",
+        "16",
+        "--num-videos",
+        "3",
+        "--detector-path",
+        str(small_torchscript_path),
+        "--no-cache",
+        "--no-progress",
+        "--device",
+        "cpu",
+        *extra,
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("coordtok: error:") and needle in err and "\n" not in err

@@ -1,5 +1,6 @@
 """``make gpu-check`` (bench/gpu_check.py) is ready for the day a GPU is lent: every piece that
 does not need CUDA runs here, the sections through the same code with tiny models on the CPU."""
+
 import re
 import subprocess
 import sys
@@ -24,11 +25,17 @@ TINY_STEPS = [
 
 
 def test_without_cuda_it_says_so_in_one_line_and_exits_0(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--out", str(tmp_path / "r.md")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_check", "--out", str(tmp_path / "r.md")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip().splitlines() == [f"gpu-check: no CUDA GPU here (torch {torch.__version__}); "
-                                               f"nothing to check"]
+    assert res.stdout.strip().splitlines() == [
+        f"gpu-check: no CUDA GPU here (torch {torch.__version__}); nothing to check"
+    ]
     assert not (tmp_path / "r.md").exists()
 
 
@@ -38,12 +45,23 @@ def test_the_makefile_target_runs_the_module():
     assert re.search(r"^\.PHONY:.* gpu-check( |$)", text, re.M)
 
 
-@pytest.mark.parametrize("name, peak", [
-    ("NVIDIA H200", 989e12), ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
-    ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A100 80GB PCIe", 312e12), ("NVIDIA GeForce RTX 4090", 165e12),
-    ("NVIDIA L40S", 362e12), ("NVIDIA L40", 181e12), ("NVIDIA L4", 121e12), ("NVIDIA A10G", 70e12),
-    ("NVIDIA A10", 125e12), ("Tesla V100-SXM2-32GB", None),
-])
+@pytest.mark.parametrize(
+    "name, peak",
+    [
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA A100 80GB PCIe", 312e12),
+        ("NVIDIA GeForce RTX 4090", 165e12),
+        ("NVIDIA L40S", 362e12),
+        ("NVIDIA L40", 181e12),
+        ("NVIDIA L4", 121e12),
+        ("NVIDIA A10G", 70e12),
+        ("NVIDIA A10", 125e12),
+        ("Tesla V100-SXM2-32GB", None),
+    ],
+)
 def test_peak_flops_by_gpu_name(name, peak):
     assert gc.peak_flops(name) == peak
 
@@ -82,11 +100,11 @@ def test_paper_step_shapes():
 def test_the_loss_scaler_skips_a_non_finite_step_and_takes_a_finite_one():
     w = torch.nn.Parameter(torch.ones(3))
     opt = torch.optim.AdamW([w], lr=0.1)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     runner = gc._ScaledOptimizer(opt, scaler)
     w.grad = torch.tensor([1.0, float("inf"), 1.0])
     runner.step()
-    assert torch.equal(w.detach(), torch.ones(3)) and scaler.get_scale() == 2.0 ** 15  # skipped, scale halved
+    assert torch.equal(w.detach(), torch.ones(3)) and scaler.get_scale() == 2.0**15  # skipped, scale halved
     runner.zero_grad()
     assert w.grad is None
     w.grad = torch.ones(3)
@@ -96,8 +114,7 @@ def test_the_loss_scaler_skips_a_non_finite_step_and_takes_a_finite_one():
 
 # fp32 for every model (emulated bf16 convolutions take a minute on a CPU without native bf16),
 # bf16 and fp16 with the loss scaler on the light ones: the code path is one and the same.
-CASES = [(s, "fp32") for s in TINY_STEPS] + [(TINY_STEPS[2], "bf16"), (TINY_STEPS[2], "fp16"),
-                                              (TINY_STEPS[0], "fp16")]
+CASES = [(s, "fp32") for s in TINY_STEPS] + [(TINY_STEPS[2], "bf16"), (TINY_STEPS[2], "fp16"), (TINY_STEPS[0], "fp16")]
 
 
 @pytest.mark.parametrize("step, precision", CASES, ids=[f"{s[0]}-{p}" for s, p in CASES])
@@ -121,12 +138,13 @@ def test_max_batch_search_with_a_time_cap(monkeypatch):
     def fake_memory(cfg, mode, num_coords, batch, device, **kw):
         probes.append(batch)
         time.sleep(0.02)
-        return {"peak_bytes": batch * 10 ** 9}
+        return {"peak_bytes": batch * 10**9}
 
     monkeypatch.setattr(profile, "step_memory", fake_memory)
     cfg, frames, n = gc.step_shape("coordtok", "configs/tokenizer/tiny.yaml", "coordtok")
-    search = lambda seconds: gc.capped_max_batch("coordtok", cfg, frames, "coordtok", n, 37 * 10 ** 9, "cpu",
-                                                 time.monotonic() + seconds)
+    search = lambda seconds: gc.capped_max_batch(
+        "coordtok", cfg, frames, "coordtok", n, 37 * 10**9, "cpu", time.monotonic() + seconds
+    )
     assert search(60) == "37"
     probes.clear()
     capped = search(0.07)
@@ -140,11 +158,17 @@ def test_the_whole_report_on_the_cpu_with_tiny_models(tmp_path, monkeypatch, one
 
     monkeypatch.setattr(gc, "TRAIN_STEPS", TINY_STEPS[:1] + TINY_STEPS[2:3])
     monkeypatch.setattr(gc, "MAX_BATCH", TINY_STEPS[:1])
-    monkeypatch.setattr(profile, "step_memory", lambda *a, **k: {"peak_bytes": a[3] * 10 ** 6})
+    monkeypatch.setattr(profile, "step_memory", lambda *a, **k: {"peak_bytes": a[3] * 10**6})
     monkeypatch.setattr(gc, "train_step", lambda *a, **k: {"seconds": 0.5, "steps": 3})
     monkeypatch.setattr(gc, "PAPER_STEPS", 3)
-    text = gc.run(tmp_path / "report.md", 120, 1, device=CPU,
-                  sample_configs=("configs/sit/tiny.yaml", "configs/tokenizer/tiny.yaml"), attention_shape=(1, 16, 32))
+    text = gc.run(
+        tmp_path / "report.md",
+        120,
+        1,
+        device=CPU,
+        sample_configs=("configs/sit/tiny.yaml", "configs/tokenizer/tiny.yaml"),
+        attention_shape=(1, 16, 32),
+    )
     assert (tmp_path / "report.md").read_text() == text
     for heading in ("## Training steps", "## Attention backends", "## Largest batch", "## Sampling"):
         assert heading in text
@@ -155,6 +179,12 @@ def test_the_whole_report_on_the_cpu_with_tiny_models(tmp_path, monkeypatch, one
     assert sample_row.startswith("| SiT tiny + CoordTok tiny | 1 | 3 | 128x64x64 |")
 
     monkeypatch.setattr(gc, "SHARES", {**gc.SHARES, "train": 1e-9})  # no time for the training steps
-    text = gc.run(tmp_path / "report.md", 120, 1, device=CPU,
-                  sample_configs=("configs/sit/tiny.yaml", "configs/tokenizer/tiny.yaml"), attention_shape=(1, 16, 32))
+    text = gc.run(
+        tmp_path / "report.md",
+        120,
+        1,
+        device=CPU,
+        sample_configs=("configs/sit/tiny.yaml", "configs/tokenizer/tiny.yaml"),
+        attention_shape=(1, 16, 32),
+    )
     assert text.count("skipped (time budget)") == 4

@@ -1,11 +1,16 @@
 """``--precision`` of the inference commands (``sample``, ``encode``, ``eval-recon``, ``eval-fvd``):
 the choice (with ``torch.cuda`` mocked: which TF32 flags are set, which autocast dtype is used) and,
 on the CPU, that the commands run in the precision they record in their outputs."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
+from sit_common import DATA, tiny_tokenizer
+from test_eval_recon import setup  # noqa: F401 (fixture)
+from test_fvd import CountingDetector, clip_folders  # noqa: F401 (fixture)
+from test_sit_train import sit_ckpt, tokenizer_ckpt  # noqa: F401 (fixtures)
 
 from coordtok import devices
 from coordtok.cli import main
@@ -14,10 +19,6 @@ from coordtok.model import CoordTok
 from eval.fvd import compute_fvd
 from sit.encode import encode_dataset
 from sit.models import TriplaneSiT
-from sit_common import DATA, tiny_tokenizer
-from test_eval_recon import setup  # noqa: F401 (fixture)
-from test_fvd import CountingDetector, clip_folders  # noqa: F401 (fixture)
-from test_sit_train import sit_ckpt, tokenizer_ckpt  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
@@ -34,25 +35,29 @@ def _fake_cuda(monkeypatch, bf16: bool = True):
 
 
 def _cpu(monkeypatch, native: bool):
-    monkeypatch.setattr(devices, "cpu_info", lambda *a: {"model": "test CPU", "instruction_sets": [],
-                                                      "native_bf16": native})
+    monkeypatch.setattr(
+        devices, "cpu_info", lambda *a: {"model": "test CPU", "instruction_sets": [], "native_bf16": native}
+    )
 
 
 # ---------------------------------------------------------------------------- the choice
-@pytest.mark.parametrize("requested, device, config_says, bf16_gpu, expected", [
-    ("auto", "cuda", None, True, "tf32"),      # fp32 weights, TF32 matmuls
-    ("auto", "cuda", "no", True, "tf32"),
-    ("auto", "cuda", "auto", True, "tf32"),     # only an explicit bf16 in the config switches autocast on
-    ("auto", "cuda", "bf16", True, "bf16"),     # trained in bf16: sampled in bf16
-    ("auto", "cuda", "bf16", False, "tf32"),    # ... unless this GPU has no bf16
-    ("auto", "cpu", "bf16", True, "fp32"),      # CPU results stay exact
-    ("fp32", "cuda", "bf16", True, "fp32"),     # the user's word wins over the config
-    ("tf32", "cuda", None, True, "tf32"),
-    ("bf16", "cuda", None, True, "bf16"),
-    ("fp16", "cuda", None, False, "fp16"),
-    ("fp16", "cpu", None, True, "fp32"),
-    ("tf32", "cpu", None, True, "fp32"),
-])
+@pytest.mark.parametrize(
+    "requested, device, config_says, bf16_gpu, expected",
+    [
+        ("auto", "cuda", None, True, "tf32"),  # fp32 weights, TF32 matmuls
+        ("auto", "cuda", "no", True, "tf32"),
+        ("auto", "cuda", "auto", True, "tf32"),  # only an explicit bf16 in the config switches autocast on
+        ("auto", "cuda", "bf16", True, "bf16"),  # trained in bf16: sampled in bf16
+        ("auto", "cuda", "bf16", False, "tf32"),  # ... unless this GPU has no bf16
+        ("auto", "cpu", "bf16", True, "fp32"),  # CPU results stay exact
+        ("fp32", "cuda", "bf16", True, "fp32"),  # the user's word wins over the config
+        ("tf32", "cuda", None, True, "tf32"),
+        ("bf16", "cuda", None, True, "bf16"),
+        ("fp16", "cuda", None, False, "fp16"),
+        ("fp16", "cpu", None, True, "fp32"),
+        ("tf32", "cpu", None, True, "fp32"),
+    ],
+)
 def test_the_choice(requested, device, config_says, bf16_gpu, expected, monkeypatch):
     _fake_cuda(monkeypatch, bf16_gpu)
     _cpu(monkeypatch, native=True)
@@ -76,9 +81,15 @@ def test_fallbacks_say_so_and_impossible_requests_are_one_line(monkeypatch):
 
 
 # ---------------------------------------------------------------------------- what the context sets
-@pytest.mark.parametrize("precision, tf32, dtype", [
-    ("fp32", False, None), ("tf32", True, None), ("bf16", True, torch.bfloat16), ("fp16", True, torch.float16),
-])
+@pytest.mark.parametrize(
+    "precision, tf32, dtype",
+    [
+        ("fp32", False, None),
+        ("tf32", True, None),
+        ("bf16", True, torch.bfloat16),
+        ("fp16", True, torch.float16),
+    ],
+)
 @pytest.mark.parametrize("before", [False, True])
 def test_cuda_flags_and_autocast(precision, tf32, dtype, before, monkeypatch, tf32_flags):
     _fake_cuda(monkeypatch)
@@ -118,9 +129,30 @@ def _spy(monkeypatch, cls, name: str, seen: list):
 def test_sample_records_and_runs_in_its_precision(sit_ckpt, tokenizer_ckpt, tmp_path, capsys, monkeypatch):  # noqa: F811
     def run(name, *extra):
         out = tmp_path / name
-        assert main(["sample", "--sit-ckpt", str(sit_ckpt), "--tokenizer-ckpt", str(tokenizer_ckpt), "--num", "1",
-                     "--steps", "2", "--out", str(out), "--format", "npz", "--no-progress", "--device", "cpu",
-                     *extra]) == 0
+        assert (
+            main(
+                [
+                    "sample",
+                    "--sit-ckpt",
+                    str(sit_ckpt),
+                    "--tokenizer-ckpt",
+                    str(tokenizer_ckpt),
+                    "--num",
+                    "1",
+                    "--steps",
+                    "2",
+                    "--out",
+                    str(out),
+                    "--format",
+                    "npz",
+                    "--no-progress",
+                    "--device",
+                    "cpu",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         return json.loads(capsys.readouterr().out)
 
     seen_sit, seen_decode = [], []
@@ -138,7 +170,9 @@ def test_encode_records_its_precision(root, tmp_path, monkeypatch, capsys):
     _spy(monkeypatch, CoordTok, "encode", seen)
     kw = dict(clips_per_video=1, seed=0, batch_size=1, stats_num=None, progress=False)
     index = encode_dataset(tiny_tokenizer(root), DataConfig(**DATA), tmp_path / "a", precision="tf32", **kw)
-    assert index["precision"] == "fp32" and json.loads((tmp_path / "a" / "index.json").read_text())["precision"] == "fp32"
+    assert (
+        index["precision"] == "fp32" and json.loads((tmp_path / "a" / "index.json").read_text())["precision"] == "fp32"
+    )
     assert "tf32 is a CUDA matmul mode" in capsys.readouterr().err and set(seen) == {torch.float32}
     seen.clear()
     index = encode_dataset(tiny_tokenizer(root), DataConfig(**DATA), tmp_path / "b", precision="bf16", **kw)
@@ -148,8 +182,30 @@ def test_encode_records_its_precision(root, tmp_path, monkeypatch, capsys):
 def test_eval_recon_records_its_precision(setup, tmp_path, capsys):  # noqa: F811
     data, ckpt, _ = setup
     out = tmp_path / "out"
-    assert main(["eval-recon", "--ckpt", str(ckpt), "--data", str(data / "real"), "--out", str(out), "--num-clips", "1",
-                 "--no-fvd", "--write-videos", "0", "--no-progress", "--device", "cpu", "--precision", "auto"]) == 0
+    assert (
+        main(
+            [
+                "eval-recon",
+                "--ckpt",
+                str(ckpt),
+                "--data",
+                str(data / "real"),
+                "--out",
+                str(out),
+                "--num-clips",
+                "1",
+                "--no-fvd",
+                "--write-videos",
+                "0",
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--precision",
+                "auto",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["precision"] == "fp32"
     assert json.loads((out / "recon.json").read_text())["precision"] == "fp32"
 
@@ -158,7 +214,8 @@ def test_eval_fvd_records_and_runs_in_its_precision(clip_folders, tmp_path):  # 
     class Spy(CountingDetector):
         def features(self, videos):
             self.dtypes = getattr(self, "dtypes", set()) | {
-                torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32}
+                torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
+            }
             return super().features(videos)
 
     real, fake = clip_folders

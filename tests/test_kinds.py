@@ -1,6 +1,7 @@
 """The one table of kinds (coordtok/kinds.py): every row resolves, and every tokenizer builds,
 trains a step and reconstructs a clip through the table alone -- what `coordtok train`,
 `eval-recon`, `profile` and the demo do."""
+
 import pytest
 import torch
 
@@ -33,15 +34,20 @@ def test_every_entry_resolves_to_what_it_names(name):
         if getattr(kind, entry) is not None:
             assert callable(kind.resolve(entry)), (name, entry)
     assert issubclass(kind.resolve("task"), Task) and kind.resolve("task").kind == name
-    assert kind_of_config(ROOT / kind.example).name == (name if name != "sit" else "coordtok")  # SiT files have no kind:
+    assert kind_of_config(ROOT / kind.example).name == (
+        name if name != "sit" else "coordtok"
+    )  # SiT files have no kind:
     if kind.role == "tokenizer":
         assert kind.reconstructor is not None and kind.profile is not None
         assert issubclass(kind.resolve("reconstructor").__self__, Reconstructor)
 
 
 def test_unknown_kinds_and_roles_are_one_line_errors(tmp_path):
-    with pytest.raises(ConfigError, match=r"x.yaml: kind: 'vqgan' is not a tokenizer this project has \(known: coordtok, "
-                                          r"magvit2, promag, regen"):
+    with pytest.raises(
+        ConfigError,
+        match=r"x.yaml: kind: 'vqgan' is not a tokenizer this project has \(known: coordtok, "
+        r"magvit2, promag, regen",
+    ):
         get_kind("vqgan", "x.yaml", role="tokenizer")
     with pytest.raises(ConfigError, match="'sit' is not a tokenizer"):
         get_kind("sit", "x.yaml", role="tokenizer")
@@ -52,14 +58,26 @@ def test_unknown_kinds_and_roles_are_one_line_errors(tmp_path):
 
 # A short run of each tokenizer's example config: one clip's worth of data, fp32, one step.
 RUNS = {
-    "coordtok": {"train": {"batch_size": 1, "num_coords": 64}, "model": {"frames": 16, "latent_t": 8},
-                 "data": {"names": ["bikes"], "frame_range": [0, 16], "frames": 16}},
-    "magvit2": {"train": {"batch_size": 1}, "model": {"frames": 9, "size": 32},
-                "data": {"kind": "samples", "names": ["bikes"], "frame_range": [0, 9], "frames": 9, "size": 32}},
-    "promag": {"train": {"batch_size": 1}, "model": {"size": 32},
-               "data": {"kind": "samples", "names": ["bikes"], "frame_range": [0, 17], "size": 32}},
-    "regen": {"train": {"batch_size": 1, "extend_prob": 0.0}, "model": {"size": 32},
-              "data": {"kind": "samples", "names": ["bikes"], "frame_range": [0, 9], "frames": 9, "size": 32}},
+    "coordtok": {
+        "train": {"batch_size": 1, "num_coords": 64},
+        "model": {"frames": 16, "latent_t": 8},
+        "data": {"names": ["bikes"], "frame_range": [0, 16], "frames": 16},
+    },
+    "magvit2": {
+        "train": {"batch_size": 1},
+        "model": {"frames": 9, "size": 32},
+        "data": {"kind": "samples", "names": ["bikes"], "frame_range": [0, 9], "frames": 9, "size": 32},
+    },
+    "promag": {
+        "train": {"batch_size": 1},
+        "model": {"size": 32},
+        "data": {"kind": "samples", "names": ["bikes"], "frame_range": [0, 17], "size": 32},
+    },
+    "regen": {
+        "train": {"batch_size": 1, "extend_prob": 0.0},
+        "model": {"size": 32},
+        "data": {"kind": "samples", "names": ["bikes"], "frame_range": [0, 9], "frames": 9, "size": 32},
+    },
 }
 
 
@@ -68,11 +86,24 @@ def test_each_tokenizer_builds_trains_a_step_and_reconstructs_through_the_table(
     kind = KINDS[name]
     over = RUNS[name]
     config = ROOT / kind.example
-    cfg = kind_of_config(config, role="tokenizer").load_config(config, {
-        **over, "val_data": None,
-        "train": {"max_steps": 1, "out_dir": str(tmp_path / "run"), "log_every": 1, "ckpt_every": 1,
-                  "mixed_precision": "no", "val_every": 0, "num_workers": 0, **over["train"]},
-        "data": {"num_workers": 0, **over["data"]}})
+    cfg = kind_of_config(config, role="tokenizer").load_config(
+        config,
+        {
+            **over,
+            "val_data": None,
+            "train": {
+                "max_steps": 1,
+                "out_dir": str(tmp_path / "run"),
+                "log_every": 1,
+                "ckpt_every": 1,
+                "mixed_precision": "no",
+                "val_every": 0,
+                "num_workers": 0,
+                **over["train"],
+            },
+            "data": {"num_workers": 0, **over["data"]},
+        },
+    )
     task = kind.resolve("task")(cfg)
     result = fit(task, progress=False)
     assert result["step"] == 1 and torch.isfinite(torch.tensor(result["loss"]))

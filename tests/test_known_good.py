@@ -6,16 +6,16 @@ lr, --resume) failed again at once. Now nothing is written on a stop; a checkpoi
 when its weights are finite and the loss they gave on the next batch was finite and not
 exploding, and the message names the newest such checkpoint of the run's lineage, or says none
 is. Following the advice must work."""
+
 import math
 import re
 
 import pytest
-import torch
 
-from coordtok import checkpoint as ckpt
 from baselines.train import load_magvit2_run_config, train_baseline
+from coordtok import checkpoint as ckpt
 from coordtok.config import load_tokenizer_config
-from coordtok.loop import EXPLODING, loss_is_sane, TrainingDiverged
+from coordtok.loop import EXPLODING, TrainingDiverged, loss_is_sane
 from coordtok.train import train
 
 # The tiny models' initial weights are of order 1 at most (default inits, unit norm gains, sin-cos
@@ -25,22 +25,59 @@ SANE = 100.0
 
 
 def tokenizer(out, steps, lr):
-    cfg = load_tokenizer_config("configs/tokenizer/tiny.yaml", {
-        "train": {"max_steps": steps, "out_dir": str(out), "batch_size": 2, "num_coords": 256, "log_every": 1,
-                  "lr": lr, "ckpt_every": 1, "val_every": 10 ** 9, "keep_checkpoints": 10, "max_bad_steps": 2,
-                  "mixed_precision": "no"},
-        "data": {"names": ["bikes"], "frame_range": [0, 140]}, "val_data": None})
+    cfg = load_tokenizer_config(
+        "configs/tokenizer/tiny.yaml",
+        {
+            "train": {
+                "max_steps": steps,
+                "out_dir": str(out),
+                "batch_size": 2,
+                "num_coords": 256,
+                "log_every": 1,
+                "lr": lr,
+                "ckpt_every": 1,
+                "val_every": 10**9,
+                "keep_checkpoints": 10,
+                "max_bad_steps": 2,
+                "mixed_precision": "no",
+            },
+            "data": {"names": ["bikes"], "frame_range": [0, 140]},
+            "val_data": None,
+        },
+    )
     return lambda **kw: train(cfg, progress=False, **kw)
 
 
 def magvit2(out, steps, lr):
-    cfg = load_magvit2_run_config("configs/baselines/magvit2-tiny.yaml", {
-        "model": {"frames": 9, "size": 32, "disc_base_channels": 8, "disc_channel_multipliers": [1, 2, 2]},
-        "train": {"max_steps": steps, "out_dir": str(out), "batch_size": 2, "gan_weight": 0.1, "lr": lr,
-                  "warmup_steps": 0, "log_every": 1, "ckpt_every": 1, "keep_checkpoints": 10, "max_bad_steps": 2,
-                  "val_every": 10 ** 9, "mixed_precision": "no"},
-        "data": {"kind": "samples", "names": ["bikes"], "frame_range": [0, 140], "frames": 9, "size": 32,
-                 "num_workers": 0}, "val_data": None})
+    cfg = load_magvit2_run_config(
+        "configs/baselines/magvit2-tiny.yaml",
+        {
+            "model": {"frames": 9, "size": 32, "disc_base_channels": 8, "disc_channel_multipliers": [1, 2, 2]},
+            "train": {
+                "max_steps": steps,
+                "out_dir": str(out),
+                "batch_size": 2,
+                "gan_weight": 0.1,
+                "lr": lr,
+                "warmup_steps": 0,
+                "log_every": 1,
+                "ckpt_every": 1,
+                "keep_checkpoints": 10,
+                "max_bad_steps": 2,
+                "val_every": 10**9,
+                "mixed_precision": "no",
+            },
+            "data": {
+                "kind": "samples",
+                "names": ["bikes"],
+                "frame_range": [0, 140],
+                "frames": 9,
+                "size": 32,
+                "num_workers": 0,
+            },
+            "val_data": None,
+        },
+    )
     return lambda **kw: train_baseline(cfg, progress=False, **kw)
 
 
@@ -86,4 +123,8 @@ def test_a_run_that_diverges_before_any_good_checkpoint_says_so(tmp_path):
     assert largest_weight(tmp_path / "a" / "ckpt-0000001.pt") > 1e6  # indeed not good
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "a")] == ["ckpt-0000001.pt"]  # nothing written on the stop
     result = tokenizer(tmp_path / "b", 2, 1e-3)()  # the advice
-    assert result["step"] == 2 and math.isfinite(result["loss"]) and largest_weight(tmp_path / "b" / "ckpt-0000002.pt") < SANE
+    assert (
+        result["step"] == 2
+        and math.isfinite(result["loss"])
+        and largest_weight(tmp_path / "b" / "ckpt-0000002.pt") < SANE
+    )

@@ -4,6 +4,7 @@ The issue's case scaled down: a run with checkpoints at steps 3 and 6 (the issue
 is resumed from 3 with a checkpoint every step. Before, pruning kept this run id's newest files
 (6, the abandoned branch, and 5) and deleted 3 and 4; a later plain --resume then continued from
 6 without a word."""
+
 import torch
 
 from coordtok import checkpoint as ckpt
@@ -12,10 +13,24 @@ from coordtok.train import train
 
 
 def run_cfg(out, steps, every, keep=2):
-    return load_tokenizer_config("configs/tokenizer/tiny.yaml", {
-        "train": {"max_steps": steps, "out_dir": str(out), "batch_size": 2, "num_coords": 256, "log_every": 1,
-                  "ckpt_every": every, "val_every": 10 ** 9, "keep_checkpoints": keep, "mixed_precision": "no"},
-        "data": {"names": ["bikes"], "frame_range": [0, 140]}, "val_data": None})
+    return load_tokenizer_config(
+        "configs/tokenizer/tiny.yaml",
+        {
+            "train": {
+                "max_steps": steps,
+                "out_dir": str(out),
+                "batch_size": 2,
+                "num_coords": 256,
+                "log_every": 1,
+                "ckpt_every": every,
+                "val_every": 10**9,
+                "keep_checkpoints": keep,
+                "mixed_precision": "no",
+            },
+            "data": {"names": ["bikes"], "frame_range": [0, 140]},
+            "val_data": None,
+        },
+    )
 
 
 def names(folder):

@@ -1,6 +1,7 @@
 """The one folder lock (coordtok/locking.py) on file systems without flock: "held" and "cannot lock
 here" are told apart, and the fallback lock file excludes, is released, is taken over from a dead
 local holder and names a holder on another host."""
+
 import errno
 import fcntl
 import os
@@ -17,6 +18,7 @@ from coordtok.locking import FolderLock, FolderLockError
 @pytest.fixture
 def no_flock(monkeypatch):
     """A file system mounted without flock (Lustre without -o flock, some NFS): flock says ENOLCK."""
+
     def flock(fd, op):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 

@@ -5,6 +5,7 @@ K frames, each encoded and decoded on its own, the overlaps blended linearly
 A tiny CoordTok of 32-frame 32x32 clips stands in for the 128-frame tokenizers, so a 300-frame
 video is 11 windows (stride 28 at the default overlap of 4 = 32 // 8).
 """
+
 import json
 
 import decord
@@ -21,9 +22,26 @@ from eval.seams import seam_jump
 from eval.tokenizers import CoordTokReconstructor
 
 FRAMES, SIZE, LONG = 32, 32, 300
-MODEL = dict(frames=FRAMES, size=SIZE, enc_patch_t=8, enc_patch_xy=16, enc_dim=32, enc_layers=1, enc_heads=2,
-             cross_layers=1, latent_xy=8, latent_t=16, latent_channels=4, latent_patch_xy=4, latent_patch_t=8,
-             dec_dim=32, dec_layers=1, dec_heads=2, dec_patch_xy=8, dec_patch_t=1)
+MODEL = dict(
+    frames=FRAMES,
+    size=SIZE,
+    enc_patch_t=8,
+    enc_patch_xy=16,
+    enc_dim=32,
+    enc_layers=1,
+    enc_heads=2,
+    cross_layers=1,
+    latent_xy=8,
+    latent_t=16,
+    latent_channels=4,
+    latent_patch_xy=4,
+    latent_patch_t=8,
+    dec_dim=32,
+    dec_layers=1,
+    dec_heads=2,
+    dec_patch_xy=8,
+    dec_patch_t=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +67,31 @@ def files(tmp_path_factory, long_video):
     root = tmp_path_factory.mktemp("long_videos")
     video = write_mp4(root / "videos" / "long.mp4", long_video)
     out = root / "tokenizer"
-    cfg = load_tokenizer_config({"model": MODEL, "train": {
-        "max_steps": 1, "out_dir": str(out), "batch_size": 1, "num_coords": 64, "log_every": 1, "ckpt_every": 1,
-        "val_every": 10 ** 9, "keep_checkpoints": 1, "mixed_precision": "no"},
-        "data": {"kind": "samples", "names": ["bikes"], "frames": FRAMES, "size": SIZE, "frame_range": [0, 64],
-                 "num_workers": 0}, "val_data": None})
+    cfg = load_tokenizer_config(
+        {
+            "model": MODEL,
+            "train": {
+                "max_steps": 1,
+                "out_dir": str(out),
+                "batch_size": 1,
+                "num_coords": 64,
+                "log_every": 1,
+                "ckpt_every": 1,
+                "val_every": 10**9,
+                "keep_checkpoints": 1,
+                "mixed_precision": "no",
+            },
+            "data": {
+                "kind": "samples",
+                "names": ["bikes"],
+                "frames": FRAMES,
+                "size": SIZE,
+                "frame_range": [0, 64],
+                "num_workers": 0,
+            },
+            "val_data": None,
+        }
+    )
     train(cfg, progress=False)
     return video, out / "ckpt-0000001.pt"
 
@@ -61,7 +99,7 @@ def files(tmp_path_factory, long_video):
 def _model_video(frames_u8: np.ndarray) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> (1, 3, T, SIZE, SIZE) in [-1, 1] (center crop of the 40-pixel width)."""
     x = torch.from_numpy(frames_u8).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-    return x[..., 4:4 + SIZE].contiguous()
+    return x[..., 4 : 4 + SIZE].contiguous()
 
 
 def test_default_overlap_and_windows_weights_sum_to_one_on_every_frame():
@@ -76,8 +114,9 @@ def test_default_overlap_and_windows_weights_sum_to_one_on_every_frame():
             total[s:e] += w
             count[s:e] += 1
         # float64: w + (1 - w) is within one rounding of 1
-        assert torch.allclose(total, torch.ones(T, dtype=torch.float64), rtol=0,
-                              atol=2 * torch.finfo(torch.float64).eps), (T, chunk)
+        assert torch.allclose(
+            total, torch.ones(T, dtype=torch.float64), rtol=0, atol=2 * torch.finfo(torch.float64).eps
+        ), (T, chunk)
         # every frame in one window, or in two where consecutive windows overlap (K frames each join)
         assert count.min() == 1 and count.max() == 2 and int((count == 2).sum()) == overlap * (len(windows) - 1)
     assert len(chunk_windows(LONG, FRAMES, 4)) == 11 and len(chunk_windows(LONG, 128, 16)) == 3
@@ -117,8 +156,11 @@ def test_identity_windows_stitch_back_exactly_and_the_last_window_is_masked_not_
 def test_300_frames_reconstruct_window_by_window_with_seams_reported(model, long_video):
     video = _model_video(long_video)
     tok = CoordTokReconstructor(model)
-    assert tok.name == f"CoordTok ({model.config.num_latent_tokens} tokens), windows of 32 frames overlapping by 4, " \
-                       f"blended" and tok.max_frames is None
+    assert (
+        tok.name
+        == f"CoordTok ({model.config.num_latent_tokens} tokens), windows of 32 frames overlapping by 4, blended"
+        and tok.max_frames is None
+    )
     rec, boundaries = tok.reconstruct(video)
     assert rec.shape == video.shape and rec.abs().max() <= 1
     windows = tok.windows(LONG)
@@ -133,7 +175,7 @@ def test_300_frames_reconstruct_window_by_window_with_seams_reported(model, long
         if j + 1 < len(windows):
             nxt = recs[j + 1][:, :, :4]
             later = torch.tensor([0.2, 0.4, 0.6, 0.8]).view(1, 1, -1, 1, 1)
-            assert torch.equal(rec[:, :, e - 4:e], torch.lerp(r[:, :, -4:], nxt, later).clamp(-1, 1)), j
+            assert torch.equal(rec[:, :, e - 4 : e], torch.lerp(r[:, :, -4:], nxt, later).clamp(-1, 1)), j
     seams = seam_jump(video, rec, boundaries)
     assert seams["num_boundary_pairs"] == 10 and seams["num_within_pairs"] == LONG - 1 - 10
     assert np.isfinite(seams["boundary"]) and np.isfinite(seams["within"])
@@ -164,8 +206,7 @@ def _one_line(err: str) -> str:
 def test_reconstruct_cli_on_a_video_longer_than_the_clip(files, tmp_path, capsys):
     video, ckpt = files
     out = tmp_path / "long_recon.mp4"
-    assert main(["reconstruct", "--ckpt", str(ckpt), "--video", str(video), "--whole-video",
-                 "--out", str(out)]) == 0
+    assert main(["reconstruct", "--ckpt", str(ckpt), "--video", str(video), "--whole-video", "--out", str(out)]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["frames"] == LONG and r["start"] == 0 and len(r["windows"]) == 11 and r["windows"][-1] == [280, 300]
     assert "windows of 32 frames overlapping by 4, blended" in r["tokenizer"]
@@ -173,13 +214,46 @@ def test_reconstruct_cli_on_a_video_longer_than_the_clip(files, tmp_path, capsys
     assert all(np.isfinite(r[k]) for k in ("psnr", "seam_boundary", "seam_within"))
     assert len(decord.VideoReader(str(out))) == LONG
     # --frames takes a long clip too, here with a wider overlap (windows every 24 frames)
-    assert main(["reconstruct", "--ckpt", str(ckpt), "--video", str(video), "--frames", "280", "--start", "10",
-                 "--overlap", "8", "--out", str(tmp_path / "b.mp4")]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--ckpt",
+                str(ckpt),
+                "--video",
+                str(video),
+                "--frames",
+                "280",
+                "--start",
+                "10",
+                "--overlap",
+                "8",
+                "--out",
+                str(tmp_path / "b.mp4"),
+            ]
+        )
+        == 0
+    )
     r = json.loads(capsys.readouterr().out)
     assert r["frames"] == 280 and r["start"] == 10 and r["windows"] == [list(w) for w in chunk_windows(280, 32, 8)]
     # bad overlaps and mixed options: one line each, before any video is read or written
-    assert main(["reconstruct", "--ckpt", str(ckpt), "--video", str(video), "--whole-video", "--overlap", "17",
-                 "--out", str(tmp_path / "c.mp4")]) == 2
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--ckpt",
+                str(ckpt),
+                "--video",
+                str(video),
+                "--whole-video",
+                "--overlap",
+                "17",
+                "--out",
+                str(tmp_path / "c.mp4"),
+            ]
+        )
+        == 2
+    )
     assert "--overlap 17: CoordTok's windows of 32 frames overlap by 0 to 16" in _one_line(capsys.readouterr().err)
     assert main(["reconstruct", "--ckpt", str(ckpt), "--video", str(video), "--overlap", "-1"]) == 2
     assert "--overlap" in _one_line(capsys.readouterr().err)
@@ -192,8 +266,24 @@ def test_reconstruct_cli_on_a_video_longer_than_the_clip(files, tmp_path, capsys
 def test_eval_recon_and_analyze_on_clips_longer_than_the_tokenizer(files, tmp_path, capsys, command):
     video, ckpt = files
     out = tmp_path / "out"
-    args = [command, "--ckpt", str(ckpt), "--data", str(video.parent), "--out", str(out), "--num-clips", "1",
-            "--frames", str(LONG), "--write-videos", "1", "--no-progress", "--num-workers", "0"]
+    args = [
+        command,
+        "--ckpt",
+        str(ckpt),
+        "--data",
+        str(video.parent),
+        "--out",
+        str(out),
+        "--num-clips",
+        "1",
+        "--frames",
+        str(LONG),
+        "--write-videos",
+        "1",
+        "--no-progress",
+        "--num-workers",
+        "0",
+    ]
     assert main(args + (["--no-fvd"] if command == "eval-recon" else [])) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["frames"] == LONG and r["tokens"] == 11 * ModelConfig(**MODEL).num_latent_tokens
@@ -203,8 +293,25 @@ def test_eval_recon_and_analyze_on_clips_longer_than_the_tokenizer(files, tmp_pa
     assert len(decord.VideoReader(str(out / "recon_0000.mp4"))) == LONG
     if command == "analyze":
         assert (out / "analysis.png").stat().st_size > 0
-    assert main([command, "--ckpt", str(ckpt), "--data", str(video.parent), "--out", str(tmp_path / "bad"),
-                 "--frames", str(LONG), "--overlap", "20", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                command,
+                "--ckpt",
+                str(ckpt),
+                "--data",
+                str(video.parent),
+                "--out",
+                str(tmp_path / "bad"),
+                "--frames",
+                str(LONG),
+                "--overlap",
+                "20",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "--overlap 20" in _one_line(capsys.readouterr().err)
 
 
@@ -217,15 +324,41 @@ def test_encode_whole_videos_stores_each_videos_windows_that_decode_to_its_recon
 
     video, ckpt = files
     out = tmp_path / "cache"
-    assert main(["encode", "--tokenizer-ckpt", str(ckpt), "--data", str(video.parent), "--out", str(out),
-                 "--whole-videos", "--batch-size", "1", "--shard-size", "4", "--stats-num", "8", "--num-workers", "0",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--tokenizer-ckpt",
+                str(ckpt),
+                "--data",
+                str(video.parent),
+                "--out",
+                str(out),
+                "--whole-videos",
+                "--batch-size",
+                "1",
+                "--shard-size",
+                "4",
+                "--stats-num",
+                "8",
+                "--num-workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed["num_latents"] == 11 and printed["videos"] == 1 and printed["overlap"] == 4
     starts = [s for s, _ in chunk_windows(LONG, FRAMES, 4)]
     (entry,) = video_windows(out)
-    assert entry == {"path": str(video.resolve()), "frames": LONG, "first": 0, "items": list(range(11)),
-                     "starts": starts}
+    assert entry == {
+        "path": str(video.resolve()),
+        "frames": LONG,
+        "first": 0,
+        "items": list(range(11)),
+        "starts": starts,
+    }
     whole = read_index(out)["whole_videos"]
     assert (whole["window"], whole["overlap"], whole["stride"]) == (FRAMES, 4, 1)
     meta = [m for g in range(3) for m in json.loads((out / f"shard-0000{g}.json").read_text())["meta"]]

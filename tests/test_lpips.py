@@ -3,6 +3,7 @@
 No real VGG16 ImageNet weights are available offline, so the trunk is random (seeded,
 torchvision init) while the lin heads are the real calibrated ones from the lpips package.
 """
+
 import importlib.util
 from pathlib import Path
 

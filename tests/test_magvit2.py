@@ -1,4 +1,5 @@
 """MAGVIT-v2 baseline: parameter counts, shapes, causality, LFQ, discriminator and GAN terms."""
+
 import dataclasses
 import math
 from pathlib import Path
@@ -7,14 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines.causal import AdaptiveGroupNorm, CausalConv3d, DepthToSpaceUpsample, FrameGroupNorm, \
-    ResBlock3d, causal_resize, inflate_image_kernel, norm_groups
-from coordtok.chunking import reconstruct_chunked
-from baselines.discriminator import BlurPool3d, StyleGANDiscriminator3D, build_discriminator, \
-    discriminator_param_count
+from baselines.causal import (
+    AdaptiveGroupNorm,
+    CausalConv3d,
+    DepthToSpaceUpsample,
+    FrameGroupNorm,
+    ResBlock3d,
+    causal_resize,
+    inflate_image_kernel,
+    norm_groups,
+)
+from baselines.discriminator import BlurPool3d, StyleGANDiscriminator3D, build_discriminator, discriminator_param_count
 from baselines.gan import LeCAM, entropy_weight, nonsaturating_d_loss, nonsaturating_g_loss, r1_penalty
 from baselines.lfq import LFQ, bit_codes, codebook_usage, lfq_entropy
 from baselines.magvit2 import MagvitV2, MagvitV2Config, analytic_param_count, load_magvit2_config
+from coordtok.chunking import reconstruct_chunked
 from coordtok.config import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "baselines"
@@ -43,8 +51,11 @@ def test_paper_param_count_matches_layout():
     got = {"encoder": n_params(model.encoder), "decoder": n_params(model.decoder), "total": n_params(model)}
     assert got == want
     assert n_params(model.quantizer) == 0
-    assert (round(want["encoder"] / 1e6, 2), round(want["decoder"] / 1e6, 2), round(want["total"] / 1e6, 2)) == \
-        (144.87, 225.68, 370.55)
+    assert (round(want["encoder"] / 1e6, 2), round(want["decoder"] / 1e6, 2), round(want["total"] / 1e6, 2)) == (
+        144.87,
+        225.68,
+        370.55,
+    )
 
 
 def test_tiny_param_count_matches_layout():
@@ -65,7 +76,8 @@ def test_discriminator_param_count():
     assert round(n_params(disc) / 1e6, 2) == 61.34
     tiny = load_magvit2_config(CONFIGS / "magvit2-tiny.yaml")
     assert n_params(build_discriminator(tiny)) == discriminator_param_count(
-        tiny.frames, tiny.size, tiny.disc_base_channels, tiny.disc_channel_multipliers)
+        tiny.frames, tiny.size, tiny.disc_base_channels, tiny.disc_channel_multipliers
+    )
 
 
 # ---------------------------------------------------------------------------- shapes
@@ -150,7 +162,7 @@ def causality_breaks(model: MagvitV2, video: torch.Tensor, k: int) -> dict:
         q_flip[:, :, j] *= -1  # change latent frame j completely
         d1, d2 = model.decode(torch.cat([q, q_flip])).chunk(2)
     assert not torch.equal(z1[:, :, j], z2[:, :, j])
-    assert not torch.equal(d1[:, :, first:first + tf], d2[:, :, first:first + tf])
+    assert not torch.equal(d1[:, :, first : first + tf], d2[:, :, first : first + tf])
     return {
         "encoder": not torch.equal(z1[:, :, :j], z2[:, :, :j]),
         "decoder": not torch.equal(d1[:, :, :first], d2[:, :, :first]),
@@ -363,7 +375,8 @@ def test_gan_losses_closed_form():
     # float32 softplus and a mean of two: relative error a few eps (1e-7); 1e-6 leaves room
     assert nonsaturating_g_loss(fake).item() == pytest.approx((sp(1.0) + sp(-0.5)) / 2, rel=1e-6)
     assert nonsaturating_d_loss(real, fake).item() == pytest.approx(
-        (sp(-2.0) + sp(0.0)) / 2 + (sp(-1.0) + sp(0.5)) / 2, rel=1e-6)
+        (sp(-2.0) + sp(0.0)) / 2 + (sp(-1.0) + sp(0.5)) / 2, rel=1e-6
+    )
     assert nonsaturating_g_loss(torch.zeros(3)).item() == pytest.approx(math.log(2), rel=1e-6)
 
 

@@ -5,6 +5,7 @@ The measurement is the peak of the bytes held by live tensors during one real st
 profiler's memory timeline; what ``torch.cuda.max_memory_allocated`` reports on a GPU), not the
 process's RSS, which adds the allocator's slack and the libraries' buffers.
 """
+
 import dataclasses
 
 import numpy as np
@@ -82,9 +83,16 @@ def test_paper_scale_estimate_needs_no_memory():
 def test_profile_reports_the_estimate_with_and_without_checkpointing(tmp_path):
     from eval.profile import profile, write_report
 
-    rows = profile("configs/tokenizer/tiny.yaml", [16], measure_memory=False, progress=lambda *_: None,
-                   modes=("coordtok",), baselines=["configs/baselines/magvit2-tiny.yaml"], estimate_batch=4,
-                   device="cpu")
+    rows = profile(
+        "configs/tokenizer/tiny.yaml",
+        [16],
+        measure_memory=False,
+        progress=lambda *_: None,
+        modes=("coordtok",),
+        baselines=["configs/baselines/magvit2-tiny.yaml"],
+        estimate_batch=4,
+        device="cpu",
+    )
     assert [r["mode"] for r in rows] == ["coordtok", "magvit2"]
     for r in rows:
         assert r["est_batch"] == 4 and 0 < r["est_bytes_ckpt"] < r["est_bytes"]
@@ -103,7 +111,11 @@ def test_steady_state_rss_shows_the_saving():
 
     cfg = dataclasses.asdict(model_for_frames(load_model_config("configs/tokenizer/tiny.yaml"), 32))
     est = step_memory_estimate("coordtok", cfg, 32, "coordtok", 1024, 4)
-    peak = {ckpt: step_memory(cfg, "coordtok", 1024, 4, "cpu", frames=32, activation_checkpointing=ckpt,
-                              steady_state=True)["peak_bytes"] for ckpt in (False, True)}
+    peak = {
+        ckpt: step_memory(cfg, "coordtok", 1024, 4, "cpu", frames=32, activation_checkpointing=ckpt, steady_state=True)[
+            "peak_bytes"
+        ]
+        for ckpt in (False, True)
+    }
     want = est["activation_bytes"] - est["checkpointed_activation_bytes"]
     assert abs((peak[False] - peak[True]) - want) <= est["largest_block_bytes"], (peak, want)

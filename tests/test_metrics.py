@@ -1,4 +1,5 @@
 """Frame metrics against closed forms and an independent SSIM implementation."""
+
 import importlib.util
 import math
 from pathlib import Path
@@ -114,6 +115,7 @@ def test_video_metrics_average_per_frame_then_per_clip():
     expected = (-20 * torch.log10(offsets)).mean(dim=1)  # mean of per-frame dB, not dB of mean MSE
     torch.testing.assert_close(out["psnr"], expected, rtol=0, atol=1e-3)
     assert out["psnr"][0] != pytest.approx(-10 * math.log10((offsets[0] ** 2).mean().item()), abs=0.1)
+
     # SSIM per clip = mean of per-frame SSIM computed directly
     def frames(v):  # (B, 3, T, H, W) in [-1, 1] -> (B, T, 3, H, W) in [0, 1]
         return to_unit(v).permute(0, 2, 1, 3, 4)

@@ -1,4 +1,5 @@
 """CoordTok model: parameter counts, shapes, bilinear sampling, masking, configs."""
+
 import math
 
 import pytest
@@ -7,11 +8,15 @@ import torch
 from coordtok import CoordTok, Triplane
 from coordtok.attention import attention
 from coordtok.config import ConfigError, load_model_config, load_tokenizer_config
-from coordtok.model import frame_coords, gather_patches, random_coords, frames_from_patches
+from coordtok.model import frame_coords, frames_from_patches, gather_patches, random_coords
 
 REFERENCE_PARAMS = {  # paper Table 5
-    "small": 107.75e6, "base": 290.66e6, "large": 853.41e6,
-    "small-3072": 111.44e6, "base-3072": 296.19e6, "large-3072": 860.77e6,
+    "small": 107.75e6,
+    "base": 290.66e6,
+    "large": 853.41e6,
+    "small-3072": 111.44e6,
+    "base-3072": 296.19e6,
+    "large-3072": 860.77e6,
 }
 
 
@@ -52,8 +57,12 @@ def _hand_bilinear(plane, r, s):
     r0, s0 = int(math.floor(r)), int(math.floor(s))
     r1, s1 = min(r0 + 1, plane.shape[1] - 1), min(s0 + 1, plane.shape[2] - 1)
     fr, fs = r - r0, s - s0
-    return ((1 - fr) * (1 - fs) * plane[:, r0, s0] + (1 - fr) * fs * plane[:, r0, s1]
-            + fr * (1 - fs) * plane[:, r1, s0] + fr * fs * plane[:, r1, s1])
+    return (
+        (1 - fr) * (1 - fs) * plane[:, r0, s0]
+        + (1 - fr) * fs * plane[:, r0, s1]
+        + fr * (1 - fs) * plane[:, r1, s0]
+        + fr * fs * plane[:, r1, s1]
+    )
 
 
 def test_triplane_sample_grid_points_midpoints_and_hand_formula():
@@ -71,15 +80,16 @@ def test_triplane_sample_grid_points_midpoints_and_hand_formula():
     # midpoint along t (t=1 -> cell 0.5) and h (h=1 -> 0.5): mean of neighbours
     f = tri.sample(torch.tensor([[[1, 1, 0]]]), grid)[0, 0]
     assert torch.allclose(f[:c], (tri.xy[0, :, 0, 0] + tri.xy[0, :, 1, 0]) / 2, atol=1e-6)
-    assert torch.allclose(f[c:2 * c], (tri.yt[0, :, 0, 0] + tri.yt[0, :, 1, 0]) / 2, atol=1e-6)
-    assert torch.allclose(f[2 * c:], tri.xt[0, :, 0:2, 0:2].mean(dim=(1, 2)), atol=1e-6)
+    assert torch.allclose(f[c : 2 * c], (tri.yt[0, :, 0, 0] + tri.yt[0, :, 1, 0]) / 2, atol=1e-6)
+    assert torch.allclose(f[2 * c :], tri.xt[0, :, 0:2, 0:2].mean(dim=(1, 2)), atol=1e-6)
     # random coordinates against the textbook formula
     coords = torch.stack([torch.randint(9, (50,)), torch.randint(5, (50,)), torch.randint(7, (50,))], -1)[None]
     f = tri.sample(coords, grid)[0]
     for (t, h, w), got in zip(coords[0].tolist(), f):
         pt, ph, pw = t / 8 * 4, h / 4 * 2, w / 6 * 3
-        want = torch.cat([_hand_bilinear(tri.xy[0], ph, pw), _hand_bilinear(tri.yt[0], pt, pw),
-                          _hand_bilinear(tri.xt[0], pt, ph)])
+        want = torch.cat(
+            [_hand_bilinear(tri.xy[0], ph, pw), _hand_bilinear(tri.yt[0], pt, pw), _hand_bilinear(tri.xt[0], pt, ph)]
+        )
         assert torch.allclose(got, want, atol=1e-5)
 
 
@@ -159,7 +169,7 @@ def test_chunked_reconstruction_decodes_each_chunk_on_its_own():
             # The same function of the same inputs, batched differently (GEMM blocking may sum in
             # another order): float32 dot products of length <= 256 differ by ~sqrt(256) * 6e-8 of
             # values ~1, a few 1e-6 after the decoder's few layers; 1e-5 bounds that on any CPU.
-            assert torch.allclose(chunked[:, :, 16 * k:16 * (k + 1)], alone, atol=1e-5), k
+            assert torch.allclose(chunked[:, :, 16 * k : 16 * (k + 1)], alone, atol=1e-5), k
     # Attention across chunks does change the output: by O(0.1) on random weights, far above rounding.
     assert not torch.allclose(chunked, full, atol=1e-3)
 
@@ -171,14 +181,17 @@ def test_decode_rejects_coordinates_off_the_grid():
         model.decode(tri, torch.tensor([[[128, 0, 0]]]))
 
 
-@pytest.mark.parametrize("override, key", [
-    ({"model": {"enc_dimm": 3}}, "enc_dimm"),
-    ({"model": {"enc_dim": "big"}}, "enc_dim"),
-    ({"model": {"size": 60}}, "size"),
-    ({"train": {"num_coords": 10 ** 6}}, "num_coords"),
-    ({"train": {"mixed_precision": "fp8"}}, "mixed_precision"),
-    ({"bogus": {}}, "bogus"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ({"model": {"enc_dimm": 3}}, "enc_dimm"),
+        ({"model": {"enc_dim": "big"}}, "enc_dim"),
+        ({"model": {"size": 60}}, "size"),
+        ({"train": {"num_coords": 10**6}}, "num_coords"),
+        ({"train": {"mixed_precision": "fp8"}}, "mixed_precision"),
+        ({"bogus": {}}, "bogus"),
+    ],
+)
 def test_config_errors_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key) as info:
         load_tokenizer_config("configs/tokenizer/tiny.yaml", override)

@@ -4,6 +4,7 @@ What is exact: both ranks hold bit-identical weights (DDP gives every rank the s
 gradient). What is equal up to float32 summation order: the gradient of 2 processes x half the
 batch against 1 process x the whole batch; after AdamW steps the weights would differ by up to the
 learning rate on any CPU whose reduction order differs, so the gradients are compared."""
+
 import os
 import shutil
 import subprocess
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import assert_same_gradients
 from sit_common import tiny_cache
 
@@ -28,8 +28,14 @@ def _accelerate():
 
 
 def _run(cmd, env=None):
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    res = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
 
 
@@ -43,9 +49,24 @@ def test_two_processes_match_one_with_the_same_global_batch(kind, tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     # --multi_gpu picks torchrun; ACCELERATE_USE_CPU makes the ranks CPU processes over gloo
     # (`--cpu` alone would start a single process).
-    _run([_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-          "no", "--dynamo_backend", "no", SCRIPT, *[str(two) if a is None else a for a in args]],
-         env={"ACCELERATE_USE_CPU": "1"})
+    _run(
+        [
+            _accelerate(),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            SCRIPT,
+            *[str(two) if a is None else a for a in args],
+        ],
+        env={"ACCELERATE_USE_CPU": "1"},
+    )
     _run([sys.executable, SCRIPT, *[str(one) if a is None else a for a in args]])
     assert sorted(p.name for p in two.glob("rank*.pt")) == ["rank0.pt", "rank1.pt"], "expected two ranks"
     r0, r1, single = (torch.load(p) for p in (two / "rank0.pt", two / "rank1.pt", one / "rank0.pt"))
@@ -61,8 +82,10 @@ def test_two_processes_match_one_with_the_same_global_batch(kind, tmp_path):
         torch.manual_seed(0)  # the trainers build their model right after seeding with train.seed (0)
         if kind == "tokenizer":
             from coordtok import CoordTok
+
             init = CoordTok.from_config("configs/tokenizer/tiny.yaml").state_dict()
         else:
             from sit.models import TriplaneSiT
+
             init = TriplaneSiT.from_config("configs/sit/tiny.yaml").state_dict()
         assert any(not torch.equal(init[k], single[k]) for k in single), "training did not move the weights"

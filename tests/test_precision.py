@@ -1,6 +1,7 @@
 """``mixed_precision: auto`` on CPUs: bf16 autocast only where the CPU has native bf16 (avx512_bf16
 or AMX), fp32 elsewhere (emulated bf16 is several times slower than fp32), and CPU training really
 runs in the precision it names."""
+
 import pytest
 
 from coordtok import checkpoint as ckpt
@@ -21,11 +22,14 @@ flags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512_vnni avx512_bf16
 SAPPHIRE = XEON.replace("Platinum 8259CL", "Platinum 8488C").replace("avx512_vnni", "avx512_vnni amx_bf16 amx_tile")
 
 
-@pytest.mark.parametrize("text, model, native", [
-    (XEON, "Intel(R) Xeon(R) Platinum 8259CL CPU @ 2.50GHz", False),
-    (EPYC, "AMD EPYC 9R14 96-Core Processor", True),
-    (SAPPHIRE, "Intel(R) Xeon(R) Platinum 8488C CPU @ 2.50GHz", True),
-])
+@pytest.mark.parametrize(
+    "text, model, native",
+    [
+        (XEON, "Intel(R) Xeon(R) Platinum 8259CL CPU @ 2.50GHz", False),
+        (EPYC, "AMD EPYC 9R14 96-Core Processor", True),
+        (SAPPHIRE, "Intel(R) Xeon(R) Platinum 8488C CPU @ 2.50GHz", True),
+    ],
+)
 def test_cpu_info_reads_the_model_and_native_bf16(text, model, native, tmp_path):
     path = tmp_path / "cpuinfo"
     path.write_text(text)
@@ -40,8 +44,9 @@ def test_cpu_info_without_proc_names_the_platform(tmp_path):
 
 
 def _cpu(monkeypatch, native: bool):
-    monkeypatch.setattr(devices, "cpu_info", lambda *a: {"model": "test CPU", "instruction_sets": [],
-                                                      "native_bf16": native})
+    monkeypatch.setattr(
+        devices, "cpu_info", lambda *a: {"model": "test CPU", "instruction_sets": [], "native_bf16": native}
+    )
 
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "no")])
@@ -72,10 +77,23 @@ def test_cpu_training_runs_in_the_precision_auto_chose(tmp_path, monkeypatch, ca
     for native, word in ((False, "fp32"), (True, "bf16")):
         _cpu(monkeypatch, native)
         out = tmp_path / word
-        cfg = load_tokenizer_config("configs/tokenizer/tiny.yaml", {
-            "train": {"max_steps": 1, "out_dir": str(out), "batch_size": 1, "num_coords": 64, "ckpt_every": 1,
-                      "val_every": 10 ** 9, "mixed_precision": "auto", "seed": 0},
-            "data": {"names": ["bikes"], "frame_range": [0, 140]}, "val_data": None})
+        cfg = load_tokenizer_config(
+            "configs/tokenizer/tiny.yaml",
+            {
+                "train": {
+                    "max_steps": 1,
+                    "out_dir": str(out),
+                    "batch_size": 1,
+                    "num_coords": 64,
+                    "ckpt_every": 1,
+                    "val_every": 10**9,
+                    "mixed_precision": "auto",
+                    "seed": 0,
+                },
+                "data": {"names": ["bikes"], "frame_range": [0, 140]},
+                "val_data": None,
+            },
+        )
         train(cfg, progress=False)
         assert f"precision: {word} (test CPU)" in capsys.readouterr().err
         losses[word] = ckpt.load(out / "ckpt-0000001.pt")["metrics"]["loss"]

@@ -1,4 +1,5 @@
 """FLOP counting and the profiler: hand counts for single blocks, growth with clip length."""
+
 import json
 
 import pytest
@@ -7,8 +8,14 @@ import torch
 from coordtok.config import load_model_config
 from coordtok.model import Block, SelfAttention
 from eval.flops import attention_flops, counter
-from eval.profile import (analytic_attention_flops, analytic_linear_flops, model_for_frames, profile, step_flops,
-                          write_report)
+from eval.profile import (
+    analytic_attention_flops,
+    analytic_linear_flops,
+    model_for_frames,
+    profile,
+    step_flops,
+    write_report,
+)
 
 
 def _count(module, x, device):
@@ -46,15 +53,23 @@ def test_block_on_meta_counts_mlp_too():
         blk = Block(d, 4, 4.0, qkv_bias=True)
     x = torch.empty(2, n, d, device="meta", requires_grad=True)
     total, _ = _count(blk, x, "meta")
-    want = (analytic_linear_flops(2 * n, d, 3 * d) + analytic_linear_flops(2 * n, d, d)
-            + 2 * analytic_attention_flops(n, n, d) + analytic_linear_flops(2 * n, d, 4 * d)
-            + analytic_linear_flops(2 * n, 4 * d, d))
+    want = (
+        analytic_linear_flops(2 * n, d, 3 * d)
+        + analytic_linear_flops(2 * n, d, d)
+        + 2 * analytic_attention_flops(n, n, d)
+        + analytic_linear_flops(2 * n, d, 4 * d)
+        + analytic_linear_flops(2 * n, 4 * d, d)
+    )
     assert total == want
 
 
 def test_full_decoding_flops_grow_much_faster_with_frames():
     base = load_model_config("configs/tokenizer/small.yaml")
-    f = {(t, mode): step_flops(model_for_frames(base, t), mode)["flops"] for t in (16, 128) for mode in ("coordtok", "full")}
+    f = {
+        (t, mode): step_flops(model_for_frames(base, t), mode)["flops"]
+        for t in (16, 128)
+        for mode in ("coordtok", "full")
+    }
     coord_growth = f[(128, "coordtok")] / f[(16, "coordtok")]
     full_growth = f[(128, "full")] / f[(16, "full")]
     assert coord_growth < 2.5  # only the encoder side grows with the clip
@@ -79,10 +94,22 @@ def test_flops_on_meta_equal_a_real_cpu_step():
 
 
 def test_profile_report_with_memory_beside_magvit2(tmp_path):
-    rows = profile("configs/tokenizer/tiny.yaml", [16, 32], measure_memory=True, progress=lambda *_: None,
-                   baselines=["configs/baselines/magvit2-tiny.yaml"], device="cpu")  # CPU memory, no batch search
+    rows = profile(
+        "configs/tokenizer/tiny.yaml",
+        [16, 32],
+        measure_memory=True,
+        progress=lambda *_: None,
+        baselines=["configs/baselines/magvit2-tiny.yaml"],
+        device="cpu",
+    )  # CPU memory, no batch search
     assert [(r["frames"], r["mode"]) for r in rows] == [
-        (16, "coordtok"), (16, "full"), (16, "magvit2"), (32, "coordtok"), (32, "full"), (32, "magvit2")]
+        (16, "coordtok"),
+        (16, "full"),
+        (16, "magvit2"),
+        (32, "coordtok"),
+        (32, "full"),
+        (32, "magvit2"),
+    ]
     assert all(r["peak_bytes"] and r["peak_bytes"] > 0 for r in rows)
     by = {(r["frames"], r["mode"]): r for r in rows}
     assert by[(16, "magvit2")]["clip_frames"] == 17 and by[(32, "magvit2")]["clip_frames"] == 33
@@ -93,8 +120,9 @@ def test_profile_report_with_memory_beside_magvit2(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
 
 
-@pytest.mark.parametrize("family, config", [("magvit2", "configs/baselines/magvit2.yaml"),
-                                            ("promag", "configs/baselines/promag-8x.yaml")])
+@pytest.mark.parametrize(
+    "family, config", [("magvit2", "configs/baselines/magvit2.yaml"), ("promag", "configs/baselines/promag-8x.yaml")]
+)
 def test_conv3d_flops_grow_linearly_with_frames_coordtoks_do_not(family, config):
     """A causal conv-3D tokenizer's step is affine in the clip length (every layer sees 1 + T / 2^j
     frames), so doubling T doubles the increment; CoordTok-L's grows 1.6x at most from 16 to 128

@@ -1,18 +1,28 @@
 """ProMAG: Table 4 parameter counts and shapes, growing (equal to the parent at init, frozen
 weights stay put), causality, long-video chunking, the PatchGAN3D discriminator and hinge losses."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import torch
-
-from coordtok.chunking import chunk_windows
-from baselines.promag import (PatchGAN3D, ProMAG, ProMAGConfig, analytic_param_count,
-                                       discriminator_param_count, grow, hinge_d_loss, hinge_g_loss,
-                                       load_promag_config, table4_config)
-from coordtok.config import ConfigError, from_dict
 from helpers import param_count
+
+from baselines.promag import (
+    PatchGAN3D,
+    ProMAG,
+    ProMAGConfig,
+    analytic_param_count,
+    discriminator_param_count,
+    grow,
+    hinge_d_loss,
+    hinge_g_loss,
+    load_promag_config,
+    table4_config,
+)
+from coordtok.chunking import chunk_windows
+from coordtok.config import ConfigError, from_dict
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "baselines"
 
@@ -94,16 +104,21 @@ def test_yaml_configs():
     assert _tiny(4).frames == 17 and _tiny(4).size == 64
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"enc_spatial_down": [True, True, True]}, "one flag per encoder level"),
-    ({"dec_temporal_up": [True, True, True, False]}, "doubles it"),
-    ({"frames": 16}, "1 + a multiple of the temporal factor 4"),
-    ({"size": 60}, "not divisible by the spatial factor 8"),
-    ({"grown_levels": 1}, "grown encoder level 3 must keep the width of level 2"),
-    ({"grown_levels": 1, "enc_multipliers": [1, 2, 4, 4], "enc_spatial_down": [True, True, False, True]},
-     "grown encoder level 3 must halve time only"),
-    ({"z_dim": 0}, "'z_dim' must be positive"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"enc_spatial_down": [True, True, True]}, "one flag per encoder level"),
+        ({"dec_temporal_up": [True, True, True, False]}, "doubles it"),
+        ({"frames": 16}, "1 + a multiple of the temporal factor 4"),
+        ({"size": 60}, "not divisible by the spatial factor 8"),
+        ({"grown_levels": 1}, "grown encoder level 3 must keep the width of level 2"),
+        (
+            {"grown_levels": 1, "enc_multipliers": [1, 2, 4, 4], "enc_spatial_down": [True, True, False, True]},
+            "grown encoder level 3 must halve time only",
+        ),
+        ({"z_dim": 0}, "'z_dim' must be positive"),
+    ],
+)
 def test_config_errors(changes, message):
     with pytest.raises(ConfigError) as err:
         from_dict(ProMAGConfig, changes, "promag.yaml: model")
@@ -212,7 +227,7 @@ def test_posterior_sampling_and_kl():
     assert recon.shape == video.shape and "recon_sub" not in aux
     assert not torch.equal(aux["z"], post.mean)
     # KL of N(m, e^l) to N(0, 1), summed over the latent, averaged over the batch
-    want = (0.5 * (post.mean ** 2 + post.logvar.exp() - 1 - post.logvar)).sum() / 2
+    want = (0.5 * (post.mean**2 + post.logvar.exp() - 1 - post.logvar)).sum() / 2
     assert torch.allclose(aux["kl"], want, rtol=1e-5)
     assert torch.equal(model(video, sample=False)[1]["z"], post.mean)
 

@@ -7,6 +7,7 @@ flag per rank before any backward. Checked per model: the run finishes, both ran
 and say so, both hold bit-identical weights, and those are bit-identical to a run whose data
 stream simply lacks that step's batch (same operations on the same numbers in the same order,
 so exact equality is the right test, not a tolerance)."""
+
 import os
 import shutil
 import signal
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from sit_common import tiny_cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,11 +29,29 @@ def launch_two(args, timeout=400):
     timeout (a collective mismatch can hang), so no worker outlives the test."""
     exe = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
     assert exe, "the accelerate launcher is not installed"
-    cmd = [exe, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"})
+    cmd = [
+        exe,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *args,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"},
+    )
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -43,8 +61,9 @@ def launch_two(args, timeout=400):
     return proc.returncode, output
 
 
-@pytest.mark.parametrize("kind,phase", [("tokenizer", "model"), ("sit", "model"), ("magvit2", "model"),
-                                        ("magvit2", "disc")])
+@pytest.mark.parametrize(
+    "kind,phase", [("tokenizer", "model"), ("sit", "model"), ("magvit2", "model"), ("magvit2", "disc")]
+)
 def test_one_rank_nan_is_skipped_by_every_rank(kind, phase, tmp_path):
     latents = [str(tiny_cache(str(tmp_path / "cache")))] if kind == "sit" else []
     code, output = launch_two([SCRIPT, kind, str(tmp_path / "out"), "1", str(BAD_STEP), phase, *latents])
@@ -52,11 +71,14 @@ def test_one_rank_nan_is_skipped_by_every_rank(kind, phase, tmp_path):
     poisoned, reference = tmp_path / "out" / "poisoned", tmp_path / "out" / "reference"
     for r in (0, 1):
         said = (poisoned / f"warnings{r}.txt").read_text()
-        assert f"step {BAD_STEP + 1}: non-finite {phase} loss on rank 1 of 2, update skipped on every rank " \
-               f"(this is rank {r}) (1 in a row)" in said, said
+        assert (
+            f"step {BAD_STEP + 1}: non-finite {phase} loss on rank 1 of 2, update skipped on every rank "
+            f"(this is rank {r}) (1 in a row)" in said
+        ), said
         assert said.count("non-finite") == 1, said
-        assert (reference / f"warnings{r}.txt").read_text().count("non-finite") == (phase == "disc"), \
+        assert (reference / f"warnings{r}.txt").read_text().count("non-finite") == (phase == "disc"), (
             "the reference run skipped only what it should"
+        )
     p0, p1, ref = (torch.load(p) for p in (poisoned / "rank0.pt", poisoned / "rank1.pt", reference / "rank0.pt"))
     assert p0.keys() == ref.keys() and (kind != "magvit2" or any(k.startswith("disc.") for k in ref))
     for name in ref:

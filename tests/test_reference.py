@@ -18,6 +18,7 @@ epsilon moves the outputs by only 4e-6..7e-6, under the bound: test_layernorm_ep
 references checks it directly.) The SiT is shallower and its outputs are compared directly, hence
 1e-5 (measured 5e-7).
 """
+
 import dataclasses
 import json
 import random
@@ -33,8 +34,14 @@ from coordtok.checkpoint import load_any
 from coordtok.config import ConfigError, ModelConfig, load_model_config, model_config_from_checkpoint
 from coordtok.errors import CoordTokError
 from coordtok.model import CoordTok, frame_coords
-from coordtok.reference import (convert_coordtok, infer_coordtok_config, is_reference_coordtok, reference_layout,
-                                reference_step, to_project_checkpoint)
+from coordtok.reference import (
+    convert_coordtok,
+    infer_coordtok_config,
+    is_reference_coordtok,
+    reference_layout,
+    reference_step,
+    to_project_checkpoint,
+)
 from coordtok.triplane import Triplane
 from sit.config import SiTConfig
 from sit.models import TriplaneSiT, sincos_2d
@@ -103,8 +110,10 @@ def test_tokenizer_computes_what_the_reference_computes(name, inputs, ref):
 def test_layernorm_epsilons_are_the_references(inputs, ref):
     cfg, state, _ = convert_coordtok(load_any(FIX / "coordtok_A.pth"), **HEADS["A"])
     ours, model = _run(cfg, state, inputs, "A")
-    eps = {part: {m.eps for m in getattr(model, part).modules() if isinstance(m, torch.nn.LayerNorm)}
-           for part in ("video_encoder", "triplane_encoder", "decoder")}
+    eps = {
+        part: {m.eps for m in getattr(model, part).modules() if isinstance(m, torch.nn.LayerNorm)}
+        for part in ("video_encoder", "triplane_encoder", "decoder")
+    }
     assert eps == {"video_encoder": {1e-5}, "triplane_encoder": {1e-6}, "decoder": {1e-5}}
     # The bound sees the epsilon: with 1e-6 everywhere (this project's old models) the decoded
     # patches leave it, and the triplane is further from the reference than with the right ones.
@@ -135,8 +144,9 @@ def test_ambiguous_clip_shape_prefers_the_largest_patch_and_takes_hints():
 
 def _paper_large_state() -> dict:
     """A reference CoordTok-L state dict (the released configuration) of meta tensors: shapes only."""
-    cfg = ModelConfig(enc_dim=1024, enc_layers=8, enc_heads=16, cross_layers=24, dec_dim=1024, dec_layers=24,
-                      dec_heads=16)
+    cfg = ModelConfig(
+        enc_dim=1024, enc_layers=8, enc_heads=16, cross_layers=24, dec_dim=1024, dec_layers=24, dec_heads=16
+    )
     return {"module." + k: torch.empty(shape, device="meta") for k, (shape, _) in reference_layout(cfg).items()}
 
 
@@ -153,8 +163,9 @@ def test_heads_default_to_width_over_64_and_the_paper_size_is_named():
     # A width that is no multiple of 64 needs the heads.
     a = _raw("A")
     with pytest.raises(ckpt.CheckpointError, match="96-d.*pass --heads") as err:
-        infer_coordtok_config({**a["model"], "module.decoder.transformer.pos_embed": torch.zeros(1, 16, 4, 4, 96)},
-                              enc_heads=4)
+        infer_coordtok_config(
+            {**a["model"], "module.decoder.transformer.pos_embed": torch.zeros(1, 16, 4, 4, 96)}, enc_heads=4
+        )
     assert "\n" not in str(err.value)
 
 
@@ -171,13 +182,16 @@ def test_stage2_file_drops_the_lpips_weights(tmp_path):
     assert state.keys() == stage1.keys() and all(torch.equal(state[k], stage1[k]) for k in state)
 
 
-@pytest.mark.parametrize("change, key, words", [
-    ("shape", "module.encoder.transformer.layers.1.self_attn.out_proj.weight", "has shape (64, 63)"),
-    ("missing", "module.decoder.projector.bias", "is missing"),
-    ("missing", "module.encoder.encoder.cls_token", "is missing"),
-    ("unknown", "module.encoder.transformer.layers.1.extra.weight", "unknown key"),
-    ("shape", "module.weight_tokens_yt", "impossible configuration"),
-])
+@pytest.mark.parametrize(
+    "change, key, words",
+    [
+        ("shape", "module.encoder.transformer.layers.1.self_attn.out_proj.weight", "has shape (64, 63)"),
+        ("missing", "module.decoder.projector.bias", "is missing"),
+        ("missing", "module.encoder.encoder.cls_token", "is missing"),
+        ("unknown", "module.encoder.transformer.layers.1.extra.weight", "unknown key"),
+        ("shape", "module.weight_tokens_yt", "impossible configuration"),
+    ],
+)
 def test_bad_files_are_one_line_errors_naming_the_key(change, key, words):
     raw = _raw("A")
     sd = raw["model"]
@@ -247,8 +261,9 @@ def test_sit_ema_computes_what_the_reference_computes(inputs, ref):
         v = model(x, inputs["sit_t"], inputs["sit_y"])
     for p in PLANES:
         assert (getattr(v, p) - ref[f"sit/v_{p}"]).abs().max() < SIT_TOL, p
-    assert model_state is not None and not torch.equal(model_state["blocks.0.attn.qkv.weight"],
-                                                       ema["blocks.0.attn.qkv.weight"])
+    assert model_state is not None and not torch.equal(
+        model_state["blocks.0.attn.qkv.weight"], ema["blocks.0.attn.qkv.weight"]
+    )
 
 
 def test_sit_heads_and_bad_keys():

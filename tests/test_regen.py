@@ -1,5 +1,6 @@
 """REGEN: parameter counts, two latent frames per chunk, the DiT decoder learns, one-step and
 multi-step decoding, and latent extension across chunks."""
+
 from __future__ import annotations
 
 import math
@@ -7,16 +8,27 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from coordtok.config import ConfigError, from_dict
-from baselines.regen import Regen, RegenConfig, analytic_param_count, load_regen_config
 from helpers import param_count
+
+from baselines.regen import Regen, RegenConfig, analytic_param_count, load_regen_config
+from coordtok.config import ConfigError, from_dict
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "baselines"
 
 # 9-frame chunks (k = 8: four levels, three strided convs) of 16 x 16, a 2-block DiT of width 64
-TINY = dict(frames=9, size=16, enc_channels=8, enc_multipliers=(1, 2, 2, 2), enc_spatial_down=(True, True, True),
-            enc_blocks=1, hidden=64, depth=2, heads=4, patch=4, latent_patch=1)
+TINY = dict(
+    frames=9,
+    size=16,
+    enc_channels=8,
+    enc_multipliers=(1, 2, 2, 2),
+    enc_spatial_down=(True, True, True),
+    enc_blocks=1,
+    hidden=64,
+    depth=2,
+    heads=4,
+    patch=4,
+    latent_patch=1,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,8 +79,12 @@ def test_two_latent_frames_per_chunk(levels):
     """1 + k frames -> 2 latent frames of 8 channels at 8x down, k = 8 (multipliers 1,2,4,6) or
     k = 16 (one more level), through the real forward on the meta device at 256 x 256."""
     mults = (1, 2, 4, 6, 6)[:levels]
-    cfg = RegenConfig(frames=1 + 2 ** (levels - 1), enc_multipliers=mults,
-                      enc_spatial_down=(True, True, True, False)[:levels - 1], depth=2)
+    cfg = RegenConfig(
+        frames=1 + 2 ** (levels - 1),
+        enc_multipliers=mults,
+        enc_spatial_down=(True, True, True, False)[: levels - 1],
+        depth=2,
+    )
     with torch.device("meta"):
         model = Regen(cfg)
         z = model.encode(torch.empty(2, 3, cfg.frames, 256, 256))
@@ -93,12 +109,15 @@ def test_latent_frame_0_is_the_first_frame_alone():
     assert not torch.equal(a[:, :, 1], b[:, :, 1])
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"frames": 16}, "'frames' must be 1 + 2^(levels - 1) = 17"),
-    ({"enc_spatial_down": [True, True, True]}, "one flag per strided conv (4)"),
-    ({"hidden": 1020, "heads": 4}, "multiple of 8"),
-    ({"patch": 24}, "not divisible by 'patch'"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"frames": 16}, "'frames' must be 1 + 2^(levels - 1) = 17"),
+        ({"enc_spatial_down": [True, True, True]}, "one flag per strided conv (4)"),
+        ({"hidden": 1020, "heads": 4}, "multiple of 8"),
+        ({"patch": 24}, "not divisible by 'patch'"),
+    ],
+)
 def test_config_errors(changes, message):
     with pytest.raises(ConfigError) as err:
         from_dict(RegenConfig, changes, "regen.yaml: model")
@@ -199,8 +218,9 @@ def test_latent_extension_closes_the_seam(sampler, steps):
 
     model.decoder.forward = spy
     try:
-        out = model.decode_long(latents, steps=steps, extend=True, sampler=sampler,
-                                generator=torch.Generator().manual_seed(1))
+        out = model.decode_long(
+            latents, steps=steps, extend=True, sampler=sampler, generator=torch.Generator().manual_seed(1)
+        )
     finally:
         del model.decoder.forward
     w = out.windows
@@ -223,8 +243,9 @@ def test_latent_extension_closes_the_seam(sampler, steps):
     assert not torch.equal(guided.frames[:, :, 1:], free.frames[:, :, 1:])
     assert (free.frames[:, :, 0] - first.frames[:, :, -1]).abs().mean() > 1e-2
 
-    plain = model.decode_long(latents, steps=steps, extend=False, sampler=sampler,
-                              generator=torch.Generator().manual_seed(1))
+    plain = model.decode_long(
+        latents, steps=steps, extend=False, sampler=sampler, generator=torch.Generator().manual_seed(1)
+    )
     assert [x.shape[2] for x in plain.windows] == [9, 9, 9]
     assert torch.equal(plain.windows[0], w[0])
     assert torch.equal(plain.video, torch.cat(plain.windows, dim=2))

@@ -1,5 +1,6 @@
 """REGEN training on the project's one training skeleton: config checks, exact resume (both tasks,
 EMA), the loss going down on a real clip and a decoded reconstruction better than a trivial one."""
+
 from __future__ import annotations
 
 import math
@@ -8,14 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from baselines.regen import Regen
+from baselines.regen_train import (
+    RegenTask,
+    extension_step,
+    load_regen,
+    load_regen_run_config,
+    train_regen,
+    validation_decoder,
+)
 from coordtok import checkpoint as ckpt
 from coordtok.checkpoint import CheckpointError
 from coordtok.config import ConfigError
 from coordtok.data import build_dataset
 from coordtok.train import validation_psnr
-from baselines.regen import Regen
-from baselines.regen_train import (RegenTask, extension_step, load_regen, load_regen_run_config, train_regen,
-                                   validation_decoder)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "baselines"
 # Two consecutive 9-frame chunks of bikes (frames 100..117): the only clip the learning test sees.
@@ -33,9 +40,20 @@ def _one_thread():
 
 
 def run_config(out, steps: int, model: dict | None = None, data: dict | None = None, **train):
-    over = {"train": {"max_steps": steps, "out_dir": str(out), "log_every": 1, "ckpt_every": 2, "keep_checkpoints": 10,
-                      "mixed_precision": "no", "val_every": 10 ** 9, **train},
-            "data": data or RANDOM, "val_data": None}
+    over = {
+        "train": {
+            "max_steps": steps,
+            "out_dir": str(out),
+            "log_every": 1,
+            "ckpt_every": 2,
+            "keep_checkpoints": 10,
+            "mixed_precision": "no",
+            "val_every": 10**9,
+            **train,
+        },
+        "data": data or RANDOM,
+        "val_data": None,
+    }
     if model:
         over["model"] = model
         over["data"] = {**over["data"], "size": model.get("size", 64)}
@@ -48,8 +66,12 @@ def test_configs_load_and_check_their_kind():
     tiny = load_regen_run_config(CONFIGS / "regen-tiny.yaml")
     assert tiny.to_dict()["kind"] == "regen" and tiny.data.frames == 18
     # without the extension task a one-chunk clip is enough (two still work); with it, two are needed
-    assert load_regen_run_config(CONFIGS / "regen-tiny.yaml", {"train": {"extend_prob": 0.0},
-                                                               "data": {"frames": 9}}).data.frames == 9
+    assert (
+        load_regen_run_config(
+            CONFIGS / "regen-tiny.yaml", {"train": {"extend_prob": 0.0}, "data": {"frames": 9}}
+        ).data.frames
+        == 9
+    )
     with pytest.raises(ConfigError, match="two consecutive chunks"):
         load_regen_run_config(CONFIGS / "regen-tiny.yaml", {"data": {"frames": 9}})
     with pytest.raises(ConfigError, match="kind: 'promag'"):
@@ -102,8 +124,9 @@ def test_learns_a_real_clip(tmp_path, monkeypatch):
     (all zeros: what a decoder that knows nothing of the clip outputs at best in expectation over
     clips), and 7.4 dB for the untrained decoder. The test asks for the loss below 0.6 of its
     start and the decode 1 dB above mid-grey."""
-    cfg = run_config(tmp_path, 150, model={"size": 32}, data=WINDOW, lr=3e-3, ckpt_every=150,
-                     val_every=150, log_every=10)
+    cfg = run_config(
+        tmp_path, 150, model={"size": 32}, data=WINDOW, lr=3e-3, ckpt_every=150, val_every=150, log_every=10
+    )
     losses = []
     summarize = RegenTask.summarize
     monkeypatch.setattr(RegenTask, "summarize", lambda self, m: (losses.append(m["loss"]), summarize(self, m))[1])

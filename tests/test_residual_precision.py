@@ -10,6 +10,7 @@ treats that op differently per device: on a CPU it runs in fp32, on CUDA in the 
 i.e. in half precision for the half-precision triplane the encoder's last Linear writes. The test
 runs both policies on this CPU, the CUDA one by casting the samples back to the triplane's dtype.
 """
+
 import pytest
 import torch
 
@@ -25,13 +26,15 @@ def _dtypes_seen(model: CoordTok, dtype: torch.dtype) -> dict[str, set]:
     def hook(stack):
         def fn(module, args, output):
             seen[stack].update({args[0].dtype, output.dtype})
+
         return fn
 
-    handles = [blk.register_forward_hook(hook(stack)) for stack in seen
-               for blk in getattr(model, stack).blocks]
+    handles = [blk.register_forward_hook(hook(stack)) for stack in seen for blk in getattr(model, stack).blocks]
     torch.manual_seed(0)
     video = torch.rand(1, 3, model.config.frames, model.config.size, model.config.size) * 2 - 1
-    coords = random_coords(torch.full((1,), model.patch_grid[0]), 64, model.patch_grid, torch.Generator().manual_seed(0))
+    coords = random_coords(
+        torch.full((1,), model.patch_grid[0]), 64, model.patch_grid, torch.Generator().manual_seed(0)
+    )
     with torch.autocast("cpu", dtype=dtype):
         out = model(video, coords)
     for h in handles:

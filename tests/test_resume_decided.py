@@ -4,14 +4,15 @@ every rank loads that one, or the run stops with one line naming the rank and th
 Two gloo processes, each with its own run folder (``node0``, ``node1``): what two nodes without
 a shared ``out_dir`` see. Before, each rank took its own newest checkpoint: the ranks started at
 different steps and the run diverged (or hung in a collective)."""
+
 import shutil
 import sys
 from pathlib import Path
 
 import torch
+from test_rank_agreement import launch_two
 
 from coordtok import checkpoint as ckpt
-from test_rank_agreement import launch_two
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mp_resume import config  # noqa: E402
@@ -51,7 +52,9 @@ def test_a_rank_without_the_chosen_file_stops_the_run_in_one_line(tmp_path):
     assert code != 0
     errors = sorted({line for line in output.splitlines() if line.startswith("error: ")})
     missing = tmp_path / "node1" / "ckpt-0000002.pt"
-    assert errors == [f"error: rank 1: {missing}: checkpoint not found, but rank 0 resumes from ckpt-0000002.pt "
-                      f"(step 2); every process must read the same checkpoint (a train.out_dir shared by all "
-                      f"nodes, or that file copied to each)"], output[-3000:]
+    assert errors == [
+        f"error: rank 1: {missing}: checkpoint not found, but rank 0 resumes from ckpt-0000002.pt "
+        f"(step 2); every process must read the same checkpoint (a train.out_dir shared by all "
+        f"nodes, or that file copied to each)"
+    ], output[-3000:]
     assert not (tmp_path / "node0" / "ckpt-0000003.pt").exists(), "nothing may be trained"

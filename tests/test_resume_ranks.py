@@ -4,7 +4,6 @@ There is no GPU here: ``torch.cuda`` is replaced, inside :mod:`coordtok.checkpoi
 with a chosen number of visible devices that behaves as torch's does (``set_rng_state_all``
 sets device i for every i and a device that is not there is an IndexError), so the CUDA branch
 of saving and restoring RNG states runs for real inside :func:`coordtok.loop.fit`."""
-import types
 
 import pytest
 import torch
@@ -66,10 +65,24 @@ def fake_torch(monkeypatch, cuda: FakeCuda) -> FakeCuda:
 
 
 def run_cfg(tmp_path, steps):
-    return load_tokenizer_config("configs/tokenizer/tiny.yaml", {
-        "train": {"max_steps": steps, "out_dir": str(tmp_path), "batch_size": 2, "num_coords": 256, "log_every": 1,
-                  "ckpt_every": 1, "val_every": 10 ** 9, "keep_checkpoints": 5, "mixed_precision": "no"},
-        "data": {"names": ["bikes"], "frame_range": [0, 140]}, "val_data": None})
+    return load_tokenizer_config(
+        "configs/tokenizer/tiny.yaml",
+        {
+            "train": {
+                "max_steps": steps,
+                "out_dir": str(tmp_path),
+                "batch_size": 2,
+                "num_coords": 256,
+                "log_every": 1,
+                "ckpt_every": 1,
+                "val_every": 10**9,
+                "keep_checkpoints": 5,
+                "mixed_precision": "no",
+            },
+            "data": {"names": ["bikes"], "frame_range": [0, 140]},
+            "val_data": None,
+        },
+    )
 
 
 def test_resume_with_fewer_visible_gpus(tmp_path, monkeypatch):
@@ -89,8 +102,10 @@ def test_resume_with_fewer_visible_gpus(tmp_path, monkeypatch):
 def test_a_checkpoint_of_the_old_format_restores_this_devices_entry(monkeypatch):
     """Older checkpoints hold every visible GPU's state: a process takes its own device's entry,
     and says so when there is none for it (instead of an IndexError)."""
-    old = {**ckpt.rng_state(), "cuda": [torch.full((16,), 7, dtype=torch.uint8),
-                                        torch.full((16,), 8, dtype=torch.uint8)]}
+    old = {
+        **ckpt.rng_state(),
+        "cuda": [torch.full((16,), 7, dtype=torch.uint8), torch.full((16,), 8, dtype=torch.uint8)],
+    }
     cuda = fake_torch(monkeypatch, FakeCuda(1))
     assert ckpt.set_rng_state(old) is None and int(cuda.states[0][0]) == 7
     cuda = fake_torch(monkeypatch, FakeCuda(3, current=2))
@@ -103,17 +118,39 @@ def _states(world):
     return [{**base, "cuda": torch.full((16,), r + 1, dtype=torch.uint8)} for r in range(world)]
 
 
-@pytest.mark.parametrize("saved,world,rank,expect_own,line", [
-    (2, 2, 1, True, None),
-    (4, 2, 1, True, "resume: the checkpoint was written by 4 process(es), this run has 2: "
-                    "the RNG states of ranks 2-3 are not used"),
-    (2, 3, 2, False, "resume: the checkpoint was written by 2 process(es), this run has 3: "
-                     "rank 2 start(s) with rank 0's CPU RNG state and a fresh device RNG state"),
-    (1, 4, 3, False, "resume: the checkpoint was written by 1 process(es), this run has 4: "
-                     "ranks 1-3 start(s) with rank 0's CPU RNG state and a fresh device RNG state"),
-])
-def test_each_rank_restores_its_own_state_and_a_new_world_size_is_one_line(monkeypatch, saved, world, rank,
-                                                                             expect_own, line):
+@pytest.mark.parametrize(
+    "saved,world,rank,expect_own,line",
+    [
+        (2, 2, 1, True, None),
+        (
+            4,
+            2,
+            1,
+            True,
+            "resume: the checkpoint was written by 4 process(es), this run has 2: "
+            "the RNG states of ranks 2-3 are not used",
+        ),
+        (
+            2,
+            3,
+            2,
+            False,
+            "resume: the checkpoint was written by 2 process(es), this run has 3: "
+            "rank 2 start(s) with rank 0's CPU RNG state and a fresh device RNG state",
+        ),
+        (
+            1,
+            4,
+            3,
+            False,
+            "resume: the checkpoint was written by 1 process(es), this run has 4: "
+            "ranks 1-3 start(s) with rank 0's CPU RNG state and a fresh device RNG state",
+        ),
+    ],
+)
+def test_each_rank_restores_its_own_state_and_a_new_world_size_is_one_line(
+    monkeypatch, saved, world, rank, expect_own, line
+):
     cuda = fake_torch(monkeypatch, FakeCuda(1))
     states = _states(saved)
     payload = {"rng": states[0], **({"rng_ranks": states} if saved > 1 else {})}

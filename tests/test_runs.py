@@ -1,5 +1,6 @@
 """Trust: nothing a user owns is deleted, runs never mix or prune each other's files, resume takes
 the config's settings, and every mistake is one line before any heavy work."""
+
 import os
 import stat
 import time
@@ -16,10 +17,25 @@ TINY = "configs/tokenizer/tiny.yaml"
 
 
 def run_cfg(out, steps, **train_over):
-    return load_tokenizer_config(TINY, {
-        "train": {"max_steps": steps, "out_dir": str(out), "batch_size": 2, "num_coords": 64, "log_every": 1,
-                  "ckpt_every": 1, "val_every": 10 ** 9, "keep_checkpoints": 10, "mixed_precision": "no", **train_over},
-        "data": {"names": ["bikes"], "frame_range": [0, 140]}, "val_data": None})
+    return load_tokenizer_config(
+        TINY,
+        {
+            "train": {
+                "max_steps": steps,
+                "out_dir": str(out),
+                "batch_size": 2,
+                "num_coords": 64,
+                "log_every": 1,
+                "ckpt_every": 1,
+                "val_every": 10**9,
+                "keep_checkpoints": 10,
+                "mixed_precision": "no",
+                **train_over,
+            },
+            "data": {"names": ["bikes"], "frame_range": [0, 140]},
+            "val_data": None,
+        },
+    )
 
 
 def one_line(capsys) -> str:
@@ -117,8 +133,10 @@ def test_resume_applies_the_configs_optimizer_settings_and_says_so(tmp_path, cap
     train(run_cfg(tmp_path, 1, lr=1e-3))
     capsys.readouterr()
     train(run_cfg(tmp_path, 2, lr=2.5e-4, betas=[0.8, 0.99], weight_decay=0.0), resume=True)
-    assert "takes the config's lr 0.001 -> 0.00025, betas (0.9, 0.999) -> (0.8, 0.99), weight_decay 0.001 -> 0" \
+    assert (
+        "takes the config's lr 0.001 -> 0.00025, betas (0.9, 0.999) -> (0.8, 0.99), weight_decay 0.001 -> 0"
         in capsys.readouterr().err
+    )
     groups = ckpt.load(tmp_path / "ckpt-0000002.pt")["optimizer"]["param_groups"]
     assert [g["lr"] for g in groups] == [2.5e-4, 2.5e-4] and all(tuple(g["betas"]) == (0.8, 0.99) for g in groups)
 
@@ -132,9 +150,19 @@ def test_sit_resume_uses_the_caches_current_statistics(cache, tmp_path, capsys):
 
     latents = tmp_path / "latents"
     shutil.copytree(cache, latents)
-    cfg = lambda steps: load_sit_run_config("configs/sit/tiny.yaml", {"train": {  # noqa: E731
-        "max_steps": steps, "out_dir": str(tmp_path / "run"), "batch_size": 2, "ckpt_every": 1, "val_every": 0,
-        "mixed_precision": "no"}})
+    cfg = lambda steps: load_sit_run_config(
+        "configs/sit/tiny.yaml",
+        {
+            "train": {  # noqa: E731
+                "max_steps": steps,
+                "out_dir": str(tmp_path / "run"),
+                "batch_size": 2,
+                "ckpt_every": 1,
+                "val_every": 0,
+                "mixed_precision": "no",
+            }
+        },
+    )
     train_sit(cfg(1), latents, progress=False)
     fixed = LatentStats.load(latents)
     fixed.std = fixed.std * 2  # the user corrects stats.json
@@ -149,15 +177,18 @@ def test_sit_resume_uses_the_caches_current_statistics(cache, tmp_path, capsys):
 # ---------------------------------------------------------------------------- one line per mistake
 
 
-@pytest.mark.parametrize("extra, needle", [
-    (["--set", "train.lr=-1"], "train: 'lr' must be >= 0"),
-    (["--set", "model.enc_patch_xy=0"], "'enc_patch_xy' must be positive"),
-    (["--set", "data.kind=folder"], "'root' is required"),
-    (["--set", "data.kind=folder", "--set", "data.root=/nonexistent/videos"], "video folder does not exist"),
-    (["--set", "data.stride=0"], "'stride' must be positive"),
-    (["--max-steps", "-5"], "argument --max-steps: must be >= 0"),
-    (["--set", "train.batch_size=0"], "'batch_size' must be positive"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--set", "train.lr=-1"], "train: 'lr' must be >= 0"),
+        (["--set", "model.enc_patch_xy=0"], "'enc_patch_xy' must be positive"),
+        (["--set", "data.kind=folder"], "'root' is required"),
+        (["--set", "data.kind=folder", "--set", "data.root=/nonexistent/videos"], "video folder does not exist"),
+        (["--set", "data.stride=0"], "'stride' must be positive"),
+        (["--max-steps", "-5"], "argument --max-steps: must be >= 0"),
+        (["--set", "train.batch_size=0"], "'batch_size' must be positive"),
+    ],
+)
 def test_training_mistakes_are_one_line(extra, needle, tmp_path, capsys):
     assert main(["train", "--config", TINY, "--out-dir", str(tmp_path / "run"), "--no-progress", *extra]) == 2
     assert needle in one_line(capsys)
@@ -174,16 +205,33 @@ def test_an_empty_config_file_is_refused(tmp_path, capsys):
 def test_set_reads_a_learning_rate_in_e_notation():
     from coordtok.config import parse_overrides
 
-    cfg = load_tokenizer_config(TINY, parse_overrides(["train.lr=3e-4", "train.max_grad_norm=1e1",
-                                                       "train.out_dir=1e-3"]))
+    cfg = load_tokenizer_config(
+        TINY, parse_overrides(["train.lr=3e-4", "train.max_grad_norm=1e1", "train.out_dir=1e-3"])
+    )
     assert cfg.train.lr == 3e-4 and cfg.train.max_grad_norm == 10.0 and cfg.train.out_dir == "1e-3"
 
 
 def test_resuming_with_a_different_model_is_one_line(tmp_path, capsys):
     train(run_cfg(tmp_path, 1))
     capsys.readouterr()
-    assert main(["train", "--config", TINY, "--out-dir", str(tmp_path), "--resume", "--set", "model.dec_layers=1",
-                 "--max-steps", "2", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                TINY,
+                "--out-dir",
+                str(tmp_path),
+                "--resume",
+                "--set",
+                "model.dec_layers=1",
+                "--max-steps",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "cannot resume" in (err := one_line(capsys)) and "model.dec_layers: 2 in the checkpoint, 1" in err
 
 
@@ -208,13 +256,16 @@ def test_device_cuda_without_a_gpu_is_one_line(tmp_path, capsys, root):
     assert "no CUDA GPU is available here" in one_line(capsys)
 
 
-@pytest.mark.parametrize("argv", [
-    ["eval-recon", "--ckpt", "c.pt", "--data", ".", "--num-clips", "0"],
-    ["sample", "--sit-ckpt", "s", "--tokenizer-ckpt", "t", "--num", "1", "--out", "o", "--batch-size", "0"],
-    ["sample", "--sit-ckpt", "s", "--tokenizer-ckpt", "t", "--num", "1", "--out", "o", "--fps", "0"],
-    ["profile", "--config", TINY, "--num-coords", "0"],
-    ["profile", "--config", TINY, "--frames", "16,zero"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval-recon", "--ckpt", "c.pt", "--data", ".", "--num-clips", "0"],
+        ["sample", "--sit-ckpt", "s", "--tokenizer-ckpt", "t", "--num", "1", "--out", "o", "--batch-size", "0"],
+        ["sample", "--sit-ckpt", "s", "--tokenizer-ckpt", "t", "--num", "1", "--out", "o", "--fps", "0"],
+        ["profile", "--config", TINY, "--num-coords", "0"],
+        ["profile", "--config", TINY, "--frames", "16,zero"],
+    ],
+)
 def test_bad_numbers_are_one_line(argv, capsys):
     assert main(argv) == 2
     one_line(capsys)
@@ -226,19 +277,29 @@ def test_bad_numbers_are_one_line(argv, capsys):
 def _forbid(monkeypatch, target: str):
     def fail(*a, **kw):
         raise AssertionError(f"{target} ran although the output cannot be written")
+
     monkeypatch.setattr(target, fail)
 
 
-@pytest.mark.parametrize("argv, heavy", [
-    (["sample", "--sit-ckpt", "s.pt", "--tokenizer-ckpt", "t.pt", "--num", "1", "--out", "{bad}"],
-     "sit.sample.load_sit"),
-    (["reconstruct", "--ckpt", "c.pt", "--video", "{video}", "--out", "{bad}/rec.mp4"],
-     "eval.tokenizers.load_reconstructor"),
-    (["eval-recon", "--ckpt", "c.pt", "--data", "{dir}", "--out", "{bad}", "--no-fvd"],
-     "eval.tokenizers.load_reconstructor"),
-    (["profile", "--config", TINY, "--out", "{bad}"], "eval.profile.profile"),
-    (["demo", "--quick", "--out", "{bad}"], "coordtok.train.train"),
-])
+@pytest.mark.parametrize(
+    "argv, heavy",
+    [
+        (
+            ["sample", "--sit-ckpt", "s.pt", "--tokenizer-ckpt", "t.pt", "--num", "1", "--out", "{bad}"],
+            "sit.sample.load_sit",
+        ),
+        (
+            ["reconstruct", "--ckpt", "c.pt", "--video", "{video}", "--out", "{bad}/rec.mp4"],
+            "eval.tokenizers.load_reconstructor",
+        ),
+        (
+            ["eval-recon", "--ckpt", "c.pt", "--data", "{dir}", "--out", "{bad}", "--no-fvd"],
+            "eval.tokenizers.load_reconstructor",
+        ),
+        (["profile", "--config", TINY, "--out", "{bad}"], "eval.profile.profile"),
+        (["demo", "--quick", "--out", "{bad}"], "coordtok.train.train"),
+    ],
+)
 def test_unwritable_outputs_fail_before_any_work(argv, heavy, tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("in the way")
@@ -273,6 +334,7 @@ def test_written_files_have_normal_permissions_and_appear_atomically(tmp_path):
         raise OSError(28, "No space left on device")
 
     from coordtok.fileio import OutputError, write_with
+
     with pytest.raises(OutputError, match="r.json: writing the file failed"):
         write_with(tmp_path / "r.json", failing, binary=False)
     assert (tmp_path / "r.json").read_text().strip() == '{\n  "a": 1\n}'  # the old result, whole

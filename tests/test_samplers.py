@@ -12,14 +12,23 @@ Truths used (linear path ``x_t = t x1 + (1 - t) x0``, noise at ``t = 0``):
   with tolerances from the sample count (standard errors), and ODE orders against torchdiffeq's
   dopri5 at tolerance 1e-11 (an independent solver) since its flow map has no closed form.
 """
+
 import math
 
 import pytest
 import torch
 
 from sit.mixture import GaussianMixture
-from sit.samplers import (LAST_STEPS, SAMPLERS, SamplerOptionError, adams_bashforth, dpm_solver_pp,
-                          euler_maruyama, last_step, ode)
+from sit.samplers import (
+    LAST_STEPS,
+    SAMPLERS,
+    SamplerOptionError,
+    adams_bashforth,
+    dpm_solver_pp,
+    euler_maruyama,
+    last_step,
+    ode,
+)
 from sit.transport import LinearPath
 
 MU = torch.tensor([1.5, -0.5], dtype=torch.float64)
@@ -33,6 +42,7 @@ def gaussian_velocity(mu, s):
         t = t[:, None].to(x)
         var = t**2 * s.to(x) ** 2 + (1 - t) ** 2
         return mu.to(x) + (t * s.to(x) ** 2 - (1 - t)) / var * (x - t * mu.to(x))
+
     return velocity
 
 
@@ -47,6 +57,7 @@ def _counting(fn):
     def wrapped(x, t):
         calls.append(float(t[0]))
         return fn(x, t)
+
     return wrapped, calls
 
 
@@ -57,8 +68,17 @@ def test_registry_counts_network_calls(name):
         if steps < spec.min_steps:
             continue
         fn, calls = _counting(lambda x, t: -0.5 * x)
-        out = spec(fn, torch.randn(3, 5, 2), num_steps=steps, generator=torch.Generator().manual_seed(0),
-                   path=LinearPath(), diffusion_norm=1.0, last_step_size=0.04, method="euler", progress=False)
+        out = spec(
+            fn,
+            torch.randn(3, 5, 2),
+            num_steps=steps,
+            generator=torch.Generator().manual_seed(0),
+            path=LinearPath(),
+            diffusion_norm=1.0,
+            last_step_size=0.04,
+            method="euler",
+            progress=False,
+        )
         assert out.shape == (3, 5, 2) and torch.isfinite(out).all()
         assert len(calls) == spec.calls(steps), (name, steps)
         assert all(0.0 <= t <= 1.0 for t in calls)
@@ -94,23 +114,34 @@ def test_ode_solvers_converge_at_their_order_on_a_gaussian(name, order):
     DDIM, stays at 1)."""
     noise = torch.randn(512, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     exact = MU + S * noise
-    err = {n: (SAMPLERS[name](gaussian_velocity(MU, S), noise, num_steps=n) - exact).pow(2).mean().sqrt().item()
-           for n in (32, 64, 128)}
+    err = {
+        n: (SAMPLERS[name](gaussian_velocity(MU, S), noise, num_steps=n) - exact).pow(2).mean().sqrt().item()
+        for n in (32, 64, 128)
+    }
     measured = _log2_ratio(err[32], err[128]) / 2
     # The asymptotic ratio is 2^p; at h = 1/32 the next term of the error expansion is O(h)
     # relative, which moves log2 by well under 0.3 (the float64 path error is far above rounding).
     floor = order - 0.3 if name != "dpmpp_2m" else 1.5
     assert measured > floor, (name, err, measured)
     if name == "dpmpp_2m":
-        ddim = {n: (dpm_solver_pp(gaussian_velocity(MU, S), noise, num_steps=n, order=1) - exact).pow(2).mean().sqrt().item()
-                for n in (32, 128)}
+        ddim = {
+            n: (dpm_solver_pp(gaussian_velocity(MU, S), noise, num_steps=n, order=1) - exact)
+            .pow(2)
+            .mean()
+            .sqrt()
+            .item()
+            for n in (32, 128)
+        }
         assert abs(_log2_ratio(ddim[32], ddim[128]) / 2 - 1) < 0.3
 
 
 @pytest.fixture(scope="module")
 def mixture():
-    return GaussianMixture(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([[-2.0, 0.0], [2.0, 1.0], [0.0, -2.0]]),
-                           torch.tensor([[0.3, 0.5], [0.6, 0.4], [0.5, 0.5]]))
+    return GaussianMixture(
+        torch.tensor([1.0, 2.0, 3.0]),
+        torch.tensor([[-2.0, 0.0], [2.0, 1.0], [0.0, -2.0]]),
+        torch.tensor([[0.3, 0.5], [0.6, 0.4], [0.5, 0.5]]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +156,9 @@ def mixture_flow(mixture):
 @pytest.mark.parametrize("name, order", ODE_SAMPLERS.items())
 def test_ode_solvers_converge_at_their_order_on_a_mixture(mixture, mixture_flow, name, order):
     noise, ref = mixture_flow
-    err = {n: (SAMPLERS[name](mixture.velocity, noise, num_steps=n) - ref).pow(2).mean().sqrt().item() for n in (32, 128)}
+    err = {
+        n: (SAMPLERS[name](mixture.velocity, noise, num_steps=n) - ref).pow(2).mean().sqrt().item() for n in (32, 128)
+    }
     # Over two halvings (the mixture's velocity turns sharply between modes, so one halving is noisy).
     floor = order - 0.3 if name != "dpmpp_2m" else 1.5
     assert _log2_ratio(err[32], err[128]) / 2 > floor, (name, err)
@@ -139,7 +172,7 @@ def test_mixture_velocity_gives_the_density_score(mixture):
     for t_value in (0.0, 0.2, 0.5, 0.9, 0.99):
         t = torch.full((64,), t_value, dtype=torch.float64)
         xg = x.clone().requires_grad_(True)
-        grad, = torch.autograd.grad(torch.logsumexp(mixture.log_components(xg, t_value), 1).sum(), xg)
+        (grad,) = torch.autograd.grad(torch.logsumexp(mixture.log_components(xg, t_value), 1).sum(), xg)
         if t_value < 1:
             score = LinearPath().velocity_to_score(mixture.velocity(x, t), x, t)
             assert torch.allclose(score, grad, rtol=1e-9, atol=1e-9), t_value
@@ -151,8 +184,9 @@ def _mode_stats(mixture, x):
     labels = mixture.classify(x)
     k = len(mixture.weights)
     weights = torch.bincount(labels, minlength=k).double() / len(x)
-    spreads = torch.stack([(x[labels == j].double() - mixture.means[j]).pow(2).mean(0).sqrt() / mixture.stds[j]
-                           for j in range(k)])  # (K, D): 1 when each mode's spread is right
+    spreads = torch.stack(
+        [(x[labels == j].double() - mixture.means[j]).pow(2).mean(0).sqrt() / mixture.stds[j] for j in range(k)]
+    )  # (K, D): 1 when each mode's spread is right
     return labels, weights, spreads
 
 
@@ -208,8 +242,12 @@ def test_stochastic_samplers_weak_order_at_least_one(wide, name, steps):
     kwargs, target = {}, S**2
     if name == "sde":
         kwargs, target = {"last_step_kind": "none"}, 0.96**2 * S**2 + 0.04**2
-    err = [_pooled_variance_error(SAMPLERS[name](velocity, noise, num_steps=n, generator=torch.Generator().manual_seed(1),
-                                                 **kwargs), target) for n in steps]
+    err = [
+        _pooled_variance_error(
+            SAMPLERS[name](velocity, noise, num_steps=n, generator=torch.Generator().manual_seed(1), **kwargs), target
+        )
+        for n in steps
+    ]
     assert err[1] > 5 * math.sqrt(2 / (4096 * R)), err  # still measurable: the ratio means something
     assert _log2_ratio(err[0], err[1]) / 2 > 0.75, err
 
@@ -225,10 +263,12 @@ def test_last_step_variants_are_their_closed_forms(kind):
     fn, calls = _counting(gaussian_velocity(MU, S))
     out = last_step(fn, x, t, d, kind, LinearPath(), diffusion_norm=1.0)
     c = (t * S**2 - (1 - t)) / var_t  # velocity slope in x
-    slope = {"none": 1.0,
-             "euler": 1 + d * c,
-             "mean": 1 + d * (c - (1 - t) / var_t),  # drift v + w score, w = 1 - t, score = -(x - t mu) / V
-             "tweedie": t * S**2 / var_t}[kind]  # E[x1 | x_t] = mu + t s^2 / V (x - t mu)
+    slope = {
+        "none": 1.0,
+        "euler": 1 + d * c,
+        "mean": 1 + d * (c - (1 - t) / var_t),  # drift v + w score, w = 1 - t, score = -(x - t mu) / V
+        "tweedie": t * S**2 / var_t,
+    }[kind]  # E[x1 | x_t] = mu + t s^2 / V (x - t mu)
     centre = t * MU if kind == "none" else MU
     assert torch.allclose(out, centre + slope * (x - t * MU), rtol=1e-12, atol=1e-12)
     assert len(calls) == (0 if kind == "none" else 1)
@@ -243,14 +283,17 @@ def test_euler_maruyama_last_step_kinds_change_only_the_last_step():
     ends = {}
     for kind in LAST_STEPS:
         fn, calls = _counting(velocity)
-        ends[kind] = euler_maruyama(fn, noise, num_steps=50, generator=torch.Generator().manual_seed(1), last_step_kind=kind)
+        ends[kind] = euler_maruyama(
+            fn, noise, num_steps=50, generator=torch.Generator().manual_seed(1), last_step_kind=kind
+        )
         assert len(calls) == (49 if kind == "none" else 50)
     x = ends["none"]  # the state at 0.96, the same Brownian path for all
     for kind in ("mean", "euler", "tweedie"):
         assert torch.equal(ends[kind], last_step(velocity, x, 0.96, 0.04, kind, LinearPath()))
     # The default is the paper's mean step.
-    assert torch.equal(euler_maruyama(velocity, noise, num_steps=50, generator=torch.Generator().manual_seed(1)),
-                       ends["mean"])
+    assert torch.equal(
+        euler_maruyama(velocity, noise, num_steps=50, generator=torch.Generator().manual_seed(1)), ends["mean"]
+    )
 
 
 def test_a_config_names_any_registered_sampler():

@@ -1,4 +1,5 @@
 """The distances of ``bench/samplers.py`` (issue 19, point 2) against direct computations."""
+
 import math
 
 import numpy as np

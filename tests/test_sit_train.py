@@ -1,24 +1,24 @@
 """CoordTok-SiT training and sampling: exact resume, complete checkpoints, videos out of `coordtok sample`."""
+
 import json
 
 import decord
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_gradients, first_step_gradients
 from PIL import Image
+from sit_common import SIT_CONFIG, tiny_tokenizer
 
 from coordtok import checkpoint as ckpt
 from coordtok.cli import main
 from coordtok.loop import TrainingDiverged
-from sit.config import load_sit_run_config
 from sit.cache import read_index
-from sit.stats import LatentStats
-from sit.models import SiTConfig, TriplaneSiT
 from sit.checkpoint import load_sit
+from sit.config import load_sit_run_config
+from sit.models import SiTConfig, TriplaneSiT
+from sit.stats import LatentStats
 from sit.train import SiTTask, train_sit
-from helpers import assert_same_gradients, first_step_gradients
-from sit_common import SIT_CONFIG, tiny_tokenizer
-
 
 
 @pytest.fixture(scope="session")
@@ -27,10 +27,24 @@ def tokenizer_ckpt(root):
 
 
 def sit_run(out_dir, steps, **train_over):
-    return load_sit_run_config(SIT_CONFIG, {"train": {
-        "max_steps": steps, "out_dir": str(out_dir), "batch_size": 4, "log_every": 1, "ckpt_every": 2,
-        "keep_checkpoints": 5, "val_every": 2, "sample_num": 2, "sample_steps": 3, "mixed_precision": "no",
-        **train_over}})
+    return load_sit_run_config(
+        SIT_CONFIG,
+        {
+            "train": {
+                "max_steps": steps,
+                "out_dir": str(out_dir),
+                "batch_size": 4,
+                "log_every": 1,
+                "ckpt_every": 2,
+                "keep_checkpoints": 5,
+                "val_every": 2,
+                "sample_num": 2,
+                "sample_steps": 3,
+                "mixed_precision": "no",
+                **train_over,
+            }
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -102,17 +116,21 @@ def test_nan_losses_are_skipped_then_the_run_stops(cache, tmp_path, monkeypatch)
     step is taken, the stopping step's included, and the weights and EMA after the stop are the
     initial ones), the second in a row stops the run, nothing is written, and the message says no
     checkpoint is good."""
+    from helpers import StepRecorder
+
     import sit.train as st
     from coordtok.loop import fit
-    from helpers import StepRecorder
 
     real = st.training_loss
     task, stepped = SiTTask(sit_run(tmp_path, 10, max_bad_steps=2), cache), []
     seen = []
 
     def snapshot():
-        return {f"{part}.{k}": v.detach().clone() for part, m in (("model", task.modules["model"]), ("ema", task.ema))
-                for k, v in m.state_dict().items()}
+        return {
+            f"{part}.{k}": v.detach().clone()
+            for part, m in (("model", task.modules["model"]), ("ema", task.ema))
+            for k, v in m.state_dict().items()
+        }
 
     def poisoned(model, *a, **kw):
         seen.append(snapshot())
@@ -120,8 +138,11 @@ def test_nan_losses_are_skipped_then_the_run_stops(cache, tmp_path, monkeypatch)
         return loss * float("nan"), stats
 
     monkeypatch.setattr(st, "training_loss", poisoned)
-    with pytest.warns(UserWarning, match="non-finite") as caught, StepRecorder(task, on_step=stepped.append), \
-            pytest.raises(TrainingDiverged, match="2 consecutive non-finite steps at step 1") as stop:
+    with (
+        pytest.warns(UserWarning, match="non-finite") as caught,
+        StepRecorder(task, on_step=stepped.append),
+        pytest.raises(TrainingDiverged, match="2 consecutive non-finite steps at step 1") as stop,
+    ):
         fit(task, progress=False)  # what train_sit(cfg, latents) runs, keeping the task to read its state after
     said = [str(w.message) for w in caught if "non-finite" in str(w.message)]
     assert said == [f"step 1: non-finite model loss, update skipped ({n} in a row)" for n in (1, 2)]
@@ -147,9 +168,31 @@ def test_sit_train_cli_errors_are_one_line(cache, tmp_path, capsys):
 # ---------------------------------------------------------------------------- sampling
 def test_sample_writes_valid_128_frame_videos(sit_ckpt, tokenizer_ckpt, tmp_path, capsys):
     out = tmp_path / "mp4"
-    assert main(["sample", "--sit-ckpt", str(sit_ckpt), "--tokenizer-ckpt", str(tokenizer_ckpt), "--num", "3",
-                 "--sampler", "sde", "--steps", "5", "--seed", "0", "--batch-size", "2", "--out", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--sit-ckpt",
+                str(sit_ckpt),
+                "--tokenizer-ckpt",
+                str(tokenizer_ckpt),
+                "--num",
+                "3",
+                "--sampler",
+                "sde",
+                "--steps",
+                "5",
+                "--seed",
+                "0",
+                "--batch-size",
+                "2",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["written"] == 3
     for i in range(3):
         reader = decord.VideoReader(str(out / f"sample_{i:04d}.mp4"))
@@ -161,9 +204,31 @@ def test_sample_writes_valid_128_frame_videos(sit_ckpt, tokenizer_ckpt, tmp_path
 def test_sample_npz_is_deterministic_per_seed(sit_ckpt, tokenizer_ckpt, tmp_path):
     def run(name, seed, sampler="sde"):
         out = tmp_path / name
-        assert main(["sample", "--sit-ckpt", str(sit_ckpt), "--tokenizer-ckpt", str(tokenizer_ckpt), "--num", "2",
-                     "--sampler", sampler, "--steps", "5", "--seed", str(seed), "--out", str(out), "--format", "npz",
-                     "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "sample",
+                    "--sit-ckpt",
+                    str(sit_ckpt),
+                    "--tokenizer-ckpt",
+                    str(tokenizer_ckpt),
+                    "--num",
+                    "2",
+                    "--sampler",
+                    sampler,
+                    "--steps",
+                    "5",
+                    "--seed",
+                    str(seed),
+                    "--out",
+                    str(out),
+                    "--format",
+                    "npz",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         with np.load(out / "samples.npz") as f:
             return f["videos"]
 
@@ -180,15 +245,55 @@ def test_sample_with_a_tokenizer_of_another_grid_is_a_one_line_error(sit_ckpt, t
     model = TriplaneSiT(cfg.model)
     stats = LatentStats(grid=(8, 8, 8), mean=torch.zeros(3, 4), std=torch.ones(3, 4))
     other = tmp_path / "other" / "ckpt-0000001.pt"
-    ckpt.atomic_save({**state, "model": model.state_dict(), "ema": model.state_dict(), "config": cfg.to_dict(),
-                      "stats": stats.to_dict()}, other)
-    assert main(["sample", "--sit-ckpt", str(other), "--tokenizer-ckpt", str(tokenizer_ckpt), "--num", "1",
-                 "--steps", "2", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    ckpt.atomic_save(
+        {
+            **state,
+            "model": model.state_dict(),
+            "ema": model.state_dict(),
+            "config": cfg.to_dict(),
+            "stats": stats.to_dict(),
+        },
+        other,
+    )
+    assert (
+        main(
+            [
+                "sample",
+                "--sit-ckpt",
+                str(other),
+                "--tokenizer-ckpt",
+                str(tokenizer_ckpt),
+                "--num",
+                "1",
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "x"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("coordtok: error:") and "grid [8, 8, 8]" in err and "grid [16, 8, 8]" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "x").exists()
-    assert main(["sample", "--sit-ckpt", str(tokenizer_ckpt), "--tokenizer-ckpt", str(tokenizer_ckpt), "--num", "1",
-                 "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "sample",
+                "--sit-ckpt",
+                str(tokenizer_ckpt),
+                "--tokenizer-ckpt",
+                str(tokenizer_ckpt),
+                "--num",
+                "1",
+                "--out",
+                str(tmp_path / "x"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "not a CoordTok-SiT checkpoint" in capsys.readouterr().err
 
 
@@ -199,9 +304,22 @@ def test_init_from_takes_the_same_model_and_refuses_another_in_one_line(cache, s
     train_sit(sit_run(tmp_path / "same", 1, init_from=str(sit_ckpt), lr=0.0), cache, progress=False)
     src, dst = ckpt.load(sit_ckpt)["model"], ckpt.load(tmp_path / "same" / "ckpt-0000001.pt")["model"]
     assert src.keys() == dst.keys() and all(torch.equal(src[k], dst[k]) for k in src)
-    other = load_sit_run_config(SIT_CONFIG, {"model": {"depth": 3}, "train": {
-        "max_steps": 1, "out_dir": str(tmp_path / "other"), "init_from": str(sit_ckpt), "mixed_precision": "no"}})
-    with pytest.raises(ckpt.CheckpointError, match=r"cannot initialise from it: its model differs from the "
-                       r"config's \(model\.depth: 2 in the checkpoint, 3 in the config\); fine-tune with the "
-                       r"checkpoint's model settings"):
+    other = load_sit_run_config(
+        SIT_CONFIG,
+        {
+            "model": {"depth": 3},
+            "train": {
+                "max_steps": 1,
+                "out_dir": str(tmp_path / "other"),
+                "init_from": str(sit_ckpt),
+                "mixed_precision": "no",
+            },
+        },
+    )
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match=r"cannot initialise from it: its model differs from the "
+        r"config's \(model\.depth: 2 in the checkpoint, 3 in the config\); fine-tune with the "
+        r"checkpoint's model settings",
+    ):
         train_sit(other, cache, progress=False)

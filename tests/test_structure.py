@@ -8,6 +8,7 @@
 * no import cycle between modules, counting imports inside functions too;
 * every user-facing error class derives from ``coordtok.errors.CoordTokError``.
 """
+
 import ast
 import importlib
 import inspect
@@ -18,8 +19,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("coordtok", "sit", "baselines", "eval")
-ALLOWED = {"coordtok": set(), "sit": {"coordtok"}, "baselines": {"coordtok", "sit"},
-           "eval": {"coordtok", "sit", "baselines"}}
+ALLOWED = {
+    "coordtok": set(),
+    "sit": {"coordtok"},
+    "baselines": {"coordtok", "sit"},
+    "eval": {"coordtok", "sit", "baselines"},
+}
 COMPOSITION_ROOT = "coordtok.cli"
 
 
@@ -44,7 +49,7 @@ def _imports(name: str, path: Path) -> list[tuple[str, list[str]]]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module
@@ -90,7 +95,7 @@ def test_no_import_cycles():
         stack.append(node)
         for dep in sorted(graph[node]):
             if state.get(dep) == "open":
-                cycle = stack[stack.index(dep):] + [dep]
+                cycle = stack[stack.index(dep) :] + [dep]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if dep not in state:
                 visit(dep)

@@ -3,10 +3,12 @@ writes the fingerprint of the tokenizer's weights into the cache, sit-train copi
 checkpoints, `sample` refuses another tokenizer (unless --allow-tokenizer-mismatch) and
 `sit-train --resume` refuses latents of another tokenizer. Older files without one keep working
 with one note line."""
+
 import json
 
 import pytest
 import torch
+from sit_common import CLIPS_PER_VIDEO, DATA, SHARD_SIZE, SIT_CONFIG, tiny_tokenizer
 
 from coordtok import checkpoint as ckpt
 from coordtok.checkpoint import load_tokenizer
@@ -14,7 +16,6 @@ from coordtok.cli import main
 from coordtok.config import DataConfig
 from sit.cache import read_index, short_fingerprint, weights_fingerprint
 from sit.encode import encode_dataset
-from sit_common import CLIPS_PER_VIDEO, DATA, SHARD_SIZE, SIT_CONFIG, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +38,43 @@ def other_tokenizer(tokenizer, tmp_path_factory):
 @pytest.fixture(scope="module")
 def other_cache(other_tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp("other-cache") / "latents"
-    encode_dataset(other_tokenizer, DataConfig(**DATA), out, clips_per_video=CLIPS_PER_VIDEO, seed=0,
-                   shard_size=SHARD_SIZE, batch_size=2, progress=False)
+    encode_dataset(
+        other_tokenizer,
+        DataConfig(**DATA),
+        out,
+        clips_per_video=CLIPS_PER_VIDEO,
+        seed=0,
+        shard_size=SHARD_SIZE,
+        batch_size=2,
+        progress=False,
+    )
     return out
 
 
 def _sit_train(run, latents, *extra):
-    return main(["sit-train", "--config", str(SIT_CONFIG), "--out-dir", str(run), "--latents", str(latents),
-                 "--no-progress", "--set", "train.batch_size=4", "--set", "train.ckpt_every=1",
-                 "--set", "train.val_every=0", "--set", "train.log_every=1",
-                 "--set", "train.mixed_precision=no", *extra])
+    return main(
+        [
+            "sit-train",
+            "--config",
+            str(SIT_CONFIG),
+            "--out-dir",
+            str(run),
+            "--latents",
+            str(latents),
+            "--no-progress",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            "train.ckpt_every=1",
+            "--set",
+            "train.val_every=0",
+            "--set",
+            "train.log_every=1",
+            "--set",
+            "train.mixed_precision=no",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +85,30 @@ def sit_run(cache, tmp_path_factory):
 
 
 def _sample(sit, tok, out, *extra):
-    return main(["sample", "--sit-ckpt", str(sit), "--tokenizer-ckpt", str(tok), "--num", "1", "--steps", "2",
-                 "--out", str(out), "--format", "npz", "--no-progress", *extra])
+    return main(
+        [
+            "sample",
+            "--sit-ckpt",
+            str(sit),
+            "--tokenizer-ckpt",
+            str(tok),
+            "--num",
+            "1",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+            "--format",
+            "npz",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
-def test_encode_records_the_tokenizers_fingerprint_and_sit_train_copies_it(cache, tokenizer, other_cache,
-                                                                           other_tokenizer, sit_run):
+def test_encode_records_the_tokenizers_fingerprint_and_sit_train_copies_it(
+    cache, tokenizer, other_cache, other_tokenizer, sit_run
+):
     fp = read_index(cache).get("tokenizer_fingerprint")
     assert fp == weights_fingerprint(load_tokenizer(tokenizer)[0]) and len(fp) == 40
     assert read_index(other_cache)["tokenizer_fingerprint"] == weights_fingerprint(load_tokenizer(other_tokenizer)[0])
@@ -133,5 +179,7 @@ def test_sit_train_resume_of_an_old_checkpoint_notes_it(cache, tmp_path, capsys)
     assert _sit_train(run, cache, "--max-steps", "2", "--resume") == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "fingerprint" in line]
     assert len(notes) == 1 and notes[0].startswith("note:"), notes
-    assert json.loads(json.dumps(ckpt.load(run / "ckpt-0000002.pt")["tokenizer_fingerprint"])) == \
-        read_index(cache)["tokenizer_fingerprint"]
+    assert (
+        json.loads(json.dumps(ckpt.load(run / "ckpt-0000002.pt")["tokenizer_fingerprint"]))
+        == read_index(cache)["tokenizer_fingerprint"]
+    )

