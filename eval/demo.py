@@ -11,8 +11,9 @@ Stages (each reused on a second run; ``--fresh`` redoes them):
    trained on) reconstructed by every tokenizer the way its paper does it (CoordTok at once, the
    baselines by chunks, ProMAG with and without blending, REGEN with and without latent
    extension): tokens, PSNR / SSIM / LPIPS and the seam jump in one table, side-by-side mp4s;
-4. a latent cache of random 128-frame windows of both clips, a tiny CoordTok-SiT trained on it,
-   and a few unconditional 128-frame samples (Euler-Maruyama) decoded by the tokenizer;
+4. a latent cache of random 128-frame windows of both clips (each clip its own class), a tiny
+   class-conditional CoordTok-SiT trained on it, and 128-frame samples of each class in turn
+   (Euler-Maruyama, classifier-free guidance 1.5) decoded by the tokenizer;
 5. the analysis metrics (dynamics / frequency magnitude against reconstruction PSNR) and the
    profile of training FLOPs and memory against clip length, CoordTok beside the baselines;
 6. ``summary.md`` and ``metrics.json``.
@@ -77,6 +78,7 @@ QUICK = DemoPlan(stage1_steps=20, stage2_steps=4, magvit2_steps=2, promag_steps=
 MARKER = ".coordtok-demo"
 MANIFEST = ".coordtok-demo-manifest.json"
 # The run folders the stages train in, under runs/ (each resumed on a second run).
+DEMO_CFG_SCALE = 1.5  # classifier-free guidance of the demo's samples
 RUN_NAMES = ("tokenizer", "tokenizer-stage2", "magvit2", "promag-4x", "promag-8x", "regen", "sit")
 
 
@@ -355,15 +357,22 @@ def _run_demo(out: Path, plan: DemoPlan) -> dict:
         data = dataclasses.replace(s1.data, frame_range=None, clips_per_video=plan.clips_per_video)
         index = encode_dataset(tok_ckpt, data, latents, clips_per_video=plan.clips_per_video, seed=0,
                                stats_num=2048, progress=True)
-    _say(f"tiny CoordTok-SiT: {plan.sit_steps} steps on {index['num_latents']} latents")
+    # The two sample clips are two classes (the `samples` kind labels each clip its own class): the
+    # tiny SiT is class-conditional, and the samples cycle through the classes (one of each in the quick run).
+    classes = index.get("classes") or []
+    _say(f"tiny class-conditional CoordTok-SiT ({', '.join(classes)}): {plan.sit_steps} steps on "
+         f"{index['num_latents']} latents")
     with clock("SiT training"):
-        sit_cfg = load_sit_run_config(SIT_CONFIG, {"train": {"max_steps": plan.sit_steps, "out_dir": str(runs / "sit"),
-                                                              "val_every": 0}})
+        sit_cfg = load_sit_run_config(SIT_CONFIG, {"model": {"num_classes": max(1, len(classes))},
+                                                   "train": {"max_steps": plan.sit_steps, "out_dir": str(runs / "sit"),
+                                                             "val_every": 0}})
         rs = train_sit(sit_cfg, latents, resume=True)
-    _say(f"sampling {plan.samples} unconditional 128-frame videos (Euler-Maruyama, {plan.sample_steps} steps)")
+    _say(f"sampling {plan.samples} 128-frame videos, classes in turn, guidance {DEMO_CFG_SCALE} (Euler-Maruyama, "
+         f"{plan.sample_steps} steps)")
     with clock("sampling + decoding"):
         samples = sample_videos(runs / "sit", tok_ckpt, plan.samples, out / "samples", sampler="sde",
-                                steps=plan.sample_steps, seed=0, batch_size=plan.samples)
+                                steps=plan.sample_steps, seed=0, batch_size=plan.samples,
+                                **({"classes": "cycle", "cfg_scale": DEMO_CFG_SCALE} if len(classes) > 1 else {}))
 
     # 5. analysis and profile ----------------------------------------------------------------
     from .analysis import analyze
@@ -397,6 +406,7 @@ def _run_demo(out: Path, plan: DemoPlan) -> dict:
         "comparison": comparison,
         "sit": {"latents": index["num_latents"], "steps": rs["step"], "final_loss": rs["loss"],
                 "samples": plan.samples, "sampler": "Euler-Maruyama", "sample_steps": plan.sample_steps,
+                "classes": classes, "labels": samples.get("labels"), "cfg_scale": samples.get("cfg_scale"),
                 "files": sorted(str(Path(p).relative_to(out)) for p in samples.get("files", []))},
         "analysis": {"correlation": analysis["correlation"], "videos": len(analysis["rows"])},
         "profile": rows,
@@ -461,10 +471,12 @@ def write_summary(out: Path, m: dict) -> None:
         "128-frame window per video, least of all): the held-out window shows how far that is from tokenizers "
         "trained on UCF-101 (see README for the full-scale recipes).",
         "",
-        "## CoordTok-SiT (unconditional generation)",
+        "## CoordTok-SiT (class-conditional generation)",
         "",
-        f"Tiny SiT trained {m['sit']['steps']} steps on {m['sit']['latents']} cached triplanes "
-        f"(final loss {_fmt(m['sit']['final_loss'], '.4f')}); {m['sit']['samples']} samples with "
+        f"Tiny SiT trained {m['sit']['steps']} steps on {m['sit']['latents']} cached triplanes, each sample clip its "
+        f"own class ({', '.join(m['sit'].get('classes') or []) or 'no classes'}; final loss "
+        f"{_fmt(m['sit']['final_loss'], '.4f')}); {m['sit']['samples']} samples, the classes in turn (labels "
+        f"{m['sit'].get('labels')}, classifier-free guidance {m['sit'].get('cfg_scale')}), with "
         f"{m['sit']['sampler']}, {m['sit']['sample_steps']} steps, decoded to 128 frames: `samples/`, "
         "contact sheet `samples/contact_sheet.png`.",
         "",

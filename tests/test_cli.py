@@ -74,6 +74,9 @@ def test_quick_demo_writes_summary_and_video(tmp_path):
         assert len(decord.VideoReader(str(out / r["video"]))) == 128
     samples = sorted((out / "samples").glob("sample_*.mp4"))
     assert len(samples) == 2 and all(len(decord.VideoReader(str(p))) == 128 for p in samples)
+    # the two sample clips are two classes: a class-conditional SiT, one sample of each
+    assert metrics["sit"]["classes"] == ["bikes", "bigbuckbunny"] and metrics["sit"]["labels"] == [0, 1]
+    assert json.loads((out / "samples" / "sampling.json").read_text())["labels"] == [0, 1]
     for name in ("samples/contact_sheet.png", "analysis.png", "profile_flops.png", "comparison.md"):
         assert (out / name).stat().st_size > 0, name
     assert {r["mode"] for r in metrics["profile"]} == {"coordtok", "full", "magvit2", "promag", "regen"}
