@@ -327,10 +327,10 @@ def _folder_labels(folder: Path, files: list[Path]) -> dict:
     if not isinstance(m, dict) or not isinstance(m.get("labels"), list) or not isinstance(m.get("classes"), list):
         return {}
     index = [re.fullmatch(r"sample_(\d+)\.mp4", f.name) for f in files]
-    if not all(index) or any(int(i[1]) >= len(m["labels"]) for i in index):
-        raise FVDInputError(f"{manifest} labels samples, but {folder} holds files it does not name "
-                            f"(e.g. {next(f.name for f, i in zip(files, index) if not i or int(i[1]) >= len(m['labels']))}); "
-                            f"evaluate the sampling run's folder as it was written")
+    unnamed = [f.name for f, i in zip(files, index) if not i or int(i[1]) >= len(m["labels"])]
+    if unnamed:
+        raise FVDInputError(f"{manifest} labels samples, but {folder} holds files it does not name (e.g. "
+                            f"{unnamed[0]}); evaluate the sampling run's folder as it was written")
     labels = np.asarray([m["labels"][int(i[1])] for i in index])
     _check_labels(str(manifest), labels, m["classes"], len(files))
     return {"labels": labels, "classes": [str(c) for c in m["classes"]]}

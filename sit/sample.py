@@ -164,7 +164,8 @@ def _labelling(model, stats, num: int, seed: int, class_label, classes: str | No
                                 "one is unconditional (model.num_classes 1, like the released SiT-L/2)")
         return None
     if class_label is not None and classes is not None:
-        raise SamplingError("give --class (one class for every sample) or --classes (a label drawn per sample), not both")
+        raise SamplingError("give --class (one class for every sample) or --classes (a label drawn per sample), "
+                            "not both")
     if classes is not None and classes not in CLASS_MODES:
         raise SamplingError(f"--classes must be one of {', '.join(CLASS_MODES)}, got {classes!r}")
     if not (cfg_scale >= 0 and math.isfinite(cfg_scale)):

@@ -115,7 +115,8 @@ class LatentStats:
         return {"grid": list(self.grid), "planes": list(PLANES), "num": int(self.num), "eps": self.eps,
                 "mean": {p: self.mean[k].tolist() for k, p in enumerate(PLANES)},
                 "std": {p: self.std[k].tolist() for k, p in enumerate(PLANES)}} | (
-            {"classes": list(self.classes), "class_counts": [int(c) for c in self.class_counts]} if self.classes else {})
+            {"classes": list(self.classes), "class_counts": [int(c) for c in self.class_counts]}
+            if self.classes else {})
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "latent statistics") -> "LatentStats":

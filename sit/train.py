@@ -107,12 +107,12 @@ class SiTTask(Task):
                 f"in {self.latents_dir} (grid {list(self.latents.grid)}, {self.latents.channels} channels); set them "
                 f"to the tokenizer's")
         if m.num_classes > 1 and self.latents.classes is None:
-            raise ConfigError(f"{cfg.source}: model.num_classes is {m.num_classes} but the latents in {self.latents_dir} "
-                              f"have no class labels (an unlabelled data set, or a cache written before labels were "
-                              f"recorded); set model.num_classes: 1, or re-encode labelled data")
+            raise ConfigError(f"{cfg.source}: model.num_classes is {m.num_classes} but the latents in "
+                              f"{self.latents_dir} have no class labels (an unlabelled data set, or a cache written "
+                              f"before labels were recorded); set model.num_classes: 1, or re-encode labelled data")
         if m.num_classes > 1 and m.num_classes != len(self.latents.classes):
-            raise ConfigError(f"{cfg.source}: model.num_classes is {m.num_classes} but the latents in {self.latents_dir} "
-                              f"have {len(self.latents.classes)} classes; set model.num_classes: "
+            raise ConfigError(f"{cfg.source}: model.num_classes is {m.num_classes} but the latents in "
+                              f"{self.latents_dir} have {len(self.latents.classes)} classes; set model.num_classes: "
                               f"{len(self.latents.classes)}")
         torch.manual_seed(tc.seed)
         self.modules = {"model": TriplaneSiT(m)}  # fit() keeps its EMA (train.ema): sampling uses it
