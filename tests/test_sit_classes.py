@@ -422,6 +422,22 @@ def test_eval_fvd_draws_real_clips_with_the_fakes_class_frequencies(class_folder
     assert compute_fvd(class_folders / "real", class_folders / "unlabelled.npz", **kw)["protocol"] == "unconditional"
 
 
+def test_a_folder_of_labelled_mp4_samples_reads_its_labels_from_the_manifest(class_folders, tmp_path):
+    from eval.fvd import FVDInputError, fake_videos
+
+    with np.load(class_folders / "fake.npz") as z:
+        videos = z["videos"]
+    for i in range(2):
+        write_mp4(tmp_path / "run" / f"sample_{i:04d}.mp4", videos[i])
+    manifest = {"run": {}, "labels": [1, 0], "classes": ["bright", "dark"]}
+    (tmp_path / "run" / "sampling.json").write_text(json.dumps(manifest))
+    fakes = fake_videos(tmp_path / "run")
+    assert fakes.labels.tolist() == [1, 0] and fakes.class_counts([0, 1]) == {"bright": 1, "dark": 1}
+    write_mp4(tmp_path / "run" / "mine.mp4", videos[2])  # a file the manifest does not name: one line
+    with pytest.raises(FVDInputError, match="does not name .*mine.mp4"):
+        fake_videos(tmp_path / "run")
+
+
 # ---------------------------------------------------------------------------- 5. the toy
 def _separation(samples: torch.Tensor, labels: torch.Tensor, mu0: torch.Tensor, mu1: torch.Tensor) -> float:
     """Mean projection of class-1 samples minus that of class-0 samples on the axis between the class
