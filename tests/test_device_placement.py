@@ -113,8 +113,8 @@ def _sit_task(cache):
 
 def test_sit_step(cache):
     task = _sit_task(cache)
-    x1 = torch.stack([task.latents[i] for i in range(2)])
-    assert set(_run_phases(task, x1)) == {"model"}
+    batch = torch.utils.data.default_collate([task.dataset()[i] for i in range(2)])  # {"latent", "label"}
+    assert set(_run_phases(task, batch)) == {"model"}
 
 
 @pytest.mark.parametrize("sampler", ["sde", "heun_sde", "ode"])
