@@ -110,12 +110,18 @@ def main(kind: str, out: str, steps: int, latents: str | None = None) -> None:
         )
         fit_and_save(RegenTask(cfg), out)
     else:
+        from sit.cache import read_index
         from sit.config import load_sit_run_config
         from sit.train import SiTTask
 
+        # a cache of several classes trains class-conditionally, with a label dropout high enough
+        # that a 3-step run drops labels on both ranks
+        classes = read_index(latents).get("classes") or []
+        model = {"num_classes": len(classes), "class_dropout_prob": 0.5} if len(classes) > 1 else {}
         cfg = load_sit_run_config(
             "configs/sit/tiny.yaml",
             {
+                "model": model,
                 "train": {
                     "max_steps": steps,
                     "out_dir": str(out / "run"),

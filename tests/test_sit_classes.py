@@ -192,6 +192,31 @@ def test_conditional_training_resumes_bit_exactly(two_class_cache, tmp_path):
     assert a["stats"]["classes"] == ["bikes", "bigbuckbunny"] and a["stats"]["class_counts"] == [3, 3]
 
 
+def test_two_processes_train_the_conditional_sit_of_one_process(two_class_cache, tmp_path):
+    """Labels and their dropout (p 0.5 here, tests/mp_train.py) reach each rank's share of the global batch."""
+    import sys
+
+    from helpers import assert_same_gradients
+    from test_multiprocess import SCRIPT, _accelerate, _run
+
+    two, one = tmp_path / "two", tmp_path / "one"
+    _run([_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+          "no", "--dynamo_backend", "no", SCRIPT, "sit", str(two), "3", str(two_class_cache)],
+         env={"ACCELERATE_USE_CPU": "1"})
+    _run([sys.executable, SCRIPT, "sit", str(one), "3", str(two_class_cache)])
+    r0, r1, single = (torch.load(p) for p in (two / "rank0.pt", two / "rank1.pt", one / "rank0.pt"))
+    assert single["y_embedder.embedding_table.weight"].shape[0] == 3  # two classes + the null class
+    for name in single:
+        assert torch.equal(r0[name], r1[name]), f"ranks disagree on {name}"
+    assert_same_gradients(torch.load(two / "grads0.pt"), torch.load(one / "grads0.pt"))
+    # every row of the label table moved, the null class's too: labels were dropped (no weight decay
+    # on SiT, so a row no item used would keep its initial value exactly)
+    torch.manual_seed(0)  # the trainer builds its model right after seeding with train.seed (0)
+    init = TriplaneSiT(SiTConfig.from_yaml(SIT_CONFIG), num_classes=2, class_dropout_prob=0.5).state_dict()
+    table = "y_embedder.embedding_table.weight"
+    assert all(not torch.equal(init[table][k], single[table][k]) for k in range(3))
+
+
 # ---------------------------------------------------------------------------- 3. guidance
 def test_guidance_scale_1_is_the_conditional_call_and_0_the_null_call():
     model = random_weights(TriplaneSiT(SiTConfig.from_yaml(SIT_CONFIG), num_classes=3))
