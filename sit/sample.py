@@ -175,6 +175,9 @@ def _labelling(model, stats, num: int, seed: int, class_label, classes: str | No
         if not 0.0 <= lo <= hi <= 1.0:
             raise SamplingError(f"--cfg-interval {lo} {hi}: need 0 <= LO <= HI <= 1 (times t, 0 noise, 1 data)")
         cfg_interval = [lo, hi]
+    if cfg_scale != 1.0 and model.config.class_dropout == 0.0:
+        log("warning: this SiT was trained with model.class_dropout_prob 0, so its null class never was: guidance "
+            "(--cfg-scale other than 1) extrapolates from an untrained unconditional prediction")
     names = list(stats.classes) if stats.classes and len(stats.classes) == model.num_classes else None
     if class_label is None and classes is None:
         classes = "uniform"

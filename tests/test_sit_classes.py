@@ -400,6 +400,19 @@ def test_class_arguments_are_checked_in_one_line(cond_sit, sit_uncond, root, tmp
     assert not (tmp_path / "x").exists() and not (tmp_path / "u").exists()
 
 
+def test_guiding_a_sit_whose_null_class_never_trained_says_so():
+    from sit.sample import _labelling
+
+    stats = LatentStats(grid=GRID, mean=torch.zeros(3, C), std=torch.ones(3, C), classes=["a", "b"],
+                        class_counts=[1, 1])
+    base = SiTConfig.from_yaml(SIT_CONFIG)
+    for dropout, scale, warned in ((0.0, 2.0, True), (0.0, 1.0, False), (0.1, 2.0, False)):
+        said = []
+        model = TriplaneSiT(base, num_classes=2, class_dropout_prob=dropout)
+        out = _labelling(model, stats, 2, 0, "b", None, scale, None, said.append)
+        assert out["labels"] == [1, 1] and any("never was" in m for m in said) == warned
+
+
 @pytest.fixture(scope="module")
 def sit_uncond(two_class_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("uncond-sit")
