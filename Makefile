@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench gpu-check clean
+.PHONY: install demo lint format test test-fast bench gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,22 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/coordtok demo
 
-test: $(STAMP)
+# ruff (pyproject.toml [tool.ruff]): lint, and the layout `ruff format` gives; `make format` applies it
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# the whole suite (about 15 minutes on a 2-core CPU)
+test: lint
 	$(PY) -m pytest -q
+
+# the edit-test loop (under 2 minutes on a 2-core CPU): lint and every test not marked slow
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
 
 # on one CUDA GPU, under 8 minutes: training steps, attention backends, max batch, sampling -> gpu_check.md
 gpu-check: $(STAMP)

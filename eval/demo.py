@@ -22,6 +22,7 @@ The folder holds a marker file: the demo writes only into a folder it created (o
 one), locks it while it runs, and lists every file it writes there (its manifest): ``--fresh``
 deletes exactly those, never a file of yours beside them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -68,9 +69,21 @@ class DemoPlan:
 
 
 # Every stage, shortened: a smoke test of the whole pipeline in about a minute.
-QUICK = DemoPlan(stage1_steps=20, stage2_steps=4, magvit2_steps=2, promag_steps=2, regen_steps=2, clips_per_video=4,
-                 sit_steps=4, samples=2, sample_steps=10, profile_frames=(16, 32), profile_memory=False,
-                 compare_windows=("heldout",), analysis_clips=1)
+QUICK = DemoPlan(
+    stage1_steps=20,
+    stage2_steps=4,
+    magvit2_steps=2,
+    promag_steps=2,
+    regen_steps=2,
+    clips_per_video=4,
+    sit_steps=4,
+    samples=2,
+    sample_steps=10,
+    profile_frames=(16, 32),
+    profile_memory=False,
+    compare_windows=("heldout",),
+    analysis_clips=1,
+)
 
 # A folder holding anything without the marker is refused (it was not made by the demo). The
 # manifest lists every file and folder the demo wrote there: a second run reuses them, --fresh
@@ -96,8 +109,10 @@ def _check_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise DemoFolderError(f"--out {out}: is a file; give a folder for the demo's outputs")
     if out.is_dir() and any(p.name not in LOCK_FILES for p in out.iterdir()) and not (out / MARKER).is_file():
-        raise DemoFolderError(f"--out {out}: the folder exists and was not created by `coordtok demo` (no {MARKER} "
-                              f"in it), so the demo will not write or delete anything there; choose a new folder")
+        raise DemoFolderError(
+            f"--out {out}: the folder exists and was not created by `coordtok demo` (no {MARKER} "
+            f"in it), so the demo will not write or delete anything there; choose a new folder"
+        )
     check_writable(out, "demo folder")
 
 
@@ -128,12 +143,16 @@ class Manifest:
             data = json.loads(path.read_text())
             files, folders = set(data["files"]), set(data["folders"])
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise DemoFolderError(f"{path}: unreadable list of the demo's files ({type(e).__name__}); --fresh cannot "
-                                  f"tell the demo's files from yours: delete what you do not need yourself") from None
+            raise DemoFolderError(
+                f"{path}: unreadable list of the demo's files ({type(e).__name__}); --fresh cannot "
+                f"tell the demo's files from yours: delete what you do not need yourself"
+            ) from None
         for rel in files | folders:  # a list edited by hand must not reach outside the folder
             if not isinstance(rel, str) or os.path.isabs(rel) or ".." in Path(rel).parts or rel in ("", "."):
-                raise DemoFolderError(f"{path}: names {rel!r}, which is not a path inside the demo's folder; "
-                                      f"delete what you do not need yourself and remove {MANIFEST}")
+                raise DemoFolderError(
+                    f"{path}: names {rel!r}, which is not a path inside the demo's folder; "
+                    f"delete what you do not need yourself and remove {MANIFEST}"
+                )
         return files, folders
 
     def add(self, path: Path) -> None:
@@ -155,8 +174,9 @@ class Manifest:
             self.save()
 
     def save(self) -> None:
-        write_json(self.path, {"files": sorted(self.files), "folders": sorted(self.folders)},
-                   what="list of the demo's files")
+        write_json(
+            self.path, {"files": sorted(self.files), "folders": sorted(self.folders)}, what="list of the demo's files"
+        )
 
     def remove_all(self) -> None:
         """Delete the listed files (regular files only), then the listed folders that are empty."""
@@ -201,20 +221,23 @@ def prepare_folder(out: Path, fresh: bool) -> None:
     """
     _check_folder(out)
     if fresh and not (out / MANIFEST).is_file() and any(p.name not in (MARKER, *LOCK_FILES) for p in out.iterdir()):
-        raise DemoFolderError(f"--out {out}: written by an older demo that kept no list of its files ({MANIFEST}), "
-                              f"so --fresh cannot tell them from yours; delete what you do not need yourself, or "
-                              f"choose a new folder")
+        raise DemoFolderError(
+            f"--out {out}: written by an older demo that kept no list of its files ({MANIFEST}), "
+            f"so --fresh cannot tell them from yours; delete what you do not need yourself, or "
+            f"choose a new folder"
+        )
     if fresh:
         manifest = Manifest(out)
         # A stage resumes from what its run folder holds: checkpoints the demo did not write (yours,
         # or an older demo's) would make this "fresh" demo continue them. Checked before deleting.
         for name in RUN_NAMES:
-            found = [p for p in list_checkpoints(out / "runs" / name)
-                     if os.path.relpath(p, out) not in manifest.files]
+            found = [p for p in list_checkpoints(out / "runs" / name) if os.path.relpath(p, out) not in manifest.files]
             if found:
-                raise DemoFolderError(f"{found[0]}: checkpoints the demo did not write (not in {MANIFEST}) are in "
-                                      f"the demo's run folder, so --fresh would continue them; move them elsewhere "
-                                      f"or choose a new --out")
+                raise DemoFolderError(
+                    f"{found[0]}: checkpoints the demo did not write (not in {MANIFEST}) are in "
+                    f"the demo's run folder, so --fresh would continue them; move them elsewhere "
+                    f"or choose a new --out"
+                )
         manifest.remove_all()
     write_text(out / MARKER, "written by `coordtok demo`; `coordtok demo --fresh` deletes only the demo's outputs\n")
 
@@ -252,18 +275,28 @@ def train_baselines(plan: DemoPlan, runs: Path, clock: _Clock) -> dict:
     from coordtok.loop import fit
 
     out = {}
-    steps = {"magvit2": plan.magvit2_steps, "promag-4x": plan.promag_steps, "promag-8x": plan.promag_steps,
-             "regen": plan.regen_steps}
-    for name, config in (("magvit2", "magvit2-tiny.yaml"), ("promag-4x", "promag-tiny-4x.yaml"),
-                         ("promag-8x", "promag-tiny-8x.yaml"), ("regen", "regen-tiny.yaml")):
+    steps = {
+        "magvit2": plan.magvit2_steps,
+        "promag-4x": plan.promag_steps,
+        "promag-8x": plan.promag_steps,
+        "regen": plan.regen_steps,
+    }
+    for name, config in (
+        ("magvit2", "magvit2-tiny.yaml"),
+        ("promag-4x", "promag-tiny-4x.yaml"),
+        ("promag-8x", "promag-tiny-8x.yaml"),
+        ("regen", "regen-tiny.yaml"),
+    ):
         n = steps[name]
         train = {"max_steps": n, "out_dir": str(runs / name), "val_every": n, "ckpt_every": n, "log_every": 10}
         if name == "promag-8x":
             train["grow_from"] = str(runs / "promag-4x")
         kind = kind_of_config(BASELINES / config, role="tokenizer")
         cfg = kind.load_config(BASELINES / config, {"train": train})
-        _say(f"{name}: {n} steps of {config} on {cfg.data.frames}-frame windows of bikes + bigbuckbunny "
-             f"({cfg.data.size}x{cfg.data.size})")
+        _say(
+            f"{name}: {n} steps of {config} on {cfg.data.frames}-frame windows of bikes + bigbuckbunny "
+            f"({cfg.data.size}x{cfg.data.size})"
+        )
         with clock(f"{name} training"):
             out[name] = fit(kind.resolve("task")(cfg), resume=True)
     return out
@@ -281,8 +314,10 @@ def compare(tokenizers: dict[str, str], item: dict, out: Path, options: dict, wi
         video_path = out / "reconstructions" / window / f"{name}.mp4"
         m = evaluate_clip(tok, item["video"], item["num_frames"], video_path)
         rows.append({"key": name, **m, "video": str(video_path.relative_to(out))})
-        _say(f"  {tok.name}: {m['psnr']:.2f} dB, seam jump {m.get('seam_boundary', float('nan')):+.4f} at "
-             f"boundaries vs {m.get('seam_within', float('nan')):+.4f} within")
+        _say(
+            f"  {tok.name}: {m['psnr']:.2f} dB, seam jump {m.get('seam_boundary', float('nan')):+.4f} at "
+            f"boundaries vs {m.get('seam_within', float('nan')):+.4f} within"
+        )
     return rows
 
 
@@ -304,20 +339,41 @@ def _run_demo(out: Path, plan: DemoPlan) -> dict:
     have_vgg = _lpips_available()
 
     # 1. CoordTok ----------------------------------------------------------------------------
-    _say(f"CoordTok stage 1: {plan.stage1_steps} steps of the tiny config on bikes + bigbuckbunny "
-         f"(64x64, 128 frames)")
+    _say(f"CoordTok stage 1: {plan.stage1_steps} steps of the tiny config on bikes + bigbuckbunny (64x64, 128 frames)")
     with clock("CoordTok stage 1"):
-        s1 = load_tokenizer_config(CONFIG, {"train": {"max_steps": plan.stage1_steps, "out_dir": str(runs / "tokenizer"),
-                                                      "val_every": plan.stage1_steps, "ckpt_every": 100}})
+        s1 = load_tokenizer_config(
+            CONFIG,
+            {
+                "train": {
+                    "max_steps": plan.stage1_steps,
+                    "out_dir": str(runs / "tokenizer"),
+                    "val_every": plan.stage1_steps,
+                    "ckpt_every": 100,
+                }
+            },
+        )
         r1 = train(s1, resume=True)
     lp = s1.train.stage2_lpips_weight if have_vgg else 0.0
-    _say(f"CoordTok stage 2: {plan.stage2_steps} steps on whole frames, L2" + (" + LPIPS" if lp else
-         " only (no VGG16 weights found, so no LPIPS term; see README)"))
+    _say(
+        f"CoordTok stage 2: {plan.stage2_steps} steps on whole frames, L2"
+        + (" + LPIPS" if lp else " only (no VGG16 weights found, so no LPIPS term; see README)")
+    )
     with clock("CoordTok stage 2"):
-        s2 = load_tokenizer_config(CONFIG, {"train": {
-            "stage": 2, "init_from": r1["checkpoint"] or str(runs / "tokenizer"), "lpips_weight": lp,
-            "max_steps": plan.stage2_steps, "out_dir": str(runs / "tokenizer-stage2"), "val_every": plan.stage2_steps,
-            "ckpt_every": plan.stage2_steps, "lr": 3e-4}})
+        s2 = load_tokenizer_config(
+            CONFIG,
+            {
+                "train": {
+                    "stage": 2,
+                    "init_from": r1["checkpoint"] or str(runs / "tokenizer"),
+                    "lpips_weight": lp,
+                    "max_steps": plan.stage2_steps,
+                    "out_dir": str(runs / "tokenizer-stage2"),
+                    "val_every": plan.stage2_steps,
+                    "ckpt_every": plan.stage2_steps,
+                    "lr": 3e-4,
+                }
+            },
+        )
         r2 = train(s2, resume=True)
 
     # 2. the baselines ------------------------------------------------------------------------
@@ -327,21 +383,30 @@ def _run_demo(out: Path, plan: DemoPlan) -> dict:
     # CoordTok saw one 128-frame window per video, the baselines every 17-frame window of the same
     # frames: on a training window every tokenizer shows what it can represent (and where its
     # chunks meet), on the held-out window how far two training videos carry it.
-    tokenizers = {"coordtok": str(runs / "tokenizer-stage2"), "magvit2": str(runs / "magvit2"),
-                  "promag-8x": str(runs / "promag-8x"), "promag-8x-no-blend": str(runs / "promag-8x"),
-                  "regen": str(runs / "regen"), "regen-no-extension": str(runs / "regen")}
+    tokenizers = {
+        "coordtok": str(runs / "tokenizer-stage2"),
+        "magvit2": str(runs / "magvit2"),
+        "promag-8x": str(runs / "promag-8x"),
+        "promag-8x-no-blend": str(runs / "promag-8x"),
+        "regen": str(runs / "regen"),
+        "regen-no-extension": str(runs / "regen"),
+    }
     options = {"promag-8x-no-blend": {"blend": "drop"}, "regen-no-extension": {"extend": False}}
     comparison = {}
     for name, frame_range in (("training", (0, 128)), ("heldout", plan.heldout)):
         if name not in plan.compare_windows:
             continue
         _say(f"reconstructing bikes frames {frame_range[0]}-{frame_range[1] - 1} ({name} window) with every tokenizer")
-        window = DataConfig(kind="samples", names=["bikes"], frames=128, size=64, frame_range=list(frame_range),
-                            num_workers=0)
+        window = DataConfig(
+            kind="samples", names=["bikes"], frames=128, size=64, frame_range=list(frame_range), num_workers=0
+        )
         item = build_dataset(window, 0, deterministic=True)[0]
         with clock("128-frame comparison"):
-            comparison[name] = {"window": list(frame_range), "frames": item["num_frames"],
-                                "rows": compare(tokenizers, item, out, options, name)}
+            comparison[name] = {
+                "window": list(frame_range),
+                "frames": item["num_frames"],
+                "rows": compare(tokenizers, item, out, options, name),
+            }
     model, _ = load_tokenizer(runs / "tokenizer-stage2")
 
     # 4. CoordTok-SiT ------------------------------------------------------------------------
@@ -355,24 +420,41 @@ def _run_demo(out: Path, plan: DemoPlan) -> dict:
     _say(f"caching latents: {plan.clips_per_video} random 128-frame windows of each clip")
     with clock("latent cache"):
         data = dataclasses.replace(s1.data, frame_range=None, clips_per_video=plan.clips_per_video)
-        index = encode_dataset(tok_ckpt, data, latents, clips_per_video=plan.clips_per_video, seed=0,
-                               stats_num=2048, progress=True)
+        index = encode_dataset(
+            tok_ckpt, data, latents, clips_per_video=plan.clips_per_video, seed=0, stats_num=2048, progress=True
+        )
     # The two sample clips are two classes (the `samples` kind labels each clip its own class): the
     # tiny SiT is class-conditional, and the samples cycle through the classes (one of each in the quick run).
     classes = index.get("classes") or []
-    _say(f"tiny class-conditional CoordTok-SiT ({', '.join(classes)}): {plan.sit_steps} steps on "
-         f"{index['num_latents']} latents")
+    _say(
+        f"tiny class-conditional CoordTok-SiT ({', '.join(classes)}): {plan.sit_steps} steps on "
+        f"{index['num_latents']} latents"
+    )
     with clock("SiT training"):
-        sit_cfg = load_sit_run_config(SIT_CONFIG, {"model": {"num_classes": max(1, len(classes))},
-                                                   "train": {"max_steps": plan.sit_steps, "out_dir": str(runs / "sit"),
-                                                             "val_every": 0}})
+        sit_cfg = load_sit_run_config(
+            SIT_CONFIG,
+            {
+                "model": {"num_classes": max(1, len(classes))},
+                "train": {"max_steps": plan.sit_steps, "out_dir": str(runs / "sit"), "val_every": 0},
+            },
+        )
         rs = train_sit(sit_cfg, latents, resume=True)
-    _say(f"sampling {plan.samples} 128-frame videos, classes in turn, guidance {DEMO_CFG_SCALE} (Euler-Maruyama, "
-         f"{plan.sample_steps} steps)")
+    _say(
+        f"sampling {plan.samples} 128-frame videos, classes in turn, guidance {DEMO_CFG_SCALE} (Euler-Maruyama, "
+        f"{plan.sample_steps} steps)"
+    )
     with clock("sampling + decoding"):
-        samples = sample_videos(runs / "sit", tok_ckpt, plan.samples, out / "samples", sampler="sde",
-                                steps=plan.sample_steps, seed=0, batch_size=plan.samples,
-                                **({"classes": "cycle", "cfg_scale": DEMO_CFG_SCALE} if len(classes) > 1 else {}))
+        samples = sample_videos(
+            runs / "sit",
+            tok_ckpt,
+            plan.samples,
+            out / "samples",
+            sampler="sde",
+            steps=plan.sample_steps,
+            seed=0,
+            batch_size=plan.samples,
+            **({"classes": "cycle", "cfg_scale": DEMO_CFG_SCALE} if len(classes) > 1 else {}),
+        )
 
     # 5. analysis and profile ----------------------------------------------------------------
     from .analysis import analyze
@@ -380,8 +462,9 @@ def _run_demo(out: Path, plan: DemoPlan) -> dict:
 
     _say("analysis: reconstruction PSNR against dynamics and frequency magnitude")
     with clock("analysis"):
-        windows = build_dataset(dataclasses.replace(s1.data, frame_range=None, clips_per_video=plan.analysis_clips), 0,
-                                deterministic=True)
+        windows = build_dataset(
+            dataclasses.replace(s1.data, frame_range=None, clips_per_video=plan.analysis_clips), 0, deterministic=True
+        )
 
         def analysis_items():
             for i in range(len(windows)):
@@ -392,22 +475,43 @@ def _run_demo(out: Path, plan: DemoPlan) -> dict:
         analysis = analyze(analysis_items(), out)
     _say("profile: training FLOPs and memory against clip length, CoordTok beside the baselines")
     with clock("profile"):
-        rows = profile(CONFIG, list(plan.profile_frames), measure_memory=plan.profile_memory, device="cpu",
-                       progress=lambda *_: None,
-                       baselines=[BASELINES / n for n in ("magvit2-tiny.yaml", "promag-tiny-8x.yaml", "regen-tiny.yaml")])
+        rows = profile(
+            CONFIG,
+            list(plan.profile_frames),
+            measure_memory=plan.profile_memory,
+            device="cpu",
+            progress=lambda *_: None,
+            baselines=[BASELINES / n for n in ("magvit2-tiny.yaml", "promag-tiny-8x.yaml", "regen-tiny.yaml")],
+        )
         write_report(rows, out, "tiny configs: one training step against clip length", "cpu")
 
     # 6. summary -----------------------------------------------------------------------------
     metrics = {
-        "coordtok": {"stage1_steps": r1["step"], "stage1_train_psnr": r1["psnr"], "stage1_val_psnr": r1["val_psnr"],
-                     "stage2_steps": r2["step"], "stage2_train_psnr": r2["psnr"], "stage2_lpips_weight": lp},
-        "baselines": {k: {"steps": v["step"], "train_psnr": v.get("psnr"), "val_psnr": v.get("val_psnr")}
-                      for k, v in baselines.items()},
+        "coordtok": {
+            "stage1_steps": r1["step"],
+            "stage1_train_psnr": r1["psnr"],
+            "stage1_val_psnr": r1["val_psnr"],
+            "stage2_steps": r2["step"],
+            "stage2_train_psnr": r2["psnr"],
+            "stage2_lpips_weight": lp,
+        },
+        "baselines": {
+            k: {"steps": v["step"], "train_psnr": v.get("psnr"), "val_psnr": v.get("val_psnr")}
+            for k, v in baselines.items()
+        },
         "comparison": comparison,
-        "sit": {"latents": index["num_latents"], "steps": rs["step"], "final_loss": rs["loss"],
-                "samples": plan.samples, "sampler": "Euler-Maruyama", "sample_steps": plan.sample_steps,
-                "classes": classes, "labels": samples.get("labels"), "cfg_scale": samples.get("cfg_scale"),
-                "files": sorted(str(Path(p).relative_to(out)) for p in samples.get("files", []))},
+        "sit": {
+            "latents": index["num_latents"],
+            "steps": rs["step"],
+            "final_loss": rs["loss"],
+            "samples": plan.samples,
+            "sampler": "Euler-Maruyama",
+            "sample_steps": plan.sample_steps,
+            "classes": classes,
+            "labels": samples.get("labels"),
+            "cfg_scale": samples.get("cfg_scale"),
+            "files": sorted(str(Path(p).relative_to(out)) for p in samples.get("files", [])),
+        },
         "analysis": {"correlation": analysis["correlation"], "videos": len(analysis["rows"])},
         "profile": rows,
         "seconds": clock.seconds,
@@ -423,26 +527,35 @@ def _fmt(v, spec=".2f") -> str:
     return "n/a" if v is None or v != v else format(v, spec)
 
 
-WINDOWS = {"training": "a training window: CoordTok trained on exactly these 128 frames, the baselines on their "
-                        "17-frame windows",
-           "heldout": "held out: 122 of the 128 frames never trained on"}
+WINDOWS = {
+    "training": "a training window: CoordTok trained on exactly these 128 frames, the baselines on their "
+    "17-frame windows",
+    "heldout": "held out: 122 of the 128 frames never trained on",
+}
 
 
 def comparison_table(m: dict) -> str:
     lines = []
     for name, c in m["comparison"].items():
-        lines += [f"Bikes frames {c['window'][0]}-{c['window'][1] - 1} ({c['frames']} frames at 64x64; {WINDOWS[name]}):",
-                  "",
-                  "| tokenizer | tokens | PSNR (dB) | SSIM | LPIPS | seam jump at chunk boundaries | within chunks | video |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"Bikes frames {c['window'][0]}-{c['window'][1] - 1} ({c['frames']} frames at 64x64; {WINDOWS[name]}):",
+            "",
+            "| tokenizer | tokens | PSNR (dB) | SSIM | LPIPS | seam jump at chunk boundaries | within chunks | video |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in c["rows"]:
-            lines.append(f"| {r['tokenizer']} | {r['tokens']} | {_fmt(r['psnr'])} | {_fmt(r['ssim'], '.3f')} | "
-                         f"{_fmt(r['lpips'], '.3f')} | {_fmt(r.get('seam_boundary'), '+.4f')} | "
-                         f"{_fmt(r.get('seam_within'), '+.4f')} | `{r['video']}` |")
+            lines.append(
+                f"| {r['tokenizer']} | {r['tokens']} | {_fmt(r['psnr'])} | {_fmt(r['ssim'], '.3f')} | "
+                f"{_fmt(r['lpips'], '.3f')} | {_fmt(r.get('seam_boundary'), '+.4f')} | "
+                f"{_fmt(r.get('seam_within'), '+.4f')} | `{r['video']}` |"
+            )
         lines.append("")
-    lines += ["Seam jump: mean |x_t - x_(t-1)| of the reconstruction minus that of the ground truth, at the "
-              "frames where chunks meet and within chunks (CoordTok has no chunks: it is measured at MAGVIT-v2's "
-              "boundaries, every 16 frames). A seamless tokenizer has the same value at both.", ""]
+    lines += [
+        "Seam jump: mean |x_t - x_(t-1)| of the reconstruction minus that of the ground truth, at the "
+        "frames where chunks meet and within chunks (CoordTok has no chunks: it is measured at MAGVIT-v2's "
+        "boundaries, every 16 frames). A seamless tokenizer has the same value at both.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -484,26 +597,36 @@ def write_summary(out: Path, m: dict) -> None:
         "",
         f"Reconstruction PSNR against dynamics and frequency magnitude over {m['analysis']['videos']} windows: "
         "`analysis.md`, `analysis.png`. One training step against clip length, CoordTok beside the baselines: "
-        "`profile.md`, `profile_flops.png`" + (", `profile_memory.png`" if any(
-            r.get("peak_bytes") for r in m["profile"]) else "") + ".",
+        "`profile.md`, `profile_flops.png`"
+        + (", `profile_memory.png`" if any(r.get("peak_bytes") for r in m["profile"]) else "")
+        + ".",
         "",
     ]
     modes = list(dict.fromkeys(r["mode"] for r in m["profile"]))
     from .profile import LABELS
 
     by = {(r["frames"], r["mode"]): r for r in m["profile"]}
-    lines += ["| frames | " + " | ".join(f"GFLOP / step, {LABELS.get(k, k)}" for k in modes) + " |",
-              "|---|" + "---|" * len(modes)]
-    lines += [f"| {f} | " + " | ".join(f"{by[(f, k)]['flops'] / 1e9:.1f}" for k in modes) + " |"
-              for f in sorted({r["frames"] for r in m["profile"]})]
+    lines += [
+        "| frames | " + " | ".join(f"GFLOP / step, {LABELS.get(k, k)}" for k in modes) + " |",
+        "|---|" + "---|" * len(modes),
+    ]
+    lines += [
+        f"| {f} | " + " | ".join(f"{by[(f, k)]['flops'] / 1e9:.1f}" for k in modes) + " |"
+        for f in sorted({r["frames"] for r in m["profile"]})
+    ]
     if any(r.get("peak_bytes") for r in m["profile"]):
-        lines += ["", "| frames | " + " | ".join(f"peak MB / step, {LABELS.get(k, k)}" for k in modes) + " |",
-                  "|---|" + "---|" * len(modes)]
-        lines += [f"| {f} | " + " | ".join(_fmt((by[(f, k)].get("peak_bytes") or float("nan")) / 1e6, ".0f")
-                                            for k in modes) + " |"
-                  for f in sorted({r["frames"] for r in m["profile"]})]
-    note = next((r.get("lpips_note") for c in m["comparison"].values() for r in c["rows"] if r.get("lpips_note")),
-                None)
+        lines += [
+            "",
+            "| frames | " + " | ".join(f"peak MB / step, {LABELS.get(k, k)}" for k in modes) + " |",
+            "|---|" + "---|" * len(modes),
+        ]
+        lines += [
+            f"| {f} | "
+            + " | ".join(_fmt((by[(f, k)].get("peak_bytes") or float("nan")) / 1e6, ".0f") for k in modes)
+            + " |"
+            for f in sorted({r["frames"] for r in m["profile"]})
+        ]
+    note = next((r.get("lpips_note") for c in m["comparison"].values() for r in c["rows"] if r.get("lpips_note")), None)
     if note:
         lines += ["", f"LPIPS: n/a. {note}"]
     lines += ["", "## Time (s)", "", "| stage | seconds |", "|---|---|"]

@@ -27,6 +27,7 @@ resolution, detector name and weight hash, number of videos and seed. The cache 
 files added to or removed from the dataset folder: pass ``cache_dir=False`` (``--no-cache``) or
 delete the file after changing the data.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,9 +43,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from coordtok.config import DataConfig, to_dict
+from coordtok.devices import inference_precision, resolve_inference_precision
 from coordtok.errors import CoordTokError
 from coordtok.fileio import write_json
-from coordtok.devices import inference_precision, resolve_inference_precision
 
 from .frechet import FeatureStats, frechet_distance, fvd_from_features  # noqa: F401 (re-exported)
 
@@ -126,8 +127,9 @@ def _pick(rng, n: int, num: int, what: str) -> np.ndarray:
     return rng.choice(n, num, replace=False)
 
 
-def real_clips(data: DataConfig, frames: int, size: int, num_videos: int, seed: int,
-               per_class: dict[str, int] | None = None) -> _UInt8Clips:
+def real_clips(
+    data: DataConfig, frames: int, size: int, num_videos: int, seed: int, per_class: dict[str, int] | None = None
+) -> _UInt8Clips:
     """``num_videos`` random clips of ``frames`` frames at ``size x size`` (see module docstring).
 
     Videos are drawn with ``np.random.default_rng([seed, 0])``; the dataset is rebuilt with K clips
@@ -148,10 +150,12 @@ def real_clips(data: DataConfig, frames: int, size: int, num_videos: int, seed: 
     else:
         missing = sorted(set(per_class) - set(ds.classes))
         if missing:
-            raise FVDInputError(f"the fake videos are labelled with classes the real data {ds.name} does not have "
-                                f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}; its classes: "
-                                f"{', '.join(ds.classes[:5]) or 'none'}); pass the real data the SiT was trained on, "
-                                f"or --protocol unconditional")
+            raise FVDInputError(
+                f"the fake videos are labelled with classes the real data {ds.name} does not have "
+                f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}; its classes: "
+                f"{', '.join(ds.classes[:5]) or 'none'}); pass the real data the SiT was trained on, "
+                f"or --protocol unconditional"
+            )
         labels = np.asarray([info.label for info in ds.videos])
         picks = []
         for k, name in enumerate(sorted(per_class)):
@@ -172,25 +176,57 @@ def real_clips(data: DataConfig, frames: int, size: int, num_videos: int, seed: 
     return _UInt8Clips(ds, items)
 
 
-def real_stats_key(data: DataConfig, frames: int, size: int, num_videos: int, detector, seed: int,
-                   clip_frames: int | None = None, precision: str = "fp32",
-                   per_class: dict[str, int] | None = None) -> dict:
+def real_stats_key(
+    data: DataConfig,
+    frames: int,
+    size: int,
+    num_videos: int,
+    detector,
+    seed: int,
+    clip_frames: int | None = None,
+    precision: str = "fp32",
+    per_class: dict[str, int] | None = None,
+) -> dict:
     """Everything the cached real statistics depend on (the sidecar JSON lists it). Features
     under bf16/fp16 autocast are keyed apart; fp32 and TF32 share the key they always had; so are
     class-matched draws (``per_class``)."""
-    where = {k: v for k, v in to_dict(data).items() if k in ("kind", "root", "split", "fold", "names", "stride",
-                                                               "frame_range")}
-    return {
-        "protocol": PROTOCOL, **where, "frames": frames, "clip_frames": clip_frames,
-        "size": size, "detector": detector.name, "detector_weights_sha1": getattr(detector, "weights_sha1", None),
-        "num_videos": num_videos, "seed": seed,
-    } | ({"precision": precision} if precision in ("bf16", "fp16") else {}) | (
-        {"class_counts": dict(sorted(per_class.items()))} if per_class is not None else {})
+    where = {
+        k: v
+        for k, v in to_dict(data).items()
+        if k in ("kind", "root", "split", "fold", "names", "stride", "frame_range")
+    }
+    return (
+        {
+            "protocol": PROTOCOL,
+            **where,
+            "frames": frames,
+            "clip_frames": clip_frames,
+            "size": size,
+            "detector": detector.name,
+            "detector_weights_sha1": getattr(detector, "weights_sha1", None),
+            "num_videos": num_videos,
+            "seed": seed,
+        }
+        | ({"precision": precision} if precision in ("bf16", "fp16") else {})
+        | ({"class_counts": dict(sorted(per_class.items()))} if per_class is not None else {})
+    )
 
 
-def real_stats(data: DataConfig, frames: int, size: int, num_videos: int, detector, seed: int = 0,
-               cache_dir=None, clip_frames: int | None = None, batch_size: int = 4, num_workers: int = 0,
-               progress: bool = True, precision: str = "fp32", per_class: dict[str, int] | None = None) -> FeatureStats:
+def real_stats(
+    data: DataConfig,
+    frames: int,
+    size: int,
+    num_videos: int,
+    detector,
+    seed: int = 0,
+    cache_dir=None,
+    clip_frames: int | None = None,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    progress: bool = True,
+    precision: str = "fp32",
+    per_class: dict[str, int] | None = None,
+) -> FeatureStats:
     """Feature statistics of ``num_videos`` random real clips, cached on disk.
 
     Args:
@@ -206,7 +242,9 @@ def real_stats(data: DataConfig, frames: int, size: int, num_videos: int, detect
     """
     key = real_stats_key(data, frames, size, num_videos, detector, seed, clip_frames, precision, per_class)
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    cache = None if cache_dir is False else Path(cache_dir or default_cache_dir()) / f"real-{detector.name}-{digest}.npz"
+    cache = (
+        None if cache_dir is False else Path(cache_dir or default_cache_dir()) / f"real-{detector.name}-{digest}.npz"
+    )
     if cache is not None and cache.is_file():
         try:
             stats = FeatureStats.load(cache)
@@ -235,8 +273,14 @@ class FakeVideos:
     paths, read with decord) or an array ``(N, T, H, W, 3)`` (an npz from ``coordtok sample``).
     ``labels`` ``(N,)`` and ``classes`` (names): the class of each video, when the sampler recorded it."""
 
-    def __init__(self, source: str, files: list[Path] | None = None, array: np.ndarray | None = None,
-                 labels: np.ndarray | None = None, classes: list[str] | None = None):
+    def __init__(
+        self,
+        source: str,
+        files: list[Path] | None = None,
+        array: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        classes: list[str] | None = None,
+    ):
         self.source, self.files, self.array = source, files, array
         self.labels, self.classes = labels, classes
 
@@ -293,12 +337,17 @@ def fake_videos(path) -> FakeVideos:
                 if "videos" not in z.files:
                     raise FVDInputError(f"{p}: no 'videos' array (it holds {z.files})")
                 array = z["videos"]
-                labelled = {"labels": z["labels"], "classes": [str(c) for c in z["classes"]]} if (
-                    "labels" in z.files and "classes" in z.files) else {}
+                labelled = (
+                    {"labels": z["labels"], "classes": [str(c) for c in z["classes"]]}
+                    if ("labels" in z.files and "classes" in z.files)
+                    else {}
+                )
         except (OSError, ValueError) as e:
             if isinstance(e, FVDInputError):
                 raise
-            raise FVDInputError(f"{p}: unreadable npz ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+            raise FVDInputError(
+                f"{p}: unreadable npz ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            ) from e
         source = str(p)
     if array.dtype != np.uint8 or array.ndim != 5 or array.shape[-1] != 3 or array.shape[0] == 0:
         raise FVDInputError(f"{source}: expected uint8 videos (N, T, H, W, 3), got {array.dtype} {array.shape}")
@@ -310,8 +359,10 @@ def fake_videos(path) -> FakeVideos:
 
 def _check_labels(source: str, labels: np.ndarray, classes: list[str], n: int) -> None:
     if labels.shape != (n,) or not ((labels >= 0) & (labels < len(classes))).all():
-        raise FVDInputError(f"{source}: its labels do not give each of the {n} videos one of its {len(classes)} "
-                            f"classes; sample again, or drop the labels")
+        raise FVDInputError(
+            f"{source}: its labels do not give each of the {n} videos one of its {len(classes)} "
+            f"classes; sample again, or drop the labels"
+        )
 
 
 def _folder_labels(folder: Path, files: list[Path]) -> dict:
@@ -329,8 +380,10 @@ def _folder_labels(folder: Path, files: list[Path]) -> dict:
     index = [re.fullmatch(r"sample_(\d+)\.mp4", f.name) for f in files]
     unnamed = [f.name for f, i in zip(files, index) if not i or int(i[1]) >= len(m["labels"])]
     if unnamed:
-        raise FVDInputError(f"{manifest} labels samples, but {folder} holds files it does not name (e.g. "
-                            f"{unnamed[0]}); evaluate the sampling run's folder as it was written")
+        raise FVDInputError(
+            f"{manifest} labels samples, but {folder} holds files it does not name (e.g. "
+            f"{unnamed[0]}); evaluate the sampling run's folder as it was written"
+        )
     labels = np.asarray([m["labels"][int(i[1])] for i in index])
     _check_labels(str(manifest), labels, m["classes"], len(files))
     return {"labels": labels, "classes": [str(c) for c in m["classes"]]}
@@ -353,11 +406,26 @@ def _fake_batches(fakes: FakeVideos, indices, frames: int, batch_size: int):
 
 
 # ---------------------------------------------------------------------------- FVD
-def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFAULT_NUM_VIDEOS, detector=None,
-                seed: int = 0, repeats: int = 1, clip_frames: int | None = None, size: int | None = None,
-                kind: str | None = None, split: str | None = None, fold: int = 1, cache_dir=None,
-                batch_size: int = 4, num_workers: int = 0, progress: bool = True,
-                precision: str = "auto", protocol: str = "auto") -> dict:
+def compute_fvd(
+    real,
+    fake,
+    frames: int = DEFAULT_FRAMES,
+    num_videos: int = DEFAULT_NUM_VIDEOS,
+    detector=None,
+    seed: int = 0,
+    repeats: int = 1,
+    clip_frames: int | None = None,
+    size: int | None = None,
+    kind: str | None = None,
+    split: str | None = None,
+    fold: int = 1,
+    cache_dir=None,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    progress: bool = True,
+    precision: str = "auto",
+    protocol: str = "auto",
+) -> dict:
     """FVD of ``fake`` against random clips of ``real``, over ``repeats`` seeds.
 
     Args:
@@ -384,7 +452,9 @@ def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFA
         class-matched protocol).
     """
     if frames < 1 or num_videos < 2 or repeats < 1:
-        raise FVDInputError(f"need frames >= 1, num_videos >= 2 and repeats >= 1; got {frames}, {num_videos}, {repeats}")
+        raise FVDInputError(
+            f"need frames >= 1, num_videos >= 2 and repeats >= 1; got {frames}, {num_videos}, {repeats}"
+        )
     if clip_frames is not None and (clip_frames < 1 or frames % clip_frames):
         raise FVDInputError(f"--clip-frames {clip_frames} must divide --frames {frames}")
     if detector is None:
@@ -397,8 +467,10 @@ def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFA
     if protocol not in PROTOCOLS:
         raise FVDInputError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if protocol == "class-matched" and fakes.labels is None:
-        raise FVDInputError(f"{fakes.source}: the class-matched protocol needs labelled samples (a class-conditional "
-                            f"`coordtok sample` run records them); these have none")
+        raise FVDInputError(
+            f"{fakes.source}: the class-matched protocol needs labelled samples (a class-conditional "
+            f"`coordtok sample` run records them); these have none"
+        )
     matched = fakes.labels is not None and protocol != "unconditional"
     if len(fakes) < num_videos:
         raise FVDInputError(f"{fakes.source} holds {len(fakes)} videos, fewer than --num-videos {num_videos}")
@@ -411,17 +483,26 @@ def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFA
     else:
         h, w = fakes.get(0, frames).shape[1:3]
         if (h, w) != (size, size):
-            log.warning("fake frames are %dx%d but real clips are %dx%d: the FVD then also measures the resize",
-                        h, w, size, size)
+            log.warning(
+                "fake frames are %dx%d but real clips are %dx%d: the FVD then also measures the resize",
+                h,
+                w,
+                size,
+                size,
+            )
 
     seeds = [seed + r for r in range(repeats)]
     if len(fakes) == num_videos:
         subsets = {s: np.arange(num_videos) for s in seeds}
     else:
-        subsets = {s: np.sort(np.random.default_rng([s, 1]).choice(len(fakes), num_videos, replace=False)) for s in seeds}
+        subsets = {
+            s: np.sort(np.random.default_rng([s, 1]).choice(len(fakes), num_videos, replace=False)) for s in seeds
+        }
     needed = np.unique(np.concatenate(list(subsets.values())))
-    with tqdm(total=len(needed), desc="fake videos", unit="video", disable=not progress) as bar, \
-            inference_precision(precision, device_type):
+    with (
+        tqdm(total=len(needed), desc="fake videos", unit="video", disable=not progress) as bar,
+        inference_precision(precision, device_type),
+    ):
         feats = _features(detector, _fake_batches(fakes, needed, frames, batch_size), clip_frames, bar)
     row_of = {int(i): r for r, i in enumerate(needed)}
 
@@ -430,15 +511,35 @@ def compute_fvd(real, fake, frames: int = DEFAULT_FRAMES, num_videos: int = DEFA
         per_class = fakes.class_counts(subsets[s]) if matched else None
         counts.append(per_class)
         with inference_precision(precision, device_type):
-            real_s = real_stats(data, frames, size, num_videos, detector, seed=s, cache_dir=cache_dir,
-                                clip_frames=clip_frames, batch_size=batch_size, num_workers=num_workers,
-                                progress=progress, precision=precision, per_class=per_class)
+            real_s = real_stats(
+                data,
+                frames,
+                size,
+                num_videos,
+                detector,
+                seed=s,
+                cache_dir=cache_dir,
+                clip_frames=clip_frames,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                progress=progress,
+                precision=precision,
+                per_class=per_class,
+            )
         fake_s = FeatureStats.from_features(rearrange(feats[[row_of[int(i)] for i in subsets[s]]], "n k d -> (n k) d"))
         values.append(frechet_distance(*real_s.mean_cov(), *fake_s.mean_cov()))
     return {
-        "mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-        "values": values, "seeds": seeds, "frames": frames, "clip_frames": clip_frames, "num_videos": num_videos,
-        "size": size, "detector": detector.name, "real": to_dict(data), "fake": fakes.source,
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+        "values": values,
+        "seeds": seeds,
+        "frames": frames,
+        "clip_frames": clip_frames,
+        "num_videos": num_videos,
+        "size": size,
+        "detector": detector.name,
+        "real": to_dict(data),
+        "fake": fakes.source,
         "precision": precision,
         "protocol": "class-matched" if matched else "unconditional",
     } | ({"class_counts": counts} if matched else {})

@@ -19,6 +19,7 @@ Only ``config``, ``models``, ``transport`` and ``samplers`` are imported here; t
 demand (they pull in accelerate, safetensors, the tokenizer). The EMA helpers are the project's
 one copy, :mod:`coordtok.ema`.
 """
+
 from coordtok.ema import create_ema, update_ema
 
 from .config import SampleConfig, SiTConfig, SiTRunConfig, SiTTrainConfig, load_sit_configs, load_sit_run_config

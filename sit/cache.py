@@ -19,6 +19,7 @@ A ``--whole-videos`` cache holds every video as consecutive windows (latents in 
 Reading needs neither the tokenizer nor video decoding: :class:`LatentDataset` memory-maps the
 shards. Writing is :mod:`sit.encode`.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -38,7 +39,6 @@ FORMAT_VERSION = 1
 
 class LatentCacheError(CoordTokError, ValueError):
     """A latent cache is missing, incomplete, corrupt or does not fit (one-line message)."""
-
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -79,7 +79,6 @@ def short_fingerprint(fingerprint: str | None) -> str:
     return fingerprint[:12] if fingerprint else "none recorded"
 
 
-
 def read_index(latent_dir: str | Path) -> dict:
     """``index.json`` of a cache, checked for the keys everything else relies on."""
     latent_dir = Path(latent_dir)
@@ -102,11 +101,20 @@ def video_windows(latent_dir: str | Path) -> list[dict]:
     index = read_index(latent_dir)
     whole = index.get("whole_videos")
     if not isinstance(whole, dict) or not isinstance(whole.get("videos"), list):
-        raise LatentCacheError(f"{Path(latent_dir) / INDEX_NAME}: not a whole-video cache (it holds random "
-                               f"windows; encode with `coordtok encode --whole-videos`)")
-    return [{"path": v["path"], "frames": int(v["frames"]), "first": int(v["first"]),
-             "items": list(range(int(v["first_item"]), int(v["first_item"]) + len(v["starts"]))),
-             "starts": [int(t) for t in v["starts"]]} for v in whole["videos"]]
+        raise LatentCacheError(
+            f"{Path(latent_dir) / INDEX_NAME}: not a whole-video cache (it holds random "
+            f"windows; encode with `coordtok encode --whole-videos`)"
+        )
+    return [
+        {
+            "path": v["path"],
+            "frames": int(v["frames"]),
+            "first": int(v["first"]),
+            "items": list(range(int(v["first_item"]), int(v["first_item"]) + len(v["starts"]))),
+            "starts": [int(t) for t in v["starts"]],
+        }
+        for v in whole["videos"]
+    ]
 
 
 # ---------------------------------------------------------------------------- dataset
@@ -137,17 +145,23 @@ class LatentDataset(torch.utils.data.Dataset):
                 with safe_open(str(path), framework="pt") as f:
                     shape = tuple(f.get_slice("tokens").get_shape())
             except Exception as e:
-                raise LatentCacheError(f"{path}: corrupt latent shard ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                                       f"delete it and re-run `coordtok encode`") from None
+                raise LatentCacheError(
+                    f"{path}: corrupt latent shard ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                    f"delete it and re-run `coordtok encode`"
+                ) from None
             if shape != (s["count"], self.num_tokens, self.channels):
-                raise LatentCacheError(f"{path}: latent shard has shape {shape}, the index says "
-                                       f"{(s['count'], self.num_tokens, self.channels)}")
+                raise LatentCacheError(
+                    f"{path}: latent shard has shape {shape}, the index says "
+                    f"{(s['count'], self.num_tokens, self.channels)}"
+                )
             self.files.append(path)
             self.counts.append(int(s["count"]))
         self.offsets = np.cumsum([0] + self.counts).tolist()
         if self.offsets[-1] != int(self.index["num_latents"]):
-            raise LatentCacheError(f"{self.dir / INDEX_NAME}: shards hold {self.offsets[-1]} latents, "
-                                   f"the index says {self.index['num_latents']}")
+            raise LatentCacheError(
+                f"{self.dir / INDEX_NAME}: shards hold {self.offsets[-1]} latents, "
+                f"the index says {self.index['num_latents']}"
+            )
         if self.offsets[-1] == 0:
             raise LatentCacheError(f"{self.dir}: the latent cache is empty")
         self._handles: dict[int, object] = {}
@@ -162,9 +176,11 @@ class LatentDataset(torch.utils.data.Dataset):
             meta = _read_json(path.with_suffix(".json"), "latent shard sidecar (re-run `coordtok encode`)")
             got = [m.get("label") for m in meta.get("meta", [])] if isinstance(meta.get("meta"), list) else []
             if len(got) != count or not all(isinstance(k, int) and 0 <= k < len(self.classes) for k in got):
-                raise LatentCacheError(f"{path.with_suffix('.json')}: no valid class label for each of its {count} "
-                                       f"latents though {INDEX_NAME} names {len(self.classes)} classes; re-run "
-                                       f"`coordtok encode` into a new folder")
+                raise LatentCacheError(
+                    f"{path.with_suffix('.json')}: no valid class label for each of its {count} "
+                    f"latents though {INDEX_NAME} names {len(self.classes)} classes; re-run "
+                    f"`coordtok encode` into a new folder"
+                )
             labels += got
         return np.asarray(labels, dtype=np.int64)
 
@@ -207,7 +223,7 @@ class LatentDataset(torch.utils.data.Dataset):
         s = bisect.bisect_right(self.offsets, i) - 1
         j = i - self.offsets[s]
         try:
-            return self._handle(s).get_slice("tokens")[j:j + 1][0]
+            return self._handle(s).get_slice("tokens")[j : j + 1][0]
         except LatentCacheError:
             raise
         except Exception as e:

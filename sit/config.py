@@ -13,6 +13,7 @@ without weight decay, batch 64, 600K iterations, EMA 0.9999, Euler-Maruyama with
 Unknown keys, unknown sections and wrong types raise a one-line
 :class:`coordtok.config.ConfigError` naming the file, the section and the key.
 """
+
 from __future__ import annotations
 
 import typing
@@ -49,8 +50,10 @@ class SiTConfig(Section):
         if not 0.0 <= self.class_dropout < 1.0:
             raise ConfigError(f"'class_dropout_prob' must be in [0, 1), got {self.class_dropout_prob}")
         if self.num_classes == 1 and self.class_dropout:
-            raise ConfigError(f"'class_dropout_prob' ({self.class_dropout_prob}) needs 'num_classes' > 1: an "
-                              f"unconditional SiT has no null class to drop labels to")
+            raise ConfigError(
+                f"'class_dropout_prob' ({self.class_dropout_prob}) needs 'num_classes' > 1: an "
+                f"unconditional SiT has no null class to drop labels to"
+            )
         if len(self.grid) != 3 or any(g <= 0 for g in self.grid):
             raise ConfigError(f"'grid' must be three positive ints (Tl, Hl, Wl), got {self.grid}")
         if self.hidden % self.heads:
@@ -89,6 +92,7 @@ class SiTTrainConfig(LoopConfig):
     out_dir: str = "runs/sit"
     ema: float = 0.9999  # EMA decay over parameters (buffers are copied); sampling uses the EMA
     val_every: int = 10_000  # draw sample_num latents with the EMA model every this many steps; 0 = off
+    num_workers: int | None = 0  # DataLoader workers reading latent shards (memory-mapped: cheap in-process)
     sample_num: int = 4
     sample_steps: int = 50  # Euler-Maruyama steps of that periodic look (cheap, not the 250 of `sample`)
     path: str = "linear"  # "linear" | "gvp"

@@ -20,6 +20,7 @@ frame order; each shard sidecar names each window's video and start frame, and `
 as ``reconstruct`` blends them). The rows are triplanes like any others, so ``sit-train`` reads
 such a cache too (its short last windows included).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,18 +36,16 @@ import torch
 from tqdm.auto import tqdm
 
 from coordtok.checkpoint import load_tokenizer
+from coordtok.chunking import chunk_windows, default_overlap
 from coordtok.config import ConfigError, DataConfig
+from coordtok.devices import inference_precision, resolve_inference_precision
 from coordtok.fileio import check_writable, write_bytes, write_json
 from coordtok.locking import FolderLock
-from coordtok.devices import inference_precision, resolve_inference_precision
 from coordtok.loop import on_main_then_all
 from coordtok.triplane import num_tokens
 
-from coordtok.chunking import chunk_windows, default_overlap
-
 from .cache import FORMAT_VERSION, INDEX_NAME, LatentCacheError, read_index, shard_name, weights_fingerprint
 from .stats import STATS_NAME, compute_stats
-
 
 # ---------------------------------------------------------------------------- data spec
 
@@ -67,9 +66,13 @@ def _data_config(d: DataConfig, model_cfg, clips_per_video: int) -> DataConfig:
         if got not in (want, default[key]):
             raise ConfigError(f"data.{key} is {got} but the tokenizer is built for {key}={want}")
     return dataclasses.replace(
-        d, frames=model_cfg.frames, size=model_cfg.size, clips_per_video=int(clips_per_video),
+        d,
+        frames=model_cfg.frames,
+        size=model_cfg.size,
+        clips_per_video=int(clips_per_video),
         min_frames=model_cfg.frames if d.min_frames == default["min_frames"] else d.min_frames,
-        root=os.path.abspath(os.fspath(d.root)) if d.root else d.root)
+        root=os.path.abspath(os.fspath(d.root)) if d.root else d.root,
+    )
 
 
 class _Items(torch.utils.data.Dataset):
@@ -85,8 +88,14 @@ class _Items(torch.utils.data.Dataset):
         i = self.items[k]
         self.dataset.set_epoch(0)
         item = self.dataset[i]
-        return {"index": i, "video": item["video"], "num_frames": item["num_frames"],
-                "path": item["path"], "start": item["start"], "label": item["label"]}
+        return {
+            "index": i,
+            "video": item["video"],
+            "num_frames": item["num_frames"],
+            "path": item["path"],
+            "start": item["start"],
+            "label": item["label"],
+        }
 
 
 def whole_video_windows(dataset, overlap: int) -> list[tuple[int, int]]:
@@ -97,8 +106,10 @@ def whole_video_windows(dataset, overlap: int) -> list[tuple[int, int]]:
     out = []
     for v, info in enumerate(dataset.videos):
         lo, n = dataset._usable(info.frames)
-        out += [(v, lo + s * dataset.stride) for s, _ in
-                chunk_windows(math.ceil(n / dataset.stride), dataset.num_frames, overlap)]
+        out += [
+            (v, lo + s * dataset.stride)
+            for s, _ in chunk_windows(math.ceil(n / dataset.stride), dataset.num_frames, overlap)
+        ]
     return out
 
 
@@ -109,8 +120,16 @@ def whole_videos_index(dataset, windows: list[tuple[int, int]], overlap: int, wi
     for i, (v, start) in enumerate(windows):
         if not videos or videos[-1]["video"] != v:
             lo, n = dataset._usable(dataset.videos[v].frames)
-            videos.append({"video": v, "path": dataset.videos[v].path, "first": lo,
-                           "frames": math.ceil(n / dataset.stride), "first_item": i, "starts": []})
+            videos.append(
+                {
+                    "video": v,
+                    "path": dataset.videos[v].path,
+                    "first": lo,
+                    "frames": math.ceil(n / dataset.stride),
+                    "first_item": i,
+                    "starts": [],
+                }
+            )
         videos[-1]["starts"].append(start)
     for entry in videos:
         del entry["video"]
@@ -135,8 +154,10 @@ class _Windows(torch.utils.data.Dataset):
         try:
             item = self.dataset.clip_at(v, start)
         except Exception as e:  # decord's errors: a whole video cannot skip a window, so stop with its name
-            raise DataError(f"{self.dataset.videos[v].path}: cannot read the frames from {start} "
-                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            raise DataError(
+                f"{self.dataset.videos[v].path}: cannot read the frames from {start} "
+                f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            ) from None
         return {"index": i, **{key: item[key] for key in ("video", "num_frames", "path", "start", "label")}}
 
 
@@ -170,11 +191,18 @@ def _write_shard(out_dir: Path, g: int, tokens: torch.Tensor, records: list[dict
     blob = save({"tokens": tokens.contiguous()}, metadata={"fingerprint": fingerprint})
     write_bytes(path, blob, what="latent shard")
     # The sidecar last: its presence (with the right fingerprint) marks the shard complete.
-    write_json(path.with_suffix(".json"), {
-        "shard": g, "file": path.name, "fingerprint": fingerprint, "count": len(records),
-        "shape": list(tokens.shape), "items": [r["index"] for r in records],
-        "meta": [{k: r[k] for k in ("index", "path", "start", "num_frames", "label")} for r in records],
-    })
+    write_json(
+        path.with_suffix(".json"),
+        {
+            "shard": g,
+            "file": path.name,
+            "fingerprint": fingerprint,
+            "count": len(records),
+            "shape": list(tokens.shape),
+            "items": [r["index"] for r in records],
+            "meta": [{k: r[k] for k in ("index", "path", "start", "num_frames", "label")} for r in records],
+        },
+    )
 
 
 def _encode_dataset(
@@ -222,8 +250,10 @@ def _encode_dataset(
     from coordtok.data import build_dataset, to_model_video
 
     if clips_per_video < 1 or shard_size < 1 or batch_size < 1:
-        raise LatentCacheError(f"clips_per_video, shard_size and batch_size must be >= 1, got "
-                               f"{clips_per_video}, {shard_size}, {batch_size}")
+        raise LatentCacheError(
+            f"clips_per_video, shard_size and batch_size must be >= 1, got "
+            f"{clips_per_video}, {shard_size}, {batch_size}"
+        )
     out_dir = Path(out_dir)
     accelerator = Accelerator()
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
@@ -238,9 +268,11 @@ def _encode_dataset(
     if whole_videos:
         overlap = default_overlap(mcfg.frames) if overlap is None else int(overlap)
         if not 0 <= overlap <= mcfg.frames // 2 or clips_per_video != 1:
-            raise LatentCacheError(f"--whole-videos: --overlap must be 0 to {mcfg.frames // 2} (half the tokenizer's "
-                                   f"{mcfg.frames}-frame window) and --clips-per-video 1, got {overlap} and "
-                                   f"{clips_per_video}")
+            raise LatentCacheError(
+                f"--whole-videos: --overlap must be 0 to {mcfg.frames // 2} (half the tokenizer's "
+                f"{mcfg.frames}-frame window) and --clips-per-video 1, got {overlap} and "
+                f"{clips_per_video}"
+            )
         windows = whole_video_windows(dataset, overlap)
         n = len(windows)
     elif overlap is not None:
@@ -249,10 +281,15 @@ def _encode_dataset(
     tokens = num_tokens(grid)
     data_dict = dataclasses.asdict(d)
     identity = {
-        "format": FORMAT_VERSION, "tokenizer_step": int(tok_state.get("step", -1)),
-        "tokenizer_model": dataclasses.asdict(mcfg), "tokenizer_weights": weights_fingerprint(tokenizer),
+        "format": FORMAT_VERSION,
+        "tokenizer_step": int(tok_state.get("step", -1)),
+        "tokenizer_model": dataclasses.asdict(mcfg),
+        "tokenizer_weights": weights_fingerprint(tokenizer),
         "data": {k: v for k, v in data_dict.items() if k != "num_workers"},
-        "seed": int(seed), "clips_per_video": int(clips_per_video), "shard_size": int(shard_size), "num_items": n,
+        "seed": int(seed),
+        "clips_per_video": int(clips_per_video),
+        "shard_size": int(shard_size),
+        "num_items": n,
     } | ({"whole_videos": {"overlap": overlap}} if whole_videos else {})  # (random windows: the fingerprint of old)
     fingerprint = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -274,7 +311,8 @@ def _encode_dataset(
         if old is not None and old != fingerprint:
             raise LatentCacheError(
                 f"{out_dir} already holds latents of a different encoding (tokenizer, data, seed, clips per "
-                f"video or shard size differ; see {found.name}); choose another --out or delete it")
+                f"video or shard size differ; see {found.name}); choose another --out or delete it"
+            )
     if accelerator.is_main_process:
         check_writable(out_dir, "latent cache")
     accelerator.wait_for_everyone()
@@ -282,28 +320,47 @@ def _encode_dataset(
     num_shards = math.ceil(n / shard_size)
     shard_items = {g: list(range(g * shard_size, min(n, (g + 1) * shard_size))) for g in range(num_shards)}
     mine = [g for g in range(rank, num_shards, world)]
-    todo = [g for g in mine if not _shard_complete(out_dir, g, shard_items[g], fingerprint,
-                                                   (len(shard_items[g]), tokens, channels))]
+    todo = [
+        g
+        for g in mine
+        if not _shard_complete(out_dir, g, shard_items[g], fingerprint, (len(shard_items[g]), tokens, channels))
+    ]
     if accelerator.is_main_process:
         done = len(mine) - len(todo)
-        what = (f"{n} windows of {len(dataset.videos)} whole videos (overlapping by {overlap} frames)" if whole_videos
-                else f"{n} clips ({len(dataset.videos)} videos x {clips_per_video})")
-        log(f"encoding {what} into {num_shards} shards in "
-            f"{out_dir}" + (f"; {done} of this process's {len(mine)} shards already done" if done else ""))
+        what = (
+            f"{n} windows of {len(dataset.videos)} whole videos (overlapping by {overlap} frames)"
+            if whole_videos
+            else f"{n} clips ({len(dataset.videos)} videos x {clips_per_video})"
+        )
+        log(
+            f"encoding {what} into {num_shards} shards in "
+            f"{out_dir}" + (f"; {done} of this process's {len(mine)} shards already done" if done else "")
+        )
 
     tokenizer.to(device).eval().requires_grad_(False)
     trained = ((tok_state.get("config") or {}).get("train") or {}).get("mixed_precision")
-    precision = resolve_inference_precision(precision, device.type, trained,
-                                            log if accelerator.is_main_process else None)
+    precision = resolve_inference_precision(
+        precision, device.type, trained, log if accelerator.is_main_process else None
+    )
     pending = [i for g in todo for i in shard_items[g]]
     workers = d.num_workers if num_workers is None else num_workers
     items = _Windows(dataset, windows, pending) if whole_videos else _Items(dataset, pending)
     loader = torch.utils.data.DataLoader(
-        items, batch_size=batch_size, shuffle=False, num_workers=workers,
-        pin_memory=device.type == "cuda", collate_fn=None,
+        items,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        collate_fn=None,
     )
-    bar = tqdm(total=len(pending), disable=not progress, desc=f"encode [{rank}/{world}]" if world > 1 else "encode",
-               unit="clip", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(
+        total=len(pending),
+        disable=not progress,
+        desc=f"encode [{rank}/{world}]" if world > 1 else "encode",
+        unit="clip",
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
     buf_tokens: list[torch.Tensor] = []
     buf_records: list[dict] = []
     queue = list(todo)
@@ -313,10 +370,16 @@ def _encode_dataset(
             video = to_model_video(batch["video"].to(device, non_blocking=True), nf)
             triplane = tokenizer.encode(video, nf)
             buf_tokens.extend(triplane.flatten().float().cpu().unbind(0))
-            buf_records.extend({"index": int(batch["index"][b]), "path": batch["path"][b],
-                                "start": int(batch["start"][b]), "num_frames": int(batch["num_frames"][b]),
-                                "label": int(batch["label"][b])}
-                               for b in range(video.shape[0]))
+            buf_records.extend(
+                {
+                    "index": int(batch["index"][b]),
+                    "path": batch["path"][b],
+                    "start": int(batch["start"][b]),
+                    "num_frames": int(batch["num_frames"][b]),
+                    "label": int(batch["label"][b]),
+                }
+                for b in range(video.shape[0])
+            )
             bar.update(video.shape[0])
             while queue and len(buf_records) >= len(shard_items[queue[0]]):
                 g = queue.pop(0)
@@ -336,15 +399,24 @@ def _encode_dataset(
                 raise LatentCacheError(f"{out_dir / shard_name(g)}: shard missing or incomplete after encoding")
             shards.append({"file": shard_name(g), "count": len(shard_items[g])})
         index = {
-            "version": FORMAT_VERSION, "fingerprint": fingerprint,
-            "grid": list(grid), "channels": channels, "num_tokens": tokens, "num_latents": n, "shards": shards,
-            "tokenizer_ckpt": str(Path(tokenizer_ckpt).resolve()), "tokenizer_step": identity["tokenizer_step"],
+            "version": FORMAT_VERSION,
+            "fingerprint": fingerprint,
+            "grid": list(grid),
+            "channels": channels,
+            "num_tokens": tokens,
+            "num_latents": n,
+            "shards": shards,
+            "tokenizer_ckpt": str(Path(tokenizer_ckpt).resolve()),
+            "tokenizer_step": identity["tokenizer_step"],
             # which tokenizer's latent space this is: sit-train copies it into its checkpoints,
             # sample and sit-train --resume refuse a tokenizer / cache whose weights differ
             "tokenizer_fingerprint": identity["tokenizer_weights"],
             "tokenizer_config": tok_state.get("config") or {"model": dataclasses.asdict(mcfg)},
-            "data": data_dict, "seed": int(seed), "clips_per_video": int(clips_per_video),
-            "shard_size": int(shard_size), "precision": precision,
+            "data": data_dict,
+            "seed": int(seed),
+            "clips_per_video": int(clips_per_video),
+            "shard_size": int(shard_size),
+            "precision": precision,
             # class names (each latent's "label" in the shard sidecars indexes them); None: no classes
             "classes": list(dataset.classes) or None,
         }

@@ -15,6 +15,7 @@ and the marginal velocity is that, weighted by the posterior responsibilities
 At ``t = 0`` this is ``E[x1] - x``, at ``t = 1`` it is ``x`` (noise is independent of data).
 Used by ``tests/test_samplers.py`` and ``bench/samplers.py``.
 """
+
 from __future__ import annotations
 
 import math
@@ -92,8 +93,14 @@ class GaussianMixture:
         return v.to(x.dtype).reshape(x.shape)
 
     @classmethod
-    def random(cls, k: int, dim: int, generator: torch.Generator, separation: float = 1.0,
-               std_range: tuple[float, float] = (0.2, 1.0)) -> "GaussianMixture":
+    def random(
+        cls,
+        k: int,
+        dim: int,
+        generator: torch.Generator,
+        separation: float = 1.0,
+        std_range: tuple[float, float] = (0.2, 1.0),
+    ) -> "GaussianMixture":
         """A mixture with unequal weights (``1..k`` normalised), means ``N(0, separation^2)`` per
         coordinate and per-dimension stds log-uniform in ``std_range`` (an uneven spectrum, like
         latent channels)."""

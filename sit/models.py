@@ -17,6 +17,7 @@ reference checkpoint maps onto this model key for key (with ``learn_sigma: true`
 
 The mapping between the triplane and tokens lives only here, through :class:`Triplane`.
 """
+
 from __future__ import annotations
 
 import math
@@ -230,9 +231,7 @@ class TriplaneSiT(nn.Module):
         self.y_embedder = LabelEmbedder(config.num_classes, hidden)
         # Fixed sin-cos embedding: a buffer (not a parameter), so it is neither trained nor
         # averaged by the EMA; the name matches the reference's frozen parameter.
-        self.register_buffer(
-            "pos_embed_xy", torch.zeros(1, self.plane_num_tokens["xy"], hidden), persistent=True
-        )
+        self.register_buffer("pos_embed_xy", torch.zeros(1, self.plane_num_tokens["xy"], hidden), persistent=True)
         self.pos_embed_t = nn.Parameter(torch.zeros(1, self.plane_num_tokens["yt"], hidden))
         self.type_embed = nn.Parameter(torch.zeros(1, 3, hidden))
 
@@ -308,7 +307,10 @@ class TriplaneSiT(nn.Module):
         return self.y_embedder.null_class
 
     def forward(
-        self, x: Triplane | torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None = None,
+        self,
+        x: Triplane | torch.Tensor,
+        t: torch.Tensor | float,
+        y: torch.Tensor | None = None,
         drop: torch.Tensor | None = None,
     ) -> Triplane | torch.Tensor:
         """Velocity prediction.

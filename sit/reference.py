@@ -9,6 +9,7 @@ recomputed. The latent normalization statistics are not in the checkpoint: the r
 them to the run's ``log.txt`` and its sampler reads them back from there
 (:func:`parse_reference_log`).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,8 @@ from coordtok.checkpoint import CheckpointError, load_any
 from coordtok.config import ConfigError
 
 from .config import SiTConfig
-from .stats import LatentStats
 from .models import TriplaneSiT
+from .stats import LatentStats
 
 # The reference's SiT sizes (sit_models.py): name -> (depth, hidden, heads).
 SIT_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
@@ -42,8 +43,9 @@ def is_reference_sit(obj) -> bool:
     """True for a reference SiT checkpoint (``{"model", "ema", "opt", "args"}``) or a bare state
     dict of its SiT (what its ``find_model`` returns)."""
     sd = _ema_state(obj)
-    return sd is not None and all(k in sd for k in ("x_embedder_xy.proj.weight", "pos_embed_xy", "pos_embed_t",
-                                                      "final_layer_xy.linear.weight"))
+    return sd is not None and all(
+        k in sd for k in ("x_embedder_xy.proj.weight", "pos_embed_xy", "pos_embed_t", "final_layer_xy.linear.weight")
+    )
 
 
 def _arg(args, name: str):
@@ -74,14 +76,16 @@ def _heads_from_args(model_name, depth: int, hidden: int, patch: int, source: st
         if (want_depth, want_hidden, int(named.group(2))) != (depth, hidden, patch):
             raise CheckpointError(
                 f"{source}: args.model is {model_name!r} (depth {want_depth}, hidden {want_hidden}, patch "
-                f"{named.group(2)}) but the weights are depth {depth}, hidden {hidden}, patch {patch}")
+                f"{named.group(2)}) but the weights are depth {depth}, hidden {hidden}, patch {patch}"
+            )
         return heads
     found = re.search(r"num_heads\s*=\s*(\d+)", model_name)
     return int(found.group(1)) if found else None
 
 
-def infer_sit_config(ema_state: dict, args=None, heads: int | None = None,
-                     source: str = "reference SiT checkpoint") -> SiTConfig:
+def infer_sit_config(
+    ema_state: dict, args=None, heads: int | None = None, source: str = "reference SiT checkpoint"
+) -> SiTConfig:
     """The :class:`SiTConfig` of a reference SiT state dict, read off its shapes.
 
     Depth from the block indices, hidden size, channels and patch from the patch embedding
@@ -94,19 +98,24 @@ def infer_sit_config(ema_state: dict, args=None, heads: int | None = None,
     sd = ema_state
     hidden, c, p, p2 = _shape(sd, "x_embedder_xy.proj.weight", 4, source)
     if p != p2:
-        raise CheckpointError(f"{source}: 'ema' key 'x_embedder_xy.proj.weight' has a {p}x{p2} kernel; "
-                              f"only square patches are supported")
+        raise CheckpointError(
+            f"{source}: 'ema' key 'x_embedder_xy.proj.weight' has a {p}x{p2} kernel; only square patches are supported"
+        )
     rows, _ = _shape(sd, "final_layer_xy.linear.weight", 2, source)
     if rows not in (p * p * c, 2 * p * p * c):
-        raise CheckpointError(f"{source}: 'ema' key 'final_layer_xy.linear.weight' has {rows} rows, expected "
-                              f"{p * p * c} or {2 * p * p * c} (patch {p}, {c} channels, with learned sigma)")
+        raise CheckpointError(
+            f"{source}: 'ema' key 'final_layer_xy.linear.weight' has {rows} rows, expected "
+            f"{p * p * c} or {2 * p * p * c} (patch {p}, {c} channels, with learned sigma)"
+        )
     learn_sigma = rows == 2 * p * p * c
     _, n_xy, _ = _shape(sd, "pos_embed_xy", 3, source)
     _, n_t, _ = _shape(sd, "pos_embed_t", 3, source)
     side = math.isqrt(n_xy)
     if side * side != n_xy or n_t % side:
-        raise CheckpointError(f"{source}: 'ema' keys 'pos_embed_xy' ({n_xy} tokens) and 'pos_embed_t' ({n_t} "
-                              f"tokens) fit no (Tl/p) x (Hl/p) x (Hl/p) patch grid")
+        raise CheckpointError(
+            f"{source}: 'ema' keys 'pos_embed_xy' ({n_xy} tokens) and 'pos_embed_t' ({n_t} "
+            f"tokens) fit no (Tl/p) x (Hl/p) x (Hl/p) patch grid"
+        )
     tl, hl = n_t // side * p, side * p
     for name, want in (("latent_resolution_t", tl), ("latent_resolution_xy", hl), ("latent_n_features", c)):
         given = _arg(args, name)
@@ -120,17 +129,29 @@ def infer_sit_config(ema_state: dict, args=None, heads: int | None = None,
 
     named = _heads_from_args(_arg(args, "model"), depth, hidden, p, source)
     if named is not None and heads is not None and heads != named:
-        raise CheckpointError(f"{source}: --heads {heads} contradicts args.model {_arg(args, 'model')!r} "
-                              f"({named} heads); leave --heads out")
+        raise CheckpointError(
+            f"{source}: --heads {heads} contradicts args.model {_arg(args, 'model')!r} "
+            f"({named} heads); leave --heads out"
+        )
     n_heads = named if named is not None else heads
     if n_heads is None:
         if hidden % HEAD_DIM:
-            raise CheckpointError(f"{source}: the SiT is {hidden}-d, not a multiple of {HEAD_DIM}, and args.model "
-                                  f"does not name its heads; pass --heads")
+            raise CheckpointError(
+                f"{source}: the SiT is {hidden}-d, not a multiple of {HEAD_DIM}, and args.model "
+                f"does not name its heads; pass --heads"
+            )
         n_heads = hidden // HEAD_DIM
     try:
-        return SiTConfig(hidden=hidden, depth=depth, heads=n_heads, mlp_ratio=mlp_hidden / hidden, patch=p,
-                         grid=(tl, hl, hl), channels=c, learn_sigma=learn_sigma)
+        return SiTConfig(
+            hidden=hidden,
+            depth=depth,
+            heads=n_heads,
+            mlp_ratio=mlp_hidden / hidden,
+            patch=p,
+            grid=(tl, hl, hl),
+            channels=c,
+            learn_sigma=learn_sigma,
+        )
     except ConfigError as e:
         raise CheckpointError(f"{source}: the shapes give an impossible SiT configuration: {e}") from None
 
@@ -150,8 +171,9 @@ def _check(sd: dict, expected: dict[str, tuple[int, ...]], which: str, source: s
     return dict(sd)
 
 
-def convert_sit(obj, heads: int | None = None, source: str | None = None
-                ) -> tuple[SiTConfig, dict[str, torch.Tensor], dict[str, torch.Tensor] | None, str]:
+def convert_sit(
+    obj, heads: int | None = None, source: str | None = None
+) -> tuple[SiTConfig, dict[str, torch.Tensor], dict[str, torch.Tensor] | None, str]:
     """A reference SiT checkpoint as ``(config, ema state, model state, info)`` for :class:`TriplaneSiT`.
 
     Args:
@@ -169,8 +191,10 @@ def convert_sit(obj, heads: int | None = None, source: str | None = None
         obj = load_any(obj)
     source = source or "reference SiT checkpoint"
     if not is_reference_sit(obj):
-        raise CheckpointError(f"{source}: not a reference SiT checkpoint (no 'ema' weights with 'x_embedder_xy', "
-                              f"'pos_embed_xy', 'pos_embed_t' and 'final_layer_xy')")
+        raise CheckpointError(
+            f"{source}: not a reference SiT checkpoint (no 'ema' weights with 'x_embedder_xy', "
+            f"'pos_embed_xy', 'pos_embed_t' and 'final_layer_xy')"
+        )
     ema = _ema_state(obj)
     args = obj.get("args") if "ema" in obj else None
     cfg = infer_sit_config(ema, args, heads, source)
@@ -179,13 +203,16 @@ def convert_sit(obj, heads: int | None = None, source: str | None = None
     ema_state = _check(ema, expected, "ema", source)
     has_model = "ema" in obj and isinstance(obj.get("model"), dict)  # a bare state dict is the EMA alone
     model_state = _check(obj["model"], expected, "model", source) if has_model else None
-    size = next((f"SiT-{k}/{cfg.patch}" for k, v in SIT_SIZES.items() if v == (cfg.depth, cfg.hidden, cfg.heads)),
-                "custom SiT")
+    size = next(
+        (f"SiT-{k}/{cfg.patch}" for k, v in SIT_SIZES.items() if v == (cfg.depth, cfg.hidden, cfg.heads)), "custom SiT"
+    )
     tl, hl, wl = cfg.grid
-    info = (f"reference CoordTok-SiT checkpoint, {size} ({cfg.depth} x {cfg.hidden}-d, {cfg.heads} heads, patch "
-            f"{cfg.patch}), latent grid {tl}x{hl}x{wl} x {cfg.channels} "
-            f"channels, {'learned sigma (unused by velocity sampling)' if cfg.learn_sigma else 'no learned sigma'}, "
-            f"EMA weights")
+    info = (
+        f"reference CoordTok-SiT checkpoint, {size} ({cfg.depth} x {cfg.hidden}-d, {cfg.heads} heads, patch "
+        f"{cfg.patch}), latent grid {tl}x{hl}x{wl} x {cfg.channels} "
+        f"channels, {'learned sigma (unused by velocity sampling)' if cfg.learn_sigma else 'no learned sigma'}, "
+        f"EMA weights"
+    )
     return cfg, ema_state, model_state, info
 
 
@@ -214,14 +241,18 @@ def parse_reference_log(path: str | Path, grid: tuple[int, int, int]) -> LatentS
         lines = [_TIMESTAMP.sub("", _ANSI.sub("", line)) for line in path.read_text().splitlines()]
     except (OSError, UnicodeDecodeError) as e:
         why = getattr(e, "strerror", None) or e
-        raise CheckpointError(f"{path}: cannot read the reference run's log ({e.__class__.__name__}: {why}); "
-                              f"pass the log.txt next to its checkpoints/") from None
+        raise CheckpointError(
+            f"{path}: cannot read the reference run's log ({e.__class__.__name__}: {why}); "
+            f"pass the log.txt next to its checkpoints/"
+        ) from None
     values = {}
     for name in STAT_LINES:
         start = next((i for i, line in enumerate(lines) if line.startswith(f"{name}: tensor([")), None)
         if start is None:
-            raise CheckpointError(f"{path}: no '{name}: tensor([...])' line; the reference SiT run's log.txt prints "
-                                  f"the latent statistics when training starts")
+            raise CheckpointError(
+                f"{path}: no '{name}: tensor([...])' line; the reference SiT run's log.txt prints "
+                f"the latent statistics when training starts"
+            )
         # A tensor printed over several lines ends at the first ']'.
         text, i = lines[start].split("tensor([", 1)[1], start
         while "]" not in text and i + 1 < len(lines):
@@ -235,8 +266,10 @@ def parse_reference_log(path: str | Path, grid: tuple[int, int, int]) -> LatentS
             raise CheckpointError(f"{path}: the '{name}' line does not hold a list of numbers") from None
     counts = {len(v) for v in values.values()}
     if len(counts) != 1:
-        raise CheckpointError(f"{path}: the statistics disagree on the number of channels "
-                              f"({', '.join(f'{k} {len(v)}' for k, v in values.items())})")
+        raise CheckpointError(
+            f"{path}: the statistics disagree on the number of channels "
+            f"({', '.join(f'{k} {len(v)}' for k, v in values.items())})"
+        )
     mean = torch.tensor([values[f"{p}_mean"] for p in ("xy", "yt", "xt")], dtype=torch.float64)
     std = torch.tensor([values[f"{p}_std"] for p in ("xy", "yt", "xt")], dtype=torch.float64)
     return LatentStats(tuple(grid), mean, std, source=str(path)).check(positive_std="the reference divides by it")

@@ -21,10 +21,11 @@ Process ``r`` of ``W`` samples the batches ``b = r, r + W, ...``. The folder is 
 files, the shards in ``.parts/`` and what a resumed or many-process run guarantees: README.md,
 "CoordTok-SiT: latent cache, training, sampling".
 """
+
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -42,18 +43,18 @@ import torch
 from tqdm.auto import tqdm
 
 from coordtok.checkpoint import load_tokenizer
+from coordtok.devices import inference_precision, resolve_device, resolve_inference_precision
 from coordtok.errors import CoordTokError
 from coordtok.fileio import atomic_path, check_writable, write_json
 from coordtok.locking import HELD_SUFFIX, LOCK_NAME, FolderLock
-from coordtok.devices import inference_precision, resolve_device, resolve_inference_precision
 from coordtok.loop import on_main_then_all
 from coordtok.seeds import SeedTag, mix_seed
 from coordtok.triplane import Triplane
 
 from .cache import short_fingerprint, weights_fingerprint
 from .checkpoint import load_sit, require_stats
-from .samplers import FIXED_GRID_METHODS, SAMPLERS, check_steps, guided_velocity
 from .models import TriplaneSiT
+from .samplers import FIXED_GRID_METHODS, SAMPLERS, check_steps, guided_velocity
 from .stats import LatentStats
 from .transport import make_path
 
@@ -70,12 +71,16 @@ def _check_fit(sit_ckpt, tokenizer_ckpt, model: TriplaneSiT, stats: LatentStats,
         raise SamplingError(
             f"the SiT checkpoint {sit_ckpt} generates triplanes of grid {list(model.grid)} with {model.in_channels} "
             f"channels but the tokenizer {tokenizer_ckpt} uses grid {list(tok_grid)} with {tok_c} channels; pass the "
-            f"tokenizer the latents were encoded with{trained_on}")
+            f"tokenizer the latents were encoded with{trained_on}"
+        )
     trained = (configs.get("tokenizer") or {}).get("model")
     if trained is not None and trained != dataclasses.asdict(tc):
         diff = sorted(k for k in trained if trained.get(k) != getattr(tc, k, None))
-        warnings.warn(f"the tokenizer {tokenizer_ckpt} differs from the one the SiT latents were encoded with "
-                      f"(model keys {', '.join(diff)}); samples may decode poorly", stacklevel=2)
+        warnings.warn(
+            f"the tokenizer {tokenizer_ckpt} differs from the one the SiT latents were encoded with "
+            f"(model keys {', '.join(diff)}); samples may decode poorly",
+            stacklevel=2,
+        )
 
 
 def _check_tokenizer_fingerprint(sit_ckpt, tokenizer_ckpt, recorded: str | None, found: str, allow: bool, log) -> None:
@@ -83,14 +88,20 @@ def _check_tokenizer_fingerprint(sit_ckpt, tokenizer_ckpt, recorded: str | None,
     another tokenizer (same grid or not) unless the user says so; an old or reference checkpoint
     records none, which one line says."""
     if recorded is None:
-        log(f"note: {sit_ckpt} records no tokenizer fingerprint (a reference or older checkpoint); cannot check "
-            f"that {tokenizer_ckpt} is the tokenizer its latents came from")
+        log(
+            f"note: {sit_ckpt} records no tokenizer fingerprint (a reference or older checkpoint); cannot check "
+            f"that {tokenizer_ckpt} is the tokenizer its latents came from"
+        )
     elif recorded != found:
-        what = (f"the tokenizer {tokenizer_ckpt} (fingerprint {short_fingerprint(found)}) is not the one the SiT "
-                f"{sit_ckpt} was trained on (fingerprint {short_fingerprint(recorded)})")
+        what = (
+            f"the tokenizer {tokenizer_ckpt} (fingerprint {short_fingerprint(found)}) is not the one the SiT "
+            f"{sit_ckpt} was trained on (fingerprint {short_fingerprint(recorded)})"
+        )
         if not allow:
-            raise SamplingError(f"{what}; pass the tokenizer the latents were encoded with, or "
-                                f"--allow-tokenizer-mismatch to sample anyway")
+            raise SamplingError(
+                f"{what}; pass the tokenizer the latents were encoded with, or "
+                f"--allow-tokenizer-mismatch to sample anyway"
+            )
         log(f"warning: {what}; sampling anyway (--allow-tokenizer-mismatch)")
 
 
@@ -149,23 +160,29 @@ def resolve_class(label: int | str, classes: list[str] | None, num_classes: int)
     if classes and text in classes:
         return classes.index(text)
     names = ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else "") if classes else None
-    raise SamplingError(f"--class {label!r}: not a class of the SiT " + (f"(its classes: {names})" if names else
-                        "(its checkpoint records no class names: give an index)"))
+    raise SamplingError(
+        f"--class {label!r}: not a class of the SiT "
+        + (f"(its classes: {names})" if names else "(its checkpoint records no class names: give an index)")
+    )
 
 
-def _labelling(model, stats, num: int, seed: int, class_label, classes: str | None, cfg_scale: float,
-               cfg_interval, log) -> dict | None:
+def _labelling(
+    model, stats, num: int, seed: int, class_label, classes: str | None, cfg_scale: float, cfg_interval, log
+) -> dict | None:
     """Check the class arguments against the SiT; for a class-conditional SiT return the run's
     class settings (manifest ``run`` keys), every sample's label and the class names."""
     conditional = model.num_classes > 1
     if not conditional:
         if class_label is not None or classes is not None or cfg_scale != 1.0 or cfg_interval is not None:
-            raise SamplingError("--class, --classes, --cfg-scale and --cfg-interval need a class-conditional SiT; this "
-                                "one is unconditional (model.num_classes 1, like the released SiT-L/2)")
+            raise SamplingError(
+                "--class, --classes, --cfg-scale and --cfg-interval need a class-conditional SiT; this "
+                "one is unconditional (model.num_classes 1, like the released SiT-L/2)"
+            )
         return None
     if class_label is not None and classes is not None:
-        raise SamplingError("give --class (one class for every sample) or --classes (a label drawn per sample), "
-                            "not both")
+        raise SamplingError(
+            "give --class (one class for every sample) or --classes (a label drawn per sample), not both"
+        )
     if classes is not None and classes not in CLASS_MODES:
         raise SamplingError(f"--classes must be one of {', '.join(CLASS_MODES)}, got {classes!r}")
     if not (cfg_scale >= 0 and math.isfinite(cfg_scale)):
@@ -176,24 +193,33 @@ def _labelling(model, stats, num: int, seed: int, class_label, classes: str | No
             raise SamplingError(f"--cfg-interval {lo} {hi}: need 0 <= LO <= HI <= 1 (times t, 0 noise, 1 data)")
         cfg_interval = [lo, hi]
     if cfg_scale != 1.0 and model.config.class_dropout == 0.0:
-        log("warning: this SiT was trained with model.class_dropout_prob 0, so its null class never was: guidance "
-            "(--cfg-scale other than 1) extrapolates from an untrained unconditional prediction")
+        log(
+            "warning: this SiT was trained with model.class_dropout_prob 0, so its null class never was: guidance "
+            "(--cfg-scale other than 1) extrapolates from an untrained unconditional prediction"
+        )
     names = list(stats.classes) if stats.classes and len(stats.classes) == model.num_classes else None
     if class_label is None and classes is None:
         classes = "uniform"
-        log(f"class-conditional SiT ({model.num_classes} classes) and no --class: labels drawn uniformly "
-            f"(--classes uniform; --classes data for the training frequencies)")
+        log(
+            f"class-conditional SiT ({model.num_classes} classes) and no --class: labels drawn uniformly "
+            f"(--classes uniform; --classes data for the training frequencies)"
+        )
     if classes == "data" and not (names and stats.class_counts):
-        raise SamplingError("--classes data needs the training class frequencies, which this SiT checkpoint does not "
-                            "record; use --classes uniform or --class")
+        raise SamplingError(
+            "--classes data needs the training class frequencies, which this SiT checkpoint does not "
+            "record; use --classes uniform or --class"
+        )
     if class_label is not None:
         k = resolve_class(class_label, names, model.num_classes)
         labels = [k] * num
     else:
         k = None
         labels = sample_labels(classes, seed, num, model.num_classes, stats.class_counts)
-    return {"run": {"class": k, "classes": classes, "cfg_scale": float(cfg_scale), "cfg_interval": cfg_interval},
-            "labels": labels, "classes": names or [str(c) for c in range(model.num_classes)]}
+    return {
+        "run": {"class": k, "classes": classes, "cfg_scale": float(cfg_scale), "cfg_interval": cfg_interval},
+        "labels": labels,
+        "classes": names or [str(c) for c in range(model.num_classes)],
+    }
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -230,21 +256,31 @@ def _claim_folder(out_dir: Path, manifest: dict, log, claim: bool = True) -> Non
             if not isinstance(old, dict):
                 raise ValueError("not a sampling manifest")
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise SamplingError(f"{path}: unreadable sampling manifest ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                                f"choose another --out") from None
+            raise SamplingError(
+                f"{path}: unreadable sampling manifest ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                f"choose another --out"
+            ) from None
         diff = [k for k in sorted(set(old) | set(run)) if old.get(k) != run.get(k)]
         if diff:
             said = ", ".join(f"{k} {old.get(k)!r} there, {run.get(k)!r} now" for k in diff[:3] if k != "sample_config")
-            raise SamplingError(f"{out_dir} holds the samples of another sampling run ({MANIFEST_NAME} differs: "
-                                f"{said or 'sample_config'}{', ...' if len(diff) > 3 else ''}); choose another --out, "
-                                f"or repeat that run's arguments to finish it")
+            raise SamplingError(
+                f"{out_dir} holds the samples of another sampling run ({MANIFEST_NAME} differs: "
+                f"{said or 'sample_config'}{', ...' if len(diff) > 3 else ''}); choose another --out, "
+                f"or repeat that run's arguments to finish it"
+            )
     entries = sorted(p.name for p in out_dir.iterdir())
-    foreign = [n for n in entries if not _ours(n, run["num"], run["format"])
-               or (not path.exists() and n not in (LOCK_NAME, LOCK_NAME + HELD_SUFFIX))]
+    foreign = [
+        n
+        for n in entries
+        if not _ours(n, run["num"], run["format"])
+        or (not path.exists() and n not in (LOCK_NAME, LOCK_NAME + HELD_SUFFIX))
+    ]
     if foreign:
-        raise SamplingError(f"{out_dir} holds files that this sampling run did not write ({', '.join(foreign[:3])}"
-                            f"{f' and {len(foreign) - 3} more' if len(foreign) > 3 else ''}"
-                            f"{'' if path.exists() else f'; no {MANIFEST_NAME}'}); choose an empty or new --out")
+        raise SamplingError(
+            f"{out_dir} holds files that this sampling run did not write ({', '.join(foreign[:3])}"
+            f"{f' and {len(foreign) - 3} more' if len(foreign) > 3 else ''}"
+            f"{'' if path.exists() else f'; no {MANIFEST_NAME}'}); choose an empty or new --out"
+        )
     if not claim:
         return
     stale = [n for n in entries if _TEMP.fullmatch(n) or _SCRATCH.fullmatch(n)]
@@ -272,7 +308,7 @@ class _NpzWriter:
         self.arr = np.lib.format.open_memmap(self.npy, mode="w+", dtype=np.uint8, shape=shape)
 
     def put(self, first: int, videos: np.ndarray) -> None:
-        self.arr[first:first + len(videos)] = videos
+        self.arr[first : first + len(videos)] = videos
 
     def close(self) -> Path:
         self.arr.flush()
@@ -382,8 +418,10 @@ def sample_videos(
     world, is_main = procs.num_processes, procs.is_main_process
     if world > 1:  # each process on its own device (accelerate's); --device may only name its type
         if device is not None and torch.device(device).type != procs.device.type:
-            raise SamplingError(f"--device {device}: under accelerate launch every process samples on its own "
-                                f"{procs.device.type} device; drop --device (or launch with ACCELERATE_USE_CPU=1)")
+            raise SamplingError(
+                f"--device {device}: under accelerate launch every process samples on its own "
+                f"{procs.device.type} device; drop --device (or launch with ACCELERATE_USE_CPU=1)"
+            )
         device = procs.device
     else:
         device = resolve_device(device)
@@ -395,23 +433,38 @@ def sample_videos(
     tokenizer, _ = load_tokenizer(tokenizer_ckpt, log=log)
     _check_fit(sit_ckpt, tokenizer_ckpt, model, stats, configs, tokenizer)
     tokenizer_fp = weights_fingerprint(tokenizer)
-    _check_tokenizer_fingerprint(sit_ckpt, tokenizer_ckpt, configs.get("tokenizer_fingerprint"), tokenizer_fp,
-                                 allow_tokenizer_mismatch, log)
+    _check_tokenizer_fingerprint(
+        sit_ckpt, tokenizer_ckpt, configs.get("tokenizer_fingerprint"), tokenizer_fp, allow_tokenizer_mismatch, log
+    )
     precision = resolve_inference_precision(precision, device.type, configs["sit"].train.mixed_precision, log)
     s = configs["sit"].sample
     adaptive = sampler == "ode" and s.ode_method not in FIXED_GRID_METHODS
     labelling = _labelling(model, stats, num, seed, class_label, classes, cfg_scale, cfg_interval, log)
     if adaptive and steps_given:
-        log(f"note: --steps {steps} is ignored: --sampler ode uses {s.ode_method}, an adaptive method that picks its "
-            f"own steps (sample.atol {s.atol}, sample.rtol {s.rtol} in the SiT config)")
+        log(
+            f"note: --steps {steps} is ignored: --sampler ode uses {s.ode_method}, an adaptive method that picks its "
+            f"own steps (sample.atol {s.atol}, sample.rtol {s.rtol} in the SiT config)"
+        )
     manifest = {
-        "run": {"seed": seed, "num": num, "sampler": sampler, "steps": None if adaptive else steps,
-                "format": fmt, "batch_size": batch_size, "frames_per_chunk": frames_per_chunk,
-                "fps": fps if fmt == "mp4" else None, "precision": precision, "device": device.type,
-                "sample_config": dataclasses.asdict(s), "path": configs["sit"].train.path,
-                "sit_fingerprint": weights_fingerprint(model), "tokenizer_fingerprint": tokenizer_fp,
-                "stats": hashlib.sha1(json.dumps(stats.to_dict(), sort_keys=True).encode()).hexdigest()},
-        "sit_ckpt": str(Path(configs["path"]).resolve()), "sit_step": configs["step"],
+        "run": {
+            "seed": seed,
+            "num": num,
+            "sampler": sampler,
+            "steps": None if adaptive else steps,
+            "format": fmt,
+            "batch_size": batch_size,
+            "frames_per_chunk": frames_per_chunk,
+            "fps": fps if fmt == "mp4" else None,
+            "precision": precision,
+            "device": device.type,
+            "sample_config": dataclasses.asdict(s),
+            "path": configs["sit"].train.path,
+            "sit_fingerprint": weights_fingerprint(model),
+            "tokenizer_fingerprint": tokenizer_fp,
+            "stats": hashlib.sha1(json.dumps(stats.to_dict(), sort_keys=True).encode()).hexdigest(),
+        },
+        "sit_ckpt": str(Path(configs["path"]).resolve()),
+        "sit_step": configs["step"],
         "tokenizer_ckpt": str(Path(tokenizer_ckpt).resolve()),
     }
     if labelling is not None:  # (an unconditional run's manifest is what it always was: old runs resume)
@@ -419,6 +472,7 @@ def sample_videos(
         manifest.update(labels=labelling["labels"], classes=labelling["classes"])
 
     with contextlib.ExitStack() as held:
+
         def claim_folder():  # main process: create, lock, check and claim the folder with the manifest
             if out_dir.is_dir():  # a folder that is not ours gets no lock file either
                 _claim_folder(out_dir, manifest, log, claim=False)
@@ -427,12 +481,42 @@ def sample_videos(
             _claim_folder(out_dir, manifest, log)
 
         on_main_then_all(procs, claim_folder)
-        return _sample_into(out_dir, model, tokenizer, stats, configs, manifest, procs, device, log, progress,
-                            contact_rows, to_uint8, contact_sheet, write_mp4, write_png)
+        return _sample_into(
+            out_dir,
+            model,
+            tokenizer,
+            stats,
+            configs,
+            manifest,
+            procs,
+            device,
+            log,
+            progress,
+            contact_rows,
+            to_uint8,
+            contact_sheet,
+            write_mp4,
+            write_png,
+        )
 
 
-def _sample_into(out_dir: Path, model, tokenizer, stats: LatentStats, configs: dict, manifest: dict, procs, device,
-                 log, progress: bool, contact_rows: int, to_uint8, contact_sheet, write_mp4, write_png) -> dict:
+def _sample_into(
+    out_dir: Path,
+    model,
+    tokenizer,
+    stats: LatentStats,
+    configs: dict,
+    manifest: dict,
+    procs,
+    device,
+    log,
+    progress: bool,
+    contact_rows: int,
+    to_uint8,
+    contact_sheet,
+    write_mp4,
+    write_png,
+) -> dict:
     """The sampling loop of :func:`sample_videos` in a claimed folder: this process's batches,
     skipping finished ones; then the main process merges (npz), writes the sheet and cleans up."""
     run = manifest["run"]
@@ -468,15 +552,29 @@ def _sample_into(out_dir: Path, model, tokenizer, stats: LatentStats, configs: d
     done = num - sum(len(missing(b)) for b in range(num_batches))
     # network calls per batch as the sampler states them (None: adaptive; counted on the first batch)
     per_batch = SAMPLERS[sampler].calls(steps) if steps is not None else None
-    log(f"sampling {num} videos ({sampler}, " + (f"{steps} steps, {per_batch} network calls per batch" if per_batch
-        else "steps " + ("adaptive" if steps is None else str(steps))) + f") in {num_batches} batches of up to "
+    log(
+        f"sampling {num} videos ({sampler}, "
+        + (
+            f"{steps} steps, {per_batch} network calls per batch"
+            if per_batch
+            else "steps " + ("adaptive" if steps is None else str(steps))
+        )
+        + f") in {num_batches} batches of up to "
         f"{batch_size} on {world} process{'es' if world > 1 else ''}"
-        + (f"; {done} already written in {out_dir}, skipped" if done else "") + f"; device {device}, {precision}")
+        + (f"; {done} already written in {out_dir}, skipped" if done else "")
+        + f"; device {device}, {precision}"
+    )
     model.to(device)
     tokenizer.to(device).eval().requires_grad_(False)
     calls = 0
-    bar = tqdm(total=per_batch * len(todo) if per_batch else None, disable=not (progress and is_main),
-               desc="sample (network calls)", unit="call", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(
+        total=per_batch * len(todo) if per_batch else None,
+        disable=not (progress and is_main),
+        desc="sample (network calls)",
+        unit="call",
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
 
     def net(x, t, y=None):  # every network call, counted (a guided call on [cond; null] is one)
         nonlocal calls
@@ -493,9 +591,18 @@ def _sample_into(out_dir: Path, model, tokenizer, stats: LatentStats, configs: d
             y = torch.tensor([labels[i] for i in indices], dtype=torch.long, device=noise.device)
             velocity = guided_velocity(net, y, model.null_class, run["cfg_scale"], run["cfg_interval"])
         # one call for every registered sampler: each takes the keyword arguments it knows
-        return SAMPLERS[sampler](velocity, noise, num_steps=steps if steps is not None else 1,
-                                 diffusion_norm=s.diffusion_norm, last_step_size=s.last_step_size,
-                                 generator=generators, path=path, method=s.ode_method, atol=s.atol, rtol=s.rtol)
+        return SAMPLERS[sampler](
+            velocity,
+            noise,
+            num_steps=steps if steps is not None else 1,
+            diffusion_norm=s.diffusion_norm,
+            last_step_size=s.last_step_size,
+            generator=generators,
+            path=path,
+            method=s.ode_method,
+            atol=s.atol,
+            rtol=s.rtol,
+        )
 
     try:
         with torch.no_grad(), inference_precision(precision, device.type):
@@ -503,8 +610,9 @@ def _sample_into(out_dir: Path, model, tokenizer, stats: LatentStats, configs: d
                 first, last = b * batch_size, min(num, (b + 1) * batch_size)
                 indices = list(range(first, last))  # the whole batch, so a sample's batch never changes
                 noise = torch.stack([_sample_noise(seed, i, shape, device) for i in indices])
-                generators = [torch.Generator(device=device).manual_seed(mix_seed(seed, i, SeedTag.SAMPLE_SDE))
-                              for i in indices]
+                generators = [
+                    torch.Generator(device=device).manual_seed(mix_seed(seed, i, SeedTag.SAMPLE_SDE)) for i in indices
+                ]
                 x = run_sampler(noise, generators, indices)
                 if k == 0 and calls * len(todo) != bar.total:  # counted: now the ETA is known
                     bar.total = calls * len(todo)
@@ -512,7 +620,7 @@ def _sample_into(out_dir: Path, model, tokenizer, stats: LatentStats, configs: d
                 triplanes = Triplane.unflatten(stats.denormalize(x.float()), tuple(stats.grid))
                 videos = []
                 for j, i in enumerate(indices):  # decoded one clip at a time, in frame chunks: bounded memory
-                    video = to_uint8(tokenizer.decode_video(triplanes[j:j + 1], None, frames_per_chunk))[0]
+                    video = to_uint8(tokenizer.decode_video(triplanes[j : j + 1], None, frames_per_chunk))[0]
                     if i < rows and not thumb(i).is_file():
                         _save_npy(thumb(i), video[_sheet_frames(len(video))])
                     videos.append(video)
@@ -526,19 +634,56 @@ def _sample_into(out_dir: Path, model, tokenizer, stats: LatentStats, configs: d
         bar.close()
     procs.wait_for_everyone()
     if is_main:
-        _finish(out_dir, num, fmt, rows, num_batches, batch_size, (tc.frames, tc.size, tc.size, 3), thumb, batch_file,
-                contact_sheet, write_png, log, labels=labels, classes=manifest.get("classes"))
+        _finish(
+            out_dir,
+            num,
+            fmt,
+            rows,
+            num_batches,
+            batch_size,
+            (tc.frames, tc.size, tc.size, 3),
+            thumb,
+            batch_file,
+            contact_sheet,
+            write_png,
+            log,
+            labels=labels,
+            classes=manifest.get("classes"),
+        )
     procs.wait_for_everyone()
     files = [str(merged)] if fmt == "npz" else [str(out_dir / _sample_name(i)) for i in range(num)]
-    return {"num": num, "out_dir": str(out_dir), "files": files,
-            "contact_sheet": str(sheet_path) if sheet_path.is_file() else None, "sit_step": configs["step"],
-            "sampler": sampler, "steps": steps, "seed": seed, "precision": precision, "processes": world,
-            "skipped": done, "manifest": str(out_dir / MANIFEST_NAME)} | (
-                {"labels": manifest["labels"], "cfg_scale": run["cfg_scale"]} if "labels" in manifest else {})
+    return {
+        "num": num,
+        "out_dir": str(out_dir),
+        "files": files,
+        "contact_sheet": str(sheet_path) if sheet_path.is_file() else None,
+        "sit_step": configs["step"],
+        "sampler": sampler,
+        "steps": steps,
+        "seed": seed,
+        "precision": precision,
+        "processes": world,
+        "skipped": done,
+        "manifest": str(out_dir / MANIFEST_NAME),
+    } | ({"labels": manifest["labels"], "cfg_scale": run["cfg_scale"]} if "labels" in manifest else {})
 
 
-def _finish(out_dir: Path, num: int, fmt: str, rows: int, num_batches: int, batch_size: int, video_shape: tuple,
-            thumb, batch_file, contact_sheet, write_png, log, labels=None, classes=None) -> None:
+def _finish(
+    out_dir: Path,
+    num: int,
+    fmt: str,
+    rows: int,
+    num_batches: int,
+    batch_size: int,
+    video_shape: tuple,
+    thumb,
+    batch_file,
+    contact_sheet,
+    write_png,
+    log,
+    labels=None,
+    classes=None,
+) -> None:
     """Main process, every batch written: the contact sheet from the thumbnails, ``samples.npz``
     from the batch files (npz; with ``labels`` and ``classes`` arrays for a class-conditional run),
     then this run's scratch files removed."""
@@ -549,8 +694,11 @@ def _finish(out_dir: Path, num: int, fmt: str, rows: int, num_batches: int, batc
         else:
             log(f"note: {out_dir} has no contact sheet and its thumbnails are gone; the samples are complete")
     if fmt == "npz" and not merged.is_file():
-        extra = {} if labels is None else {"labels": np.asarray(labels, dtype=np.int64),
-                                           "classes": np.asarray(classes, dtype=str)}
+        extra = (
+            {}
+            if labels is None
+            else {"labels": np.asarray(labels, dtype=np.int64), "classes": np.asarray(classes, dtype=str)}
+        )
         npz = _NpzWriter(merged, (num, *video_shape), extra)
         try:
             for b in range(num_batches):

@@ -13,6 +13,7 @@ whose marginals are the path's ``p_t`` for any ``w_t >= 0`` (the ``w_t * score``
 the spreading of the noise). The score comes from the same velocity evaluation (see
 :meth:`sit.transport.AffinePath.velocity_to_score`), so one network call per step suffices.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,13 +27,15 @@ from tqdm.auto import tqdm
 
 from coordtok.errors import CoordTokError
 
-from .transport import AffinePath, LinearPath, randn_like, expand_t_like_x
+from .transport import AffinePath, LinearPath, expand_t_like_x, randn_like
 
 MAX_STEPS = 10_000
 # Why a bound: every step is one network evaluation (two for Heun) and the paper samples with 250.
 # A float32 grid linspace(0, 1, N + 1) has steps that differ by up to N * 2**-24 of their size
 # (0.06% at 10^4, 0.6% at 10^5) and stops increasing near N = 2**24, where torchdiffeq asserts.
-STEPS_WHY = "each step is a network evaluation, the paper uses 250, and a float32 time grid of more steps is no longer even"
+STEPS_WHY = (
+    "each step is a network evaluation, the paper uses 250, and a float32 time grid of more steps is no longer even"
+)
 
 
 class SamplingStepsError(CoordTokError, ValueError):
@@ -96,8 +99,9 @@ def check_last_step(kind: str) -> str:
     return kind
 
 
-def last_step(velocity, x: torch.Tensor, t: float, size: float, kind: str, path: AffinePath,
-              diffusion_norm: float = 1.0) -> torch.Tensor:
+def last_step(
+    velocity, x: torch.Tensor, t: float, size: float, kind: str, path: AffinePath, diffusion_norm: float = 1.0
+) -> torch.Tensor:
     """The noise-free step from ``t`` (``= 1 - size``) to ``t = 1`` that ends an SDE grid.
 
     ``mean`` (the paper's): ``x + drift(x, t) * size`` with the SDE drift ``v + w_t score``;
@@ -285,7 +289,12 @@ def heun_ode(velocity, noise: torch.Tensor, num_steps: int = 25, progress: bool 
 
 
 # Adams-Bashforth weights of the newest ... oldest velocities, orders 1-4 (uniform steps).
-ADAMS_BASHFORTH = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
+ADAMS_BASHFORTH = {
+    1: (1.0,),
+    2: (3 / 2, -1 / 2),
+    3: (23 / 12, -16 / 12, 5 / 12),
+    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+}
 # Explicit Runge-Kutta starters of order 1-3 as (nodes c, rows of a, weights b): Euler, Heun, Kutta's third order.
 _RK_STARTERS = {
     1: ((0.0,), ((),), (1.0,)),
@@ -301,8 +310,9 @@ def adams_bashforth_calls(num_steps: int, order: int) -> int:
 
 
 @torch.no_grad()
-def adams_bashforth(velocity, noise: torch.Tensor, num_steps: int = 48, order: int = 3,
-                    progress: bool = False) -> torch.Tensor:
+def adams_bashforth(
+    velocity, noise: torch.Tensor, num_steps: int = 48, order: int = 3, progress: bool = False
+) -> torch.Tensor:
     """Adams-Bashforth multistep on the probability-flow ODE, ``num_steps`` equal steps over ``[0, 1]``.
 
     Step ``j`` reuses the velocities of the ``order`` newest grid points:
@@ -394,8 +404,9 @@ def dpm_solver_pp(
 
 
 # ---------------------------------------------------------------------------- classifier-free guidance
-def guided_velocity(net, labels: torch.Tensor, null_class: int, scale: float = 1.0,
-                    interval: tuple[float, float] | None = None):
+def guided_velocity(
+    net, labels: torch.Tensor, null_class: int, scale: float = 1.0, interval: tuple[float, float] | None = None
+):
     """The classifier-free-guided velocity of a class-conditional network, as a ``velocity(x, t)``
     callable that every sampler takes.
 
@@ -460,23 +471,70 @@ def _registry(*samplers: Sampler) -> dict[str, Sampler]:
 
 
 SAMPLERS = _registry(
-    Sampler("sde", euler_maruyama, "the paper's: Euler-Maruyama SDE on [0, 0.96] + a mean step (250 steps = 250 calls)",
-            True, lambda n: n, min_steps=2),
-    Sampler("heun_sde", heun_sde, "the reference's stochastic Heun: noise, then a Heun step (2 calls a step)",
-            True, lambda n: 2 * (n - 1) + 1, min_steps=2),
-    Sampler("ode", ode, "probability-flow ODE with torchdiffeq (dopri5, adaptive, by default)", False,
-            lambda n: None),
+    Sampler(
+        "sde",
+        euler_maruyama,
+        "the paper's: Euler-Maruyama SDE on [0, 0.96] + a mean step (250 steps = 250 calls)",
+        True,
+        lambda n: n,
+        min_steps=2,
+    ),
+    Sampler(
+        "heun_sde",
+        heun_sde,
+        "the reference's stochastic Heun: noise, then a Heun step (2 calls a step)",
+        True,
+        lambda n: 2 * (n - 1) + 1,
+        min_steps=2,
+    ),
+    Sampler("ode", ode, "probability-flow ODE with torchdiffeq (dopri5, adaptive, by default)", False, lambda n: None),
     Sampler("heun_ode", heun_ode, "probability-flow ODE, Heun (order 2, 2 calls a step)", False, lambda n: 2 * n),
-    Sampler("ab2", adams_bashforth, "probability-flow ODE, Adams-Bashforth order 2 (1 call a step)", False,
-            lambda n: adams_bashforth_calls(n, 2), {"order": 2}),
-    Sampler("ab3", adams_bashforth, "probability-flow ODE, Adams-Bashforth order 3 (steps + 2 calls)", False,
-            lambda n: adams_bashforth_calls(n, 3), {"order": 3}),
-    Sampler("ab4", adams_bashforth, "probability-flow ODE, Adams-Bashforth order 4 (steps + 6 calls)", False,
-            lambda n: adams_bashforth_calls(n, 4), {"order": 4}),
-    Sampler("dpmpp_2m", dpm_solver_pp, "probability-flow ODE, DPM-Solver++(2M) (1 call a step)", False,
-            lambda n: n, {"order": 2, "eta": 0.0}),
-    Sampler("ddpm", dpm_solver_pp, "stochastic, DDPM ancestral steps from the velocity (1 call a step)", True,
-            lambda n: n, {"order": 1, "eta": 1.0}),
-    Sampler("dpmpp_2m_sde", dpm_solver_pp, "stochastic, SDE-DPM-Solver++(2M) (1 call a step)", True,
-            lambda n: n, {"order": 2, "eta": 1.0}),
+    Sampler(
+        "ab2",
+        adams_bashforth,
+        "probability-flow ODE, Adams-Bashforth order 2 (1 call a step)",
+        False,
+        lambda n: adams_bashforth_calls(n, 2),
+        {"order": 2},
+    ),
+    Sampler(
+        "ab3",
+        adams_bashforth,
+        "probability-flow ODE, Adams-Bashforth order 3 (steps + 2 calls)",
+        False,
+        lambda n: adams_bashforth_calls(n, 3),
+        {"order": 3},
+    ),
+    Sampler(
+        "ab4",
+        adams_bashforth,
+        "probability-flow ODE, Adams-Bashforth order 4 (steps + 6 calls)",
+        False,
+        lambda n: adams_bashforth_calls(n, 4),
+        {"order": 4},
+    ),
+    Sampler(
+        "dpmpp_2m",
+        dpm_solver_pp,
+        "probability-flow ODE, DPM-Solver++(2M) (1 call a step)",
+        False,
+        lambda n: n,
+        {"order": 2, "eta": 0.0},
+    ),
+    Sampler(
+        "ddpm",
+        dpm_solver_pp,
+        "stochastic, DDPM ancestral steps from the velocity (1 call a step)",
+        True,
+        lambda n: n,
+        {"order": 1, "eta": 1.0},
+    ),
+    Sampler(
+        "dpmpp_2m_sde",
+        dpm_solver_pp,
+        "stochastic, SDE-DPM-Solver++(2M) (1 call a step)",
+        True,
+        lambda n: n,
+        {"order": 2, "eta": 1.0},
+    ),
 )

@@ -5,6 +5,7 @@ SiT sees ``(z - mean) / std`` with mean and std per plane (xy, yt, xt) and chann
 is taken from :class:`coordtok.triplane.Triplane` (``flatten`` / ``unflatten``), the one place
 that defines it. ``stats.json`` sits in the cache folder; every SiT checkpoint carries a copy.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,13 +56,16 @@ class LatentStats:
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
         if self.classes is not None and (self.class_counts is None or len(self.class_counts) != len(self.classes)):
-            raise LatentCacheError(f"{self.source}: class_counts must give one count for each of the "
-                                   f"{len(self.classes)} classes")
+            raise LatentCacheError(
+                f"{self.source}: class_counts must give one count for each of the {len(self.classes)} classes"
+            )
         self.mean = torch.as_tensor(self.mean, dtype=torch.float64)
         self.std = torch.as_tensor(self.std, dtype=torch.float64)
         if self.mean.ndim != 2 or self.mean.shape[0] != 3 or self.std.shape != self.mean.shape:
-            raise LatentCacheError(f"{self.source}: statistics need mean and std of shape (3, C), got "
-                                   f"{tuple(self.mean.shape)} and {tuple(self.std.shape)}")
+            raise LatentCacheError(
+                f"{self.source}: statistics need mean and std of shape (3, C), got "
+                f"{tuple(self.mean.shape)} and {tuple(self.std.shape)}"
+            )
         self.check()
 
     def check(self, positive_std: str | None = None) -> "LatentStats":
@@ -74,8 +78,10 @@ class LatentStats:
                 need = f"finite and > 0 ({positive_std})" if positive_std else "finite and >= 0"
             if bad.any():
                 k, c = (int(i) for i in bad.nonzero()[0])
-                raise LatentCacheError(f"{self.source}: {PLANES[k]}_{what}[{c}] is {float(values[k, c])}, must be "
-                                       f"{need}; measure the statistics again (`coordtok encode` writes stats.json)")
+                raise LatentCacheError(
+                    f"{self.source}: {PLANES[k]}_{what}[{c}] is {float(values[k, c])}, must be "
+                    f"{need}; measure the statistics again (`coordtok encode` writes stats.json)"
+                )
         return self
 
     @property
@@ -88,15 +94,24 @@ class LatentStats:
 
         def expand(v: torch.Tensor) -> torch.Tensor:
             v = v.to(dtype)
-            return Triplane(repeat(v[0], "c -> 1 c h w", h=hl, w=wl), repeat(v[1], "c -> 1 c t w", t=tl, w=wl),
-                            repeat(v[2], "c -> 1 c t h", t=tl, h=hl)).flatten().to(device)
+            return (
+                Triplane(
+                    repeat(v[0], "c -> 1 c h w", h=hl, w=wl),
+                    repeat(v[1], "c -> 1 c t w", t=tl, w=wl),
+                    repeat(v[2], "c -> 1 c t h", t=tl, h=hl),
+                )
+                .flatten()
+                .to(device)
+            )
 
         return expand(self.mean), expand(self.std.clamp_min(self.eps))
 
     def _check(self, flat: torch.Tensor) -> None:
         if flat.ndim != 3 or flat.shape[1:] != (num_tokens(self.grid), self.channels):
-            raise ValueError(f"expected flat latents (B, {num_tokens(self.grid)}, {self.channels}) for grid "
-                             f"{self.grid}, got {tuple(flat.shape)}")
+            raise ValueError(
+                f"expected flat latents (B, {num_tokens(self.grid)}, {self.channels}) for grid "
+                f"{self.grid}, got {tuple(flat.shape)}"
+            )
 
     def normalize(self, flat: torch.Tensor) -> torch.Tensor:
         """``(B, tokens, C)`` latents -> zero-mean, unit-std per plane and channel."""
@@ -112,18 +127,30 @@ class LatentStats:
 
     # -- serialization
     def to_dict(self) -> dict:
-        return {"grid": list(self.grid), "planes": list(PLANES), "num": int(self.num), "eps": self.eps,
-                "mean": {p: self.mean[k].tolist() for k, p in enumerate(PLANES)},
-                "std": {p: self.std[k].tolist() for k, p in enumerate(PLANES)}} | (
-            {"classes": list(self.classes), "class_counts": [int(c) for c in self.class_counts]}
-            if self.classes else {})
+        return {
+            "grid": list(self.grid),
+            "planes": list(PLANES),
+            "num": int(self.num),
+            "eps": self.eps,
+            "mean": {p: self.mean[k].tolist() for k, p in enumerate(PLANES)},
+            "std": {p: self.std[k].tolist() for k, p in enumerate(PLANES)},
+        } | (
+            {"classes": list(self.classes), "class_counts": [int(c) for c in self.class_counts]} if self.classes else {}
+        )
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "latent statistics") -> "LatentStats":
         try:
-            return cls(grid=tuple(d["grid"]), mean=[d["mean"][p] for p in PLANES], std=[d["std"][p] for p in PLANES],
-                       num=int(d.get("num", 0)), eps=float(d.get("eps", 1e-6)), source=source,
-                       classes=d.get("classes"), class_counts=d.get("class_counts"))
+            return cls(
+                grid=tuple(d["grid"]),
+                mean=[d["mean"][p] for p in PLANES],
+                std=[d["std"][p] for p in PLANES],
+                num=int(d.get("num", 0)),
+                eps=float(d.get("eps", 1e-6)),
+                source=source,
+                classes=d.get("classes"),
+                class_counts=d.get("class_counts"),
+            )
         except (KeyError, TypeError) as e:
             raise LatentCacheError(f"{source}: malformed latent statistics (missing {e})") from None
 
@@ -138,8 +165,9 @@ class LatentStats:
         path = Path(path)
         if path.is_dir():
             path = path / STATS_NAME
-        return cls.from_dict(_read_json(path, "latent statistics (run `coordtok encode`, which writes them)"),
-                             source=str(path))
+        return cls.from_dict(
+            _read_json(path, "latent statistics (run `coordtok encode`, which writes them)"), source=str(path)
+        )
 
 
 def compute_stats(latent_dir: str | Path, num: int = 2048, seed: int = 0, batch: int = 256) -> LatentStats:
@@ -153,7 +181,7 @@ def compute_stats(latent_dir: str | Path, num: int = 2048, seed: int = 0, batch:
     mean = torch.zeros(3, ds.channels, dtype=torch.float64)
     m2 = torch.zeros(3, ds.channels, dtype=torch.float64)
     for lo in range(0, len(chosen), batch):
-        planes = plane_values(ds.get_many(chosen[lo:lo + batch]).double(), ds.grid)
+        planes = plane_values(ds.get_many(chosen[lo : lo + batch]).double(), ds.grid)
         for k, name in enumerate(PLANES):
             x = planes[name]  # (values, C)
             nb, mb = x.shape[0], x.mean(0)
@@ -164,5 +192,6 @@ def compute_stats(latent_dir: str | Path, num: int = 2048, seed: int = 0, batch:
             mean[k] += delta * nb / count[k]
             m2[k] += m2b + delta.square() * na * nb / count[k]
     std = (m2 / count).clamp_min(0).sqrt()
-    return LatentStats(grid=ds.grid, mean=mean, std=std, num=len(chosen), classes=ds.classes,
-                       class_counts=ds.class_counts())
+    return LatentStats(
+        grid=ds.grid, mean=mean, std=std, num=len(chosen), classes=ds.classes, class_counts=ds.class_counts()
+    )

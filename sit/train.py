@@ -20,6 +20,7 @@ precision, DDP, resume, checkpoints and the data order). What is SiT's own:
 ``train.init_from`` fine-tunes from a SiT checkpoint (this project's or the reference's): the
 model starts from its training weights and the EMA from its EMA weights.
 """
+
 from __future__ import annotations
 
 import sys
@@ -27,12 +28,11 @@ from pathlib import Path
 
 import torch
 
-from coordtok.config import ConfigError, to_dict
-from coordtok.loop import EpochIndexed, fit, StepContext, Task
-from coordtok.seeds import mix_seed, SeedTag
-from coordtok.triplane import PLANES
-
 from coordtok import checkpoint as ckpt
+from coordtok.config import ConfigError, to_dict
+from coordtok.loop import EpochIndexed, StepContext, Task, fit
+from coordtok.seeds import SeedTag, mix_seed
+from coordtok.triplane import PLANES
 
 from .cache import LabelledLatents, LatentDataset, short_fingerprint
 from .checkpoint import load_sit
@@ -80,8 +80,15 @@ def sample_look(ema: TriplaneSiT, stats: LatentStats, cfg: SiTRunConfig, device)
     g = torch.Generator().manual_seed(mix_seed(tc.seed, SeedTag.SIT_LOOK))
     num_tokens = stats.per_token()[0].shape[1]
     noise = torch.randn(tc.sample_num, num_tokens, stats.channels, generator=g).to(device)
-    x = euler_maruyama(ema, noise, num_steps=tc.sample_steps, diffusion_norm=s.diffusion_norm,
-                       last_step_size=s.last_step_size, generator=g, path=make_path(tc.path))
+    x = euler_maruyama(
+        ema,
+        noise,
+        num_steps=tc.sample_steps,
+        diffusion_norm=s.diffusion_norm,
+        last_step_size=s.last_step_size,
+        generator=g,
+        path=make_path(tc.path),
+    )
     out = {"finite": float(torch.isfinite(x).all())}
     for space, flat in (("norm", x), ("latent", stats.denormalize(x))):
         planes = plane_values(flat.float().cpu(), stats.grid)
@@ -105,15 +112,20 @@ class SiTTask(Task):
             raise ConfigError(
                 f"{cfg.source}: model.grid {list(m.grid)} with model.channels {m.channels} does not fit the latents "
                 f"in {self.latents_dir} (grid {list(self.latents.grid)}, {self.latents.channels} channels); set them "
-                f"to the tokenizer's")
+                f"to the tokenizer's"
+            )
         if m.num_classes > 1 and self.latents.classes is None:
-            raise ConfigError(f"{cfg.source}: model.num_classes is {m.num_classes} but the latents in "
-                              f"{self.latents_dir} have no class labels (an unlabelled data set, or a cache written "
-                              f"before labels were recorded); set model.num_classes: 1, or re-encode labelled data")
+            raise ConfigError(
+                f"{cfg.source}: model.num_classes is {m.num_classes} but the latents in "
+                f"{self.latents_dir} have no class labels (an unlabelled data set, or a cache written "
+                f"before labels were recorded); set model.num_classes: 1, or re-encode labelled data"
+            )
         if m.num_classes > 1 and m.num_classes != len(self.latents.classes):
-            raise ConfigError(f"{cfg.source}: model.num_classes is {m.num_classes} but the latents in "
-                              f"{self.latents_dir} have {len(self.latents.classes)} classes; set model.num_classes: "
-                              f"{len(self.latents.classes)}")
+            raise ConfigError(
+                f"{cfg.source}: model.num_classes is {m.num_classes} but the latents in "
+                f"{self.latents_dir} have {len(self.latents.classes)} classes; set model.num_classes: "
+                f"{len(self.latents.classes)}"
+            )
         torch.manual_seed(tc.seed)
         self.modules = {"model": TriplaneSiT(m)}  # fit() keeps its EMA (train.ema): sampling uses it
         self.path = make_path(tc.path)
@@ -124,22 +136,32 @@ class SiTTask(Task):
         # The cache's statistics, also on resume: a corrected stats.json takes effect.
         self.stats = load_or_compute_stats(self.latents_dir, self.accelerator, self.config.train.seed, print)
         if self.stats.grid != self.latents.grid or self.stats.channels != self.latents.channels:
-            raise ConfigError(f"normalization statistics are for grid {self.stats.grid} x {self.stats.channels} "
-                              f"channels, the latents in {self.latents_dir} are {self.latents.grid} x "
-                              f"{self.latents.channels}")
+            raise ConfigError(
+                f"normalization statistics are for grid {self.stats.grid} x {self.stats.channels} "
+                f"channels, the latents in {self.latents_dir} are {self.latents.grid} x "
+                f"{self.latents.channels}"
+            )
         if self.config.model.num_classes > 1:  # the checkpoint carries the classes for `coordtok sample`
             self.stats.classes, self.stats.class_counts = self.latents.classes, self.latents.class_counts()
         elif self.latents.classes and self.accelerator.is_main_process:
-            print(f"note: model.num_classes is 1: training unconditionally, ignoring the {len(self.latents.classes)} "
-                  f"classes of {self.latents_dir}", file=sys.stderr)
+            print(
+                f"note: model.num_classes is 1: training unconditionally, ignoring the {len(self.latents.classes)} "
+                f"classes of {self.latents_dir}",
+                file=sys.stderr,
+            )
 
     def dataset(self):
         return EpochIndexed(LabelledLatents(self.latents))
 
     def init_from(self, path, log):
         model, _, configs = load_sit(path, weights="model", log=log, heads=self.config.model.heads)
-        ckpt.check_same_model(path, to_dict(model.config), to_dict(self.config.model), "cannot initialise from it",
-                              "fine-tune with the checkpoint's model settings")
+        ckpt.check_same_model(
+            path,
+            to_dict(model.config),
+            to_dict(self.config.model),
+            "cannot initialise from it",
+            "fine-tune with the checkpoint's model settings",
+        )
         self.modules["model"].load_state_dict(model.state_dict())
         self.ema.load_state_dict(configs["ema"])
         log(f"initialised from {path} (model and EMA weights)")
@@ -157,9 +179,11 @@ class SiTTask(Task):
 
     def periodic(self, step, log):
         look = sample_look(self.ema, self.stats, self.config, self.accelerator.device)
-        log(f"step {step}: EMA samples, normalized std per plane "
+        log(
+            f"step {step}: EMA samples, normalized std per plane "
             + ", ".join(f"{p} {look[f'norm_std_{p}']:.3f}" for p in PLANES)
-            + ("" if look["finite"] else " (NON-FINITE values)"))
+            + ("" if look["finite"] else " (NON-FINITE values)")
+        )
         return {f"sample_{k}": v for k, v in look.items()}
 
     def check_resume(self, state, where):
@@ -172,17 +196,23 @@ class SiTTask(Task):
                 f"{where}: cannot resume on {self.latents_dir}: its latents come from another tokenizer (fingerprint "
                 f"{short_fingerprint(new)}) than the checkpoint was trained on ({short_fingerprint(old)}, "
                 f"{state.get('tokenizer_ckpt')}); pass the run's own --latents, or start a new run (another out_dir, "
-                f"--init-from {where} to fine-tune)")
+                f"--init-from {where} to fine-tune)"
+            )
         if not (old and new) and self.accelerator.is_main_process:
-            print(f"note: {where if not old else self.latents_dir} records no tokenizer fingerprint (written before "
-                  f"they were recorded); cannot check that the latents come from the checkpoint's tokenizer",
-                  file=sys.stderr)
+            print(
+                f"note: {where if not old else self.latents_dir} records no tokenizer fingerprint (written before "
+                f"they were recorded); cannot check that the latents come from the checkpoint's tokenizer",
+                file=sys.stderr,
+            )
 
     def extra_state(self):
-        return {"stats": self.stats.to_dict(),
-                "tokenizer_config": self.latents.tokenizer_config,
-                "tokenizer_fingerprint": self.latents.tokenizer_fingerprint,
-                "tokenizer_ckpt": self.latents.index.get("tokenizer_ckpt"), "latents": str(self.latents_dir.resolve())}
+        return {
+            "stats": self.stats.to_dict(),
+            "tokenizer_config": self.latents.tokenizer_config,
+            "tokenizer_fingerprint": self.latents.tokenizer_fingerprint,
+            "tokenizer_ckpt": self.latents.index.get("tokenizer_ckpt"),
+            "latents": str(self.latents_dir.resolve()),
+        }
 
     def load_extra_state(self, state, log):
         super().load_extra_state(state, log)
@@ -190,12 +220,19 @@ class SiTTask(Task):
         if old is not None and (self.latents_dir / STATS_NAME).is_file():
             now = LatentStats.load(self.latents_dir / STATS_NAME).to_dict()
             if {k: now[k] for k in ("mean", "std")} != {k: old[k] for k in ("mean", "std")}:
-                log(f"resume: the latent statistics in {self.latents_dir / STATS_NAME} differ from the checkpoint's; "
-                    f"training continues with the new ones")
+                log(
+                    f"resume: the latent statistics in {self.latents_dir / STATS_NAME} differ from the checkpoint's; "
+                    f"training continues with the new ones"
+                )
 
 
-def train_sit(cfg: SiTRunConfig, latents_dir: str | Path, resume: bool | str | Path | None = None,
-              progress: bool = True, config_text: str | None = None) -> dict:
+def train_sit(
+    cfg: SiTRunConfig,
+    latents_dir: str | Path,
+    resume: bool | str | Path | None = None,
+    progress: bool = True,
+    config_text: str | None = None,
+) -> dict:
     """Train a TriplaneSiT on a latent cache; returns ``{"step", "loss", "run_dir", "checkpoint"}``.
 
     ``resume``: ``True`` continues from the newest good checkpoint of ``cfg.train.out_dir`` (if

@@ -22,10 +22,10 @@ it there.
 Times ``t`` are ``(B,)`` tensors (or python floats / 0-d tensors, broadcast over the batch);
 ``x`` may have any shape ``(B, ...)``.
 """
+
 from __future__ import annotations
 
 import abc
-
 import math
 
 import torch
@@ -52,20 +52,16 @@ class AffinePath(abc.ABC):
     """``x_t = alpha_t x1 + sigma_t x0``; subclasses define the four coefficient functions."""
 
     @abc.abstractmethod
-    def alpha_t(self, t: torch.Tensor) -> torch.Tensor:
-        ...
+    def alpha_t(self, t: torch.Tensor) -> torch.Tensor: ...
 
     @abc.abstractmethod
-    def sigma_t(self, t: torch.Tensor) -> torch.Tensor:
-        ...
+    def sigma_t(self, t: torch.Tensor) -> torch.Tensor: ...
 
     @abc.abstractmethod
-    def d_alpha_t(self, t: torch.Tensor) -> torch.Tensor:
-        ...
+    def d_alpha_t(self, t: torch.Tensor) -> torch.Tensor: ...
 
     @abc.abstractmethod
-    def d_sigma_t(self, t: torch.Tensor) -> torch.Tensor:
-        ...
+    def d_sigma_t(self, t: torch.Tensor) -> torch.Tensor: ...
 
     def plan(self, t, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x_t, u_t)`` for noise ``x0`` and data ``x1`` (same shape ``(B, ...)``), ``t`` ``(B,)``."""

@@ -130,7 +130,7 @@ def main(kind: str, out: str, steps: int, latents: str | None = None) -> None:
                     "val_every": 0,
                     "log_every": 1,
                     "mixed_precision": "no",
-                }
+                },
             },
         )
         fit_and_save(SiTTask(cfg, latents), out)

@@ -1,5 +1,6 @@
 """Shared, session-cached artefacts for the latent-cache / SiT tests: a 3-step tiny tokenizer
 and a small latent cache encoded with it (built once per test session, whichever test asks first)."""
+
 from __future__ import annotations
 
 import functools
@@ -20,11 +21,24 @@ def tiny_tokenizer(root: str) -> Path:
     from coordtok.train import train
 
     out = Path(root) / "tokenizer"
-    cfg = load_tokenizer_config(TOKENIZER_CONFIG, {
-        "train": {"max_steps": 3, "out_dir": str(out), "batch_size": 2, "num_coords": 256, "log_every": 1,
-                  "ckpt_every": 3, "val_every": 10 ** 9, "keep_checkpoints": 1,
-                  "mixed_precision": "no"},
-        "data": {"names": ["bikes"], "frame_range": [0, 140]}, "val_data": None})
+    cfg = load_tokenizer_config(
+        TOKENIZER_CONFIG,
+        {
+            "train": {
+                "max_steps": 3,
+                "out_dir": str(out),
+                "batch_size": 2,
+                "num_coords": 256,
+                "log_every": 1,
+                "ckpt_every": 3,
+                "val_every": 10**9,
+                "keep_checkpoints": 1,
+                "mixed_precision": "no",
+            },
+            "data": {"names": ["bikes"], "frame_range": [0, 140]},
+            "val_data": None,
+        },
+    )
     train(cfg, progress=False)
     return out / "ckpt-0000003.pt"
 
@@ -36,6 +50,14 @@ def tiny_cache(root: str) -> Path:
     from sit.encode import encode_dataset
 
     out = Path(root) / "latents"
-    encode_dataset(tiny_tokenizer(root), DataConfig(**DATA), out, clips_per_video=CLIPS_PER_VIDEO, seed=0, shard_size=SHARD_SIZE,
-                   batch_size=2, progress=False)
+    encode_dataset(
+        tiny_tokenizer(root),
+        DataConfig(**DATA),
+        out,
+        clips_per_video=CLIPS_PER_VIDEO,
+        seed=0,
+        shard_size=SHARD_SIZE,
+        batch_size=2,
+        progress=False,
+    )
     return out

@@ -1,12 +1,13 @@
 """The command line as a user runs it: reconstruct and the quick demo."""
+
 import json
 
 import decord
 import pytest
+from sit_common import tiny_tokenizer
 
 from coordtok.cli import main
 from coordtok.video_io import sample_video_paths
-from sit_common import tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +17,22 @@ def tokenizer_ckpt(root):
 
 def test_reconstruct_writes_side_by_side_and_metrics(tokenizer_ckpt, tmp_path, capsys):
     out = tmp_path / "rec.mp4"
-    assert main(["reconstruct", "--ckpt", str(tokenizer_ckpt), "--video", str(sample_video_paths()["bikes"]),
-                 "--start", "100", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--ckpt",
+                str(tokenizer_ckpt),
+                "--video",
+                str(sample_video_paths()["bikes"]),
+                "--start",
+                "100",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["start"] == 100 and metrics["frames"] == 128 and metrics["tokens"] == 320
     reader = decord.VideoReader(str(out))
@@ -27,21 +42,27 @@ def test_reconstruct_writes_side_by_side_and_metrics(tokenizer_ckpt, tmp_path, c
     from coordtok.data import VideoClipDataset
     from eval.metrics import video_metrics
 
-    clip = VideoClipDataset([sample_video_paths()["bikes"]], num_frames=128, size=64, deterministic_start=100,
-                            cache_dir=False)[0]["video"][None]
+    clip = VideoClipDataset(
+        [sample_video_paths()["bikes"]], num_frames=128, size=64, deterministic_start=100, cache_dir=False
+    )[0]["video"][None]
     rec = load_tokenizer(tokenizer_ckpt)[0].reconstruct(clip).clamp(-1, 1)
     want = video_metrics(clip, rec)
     assert metrics["psnr"] == pytest.approx(float(want["psnr"][0]), abs=1e-4)
     assert metrics["ssim"] == pytest.approx(float(want["ssim"][0]), abs=1e-5)
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["reconstruct", "--ckpt", "missing.pt", "--video", str(sample_video_paths()["bikes"])],
-     "missing.pt: checkpoint not found"),
-    (["train", "--config", "configs/tokenizer/nope.yaml"], "config file not found"),
-    (["train", "--config", "configs/tokenizer/tiny.yaml", "--set", "model.size=60"], "not divisible"),
-    (["train", "--config", "configs/tokenizer/tiny.yaml", "--set", "data.root"], "section.key=value"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (
+            ["reconstruct", "--ckpt", "missing.pt", "--video", str(sample_video_paths()["bikes"])],
+            "missing.pt: checkpoint not found",
+        ),
+        (["train", "--config", "configs/tokenizer/nope.yaml"], "config file not found"),
+        (["train", "--config", "configs/tokenizer/tiny.yaml", "--set", "model.size=60"], "not divisible"),
+        (["train", "--config", "configs/tokenizer/tiny.yaml", "--set", "data.root"], "section.key=value"),
+    ],
+)
 def test_bad_input_is_one_line(argv, needle, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -68,8 +89,13 @@ def test_quick_demo_writes_summary_and_video(tmp_path):
     # 1+16 windows of 5x8x8, ProMAG 8x's 10 windows (17 frames, 4 overlapping) of 3x8x8, or 8 with
     # one-frame overlaps; REGEN's 15 9-frame chunks of 2x8x8
     assert {k: r["tokens"] for k, r in rows.items()} == {
-        "coordtok": 320, "magvit2": 8 * 5 * 64, "promag-8x": 10 * 3 * 64, "promag-8x-no-blend": 8 * 3 * 64,
-        "regen": 15 * 2 * 64, "regen-no-extension": 15 * 2 * 64}
+        "coordtok": 320,
+        "magvit2": 8 * 5 * 64,
+        "promag-8x": 10 * 3 * 64,
+        "promag-8x-no-blend": 8 * 3 * 64,
+        "regen": 15 * 2 * 64,
+        "regen-no-extension": 15 * 2 * 64,
+    }
     for r in rows.values():
         assert len(decord.VideoReader(str(out / r["video"]))) == 128
     samples = sorted((out / "samples").glob("sample_*.mp4"))
@@ -94,7 +120,8 @@ def test_quick_demo_writes_summary_and_video(tmp_path):
     assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - own <= set(listed["files"])
     assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_dir()} <= set(listed["folders"])
     assert {"runs/tokenizer/ckpt-0000020.pt", "runs/sit/.lock", "latents/index.json", "summary.md"} <= set(
-        listed["files"]) and any(f.startswith("runs/tokenizer/tb/events.out.tfevents.") for f in listed["files"])
+        listed["files"]
+    ) and any(f.startswith("runs/tokenizer/tb/events.out.tfevents.") for f in listed["files"])
     mine = ["runs/my-own-run/ckpt-0000100.pt", "samples/mine.mp4", "reconstructions/mine.mp4"]
     for rel in mine:
         (out / rel).parent.mkdir(exist_ok=True)

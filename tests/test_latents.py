@@ -1,4 +1,5 @@
 """Latent cache and normalization statistics: contents, resume, statistics against numpy."""
+
 import json
 import shutil
 
@@ -6,20 +7,19 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from sit_common import CLIPS_PER_VIDEO, DATA, SHARD_SIZE, tiny_tokenizer
 
+from coordtok.checkpoint import load_tokenizer
 from coordtok.cli import main
 from coordtok.config import DataConfig
-from coordtok.checkpoint import load_tokenizer
 from coordtok.data import EmptyDatasetError, build_dataset
 from coordtok.triplane import Triplane
 from sit.cache import LatentCacheError, LatentDataset, read_index
 from sit.encode import encode_dataset
 from sit.stats import LatentStats, compute_stats
-from sit_common import CLIPS_PER_VIDEO, DATA, SHARD_SIZE, tiny_tokenizer
 
 GRID, C = (16, 8, 8), 4  # the tiny tokenizer's triplane
 TOKENS = 8 * 8 + 16 * 8 + 16 * 8
-
 
 
 def _files(folder):
@@ -37,8 +37,11 @@ def test_encode_writes_shards_index_and_the_tokenizers_latents(cache, root):
     n = CLIPS_PER_VIDEO
     index = read_index(cache)
     assert index["num_latents"] == n and index["grid"] == list(GRID) and index["channels"] == C
-    assert [s["file"] for s in index["shards"]] == ["shard-00000.safetensors", "shard-00001.safetensors",
-                                                    "shard-00002.safetensors"]
+    assert [s["file"] for s in index["shards"]] == [
+        "shard-00000.safetensors",
+        "shard-00001.safetensors",
+        "shard-00002.safetensors",
+    ]
     assert [s["count"] for s in index["shards"]] == [2, 2, 1]
     assert index["tokenizer_config"]["model"]["latent_channels"] == C and index["seed"] == 0
     assert (cache / "stats.json").is_file()
@@ -66,32 +69,84 @@ def test_resume_rewrites_only_what_is_missing(cache, root, tmp_path):
     (copy / "index.json").unlink()
     (copy / "shard-00001.safetensors").unlink()
     kept = (copy / "shard-00000.safetensors").stat().st_mtime_ns, (copy / "shard-00002.safetensors").stat().st_mtime_ns
-    encode_dataset(tiny_tokenizer(root), DataConfig(**DATA), copy, clips_per_video=CLIPS_PER_VIDEO, seed=0, shard_size=SHARD_SIZE,
-                   batch_size=2, progress=False)
-    assert ((copy / "shard-00000.safetensors").stat().st_mtime_ns,
-            (copy / "shard-00002.safetensors").stat().st_mtime_ns) == kept  # finished shards skipped
+    encode_dataset(
+        tiny_tokenizer(root),
+        DataConfig(**DATA),
+        copy,
+        clips_per_video=CLIPS_PER_VIDEO,
+        seed=0,
+        shard_size=SHARD_SIZE,
+        batch_size=2,
+        progress=False,
+    )
+    assert (
+        (copy / "shard-00000.safetensors").stat().st_mtime_ns,
+        (copy / "shard-00002.safetensors").stat().st_mtime_ns,
+    ) == kept  # finished shards skipped
     assert _files(copy) == _files(cache)  # and everything else rebuilt bit for bit
     # A different encoding into the same folder is refused instead of mixing caches.
     with pytest.raises(LatentCacheError, match="different encoding.*index.json"):
-        encode_dataset(tiny_tokenizer(root), DataConfig(**DATA), copy, clips_per_video=CLIPS_PER_VIDEO, seed=1,
-                       shard_size=SHARD_SIZE, progress=False)
+        encode_dataset(
+            tiny_tokenizer(root),
+            DataConfig(**DATA),
+            copy,
+            clips_per_video=CLIPS_PER_VIDEO,
+            seed=1,
+            shard_size=SHARD_SIZE,
+            progress=False,
+        )
     (copy / "index.json").unlink()  # an unfinished cache of another encoding: its shards are protected too
     with pytest.raises(LatentCacheError, match="different encoding.*shard-00000.json"):
-        encode_dataset(tiny_tokenizer(root), DataConfig(**DATA), copy, clips_per_video=CLIPS_PER_VIDEO, seed=1,
-                       shard_size=SHARD_SIZE, progress=False)
+        encode_dataset(
+            tiny_tokenizer(root),
+            DataConfig(**DATA),
+            copy,
+            clips_per_video=CLIPS_PER_VIDEO,
+            seed=1,
+            shard_size=SHARD_SIZE,
+            progress=False,
+        )
 
 
 def test_encode_cli_one_line_errors(root, tmp_path, capsys):
-    assert main(["encode", "--tokenizer-ckpt", str(tiny_tokenizer(root)), "--data", str(tmp_path / "nope"),
-                 "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "encode",
+                "--tokenizer-ckpt",
+                str(tiny_tokenizer(root)),
+                "--data",
+                str(tmp_path / "nope"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("coordtok: error:") and "does not exist" in err and len(err.splitlines()) == 1
-    assert main(["encode", "--tokenizer-ckpt", str(tmp_path / "missing.pt"), "--kind", "samples", "--data", "bikes",
-                 "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "encode",
+                "--tokenizer-ckpt",
+                str(tmp_path / "missing.pt"),
+                "--kind",
+                "samples",
+                "--data",
+                "bikes",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert "checkpoint not found" in capsys.readouterr().err
     # By default only whole 128-frame windows are encoded: a 100-frame video is skipped, not zero-padded.
     with pytest.raises(EmptyDatasetError, match="no usable videos.*too short"):
-        encode_dataset(tiny_tokenizer(root), DataConfig(**{**DATA, "frame_range": [0, 100]}), tmp_path / "short", progress=False)
+        encode_dataset(
+            tiny_tokenizer(root), DataConfig(**{**DATA, "frame_range": [0, 100]}), tmp_path / "short", progress=False
+        )
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -128,9 +183,16 @@ def test_normalize_round_trip_and_unit_statistics(cache):
 def _synthetic_cache(folder, flat: torch.Tensor, grid=GRID):
     folder.mkdir()
     save_file({"tokens": flat.contiguous()}, str(folder / "shard-00000.safetensors"))
-    (folder / "index.json").write_text(json.dumps({
-        "grid": list(grid), "channels": flat.shape[2], "num_latents": flat.shape[0],
-        "shards": [{"file": "shard-00000.safetensors", "count": flat.shape[0]}]}))
+    (folder / "index.json").write_text(
+        json.dumps(
+            {
+                "grid": list(grid),
+                "channels": flat.shape[2],
+                "num_latents": flat.shape[0],
+                "shards": [{"file": "shard-00000.safetensors", "count": flat.shape[0]}],
+            }
+        )
+    )
     return folder
 
 
@@ -142,8 +204,13 @@ def test_plane_split_with_planted_values(tmp_path):
     clips = []
     for b in range(4):
         v = m + (s if b % 2 == 0 else -s)
-        clips.append(Triplane(v[0][None, :, None, None].expand(1, C, hl, wl), v[1][None, :, None, None].expand(1, C, tl, wl),
-                              v[2][None, :, None, None].expand(1, C, tl, hl)).flatten())
+        clips.append(
+            Triplane(
+                v[0][None, :, None, None].expand(1, C, hl, wl),
+                v[1][None, :, None, None].expand(1, C, tl, wl),
+                v[2][None, :, None, None].expand(1, C, tl, hl),
+            ).flatten()
+        )
     flat = torch.cat(clips)
     folder = _synthetic_cache(tmp_path / "planted", flat)
     stats = compute_stats(folder)
@@ -153,8 +220,8 @@ def test_plane_split_with_planted_values(tmp_path):
     assert torch.allclose(z, sign.expand_as(z), atol=1e-5)  # every token, every channel: exactly +-1
     # Independent of Triplane: the xy tokens are the first Hl * Wl positions.
     assert torch.allclose(flat[0, : hl * wl], (m[0] + s[0]).expand(hl * wl, C))
-    assert torch.allclose(flat[0, hl * wl: hl * wl + tl * wl], (m[1] + s[1]).expand(tl * wl, C))
-    assert torch.allclose(flat[0, hl * wl + tl * wl:], (m[2] + s[2]).expand(tl * hl, C))
+    assert torch.allclose(flat[0, hl * wl : hl * wl + tl * wl], (m[1] + s[1]).expand(tl * wl, C))
+    assert torch.allclose(flat[0, hl * wl + tl * wl :], (m[2] + s[2]).expand(tl * hl, C))
 
 
 def test_missing_or_corrupt_cache_is_a_one_line_error(cache, tmp_path):

@@ -2,6 +2,7 @@
 (seed, i), so two gloo processes write what one writes; the folder holds a sampling manifest, the
 same command resumes after a kill -9 without redoing finished samples, another run's folder or a
 folder with other files is refused; progress counts network calls against a known total."""
+
 import json
 import os
 import shutil
@@ -13,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sit_common import SIT_CONFIG, tiny_tokenizer
 
 from coordtok.cli import main
 from coordtok.video_io import read_video
 from sit.config import load_sit_run_config
 from sit.train import train_sit
-from sit_common import SIT_CONFIG, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,18 +32,48 @@ def tokenizer(root):
 @pytest.fixture(scope="module")
 def sit(cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("sit-sample-runs")
-    cfg = load_sit_run_config(SIT_CONFIG, {"train": {
-        "max_steps": 2, "out_dir": str(out), "batch_size": 4, "log_every": 1, "ckpt_every": 2, "val_every": 0,
-        "mixed_precision": "no"}})
+    cfg = load_sit_run_config(
+        SIT_CONFIG,
+        {
+            "train": {
+                "max_steps": 2,
+                "out_dir": str(out),
+                "batch_size": 4,
+                "log_every": 1,
+                "ckpt_every": 2,
+                "val_every": 0,
+                "mixed_precision": "no",
+            }
+        },
+    )
     train_sit(cfg, cache, progress=False)
     return out / "ckpt-0000002.pt"
 
 
 def _argv(sit, tokenizer, out, *extra, num=3, steps=3, fmt="mp4", batch=1, progress=False):
-    return ["sample", "--sit-ckpt", str(sit), "--tokenizer-ckpt", str(tokenizer), "--num", str(num),
-            "--steps", str(steps), "--seed", "0", "--batch-size", str(batch), "--format", fmt, "--out", str(out),
-            "--frames-per-chunk", "16",  # 16-frame chunks decode ~5x faster than the whole clip at once
-            *(() if progress else ("--no-progress",)), *extra]
+    return [
+        "sample",
+        "--sit-ckpt",
+        str(sit),
+        "--tokenizer-ckpt",
+        str(tokenizer),
+        "--num",
+        str(num),
+        "--steps",
+        str(steps),
+        "--seed",
+        "0",
+        "--batch-size",
+        str(batch),
+        "--format",
+        fmt,
+        "--out",
+        str(out),
+        "--frames-per-chunk",
+        "16",  # 16-frame chunks decode ~5x faster than the whole clip at once
+        *(() if progress else ("--no-progress",)),
+        *extra,
+    ]
 
 
 def _stamps(folder: Path) -> dict:
@@ -74,7 +105,13 @@ def test_the_folder_gets_a_manifest_and_the_same_command_resumes(sit, tokenizer,
     assert (run["seed"], run["num"], run["sampler"], run["steps"], run["format"]) == (0, 3, "sde", 3, "mp4")
     assert len(run["sit_fingerprint"]) == len(run["tokenizer_fingerprint"]) == 40
     assert sorted(p.name for p in reference_mp4.iterdir()) == [
-        ".lock", "contact_sheet.png", "sample_0000.mp4", "sample_0001.mp4", "sample_0002.mp4", "sampling.json"]
+        ".lock",
+        "contact_sheet.png",
+        "sample_0000.mp4",
+        "sample_0001.mp4",
+        "sample_0002.mp4",
+        "sampling.json",
+    ]
     out = tmp_path / "copy"
     shutil.copytree(reference_mp4, out)
     before = _stamps(out)
@@ -124,14 +161,18 @@ def test_a_folder_with_files_the_sampler_did_not_write_is_refused(sit, tokenizer
 
 
 # ---------------------------------------------------------------------------- resume after a kill (point 4)
-def test_kill_9_after_the_first_sample_then_the_same_command_completes(sit, tokenizer, reference_mp4, tmp_path,
-                                                                       capsys):
+def test_kill_9_after_the_first_sample_then_the_same_command_completes(sit, tokenizer, reference_mp4, tmp_path, capsys):
     out, ref = tmp_path / "killed", reference_mp4
     # the kill lands within ~10 ms of the first file; the next sample takes far longer (3 SiT
     # calls, decoding 128 frames, ffmpeg), and the assertion below says if it did not
     argv = _argv(sit, tokenizer, out)
-    proc = subprocess.Popen([sys.executable, "-m", "coordtok", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordtok", *argv],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     first = out / "sample_0000.mp4"
     deadline = time.time() + 300
     while not first.exists() and proc.poll() is None and time.time() < deadline:
@@ -154,8 +195,9 @@ def test_kill_9_after_the_first_sample_then_the_same_command_completes(sit, toke
     assert not (out / ".parts").exists() and not list(out.glob(".*.tmp*"))
 
 
-def test_an_interrupted_npz_run_resumes_without_resampling_finished_batches(sit, tokenizer, tmp_path, monkeypatch,
-                                                                            capsys):
+def test_an_interrupted_npz_run_resumes_without_resampling_finished_batches(
+    sit, tokenizer, tmp_path, monkeypatch, capsys
+):
     import sit.sample as ss
 
     ref = tmp_path / "ref"
@@ -209,10 +251,29 @@ def test_two_processes_write_what_one_process_writes(sit, tokenizer, reference_m
     if fmt == "npz":
         assert main(_argv(sit, tokenizer, one, fmt=fmt)) == 0
     two = tmp_path / "two"
-    res = subprocess.run([_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "coordtok",
-                          *_argv(sit, tokenizer, two, fmt=fmt)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"})
+    res = subprocess.run(
+        [
+            _accelerate(),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "coordtok",
+            *_argv(sit, tokenizer, two, fmt=fmt),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "on 2 processes" in res.stderr
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
@@ -223,7 +284,9 @@ def test_two_processes_write_what_one_process_writes(sit, tokenizer, reference_m
         for i in range(3):
             assert (two / f"sample_{i:04d}.mp4").read_bytes() == (one / f"sample_{i:04d}.mp4").read_bytes()
     assert (two / "contact_sheet.png").read_bytes() == (one / "contact_sheet.png").read_bytes()
-    assert json.loads((two / "sampling.json").read_text())["run"] == json.loads((one / "sampling.json").read_text())["run"]
+    assert (
+        json.loads((two / "sampling.json").read_text())["run"] == json.loads((one / "sampling.json").read_text())["run"]
+    )
 
 
 def test_a_sample_does_not_depend_on_its_batch(sit, tokenizer, tmp_path):
@@ -249,7 +312,7 @@ def test_an_adaptive_ode_says_it_ignores_steps(sit, tokenizer, tmp_path, capsys)
     notes = [line for line in capsys.readouterr().err.splitlines() if "ignored" in line]
     assert len(notes) == 1 and "--steps 3 is ignored" in notes[0] and "dopri5" in notes[0], notes
     argv = _argv(sit, tokenizer, tmp_path / "b", "--sampler", "ode", num=1, fmt="npz")
-    del argv[argv.index("--steps"):argv.index("--steps") + 2]
+    del argv[argv.index("--steps") : argv.index("--steps") + 2]
     assert main(argv) == 0
     assert "ignored" not in capsys.readouterr().err
     assert json.loads((tmp_path / "b" / "sampling.json").read_text())["run"]["steps"] is None

@@ -1,4 +1,5 @@
 """TriplaneSiT: parameter count, shapes, adaLN-Zero init, configs, EMA, and that it learns."""
+
 from pathlib import Path
 
 import pytest

@@ -200,9 +200,27 @@ def test_two_processes_train_the_conditional_sit_of_one_process(two_class_cache,
     from test_multiprocess import SCRIPT, _accelerate, _run
 
     two, one = tmp_path / "two", tmp_path / "one"
-    _run([_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-          "no", "--dynamo_backend", "no", SCRIPT, "sit", str(two), "3", str(two_class_cache)],
-         env={"ACCELERATE_USE_CPU": "1"})
+    _run(
+        [
+            _accelerate(),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            SCRIPT,
+            "sit",
+            str(two),
+            "3",
+            str(two_class_cache),
+        ],
+        env={"ACCELERATE_USE_CPU": "1"},
+    )
     _run([sys.executable, SCRIPT, "sit", str(one), "3", str(two_class_cache)])
     r0, r1, single = (torch.load(p) for p in (two / "rank0.pt", two / "rank1.pt", one / "rank0.pt"))
     assert single["y_embedder.embedding_table.weight"].shape[0] == 3  # two classes + the null class
@@ -403,8 +421,9 @@ def test_class_arguments_are_checked_in_one_line(cond_sit, sit_uncond, root, tmp
 def test_guiding_a_sit_whose_null_class_never_trained_says_so():
     from sit.sample import _labelling
 
-    stats = LatentStats(grid=GRID, mean=torch.zeros(3, C), std=torch.ones(3, C), classes=["a", "b"],
-                        class_counts=[1, 1])
+    stats = LatentStats(
+        grid=GRID, mean=torch.zeros(3, C), std=torch.ones(3, C), classes=["a", "b"], class_counts=[1, 1]
+    )
     base = SiTConfig.from_yaml(SIT_CONFIG)
     for dropout, scale, warned in ((0.0, 2.0, True), (0.0, 1.0, False), (0.1, 2.0, False)):
         said = []
