@@ -1,6 +1,11 @@
 """Helpers shared by the tests: a training run watched from outside, gradients compared up to
 float32 reduction order, parameter counts."""
 
+import os
+import shutil
+import sys
+
+import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -67,3 +72,25 @@ def assert_same_gradients(a: dict, b: dict, rel: float = 1e-4) -> None:
 def param_count(module: torch.nn.Module) -> int:
     """Parameters of a module (built on the meta device for paper-scale layouts)."""
     return sum(p.numel() for p in module.parameters())
+
+
+def accelerate_launch(processes: int = 2) -> list[str]:
+    """The command-line head that runs a script as ``processes`` CPU processes over gloo:
+    ``accelerate launch --multi_gpu ...`` (with ``ACCELERATE_USE_CPU=1`` in the environment;
+    ``--multi_gpu`` picks torchrun, ``--cpu`` alone would start a single process)."""
+    exe = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    if exe is None:
+        pytest.fail("the accelerate launcher is not installed")
+    return [
+        exe,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]

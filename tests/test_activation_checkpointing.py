@@ -15,6 +15,7 @@ import sys
 import pytest
 import torch
 import yaml
+from helpers import accelerate_launch
 
 from coordtok.activation_checkpointing import CheckpointedBlock, checkpointed_blocks, set_activation_checkpointing
 from coordtok.config import load_model_config, to_dict
@@ -208,23 +209,13 @@ def test_two_processes_with_checkpointing_match_one_without(tmp_path):
     recomputing backward) trains what one plain process trains: bit-identical ranks, the same
     gradient up to float32 summation order (2 x half the batch against the whole batch)."""
     from helpers import assert_same_gradients
-    from test_multiprocess import ROOT, _accelerate, _run
+    from test_multiprocess import ROOT, _run
 
     script = str(ROOT / "tests" / "mp_checkpointing.py")
     two, one = tmp_path / "two", tmp_path / "one"
     _run(
         [
-            _accelerate(),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *accelerate_launch(),
             script,
             str(two),
             "2",

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import accelerate_launch
 
 from coordtok.cli import main
 from coordtok.errors import CoordTokError
@@ -69,24 +70,11 @@ def test_encode_into_a_locked_cache_is_one_line_and_writes_nothing(tmp_path, cap
 def test_two_process_encode_into_a_locked_cache_stops_on_every_rank(tmp_path):
     """Rank 0 takes the lock; when it cannot, every rank stops with its line (a rank that went on
     alone would wait forever at the next collective), and with the lock free both ranks encode."""
-    import shutil
     import subprocess
-    import sys
 
     root = Path(__file__).resolve().parents[1]
-    exe = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
     launch = [
-        exe,
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *accelerate_launch(),
         "-m",
         "coordtok",
         *ENCODE,

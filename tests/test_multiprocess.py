@@ -6,25 +6,17 @@ batch against 1 process x the whole batch; after AdamW steps the weights would d
 learning rate on any CPU whose reduction order differs, so the gradients are compared."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_same_gradients
+from helpers import accelerate_launch, assert_same_gradients
 from sit_common import tiny_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "tests" / "mp_train.py")
-
-
-def _accelerate():
-    exe = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
-    if exe is None:
-        pytest.fail("the accelerate launcher is not installed")
-    return exe
 
 
 def _run(cmd, env=None):
@@ -51,17 +43,7 @@ def test_two_processes_match_one_with_the_same_global_batch(kind, tmp_path):
     # (`--cpu` alone would start a single process).
     _run(
         [
-            _accelerate(),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *accelerate_launch(),
             SCRIPT,
             *[str(two) if a is None else a for a in args],
         ],

@@ -9,14 +9,13 @@ stream simply lacks that step's batch (same operations on the same numbers in th
 so exact equality is the right test, not a tolerance)."""
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import accelerate_launch
 from sit_common import tiny_cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,20 +26,8 @@ BAD_STEP = 1  # 0-based: the second step
 def launch_two(args, timeout=400):
     """``accelerate launch`` two CPU (gloo) processes; the whole process group is killed on a
     timeout (a collective mismatch can hang), so no worker outlives the test."""
-    exe = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
-    assert exe, "the accelerate launcher is not installed"
     cmd = [
-        exe,
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *accelerate_launch(),
         *args,
     ]
     proc = subprocess.Popen(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import accelerate_launch
 from sit_common import SIT_CONFIG, tiny_tokenizer
 
 from coordtok.cli import main
@@ -237,13 +238,6 @@ def test_an_interrupted_npz_run_resumes_without_resampling_finished_batches(
 
 
 # ---------------------------------------------------------------------------- many processes (point 4)
-def _accelerate():
-    exe = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
-    if exe is None:
-        pytest.fail("the accelerate launcher is not installed")
-    return exe
-
-
 @pytest.mark.parametrize("fmt", ["npz", "mp4"])
 def test_two_processes_write_what_one_process_writes(sit, tokenizer, reference_mp4, fmt, tmp_path):
     """3 samples in batches of 1: process 0 samples 0 and 2, process 1 sample 1."""
@@ -253,17 +247,7 @@ def test_two_processes_write_what_one_process_writes(sit, tokenizer, reference_m
     two = tmp_path / "two"
     res = subprocess.run(
         [
-            _accelerate(),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *accelerate_launch(),
             "-m",
             "coordtok",
             *_argv(sit, tokenizer, two, fmt=fmt),

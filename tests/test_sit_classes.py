@@ -11,6 +11,7 @@ import decord
 import numpy as np
 import pytest
 import torch
+from helpers import accelerate_launch
 from safetensors.torch import save_file
 from sit_common import SIT_CONFIG, tiny_tokenizer
 
@@ -197,22 +198,12 @@ def test_two_processes_train_the_conditional_sit_of_one_process(two_class_cache,
     import sys
 
     from helpers import assert_same_gradients
-    from test_multiprocess import SCRIPT, _accelerate, _run
+    from test_multiprocess import SCRIPT, _run
 
     two, one = tmp_path / "two", tmp_path / "one"
     _run(
         [
-            _accelerate(),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *accelerate_launch(),
             SCRIPT,
             "sit",
             str(two),
@@ -362,7 +353,7 @@ def test_two_processes_write_the_labelled_guided_samples_of_one_process(cond_sit
     """3 samples in batches of 1 with drawn labels and guidance: process 0 samples 0 and 2, process 1 sample 1."""
     import subprocess
 
-    from test_sample_runs import ROOT, _accelerate
+    from test_sample_runs import ROOT
 
     tok = tiny_tokenizer(root)
     extra = ("--classes", "uniform", "--cfg-scale", "2", "--format", "npz", "--batch-size", "1", "--seed", "5")
@@ -370,17 +361,7 @@ def test_two_processes_write_the_labelled_guided_samples_of_one_process(cond_sit
     capsys.readouterr()
     res = subprocess.run(
         [
-            _accelerate(),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *accelerate_launch(),
             "-m",
             "coordtok",
             *_argv(cond_sit, tok, tmp_path / "two", *extra),
