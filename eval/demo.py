@@ -455,6 +455,19 @@ def _run_demo(out: Path, plan: DemoPlan) -> dict:
             batch_size=plan.samples,
             **({"classes": "cycle", "cfg_scale": DEMO_CFG_SCALE} if len(classes) > 1 else {}),
         )
+        unconditional = None
+        if len(classes) > 1:  # the same SiT without a label: the null class its label dropout trained
+            unconditional = sample_videos(
+                runs / "sit",
+                tok_ckpt,
+                1,
+                out / "samples-unconditional",
+                sampler="sde",
+                steps=plan.sample_steps,
+                seed=0,
+                batch_size=1,
+                classes="none",
+            )
 
     # 5. analysis and profile ----------------------------------------------------------------
     from .analysis import analyze
@@ -511,6 +524,9 @@ def _run_demo(out: Path, plan: DemoPlan) -> dict:
             "labels": samples.get("labels"),
             "cfg_scale": samples.get("cfg_scale"),
             "files": sorted(str(Path(p).relative_to(out)) for p in samples.get("files", [])),
+            "unconditional_files": sorted(
+                str(Path(p).relative_to(out)) for p in (unconditional or {}).get("files", [])
+            ),
         },
         "analysis": {"correlation": analysis["correlation"], "videos": len(analysis["rows"])},
         "profile": rows,
@@ -591,7 +607,13 @@ def write_summary(out: Path, m: dict) -> None:
         f"{_fmt(m['sit']['final_loss'], '.4f')}); {m['sit']['samples']} samples, the classes in turn (labels "
         f"{m['sit'].get('labels')}, classifier-free guidance {m['sit'].get('cfg_scale')}), with "
         f"{m['sit']['sampler']}, {m['sit']['sample_steps']} steps, decoded to 128 frames: `samples/`, "
-        "contact sheet `samples/contact_sheet.png`.",
+        "contact sheet `samples/contact_sheet.png`"
+        + (
+            "; and an unconditional sample of the same SiT (no label: the null class its label dropout "
+            "trained): `samples-unconditional/`."
+            if m["sit"].get("unconditional_files")
+            else "."
+        ),
         "",
         "## Analysis and profile",
         "",

@@ -256,11 +256,11 @@ def register(sub) -> None:
     )
     cls.add_argument(
         "--classes",
-        choices=("uniform", "data", "cycle"),
+        choices=("uniform", "data", "cycle", "none"),
         default=None,
         help="class-conditional SiT: draw each sample's class, uniformly or with the training latents' "
-        "frequencies (for FVD), or cycle: sample i of class i mod the number of classes; the default "
-        "without --class is uniform",
+        "frequencies (for FVD), or cycle: sample i of class i mod the number of classes; none: unconditional "
+        "samples (the null class the label dropout trained); the default without --class is uniform",
     )
     sa.add_argument(
         "--cfg-scale",

@@ -14,7 +14,8 @@ Brownian increments come from its own generators on the sampling device, seeded 
 run is resumed, each sample is computed in the same batch with the same numbers. (Another batch
 size changes only float rounding; another device type draws other noise.) A class-conditional
 SiT's sample ``i`` has the class ``--class`` names, or one drawn from its own generator ``(seed, i)``
-(``--classes uniform|data``; ``cycle``: class ``i mod N``); ``sampling.json`` lists every sample's label.
+(``--classes uniform|data``; ``cycle``: class ``i mod N``; ``none``: the unconditional null class);
+``sampling.json`` lists every sample's label.
 
 Process ``r`` of ``W`` samples the batches ``b = r, r + W, ...``. The folder is the run's
 (``sampling.json`` is written first; the same command resumes, skipping finished samples). The
@@ -131,7 +132,7 @@ def _sample_noise(seed: int, i: int, shape, device: torch.device) -> torch.Tenso
     return torch.randn(tuple(shape), generator=g, device=device)
 
 
-CLASS_MODES = ("uniform", "data", "cycle")
+CLASS_MODES = ("uniform", "data", "cycle", "none")
 
 
 def sample_labels(mode: str, seed: int, num: int, num_classes: int, counts: list[int] | None = None) -> list[int]:
@@ -192,6 +193,17 @@ def _labelling(
         if not 0.0 <= lo <= hi <= 1.0:
             raise SamplingError(f"--cfg-interval {lo} {hi}: need 0 <= LO <= HI <= 1 (times t, 0 noise, 1 data)")
         cfg_interval = [lo, hi]
+    if classes == "none":  # the null class: the model's unconditional prediction, learned by label dropout
+        if class_label is not None or cfg_scale != 1.0 or cfg_interval is not None:
+            raise SamplingError(
+                "--classes none samples the unconditional prediction: no --class, --cfg-scale or --cfg-interval with it"
+            )
+        if model.config.class_dropout == 0.0:
+            raise SamplingError(
+                "--classes none needs a SiT trained with label dropout (model.class_dropout_prob > 0): "
+                "this one's null class never was"
+            )
+        return None  # no labels: the network's call without a label is the null class's
     if cfg_scale != 1.0 and model.config.class_dropout == 0.0:
         log(
             "warning: this SiT was trained with model.class_dropout_prob 0, so its null class never was: guidance "
@@ -379,7 +391,9 @@ def sample_videos(
             (its index, or its name from the checkpoint's class list).
         classes: ``uniform`` or ``data`` (the training latents' class frequencies): sample ``i``'s
             class drawn from its own generator ``(seed, i)`` (an FVD run); ``cycle``: class ``i mod
-            num_classes``; the default for a conditional SiT without ``class_label`` is ``uniform``.
+            num_classes``; ``none``: unconditional samples (the null class, which label dropout
+            trained; no labels recorded); the default for a conditional SiT without ``class_label``
+            is ``uniform``.
         cfg_scale: classifier-free guidance scale (1: the conditional model, 0: the unconditional
             one); see :func:`sit.samplers.guided_velocity` (every channel of every plane, one
             batched network call per velocity evaluation, counted as one).

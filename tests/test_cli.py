@@ -103,6 +103,10 @@ def test_quick_demo_writes_summary_and_video(tmp_path):
     # the two sample clips are two classes: a class-conditional SiT, one sample of each
     assert metrics["sit"]["classes"] == ["bikes", "bigbuckbunny"] and metrics["sit"]["labels"] == [0, 1]
     assert json.loads((out / "samples" / "sampling.json").read_text())["labels"] == [0, 1]
+    unconditional = sorted((out / "samples-unconditional").glob("sample_*.mp4"))
+    assert len(unconditional) == 1 and len(decord.VideoReader(str(unconditional[0]))) == 128
+    assert metrics["sit"]["unconditional_files"] == ["samples-unconditional/sample_0000.mp4"]
+    assert "labels" not in json.loads((out / "samples-unconditional" / "sampling.json").read_text())
     for name in ("samples/contact_sheet.png", "analysis.png", "profile_flops.png", "comparison.md"):
         assert (out / name).stat().st_size > 0, name
     assert {r["mode"] for r in metrics["profile"]} == {"coordtok", "full", "magvit2", "promag", "regen"}

@@ -413,6 +413,41 @@ def test_guiding_a_sit_whose_null_class_never_trained_says_so():
         assert out["labels"] == [1, 1] and any("never was" in m for m in said) == warned
 
 
+def test_classes_none_samples_the_null_class_without_labels(cond_sit, root, tmp_path, monkeypatch):
+    """``--classes none``: every network call gets no label (the model's null class, which label
+    dropout trained), and the run records no labels; refused with guidance or a --class, and for a
+    SiT whose null class never trained."""
+    from sit.sample import _labelling, sample_videos
+
+    seen = []
+    real = TriplaneSiT.forward
+
+    def spy(self, x, t, y=None):
+        seen.append(y)
+        return real(self, x, t, y)
+
+    monkeypatch.setattr(TriplaneSiT, "forward", spy)
+    sample_videos(
+        cond_sit, tiny_tokenizer(root), 2, tmp_path / "none", classes="none", steps=3, fmt="npz", progress=False
+    )
+    assert len(seen) >= 3 and all(y is None for y in seen)
+    manifest = json.loads((tmp_path / "none" / "sampling.json").read_text())
+    assert "labels" not in manifest and "labels" not in np.load(tmp_path / "none" / "samples.npz").files
+    stats = LatentStats(
+        grid=GRID, mean=torch.zeros(3, C), std=torch.ones(3, C), classes=["a", "b"], class_counts=[1, 1]
+    )
+    base = SiTConfig.from_yaml(SIT_CONFIG)
+    trained = TriplaneSiT(base, num_classes=2, class_dropout_prob=0.1)
+    assert _labelling(trained, stats, 2, 0, None, "none", 1.0, None, print) is None
+    for label, scale, match in ((None, 1.5, "no --class, --cfg-scale"), ("a", 1.0, "not both")):
+        with pytest.raises(SamplingError, match=match):
+            _labelling(trained, stats, 2, 0, label, "none", scale, None, print)
+    with pytest.raises(SamplingError, match="never was"):
+        _labelling(
+            TriplaneSiT(base, num_classes=2, class_dropout_prob=0.0), stats, 2, 0, None, "none", 1.0, None, print
+        )
+
+
 @pytest.fixture(scope="module")
 def sit_uncond(two_class_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("uncond-sit")
