@@ -35,9 +35,10 @@ from typing import Any, Callable
 import torch
 
 from . import checkpoint as ckpt
+from . import devices
 from .activation_checkpointing import set_activation_checkpointing
 from .config import ConfigError, LoopConfig
-from .devices import cpu_info, resolve_precision
+from .devices import resolve_precision
 from .errors import CoordTokError
 from .seeds import SeedTag, mix_seed
 
@@ -524,7 +525,7 @@ def fit(
         if is_main:
             log(
                 f"precision: {'fp32' if precision == 'no' else precision} "
-                f"({'CUDA' if device.type == 'cuda' else cpu_info()['model']})"
+                f"({'CUDA' if device.type == 'cuda' else devices.cpu_info()['model']})"
             )
         blocks = set_activation_checkpointing(task.modules["model"], tc.activation_checkpointing)
         if is_main and tc.activation_checkpointing:
