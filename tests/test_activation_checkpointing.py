@@ -84,6 +84,7 @@ def _perturb(model: torch.nn.Module) -> None:
     "family, autocast",
     [("coordtok", False), ("coordtok", True), ("sit", False), ("regen", False), ("magvit2", False), ("promag", False)],
 )
+@pytest.mark.slow
 def test_gradients_equal_with_and_without_checkpointing(family, autocast):
     torch.manual_seed(0)
     model, inputs, step = _family_step(family)
@@ -109,6 +110,7 @@ def test_gradients_equal_with_and_without_checkpointing(family, autocast):
     assert nonzero > 0.9 * len(plain)
 
 
+@pytest.mark.slow
 def test_not_recomputed_in_eval_or_without_grad():
     torch.manual_seed(0)
     model, inputs, step = _family_step("coordtok")
@@ -161,6 +163,7 @@ def test_nested_blocks_checkpoint_only_the_outermost():
     assert outer.activation_checkpointing and not outer.inner.activation_checkpointing
 
 
+@pytest.mark.slow
 def test_training_loop_turns_it_on_from_the_config(tmp_path, capfd):
     """``train.activation_checkpointing: true`` reaches the model's blocks in a real run, logs one line,
     and gives the first step's gradients of the run without it."""
@@ -204,6 +207,7 @@ def test_training_loop_turns_it_on_from_the_config(tmp_path, capfd):
         assert torch.equal(plain[name], ckpt[name]), name
 
 
+@pytest.mark.slow
 def test_two_processes_with_checkpointing_match_one_without(tmp_path):
     """DDP over two gloo processes with every block checkpointed (its gradient hooks fire during the
     recomputing backward) trains what one plain process trains: bit-identical ranks, the same

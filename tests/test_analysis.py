@@ -56,6 +56,7 @@ def test_sobel_magnitude_of_a_step_edge():
     assert abs(frequency_magnitude(_constant_video([(40, 90, 200)] * 3))) < 1e-12
 
 
+@pytest.mark.slow
 def test_analyze_writes_table_and_plot(tmp_path):
     rng = np.random.default_rng(2)
     items = []

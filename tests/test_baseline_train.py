@@ -134,6 +134,7 @@ def test_configs_load_and_check_their_kind(tmp_path):
 # ---------------------------------------------------------------------------- MAGVIT-v2
 
 
+@pytest.mark.slow
 def test_magvit2_resume_with_the_gan_is_bit_exact(tmp_path):
     """k steps, resume, k more == 2k steps straight: generator, EMA, discriminator, LeCAM
     statistics, both optimizers and the last metrics, bit for bit."""
@@ -160,6 +161,7 @@ def test_magvit2_resume_with_the_gan_is_bit_exact(tmp_path):
     assert c["loss"] != ckpt.load(tmp_path / "a" / "ckpt-0000002.pt")["metrics"]["loss"]
 
 
+@pytest.mark.slow
 def test_resume_refuses_to_add_a_discriminator(tmp_path):
     from coordtok.checkpoint import CheckpointError
 
@@ -176,6 +178,7 @@ def _bare(task):
     return task
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["magvit2", "promag"])
 def test_generator_phase_leaves_the_discriminator_alone(tmp_path, kind, monkeypatch):
     """The generator's adversarial term reaches the generator, not the discriminator: after the
@@ -229,6 +232,7 @@ def test_generator_phase_leaves_the_discriminator_alone(tmp_path, kind, monkeypa
     assert leaked
 
 
+@pytest.mark.slow
 def test_magvit2_in_the_loop_generator_phase_gives_the_discriminator_no_gradient(tmp_path):
     """Through fit(): at every generator phase the discriminator's gradients are still None (the
     loop clears them only at the start of the discriminator phase and after its step)."""
@@ -248,6 +252,7 @@ def test_magvit2_in_the_loop_generator_phase_gives_the_discriminator_no_gradient
     assert seen == [[], []]
 
 
+@pytest.mark.slow
 def test_magvit2_tiny_learns_a_real_clip(tmp_path):
     """magvit2-tiny (GAN off, lr 1e-3) overfits one 17-frame bikes window in 30 steps of batch 2.
     Measured (training weights, clamped reconstruction) over seeds 0-2: 10.3-11.0 dB at init,
@@ -296,6 +301,7 @@ def promag_4x(tmp_path_factory):
     return out, cfg
 
 
+@pytest.mark.slow
 def test_promag_tiny_learns_a_real_clip(promag_4x):
     """promag-tiny-4x (L1, GAN off, lr 1e-3) on one 17-frame bikes window, batch 2: the posterior
     mean's reconstruction measured 11.1-12.1 dB at init and 17.4-18.3 dB after 30 steps over seeds
@@ -315,6 +321,7 @@ def grown_config(out, parent, steps: int):
     )
 
 
+@pytest.mark.slow
 def test_grown_model_starts_as_its_parent_through_the_training_loss(promag_4x, tmp_path):
     """At step 0 the grown model's subsampled reconstruction term equals the parent's
     reconstruction term on the subsampled clips, bit for bit: same weights on the frozen path,
@@ -337,6 +344,7 @@ def test_grown_model_starts_as_its_parent_through_the_training_loss(promag_4x, t
     assert grown["recon_sub"] < 0.75 * fresh["recon"], (grown["recon_sub"], fresh["recon"])
 
 
+@pytest.mark.slow
 def test_growing_freezes_the_parent_and_resumes_without_it(promag_4x, tmp_path):
     """Train the grown 8x: the inherited weights stay the parent's exactly, the new levels move,
     only trainable parameters are in the optimizer. Resume continues the grown model bit for bit

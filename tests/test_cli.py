@@ -15,6 +15,7 @@ def tokenizer_ckpt(root):
     return tiny_tokenizer(root)
 
 
+@pytest.mark.slow
 def test_reconstruct_writes_side_by_side_and_metrics(tokenizer_ckpt, tmp_path, capsys):
     out = tmp_path / "rec.mp4"
     assert (
@@ -76,6 +77,7 @@ def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):
     assert "unreadable checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_quick_demo_writes_summary_and_video(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0

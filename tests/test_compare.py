@@ -54,6 +54,7 @@ def trained(tmp_path_factory, root):
     return runs, out / "real"
 
 
+@pytest.mark.slow
 def test_train_dispatches_on_the_configs_kind(trained):
     from coordtok import checkpoint as ckpt
 
@@ -63,6 +64,7 @@ def test_train_dispatches_on_the_configs_kind(trained):
         assert state["kind"] == kind and state["step"] == 1
 
 
+@pytest.mark.slow
 def test_one_table_for_every_tokenizer_and_protocol(trained, tmp_path, capsys):
     runs, real = trained
     capsys.readouterr()

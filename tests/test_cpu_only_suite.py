@@ -24,6 +24,7 @@ def _gpu_machine(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda *a, **k: torch.get_rng_state())  # a checkpoint's
 
 
+@pytest.mark.slow
 def test_cuda_is_hidden_here_and_in_the_processes_tests_start():
     assert not torch.cuda.is_available() and resolve_device(None) == torch.device("cpu")
     code = (
@@ -39,6 +40,7 @@ def test_a_tests_own_cuda_mock_wins(monkeypatch):
     assert torch.cuda.is_available() and resolve_device(None) == torch.device("cuda")
 
 
+@pytest.mark.slow
 def test_the_precision_test_trains_on_the_cpu_in_the_cpus_precision(tmp_path, monkeypatch, capsys):
     """Training takes its device type, and so its precision and TF32 switches, from the device
     accelerate runs on (here the CPU, as under ``ACCELERATE_USE_CPU=1`` on a GPU node), not from
@@ -53,6 +55,7 @@ def test_the_precision_test_trains_on_the_cpu_in_the_cpus_precision(tmp_path, mo
         torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+@pytest.mark.slow
 def test_the_profile_test_searches_no_max_batch(tmp_path, monkeypatch):
     import eval.profile
 

@@ -429,6 +429,7 @@ def test_dataloader_workers(clips, tmp_path):
     assert torch.cat([b["num_frames"] for b in batches]).tolist() == [12, 12, 10, 10]
 
 
+@pytest.mark.slow
 def test_build_dataset(clips, tmp_path):
     ds = build_dataset(DataConfig(kind="samples", frames=4, size=32, stride=2, min_frames=4), cache_dir=tmp_path / "c")
     assert len(ds) == 2 and ds[1]["video"].shape == (3, 4, 32, 32)

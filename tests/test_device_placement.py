@@ -85,6 +85,7 @@ def test_a_cpu_tensor_inside_a_cuda_forward_fails():
 
 
 # ---------------------------------------------------------------------------- CoordTok
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2])
 def test_coordtok_step(stage):
     from coordtok.config import load_tokenizer_config
@@ -111,6 +112,7 @@ def _sit_task(cache):
     return SiTTask(load_sit_run_config("configs/sit/tiny.yaml"), cache)
 
 
+@pytest.mark.slow
 def test_sit_step(cache):
     task = _sit_task(cache)
     batch = torch.utils.data.default_collate([task.dataset()[i] for i in range(2)])  # {"latent", "label"}
@@ -136,6 +138,7 @@ def test_samplers(cache, sampler):
 
 
 # ---------------------------------------------------------------------------- baselines and REGEN
+@pytest.mark.slow
 def test_magvit2_step_with_its_discriminator():
     from baselines.train import MagvitV2Task, load_magvit2_run_config
 
@@ -150,6 +153,7 @@ def test_magvit2_step_with_its_discriminator():
     assert set(_run_phases(task, {"video": _video(2, 17, 64)}, autocast=False)) == {"model", "disc"}
 
 
+@pytest.mark.slow
 def test_promag_step_with_its_discriminator():
     from baselines.train import ProMAGTask, load_promag_run_config
 
@@ -162,6 +166,7 @@ def test_promag_step_with_its_discriminator():
     assert set(_run_phases(task, {"video": _video(2, m.frames, m.size)})) == {"model", "disc"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extend", [False, True])
 def test_regen_step(extend):
     from baselines.regen_train import RegenTask, load_regen_run_config

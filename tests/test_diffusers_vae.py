@@ -89,6 +89,7 @@ def direct_flops(model, run) -> int:
 CLIP = {WAN: (13, 4), COG: (17, 5)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [WAN, COG])
 def test_small_config_shapes_and_meta_flops_equal_a_direct_count(spec):
     model = build_autoencoder(spec, SMALL[spec])
@@ -111,6 +112,7 @@ def test_small_config_shapes_and_meta_flops_equal_a_direct_count(spec):
     assert 2 * forward < counted["train"] <= 3 * forward
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [WAN, COG])
 def test_reconstruction_runs_and_reports_finite_metrics(spec):
     from eval.recon import evaluate_clip, markdown_table
@@ -131,6 +133,7 @@ def test_reconstruction_runs_and_reports_finite_metrics(spec):
     assert f"| {tok.name} | {t * 16} x 4 |" in markdown_table([row], frames)
 
 
+@pytest.mark.slow
 def test_a_model_that_fails_on_meta_is_counted_on_the_cpu(monkeypatch):
     import eval.diffusers_vae as dv
 
@@ -194,6 +197,7 @@ def test_a_local_pretrained_folder_loads_without_network(tmp_path, monkeypatch):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_profile_puts_a_default_autoencoder_beside_coordtok(tmp_path):
     from coordtok.kinds import ROOT
     from eval.profile import profile, write_report
@@ -219,6 +223,7 @@ def test_profile_puts_a_default_autoencoder_beside_coordtok(tmp_path):
     assert f"| 16 | {spec} | 17 |" in (tmp_path / "profile.md").read_text()
 
 
+@pytest.mark.slow
 def test_reconstruct_command_with_a_pretrained_folder(tmp_path, capsys, monkeypatch):
     from coordtok.cli import main
     from coordtok.video_io import sample_video_paths
@@ -272,6 +277,7 @@ def test_only_eval_diffusers_vae_imports_diffusers():
     assert importers == {"eval/diffusers_vae.py"}
 
 
+@pytest.mark.slow
 def test_eval_recon_compares_a_diffusers_folder_with_coordtok_at_its_frame_side(root, tmp_path, capsys, monkeypatch):
     import decord
     from sit_common import tiny_tokenizer

@@ -67,6 +67,7 @@ def test_encode_into_a_locked_cache_is_one_line_and_writes_nothing(tmp_path, cap
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
 
 
+@pytest.mark.slow
 def test_two_process_encode_into_a_locked_cache_stops_on_every_rank(tmp_path):
     """Rank 0 takes the lock; when it cannot, every rank stops with its line (a rank that went on
     alone would wait forever at the next collective), and with the lock free both ranks encode."""

@@ -29,6 +29,7 @@ def setup(tmp_path_factory, root):
     return root, ckpt, detector
 
 
+@pytest.mark.slow
 def test_eval_recon_reports_rfvd_at_both_lengths_and_frame_metrics(setup, tmp_path, capsys):
     root, ckpt, detector = setup
     out = tmp_path / "out"
@@ -89,6 +90,7 @@ def test_eval_recon_reports_rfvd_at_both_lengths_and_frame_metrics(setup, tmp_pa
     )
 
 
+@pytest.mark.slow
 def test_eval_recon_takes_shorter_clips(setup, tmp_path, capsys):
     """--frames is honoured: CoordTok masks a 64-frame clip (a longer one goes in overlapping windows,
     tests/test_long_videos.py; an overlap past half a window is an error)."""
@@ -141,6 +143,7 @@ def test_eval_recon_takes_shorter_clips(setup, tmp_path, capsys):
     assert "--overlap 65: CoordTok's windows of 128 frames overlap by 0 to 64 frames" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_analyze_writes_table_and_plot_without_a_detector(setup, tmp_path, capsys):
     root, ckpt, _ = setup
     out = tmp_path / "an"

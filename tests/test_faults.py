@@ -53,6 +53,7 @@ def _cmd(out: Path, *extra):
     ]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     straight = tmp_path / "straight"
@@ -125,6 +126,7 @@ def test_output_folder_that_cannot_be_created_is_one_line(tmp_path, capsys):
     assert err.startswith("coordtok: error:") and "cannot create the output folder" in err and "\n" not in err
 
 
+@pytest.mark.slow
 def test_bad_files_in_the_data_folder_are_skipped_and_training_goes_on(tmp_path, caplog):
     import decord
 

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from coordtok import checkpoint as ckpt
 from coordtok.cli import main
 
@@ -49,6 +51,7 @@ def assert_one_line_short_write(proc: subprocess.CompletedProcess, path: Path) -
     ), last
 
 
+@pytest.mark.slow
 def test_convert_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, capsys):
     whole = tmp_path / "whole.pt"
     assert main(["convert", "--ckpt", str(TOKENIZER), "--out", str(whole), "--heads", "4"]) == 0
@@ -60,6 +63,7 @@ def test_convert_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, capsys)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["whole.pt"]  # no torn file left
 
 
+@pytest.mark.slow
 def test_train_on_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
     run = tmp_path / "run"
     common = [

@@ -241,6 +241,7 @@ def test_i3d_preprocess_scales_to_minus_one_one_and_crops_the_short_side():
     assert center[0].item() == pytest.approx(-2 / 3, abs=0.04) and center[-1].item() == pytest.approx(2 / 3, abs=0.04)
 
 
+@pytest.mark.slow
 def test_inception_i3d_state_dict_loads_strictly_and_gives_400_logits(tmp_path):
     torch.manual_seed(0)
     model = InceptionI3d().eval()

@@ -24,6 +24,7 @@ TINY_STEPS = [
 ]
 
 
+@pytest.mark.slow
 def test_without_cuda_it_says_so_in_one_line_and_exits_0(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "bench.gpu_check", "--out", str(tmp_path / "r.md")],
@@ -117,6 +118,7 @@ def test_the_loss_scaler_skips_a_non_finite_step_and_takes_a_finite_one():
 CASES = [(s, "fp32") for s in TINY_STEPS] + [(TINY_STEPS[2], "bf16"), (TINY_STEPS[2], "fp16"), (TINY_STEPS[0], "fp16")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step, precision", CASES, ids=[f"{s[0]}-{p}" for s, p in CASES])
 def test_every_models_step_runs_through_the_same_code_on_the_cpu(step, precision, one_thread):
     name, family, config, mode = step
@@ -151,6 +153,7 @@ def test_max_batch_search_with_a_time_cap(monkeypatch):
     assert capped.startswith(">= ") and 1 <= int(capped[3:]) <= 37 and len(probes) <= 5
 
 
+@pytest.mark.slow
 def test_the_whole_report_on_the_cpu_with_tiny_models(tmp_path, monkeypatch, one_thread):
     """run(): every section through its code on the CPU (tiny models, a fake memory probe),
     a first section that runs out of time lists its steps as skipped, and the report is written."""

@@ -126,6 +126,7 @@ def _spy(monkeypatch, cls, name: str, seen: list):
     monkeypatch.setattr(cls, name, spied)
 
 
+@pytest.mark.slow
 def test_sample_records_and_runs_in_its_precision(sit_ckpt, tokenizer_ckpt, tmp_path, capsys, monkeypatch):  # noqa: F811
     def run(name, *extra):
         out = tmp_path / name
@@ -165,6 +166,7 @@ def test_sample_records_and_runs_in_its_precision(sit_ckpt, tokenizer_ckpt, tmp_
     assert set(seen_sit) == set(seen_decode) == {torch.bfloat16}
 
 
+@pytest.mark.slow
 def test_encode_records_its_precision(root, tmp_path, monkeypatch, capsys):
     seen = []
     _spy(monkeypatch, CoordTok, "encode", seen)
@@ -179,6 +181,7 @@ def test_encode_records_its_precision(root, tmp_path, monkeypatch, capsys):
     assert index["precision"] == "bf16" and set(seen) == {torch.bfloat16}
 
 
+@pytest.mark.slow
 def test_eval_recon_records_its_precision(setup, tmp_path, capsys):  # noqa: F811
     data, ckpt, _ = setup
     out = tmp_path / "out"

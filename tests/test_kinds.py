@@ -81,6 +81,7 @@ RUNS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [k.name for k in tokenizers()])
 def test_each_tokenizer_builds_trains_a_step_and_reconstructs_through_the_table(name, tmp_path):
     kind = KINDS[name]

@@ -91,6 +91,7 @@ def test_loss_is_sane():
     assert loss_is_sane(-3.0, -2.0) and not loss_is_sane(25.0, -2.0)  # a loss may be negative (entropy terms)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", [tokenizer, magvit2], ids=["coordtok", "magvit2"])
 def test_the_stop_names_a_good_checkpoint_and_its_advice_works(make, tmp_path):
     w = tmp_path / "run"
@@ -114,6 +115,7 @@ def test_the_stop_names_a_good_checkpoint_and_its_advice_works(make, tmp_path):
     assert largest_weight(w / "ckpt-0000004.pt") < SANE
 
 
+@pytest.mark.slow
 def test_a_run_that_diverges_before_any_good_checkpoint_says_so(tmp_path):
     with pytest.warns(UserWarning, match="non-finite"), pytest.raises(TrainingDiverged) as stop:
         tokenizer(tmp_path / "a", 10, 1e9)()

@@ -33,6 +33,7 @@ def _numpy_planes(flat: np.ndarray) -> dict:
 
 
 # ---------------------------------------------------------------------------- encoding
+@pytest.mark.slow
 def test_encode_writes_shards_index_and_the_tokenizers_latents(cache, root):
     n = CLIPS_PER_VIDEO
     index = read_index(cache)
@@ -63,6 +64,7 @@ def test_encode_writes_shards_index_and_the_tokenizers_latents(cache, root):
     assert len(starts) > 1  # random windows, not the same clip K times
 
 
+@pytest.mark.slow
 def test_resume_rewrites_only_what_is_missing(cache, root, tmp_path):
     copy = tmp_path / "latents"
     shutil.copytree(cache, copy)

@@ -5,6 +5,7 @@ is resumed from 3 with a checkpoint every step. Before, pruning kept this run id
 (6, the abandoned branch, and 5) and deleted 3 and 4; a later plain --resume then continued from
 6 without a word."""
 
+import pytest
 import torch
 
 from coordtok import checkpoint as ckpt
@@ -37,6 +38,7 @@ def names(folder):
     return sorted(p.name for p in ckpt.list_checkpoints(folder))
 
 
+@pytest.mark.slow
 def test_a_branch_prunes_its_own_lineage_and_names_the_abandoned_one(tmp_path, capsys):
     w = tmp_path / "W"
     train(run_cfg(w, 6, 3), progress=False)

@@ -153,6 +153,7 @@ def test_identity_windows_stitch_back_exactly_and_the_last_window_is_masked_not_
     assert (rec == rec[:, :, :, :1, :1]).all()
 
 
+@pytest.mark.slow
 def test_300_frames_reconstruct_window_by_window_with_seams_reported(model, long_video):
     video = _model_video(long_video)
     tok = CoordTokReconstructor(model)
@@ -203,6 +204,7 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_reconstruct_cli_on_a_video_longer_than_the_clip(files, tmp_path, capsys):
     video, ckpt = files
     out = tmp_path / "long_recon.mp4"
@@ -262,6 +264,7 @@ def test_reconstruct_cli_on_a_video_longer_than_the_clip(files, tmp_path, capsys
     assert not (tmp_path / "c.mp4").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["eval-recon", "analyze"])
 def test_eval_recon_and_analyze_on_clips_longer_than_the_tokenizer(files, tmp_path, capsys, command):
     video, ckpt = files
@@ -315,6 +318,7 @@ def test_eval_recon_and_analyze_on_clips_longer_than_the_tokenizer(files, tmp_pa
     assert "--overlap 20" in _one_line(capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_encode_whole_videos_stores_each_videos_windows_that_decode_to_its_reconstruction(files, tmp_path, capsys):
     from coordtok.checkpoint import load_tokenizer
     from coordtok.data import to_model_video

@@ -81,6 +81,7 @@ def test_vgg16_features_layout_matches_torchvision():
     assert pools == [4, 9, 16, 23, 30]
 
 
+@pytest.mark.slow
 def test_load_features_only_file_roundtrip(vgg_file):
     path, vgg = vgg_file
     sd = load_vgg16_state_dict(path)

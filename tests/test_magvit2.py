@@ -434,6 +434,7 @@ def test_config_validation():
         MagvitV2Config(frames=5, disc_channel_multipliers=(1, 1, 1, 1)).validate()
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_a_clip():
     torch.manual_seed(0)
     model = MagvitV2(small_cfg())

@@ -45,6 +45,7 @@ def measured():
     return est, peaks, weights
 
 
+@pytest.mark.slow
 def test_estimate_bounds_the_measured_peak(measured):
     est, peaks, weights = measured
     assert est["activation_bytes"] > 4 * weights  # the size where the activations decide
@@ -59,6 +60,7 @@ def test_estimate_bounds_the_measured_peak(measured):
     assert peaks[False] <= est["total_bytes"] and peaks[True] <= est["total_bytes_checkpointed"]
 
 
+@pytest.mark.slow
 def test_checkpointing_saves_what_the_estimate_says(measured):
     """Both peaks hold the weights, the batch and the tensors saved outside the blocks; they differ in
     the blocks' activations (all of them, against their inputs plus one block rebuilt) and in the
@@ -70,6 +72,7 @@ def test_checkpointing_saves_what_the_estimate_says(measured):
     assert abs(got - want) <= est["largest_block_bytes"], (got, want, est["largest_block_bytes"])
 
 
+@pytest.mark.slow
 def test_paper_scale_estimate_needs_no_memory():
     """CoordTok-L stage 2 at the paper's per-GPU batch (256 over 8 GPUs): estimated on the meta device
     in seconds; far over 80 GB without checkpointing, under it with."""
@@ -80,6 +83,7 @@ def test_paper_scale_estimate_needs_no_memory():
     assert est["blocks"] == 8 + 24 + 24  # CoordTok-L: 8 ViT, 24 cross-self and 24 decoder blocks
 
 
+@pytest.mark.slow
 def test_profile_reports_the_estimate_with_and_without_checkpointing(tmp_path):
     from eval.profile import profile, write_report
 
@@ -102,6 +106,7 @@ def test_profile_reports_the_estimate_with_and_without_checkpointing(tmp_path):
     assert f"{rows[1]['est_bytes'] / 1e9:.3f} | {rows[1]['est_bytes_ckpt'] / 1e9:.3f}" in table
 
 
+@pytest.mark.slow
 def test_steady_state_rss_shows_the_saving():
     """``step_memory(steady_state=True)``: the process's peak RSS over a second step (AdamW's moments
     alive, as in every step of a run but the first). With freed tensors returned to the system, the

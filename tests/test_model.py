@@ -36,6 +36,7 @@ def tiny_model(**over):
     return CoordTok(cfg).eval()
 
 
+@pytest.mark.slow
 def test_shapes():
     model = tiny_model()
     video = torch.rand(2, 3, 128, 64, 64) * 2 - 1
@@ -122,6 +123,7 @@ def test_attention_key_mask_equals_dropping_keys():
     assert torch.allclose(out[1], attention(q[1:], k[1:, :9], v[1:, :9])[0], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_short_clip_output_does_not_depend_on_padding():
     model = tiny_model()
     torch.manual_seed(1)
@@ -153,6 +155,7 @@ def test_decode_key_mask_ignores_padded_coordinates():
     assert torch.allclose(full[:, :40], model.decode(tri, coords), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_chunked_reconstruction_decodes_each_chunk_on_its_own():
     """frames_per_chunk=16: frames 16k..16k+15 are the decoding of exactly that chunk's coordinates
     (they attend only to each other); a chunk covering the clip is the full decoding."""
@@ -199,6 +202,7 @@ def test_config_errors_name_the_key(override, key):
     assert "tiny.yaml" in str(info.value) or "--set" in str(info.value)
 
 
+@pytest.mark.slow
 def test_full_clip_decoding_never_holds_the_attention_matrix():
     """8192 coordinates x 4 heads: an N x N score matrix alone would be 1.07 GB; we stay far below."""
     import subprocess

@@ -31,6 +31,7 @@ def _run(cmd, env=None):
     assert res.returncode == 0, res.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["tokenizer", "sit", "magvit2", "regen"])
 def test_two_processes_match_one_with_the_same_global_batch(kind, tmp_path):
     """MAGVIT-v2 runs with its GAN, R1 (a double backward through the DDP-wrapped discriminator),

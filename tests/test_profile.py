@@ -63,6 +63,7 @@ def test_block_on_meta_counts_mlp_too():
     assert total == want
 
 
+@pytest.mark.slow
 def test_full_decoding_flops_grow_much_faster_with_frames():
     base = load_model_config("configs/tokenizer/small.yaml")
     f = {
@@ -93,6 +94,7 @@ def test_flops_on_meta_equal_a_real_cpu_step():
     assert meta == fc.get_total_flops() - attn + attn * 6 // 7
 
 
+@pytest.mark.slow
 def test_profile_report_with_memory_beside_magvit2(tmp_path):
     rows = profile(
         "configs/tokenizer/tiny.yaml",
@@ -123,6 +125,7 @@ def test_profile_report_with_memory_beside_magvit2(tmp_path):
 @pytest.mark.parametrize(
     "family, config", [("magvit2", "configs/baselines/magvit2.yaml"), ("promag", "configs/baselines/promag-8x.yaml")]
 )
+@pytest.mark.slow
 def test_conv3d_flops_grow_linearly_with_frames_coordtoks_do_not(family, config):
     """A causal conv-3D tokenizer's step is affine in the clip length (every layer sees 1 + T / 2^j
     frames), so doubling T doubles the increment; CoordTok-L's grows 1.6x at most from 16 to 128
@@ -138,6 +141,7 @@ def test_conv3d_flops_grow_linearly_with_frames_coordtoks_do_not(family, config)
     assert c[128] / c[16] < 1.6 and f[128] > 50 * c[128]
 
 
+@pytest.mark.slow
 def test_cpu_step_memory_is_the_child_s_own_not_its_parent_s():
     """ru_maxrss survives exec: a child of a big process would report the parent's peak."""
     from eval.profile import step_memory

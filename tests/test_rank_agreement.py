@@ -51,6 +51,7 @@ def launch_two(args, timeout=400):
 @pytest.mark.parametrize(
     "kind,phase", [("tokenizer", "model"), ("sit", "model"), ("magvit2", "model"), ("magvit2", "disc")]
 )
+@pytest.mark.slow
 def test_one_rank_nan_is_skipped_by_every_rank(kind, phase, tmp_path):
     latents = [str(tiny_cache(str(tmp_path / "cache")))] if kind == "sit" else []
     code, output = launch_two([SCRIPT, kind, str(tmp_path / "out"), "1", str(BAD_STEP), phase, *latents])

@@ -133,6 +133,7 @@ def test_encode_rejects_wrong_chunk_length():
 # ---------------------------------------------------------------------------- learning
 
 
+@pytest.mark.slow
 def test_decoder_loss_goes_down_on_a_fixed_batch():
     """40 Adam steps (lr 3e-3) of the flow-matching loss on two fixed clips, encoder and DiT
     together. Measured on a held-out evaluation set of (t, x0) pairs, fixed, so the number is a

@@ -90,6 +90,7 @@ def test_extension_steps_are_a_function_of_seed_and_step():
     assert not any(extension_step(0, s, 0.0) for s in range(100))
 
 
+@pytest.mark.slow
 def test_resume_is_bit_exact(tmp_path):
     """k steps, resume, k more == 2k steps straight (model, EMA, optimizer, metrics), with both
     tasks in the 2k steps (extend_prob 0.5, seed 0: step 0 reconstructs, steps 1-3 extend)."""
@@ -111,6 +112,7 @@ def test_resume_is_bit_exact(tmp_path):
     assert type(model) is Regen and all(torch.equal(v, a["ema"][n]) for n, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_learns_a_real_clip(tmp_path, monkeypatch):
     """The tiny REGEN learns two consecutive 9-frame chunks of bikes at 32 x 32 (lr 3e-3, batch 2,
     150 steps, the config's task mix); ``size`` 32 instead of regen-tiny's 64, for speed (4x fewer
@@ -152,6 +154,7 @@ def test_load_regen_errors(tmp_path):
         load_regen(tmp_path / "noconfig.pt")
 
 
+@pytest.mark.slow
 def test_init_from_takes_the_weights_and_refuses_another_model(tmp_path):
     """train.init_from starts a new run from a finished one's weights (and its EMA); a checkpoint of
     another architecture is a one-line error naming the first differing key."""

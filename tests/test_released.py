@@ -33,6 +33,7 @@ def converted(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_convert_writes_a_project_checkpoint_that_computes_the_same(converted, capsys):
     state = ckpt.load(converted)
     assert state["kind"] == "coordtok" and state["config"]["model"]["enc_heads"] == 4
@@ -45,6 +46,7 @@ def test_convert_writes_a_project_checkpoint_that_computes_the_same(converted, c
         assert torch.equal(direct.reconstruct(video), again.reconstruct(video))
 
 
+@pytest.mark.slow
 def test_reconstruct_on_the_converted_file_equals_the_original(converted, tmp_path, capsys):
     capsys.readouterr()
     runs = []
@@ -111,6 +113,7 @@ def test_stage2_fine_tuning_starts_from_a_reference_file(tmp_path, capsys):
     assert all(torch.equal(tuned[k], state["model"][k]) for k in tuned)  # lr 0: exactly the released weights
 
 
+@pytest.mark.slow
 def test_sampling_a_reference_sit_reads_the_statistics_from_its_log(converted, tmp_path, capsys):
     out = tmp_path / "samples"
     assert (
@@ -165,6 +168,7 @@ def test_sampling_a_reference_sit_without_statistics_names_the_three_ways(conver
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_statistics_from_encode_or_the_log_are_accepted(converted, tmp_path, capsys):
     """encode on the converted tokenizer writes stats.json; sample takes it (or the log) with --latent-stats,
     and convert stores them in the SiT's project checkpoint."""
@@ -254,6 +258,7 @@ def test_statistics_from_encode_or_the_log_are_accepted(converted, tmp_path, cap
     )
 
 
+@pytest.mark.slow
 def test_sit_fine_tuning_starts_from_a_reference_checkpoint(converted, tmp_path, capsys):
     """sit-train --init-from <reference .pt>: the model takes its training weights, the EMA its EMA."""
     cache = tmp_path / "latents"

@@ -43,6 +43,7 @@ def _dtypes_seen(model: CoordTok, dtype: torch.dtype) -> dict[str, set]:
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grid_sample_policy", ["cpu", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_residual_stream_is_float32_under_autocast(dtype, grid_sample_policy, monkeypatch):

@@ -9,6 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from test_rank_agreement import launch_two
 
@@ -33,6 +34,7 @@ def _prepare(tmp_path, node0_steps, node1_steps):
             shutil.copy2(tmp_path / "first" / f"ckpt-{s:07d}.pt", tmp_path / node)
 
 
+@pytest.mark.slow
 def test_every_rank_resumes_from_the_checkpoint_rank_0_chose(tmp_path):
     """node1 also holds a newer checkpoint (step 3): rank 1 still continues from rank 0's step 2,
     so both ranks end with the same weights, and every rank's RNG state is in the checkpoint."""
@@ -46,6 +48,7 @@ def test_every_rank_resumes_from_the_checkpoint_rank_0_chose(tmp_path):
     assert len(state["rng_ranks"]) == 2 and torch.equal(state["rng_ranks"][0]["torch"], state["rng"]["torch"])
 
 
+@pytest.mark.slow
 def test_a_rank_without_the_chosen_file_stops_the_run_in_one_line(tmp_path):
     _prepare(tmp_path, [1, 2], [1])
     code, output = launch_two([SCRIPT, str(tmp_path), "4"])

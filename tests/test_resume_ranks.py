@@ -85,6 +85,7 @@ def run_cfg(tmp_path, steps):
     )
 
 
+@pytest.mark.slow
 def test_resume_with_fewer_visible_gpus(tmp_path, monkeypatch):
     """Written on a node with 8 visible GPUs (process on GPU 3), resumed where only one is visible:
     the run continues, and the GPU takes the state GPU 3 had (before: IndexError)."""

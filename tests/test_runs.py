@@ -79,6 +79,7 @@ def test_demo_fresh_deletes_only_what_the_demo_wrote(tmp_path):
 # ---------------------------------------------------------------------------- run folders
 
 
+@pytest.mark.slow
 def test_pruning_skips_an_unreadable_newest_file_and_keeps_the_newest_good_one(tmp_path):
     train(run_cfg(tmp_path, 2, keep_checkpoints=1))
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["ckpt-0000002.pt"]
@@ -90,6 +91,7 @@ def test_pruning_skips_an_unreadable_newest_file_and_keeps_the_newest_good_one(t
     assert ckpt.load(tmp_path / "ckpt-0000004.pt")["step"] == 4 and corrupt.read_bytes() == b"\x00" * 100
 
 
+@pytest.mark.slow
 def test_pruning_never_touches_another_runs_checkpoints(tmp_path):
     train(run_cfg(tmp_path / "other", 1))
     train(run_cfg(tmp_path / "run", 1, keep_checkpoints=1))
@@ -99,6 +101,7 @@ def test_pruning_never_touches_another_runs_checkpoints(tmp_path):
     assert sorted(p.name for p in ckpt.list_checkpoints(tmp_path / "run")) == ["ckpt-0000000.pt", "ckpt-0000003.pt"]
 
 
+@pytest.mark.slow
 def test_a_fresh_run_refuses_a_folder_holding_checkpoints(tmp_path, capsys):
     train(run_cfg(tmp_path, 1))
     before = {p.name: p.read_bytes() for p in tmp_path.glob("ckpt-*.pt")}
@@ -116,6 +119,7 @@ def test_a_run_folder_is_locked_while_a_run_writes_to_it(tmp_path):
     assert train(run_cfg(tmp_path, 1))["step"] == 1  # the lock is released with its holder
 
 
+@pytest.mark.slow
 def test_temporary_files_of_a_killed_write_are_removed_but_nothing_else(tmp_path):
     tmp_path.mkdir(exist_ok=True)
     stale = tmp_path / ".ckpt-0000003.pt.abc123.tmp.pt"
@@ -129,6 +133,7 @@ def test_temporary_files_of_a_killed_write_are_removed_but_nothing_else(tmp_path
 # ---------------------------------------------------------------------------- resume takes the config's settings
 
 
+@pytest.mark.slow
 def test_resume_applies_the_configs_optimizer_settings_and_says_so(tmp_path, capsys):
     train(run_cfg(tmp_path, 1, lr=1e-3))
     capsys.readouterr()

@@ -100,6 +100,7 @@ def reference_mp4(sit, tokenizer, tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------- manifest (item 20)
+@pytest.mark.slow
 def test_the_folder_gets_a_manifest_and_the_same_command_resumes(sit, tokenizer, reference_mp4, tmp_path, capsys):
     manifest = json.loads((reference_mp4 / "sampling.json").read_text())
     run = manifest["run"]
@@ -136,6 +137,7 @@ def test_another_run_into_the_same_folder_is_refused(sit, tokenizer, reference_m
     assert _stamps(out) == before
 
 
+@pytest.mark.slow
 def test_a_folder_with_files_the_sampler_did_not_write_is_refused(sit, tokenizer, reference_mp4, tmp_path, capsys):
     # a user's files, including one named like a sample, in a folder without a manifest
     for name in ("mine.mp4", "sample_0000.mp4"):
@@ -162,6 +164,7 @@ def test_a_folder_with_files_the_sampler_did_not_write_is_refused(sit, tokenizer
 
 
 # ---------------------------------------------------------------------------- resume after a kill (point 4)
+@pytest.mark.slow
 def test_kill_9_after_the_first_sample_then_the_same_command_completes(sit, tokenizer, reference_mp4, tmp_path, capsys):
     out, ref = tmp_path / "killed", reference_mp4
     # the kill lands within ~10 ms of the first file; the next sample takes far longer (3 SiT
@@ -196,6 +199,7 @@ def test_kill_9_after_the_first_sample_then_the_same_command_completes(sit, toke
     assert not (out / ".parts").exists() and not list(out.glob(".*.tmp*"))
 
 
+@pytest.mark.slow
 def test_an_interrupted_npz_run_resumes_without_resampling_finished_batches(
     sit, tokenizer, tmp_path, monkeypatch, capsys
 ):
@@ -238,6 +242,7 @@ def test_an_interrupted_npz_run_resumes_without_resampling_finished_batches(
 
 
 # ---------------------------------------------------------------------------- many processes (point 4)
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["npz", "mp4"])
 def test_two_processes_write_what_one_process_writes(sit, tokenizer, reference_mp4, fmt, tmp_path):
     """3 samples in batches of 1: process 0 samples 0 and 2, process 1 sample 1."""
@@ -273,6 +278,7 @@ def test_two_processes_write_what_one_process_writes(sit, tokenizer, reference_m
     )
 
 
+@pytest.mark.slow
 def test_a_sample_does_not_depend_on_its_batch(sit, tokenizer, tmp_path):
     """Sample 1 alone (batch 1) and beside sample 0 (batch 2): the same noise, so the same video up
     to float rounding of the batched network (uint8 frames within 1 level: rounding can flip one)."""
@@ -284,6 +290,7 @@ def test_a_sample_does_not_depend_on_its_batch(sit, tokenizer, tmp_path):
 
 
 # ---------------------------------------------------------------------------- progress (item 18)
+@pytest.mark.slow
 def test_progress_counts_network_calls_against_a_known_total(sit, tokenizer, tmp_path, capsys):
     # sde, 3 steps: 2 Euler-Maruyama steps + the mean step = 3 calls per batch; 2 batches
     assert main(_argv(sit, tokenizer, tmp_path / "a", num=2, progress=True)) == 0
@@ -291,6 +298,7 @@ def test_progress_counts_network_calls_against_a_known_total(sit, tokenizer, tmp
     assert "network calls" in err and "6/6" in err and "3 network calls per batch" in err, err[-1500:]
 
 
+@pytest.mark.slow
 def test_an_adaptive_ode_says_it_ignores_steps(sit, tokenizer, tmp_path, capsys):
     assert main(_argv(sit, tokenizer, tmp_path / "a", "--sampler", "ode", num=1, fmt="npz")) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "ignored" in line]
@@ -302,6 +310,7 @@ def test_an_adaptive_ode_says_it_ignores_steps(sit, tokenizer, tmp_path, capsys)
     assert json.loads((tmp_path / "b" / "sampling.json").read_text())["run"]["steps"] is None
 
 
+@pytest.mark.slow
 def test_every_registered_sampler_is_a_choice_and_samples(sit, tokenizer, tmp_path, capsys):
     """The CLI offers the registry (it offered three); a multistep solver runs through the same call."""
     assert main(_argv(sit, tokenizer, tmp_path / "a", "--sampler", "dpmpp_2m", num=1, fmt="npz", progress=True)) == 0

@@ -153,6 +153,7 @@ def mixture_flow(mixture):
     return noise, ode(mixture.velocity, noise, method="rk4", num_steps=512)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, order", ODE_SAMPLERS.items())
 def test_ode_solvers_converge_at_their_order_on_a_mixture(mixture, mixture_flow, name, order):
     noise, ref = mixture_flow

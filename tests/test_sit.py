@@ -212,6 +212,7 @@ def test_ema_update_params_and_buffers(tiny):
 
 
 # ---------------------------------------------------------------------------- learning
+@pytest.mark.slow
 def test_tiny_sit_memorises_fixed_pairs():
     """Flow matching on random data has an irreducible floor (E[x1 | x_t] is ambiguous at small t),
     so train and evaluate on the same fixed (latent, t, noise) pairs: 8 latents x 2 pairs. The

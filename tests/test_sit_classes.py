@@ -119,6 +119,7 @@ def test_the_cache_records_each_latents_class_and_the_class_list(two_class_cache
     assert item["label"].item() == 1 and torch.equal(item["latent"], ds[4])
 
 
+@pytest.mark.slow
 def test_a_folder_of_class_subfolders_is_labelled_a_flat_folder_is_not(tmp_path):
     bikes = sample_video_paths()["bikes"]
     for rel in ("labelled/walk/a.mp4", "labelled/walk/b.mp4", "labelled/cycle/c.mp4", "flat/a.mp4", "flat/b.mp4"):
@@ -193,6 +194,7 @@ def test_conditional_training_resumes_bit_exactly(two_class_cache, tmp_path):
     assert a["stats"]["classes"] == ["bikes", "bigbuckbunny"] and a["stats"]["class_counts"] == [3, 3]
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_conditional_sit_of_one_process(two_class_cache, tmp_path):
     """Labels and their dropout (p 0.5 here, tests/mp_train.py) reach each rank's share of the global batch."""
     import sys
@@ -325,6 +327,7 @@ def _argv(sit, tokenizer, out, *extra):
     ]
 
 
+@pytest.mark.slow
 def test_sample_by_class_name_records_every_label(cond_sit, root, tmp_path, capsys):
     tok = tiny_tokenizer(root)
     assert (
@@ -349,6 +352,7 @@ def test_sample_by_class_name_records_every_label(cond_sit, root, tmp_path, caps
     ]
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_labelled_guided_samples_of_one_process(cond_sit, root, tmp_path, capsys):
     """3 samples in batches of 1 with drawn labels and guidance: process 0 samples 0 and 2, process 1 sample 1."""
     import subprocess
@@ -413,6 +417,7 @@ def test_guiding_a_sit_whose_null_class_never_trained_says_so():
         assert out["labels"] == [1, 1] and any("never was" in m for m in said) == warned
 
 
+@pytest.mark.slow
 def test_classes_none_samples_the_null_class_without_labels(cond_sit, root, tmp_path, monkeypatch):
     """``--classes none``: every network call gets no label (the model's null class, which label
     dropout trained), and the run records no labels; refused with guidance or a --class, and for a

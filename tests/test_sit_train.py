@@ -55,6 +55,7 @@ def sit_ckpt(cache, tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------- training
+@pytest.mark.slow
 def test_resume_is_bit_exact_model_and_ema(cache, tmp_path):
     k = 2
     straight = train_sit(sit_run(tmp_path / "a", 2 * k), cache, progress=False)
@@ -166,6 +167,7 @@ def test_sit_train_cli_errors_are_one_line(cache, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- sampling
+@pytest.mark.slow
 def test_sample_writes_valid_128_frame_videos(sit_ckpt, tokenizer_ckpt, tmp_path, capsys):
     out = tmp_path / "mp4"
     assert (
@@ -201,6 +203,7 @@ def test_sample_writes_valid_128_frame_videos(sit_ckpt, tokenizer_ckpt, tmp_path
     assert sheet.shape == (3 * 64 + 2 * 2, 8 * 64 + 7 * 2, 3)
 
 
+@pytest.mark.slow
 def test_sample_npz_is_deterministic_per_seed(sit_ckpt, tokenizer_ckpt, tmp_path):
     def run(name, seed, sampler="sde"):
         out = tmp_path / name

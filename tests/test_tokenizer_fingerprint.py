@@ -125,6 +125,7 @@ def test_fingerprint_is_of_the_bytes_in_sorted_key_order():
     assert weights_fingerprint(a) != fp
 
 
+@pytest.mark.slow
 def test_sample_refuses_another_tokenizer_unless_told(sit_run, tokenizer, other_tokenizer, tmp_path, capsys):
     sit = sit_run / "ckpt-0000001.pt"
     assert _sample(sit, other_tokenizer, tmp_path / "x") == 2
@@ -142,6 +143,7 @@ def test_sample_refuses_another_tokenizer_unless_told(sit_run, tokenizer, other_
     assert "fingerprint" not in err and (tmp_path / "z" / "samples.npz").is_file()
 
 
+@pytest.mark.slow
 def test_sample_with_a_checkpoint_without_a_fingerprint_notes_it(sit_run, other_tokenizer, tmp_path, capsys):
     state = ckpt.load(sit_run / "ckpt-0000001.pt")
     del state["tokenizer_fingerprint"]

@@ -35,6 +35,7 @@ def small_run(tmp_path, steps, **train_over):
     return load_tokenizer_config("configs/tokenizer/tiny.yaml", over)
 
 
+@pytest.mark.slow
 def test_resume_is_bit_exact(tmp_path):
     k = 2
     straight = train(small_run(tmp_path / "a", 2 * k), progress=False)
@@ -61,6 +62,7 @@ def test_checkpoint_holds_everything_needed(tmp_path):
     assert model.config.size == 64
 
 
+@pytest.mark.slow
 def test_truncated_latest_checkpoint_falls_back(tmp_path, capsys):
     train(small_run(tmp_path, 4), progress=False)
     latest = tmp_path / "ckpt-0000004.pt"
@@ -119,6 +121,7 @@ class _InfGradient(torch.autograd.Function):
         return torch.full_like(grad, float("inf"))
 
 
+@pytest.mark.slow
 def test_a_non_finite_gradient_is_never_applied(tmp_path, monkeypatch):
     """From step 3 on the loss is finite but its gradient is not: the run stops, and the state it
     saves is the uninterrupted run's state after step 2, not weights after a bad update."""
@@ -146,6 +149,7 @@ def test_a_non_finite_gradient_is_never_applied(tmp_path, monkeypatch):
     assert good["step"] == 2 and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_stage2_without_vgg_weights_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("COORDTOK_VGG16", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
@@ -172,6 +176,7 @@ def test_stage2_without_vgg_weights_is_a_clear_error(tmp_path, monkeypatch):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_unknown_config_key_is_one_line(tmp_path):
     res = subprocess.run(
         [
@@ -226,6 +231,7 @@ def test_tiny_model_overfits_a_real_128_frame_clip(tmp_path):
 OVERFIT_STEPS, OVERFIT_LR, OVERFIT_COORDS = 1200, 2e-3, 1024
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     """batch 2 as 2 micro-batches of 1 == batch 2 at once (same clips, same coordinates, mean loss)."""
     a = first_step_gradients(TokenizerTask(small_run(tmp_path / "a", 1)))
@@ -237,6 +243,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
         assert_same_gradients(a, c)
 
 
+@pytest.mark.slow
 def test_stage2_starts_from_the_stage1_weights(tmp_path):
     train(small_run(tmp_path / "s1", 2), progress=False)
     s1 = ckpt.load(tmp_path / "s1" / "ckpt-0000002.pt")["model"]

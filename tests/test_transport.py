@@ -109,6 +109,7 @@ def test_euler_maruyama_reproduces_gaussian(noise):
     assert within_tolerance(x), (mean_err, std_err)
 
 
+@pytest.mark.slow
 def test_euler_maruyama_gvp_path_reproduces_gaussian(noise):
     x = euler_maruyama(
         exact_velocity_gvp, noise, num_steps=250, generator=torch.Generator().manual_seed(1), path=GVPPath()
@@ -116,6 +117,7 @@ def test_euler_maruyama_gvp_path_reproduces_gaussian(noise):
     assert within_tolerance(x), moment_errors(x)
 
 
+@pytest.mark.slow
 def test_heun_sde_reproduces_gaussian(noise):
     x = heun_sde(exact_velocity_linear, noise, num_steps=250, generator=torch.Generator().manual_seed(1))
     assert within_tolerance(x), moment_errors(x)
@@ -156,6 +158,7 @@ def test_broken_drift_without_score_fails(noise):
     assert not within_tolerance(_em(noise, path=_NoScorePath()))
 
 
+@pytest.mark.slow
 def test_broken_noise_scale_fails(noise, monkeypatch):
     """Noise sqrt(w dt) instead of sqrt(2 w dt) (under-dispersed)."""
     real = samplers._noise_like
@@ -169,6 +172,7 @@ def test_broken_missing_last_step_fails(noise, monkeypatch):
     assert not within_tolerance(_em(noise))
 
 
+@pytest.mark.slow
 def test_sde_noise_is_active(noise):
     """diffusion_norm = 0 turns the sampler into a plain Euler ODE; with the default norm the
     Brownian term must visibly move the samples (it is not silently zero)."""

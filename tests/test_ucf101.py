@@ -35,6 +35,7 @@ def ucf(tmp_path_factory):
     return {"long": long, **layout}
 
 
+@pytest.mark.slow
 def test_the_fixture_is_a_ucf101_like_file(ucf):
     reader = decord.VideoReader(str(ucf["long"]), num_threads=1)
     assert len(reader) == 128 and reader[0].shape == (240, 320, 3) and reader.get_avg_fps() == 25
@@ -106,6 +107,7 @@ def psnr_255(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(255**2 / F.mse_loss(a.double(), b.double()).item())
 
 
+@pytest.mark.slow
 def test_resized_frames_match_the_float32_bicubic_antialiased_frames(ucf, tmp_path):
     """The clip against the float32 computation of the same filter (torch's bicubic with antialias,
     what the loader computed before): PSNR over the clip >= 50 dB. Bound: the uint8 kernel rounds
@@ -208,6 +210,7 @@ def test_ucf101_lists_that_disagree_with_classind_are_one_line(ucf, tmp_path):
         ucf101(root, "train", cache_dir=False)
 
 
+@pytest.mark.slow
 def test_kind_ucf101_trains_two_steps_on_the_train_split(ucf, tmp_path, capsys):
     """`coordtok train` with the tiny config on the UCF-101 root: the train split trains, the test
     split validates, two steps and a checkpoint."""
@@ -244,6 +247,7 @@ def test_kind_ucf101_trains_two_steps_on_the_train_split(ucf, tmp_path, capsys):
     assert ["/".join(Path(v.path).parts[-2:]) for v in trained.videos] == ucf["train"]
 
 
+@pytest.mark.slow
 def test_eval_recon_decodes_real_clips_in_workers_with_the_same_result(ucf, root, tmp_path):
     """eval-recon / analyze read their real clips through DataLoader workers (ahead of the
     reconstruction); the per-clip figures equal those of clips decoded in the main process."""

@@ -313,6 +313,7 @@ def test_profile_reads_its_config_as_train_does(tmp_path, capsys, text):
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.slow
 def test_profile_takes_baselines_with_baseline_only(tmp_path, capsys):
     out = str(tmp_path / "p")
     magvit = "configs/baselines/magvit2-tiny.yaml"
@@ -510,6 +511,7 @@ def no_real_step(monkeypatch):
     monkeypatch.setattr(eval.profile, "step_memory", refuse)
 
 
+@pytest.mark.slow
 def test_profile_refuses_a_clip_that_cannot_fit_before_any_step(tmp_path, capsys, monkeypatch, no_real_step):
     import eval.profile
 
