@@ -1,4 +1,4 @@
-"""The documentation and habits of issue 18, read from the files (no model runs: milliseconds).
+"""The documentation and habits, read from the files (no model runs: milliseconds).
 
 * ``sit/__init__.py``'s docstring lists exactly the modules of ``sit/``;
 * nothing in ``bench/`` edits ``sys.path``: every benchmark runs as a module (``python -m bench.x``),

@@ -1,4 +1,4 @@
-"""After a divergence, the stop message names a checkpoint only if it is good (issue 22, item 11).
+"""After a divergence, the stop message names a checkpoint only if it is good.
 
 Before, the guard saved the weights in memory as "the last good state": with lr=1e9 those are
 weights of ~1e9 (Adam's first step moves every weight by about the lr), and the advice (lower the

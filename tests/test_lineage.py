@@ -1,4 +1,4 @@
-"""Pruning and resuming follow the run's lineage after a branch (issue 22, item 3).
+"""Pruning and resuming follow the run's lineage after a branch.
 
 The issue's case scaled down: a run with checkpoints at steps 3 and 6 (the issue's 400 and 500)
 is resumed from 3 with a checkpoint every step. Before, pruning kept this run id's newest files

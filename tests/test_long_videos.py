@@ -1,4 +1,4 @@
-"""Videos longer than CoordTok's clip (issue 20, point 4): windows of the clip length overlapping by
+"""Videos longer than CoordTok's clip: windows of the clip length overlapping by
 K frames, each encoded and decoded on its own, the overlaps blended linearly
 (:func:`coordtok.chunking.reconstruct_chunked`, the blender ProMAG's chunks go through).
 

@@ -1,4 +1,4 @@
-"""A hyper-parameter of NaN or infinity is a one-line config error (issue 22, items 7 and 10).
+"""A hyper-parameter of NaN or infinity is a one-line config error.
 
 NaN passes every range check (``nan <= 0`` is false) and used to reach torch ("Invalid learning
 rate: nan") or, for ``.inf``, train to non-finite weights that the stop message then called

@@ -1,4 +1,4 @@
-"""One rank's non-finite loss under two gloo processes (issue 16, point 1).
+"""One rank's non-finite loss under two gloo processes.
 
 Before the fix the rank whose loss was NaN skipped its backward while the other entered DDP's
 gradient all-reduce (and, for MAGVIT-v2, the LFQ entropy's backward all-reduce): gloo aborted

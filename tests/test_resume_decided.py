@@ -1,4 +1,4 @@
-"""Resume on several nodes (issue 16, point 3): rank 0 decides the checkpoint file and step and
+"""Resume on several nodes: rank 0 decides the checkpoint file and step and
 every rank loads that one, or the run stops with one line naming the rank and the file it lacks.
 
 Two gloo processes, each with its own run folder (``node0``, ``node1``): what two nodes without

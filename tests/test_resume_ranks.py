@@ -1,4 +1,4 @@
-"""Resuming with another number of GPUs or processes (issue 16, point 2).
+"""Resuming with another number of GPUs or processes.
 
 There is no GPU here: ``torch.cuda`` is replaced, inside :mod:`coordtok.checkpoint` only, by a fake
 with a chosen number of visible devices that behaves as torch's does (``set_rng_state_all``

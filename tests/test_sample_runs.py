@@ -1,4 +1,4 @@
-"""`coordtok sample` runs (issue 19 point 4, issue 22 items 18 and 20): sample i depends only on
+"""`coordtok sample` runs: sample i depends only on
 (seed, i), so two gloo processes write what one writes; the folder holds a sampling manifest, the
 same command resumes after a kill -9 without redoing finished samples, another run's folder or a
 folder with other files is refused; progress counts network calls against a known total."""

@@ -1,4 +1,4 @@
-"""The sampler registry against closed forms (issue 19, point 1).
+"""The sampler registry against closed forms.
 
 Truths used (linear path ``x_t = t x1 + (1 - t) x0``, noise at ``t = 0``):
 

@@ -1,4 +1,4 @@
-"""The distances of ``bench/samplers.py`` (issue 19, point 2) against direct computations."""
+"""The distances of ``bench/samplers.py`` against direct computations."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The tokenizer a SiT generates for is recorded and checked (issue 22, items 19 and 21): encode
+"""The tokenizer a SiT generates for is recorded and checked: encode
 writes the fingerprint of the tokenizer's weights into the cache, sit-train copies it into its
 checkpoints, `sample` refuses another tokenizer (unless --allow-tokenizer-mismatch) and
 `sit-train --resume` refuses latents of another tokenizer. Older files without one keep working
