@@ -35,9 +35,22 @@ from sit.samplers import SAMPLERS
 
 REFERENCE = ("sde", 250)
 # (sampler, steps): <= 50 network calls each (calls in the table); --all adds more.
-CANDIDATES = [("sde", 50), ("heun_ode", 25), ("ab3", 48), ("dpmpp_2m", 50), ("ddpm", 50), ("dpmpp_2m_sde", 50)]
-MORE = [("heun_sde", 25), ("ab2", 50), ("ab4", 44), ("ab3", 23), ("dpmpp_2m_sde", 25)]
-SEEDS = (1, 2)
+CANDIDATES = [
+    ("sde", 50),
+    ("sde_graded", 50),
+    ("heun_sde", 25),
+    ("heun_ode", 25),
+    ("ab3", 48),
+    ("dpmpp_2m", 50),
+    ("ddpm", 50),
+    ("dpmpp_2m_sde", 50),
+    ("heun_ode_mean", 24),
+    ("ab2_mean", 49),
+    ("ab3_mean", 47),
+    ("dpmpp_2m_mean", 49),
+]
+MORE = [("ab2", 50), ("ab4", 44), ("ab3", 23), ("dpmpp_2m_sde", 25)]
+SEEDS = (1, 2, 2)  # the sampler's two sets, and the 250-step Euler-Maruyama set they are compared with
 
 
 # ---------------------------------------------------------------------------- distances
@@ -135,12 +148,14 @@ def run_tier(
     truth=None,
     batch: int = 1024,
     candidates=CANDIDATES,
+    seeds=SEEDS,
 ) -> list[dict]:
-    ref_b, _, _ = sample_set(cache, tag, velocity, shape, n, *REFERENCE, SEEDS[1], batch)
+    seed_a, seed_b, seed_ref = seeds
+    ref_b, _, _ = sample_set(cache, tag, velocity, shape, n, *REFERENCE, seed_ref, batch)
     rows = []
     for name, steps in [REFERENCE, *candidates]:
-        a, calls, seconds = sample_set(cache, tag, velocity, shape, n, name, steps, SEEDS[0], batch)
-        b, _, _ = sample_set(cache, tag, velocity, shape, n, name, steps, SEEDS[1], batch)
+        a, calls, seconds = sample_set(cache, tag, velocity, shape, n, name, steps, seed_a, batch)
+        b, _, _ = sample_set(cache, tag, velocity, shape, n, name, steps, seed_b, batch)
         to_em, self_ = distances(a, ref_b, mixture), distances(a, b, mixture)
         row = {
             "sampler": name,
@@ -183,7 +198,7 @@ def header(rows: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------- tiers
-def tier1(dim: int, n: int, out: Path, candidates) -> list[dict]:
+def tier1(dim: int, n: int, out: Path, candidates, seeds=SEEDS) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     mixture = GaussianMixture.random(8, dim, g, separation=0.7, std_range=(0.2, 1.0))
     truth, _ = mixture.sample(n, torch.Generator().manual_seed(7))
@@ -198,6 +213,7 @@ def tier1(dim: int, n: int, out: Path, candidates) -> list[dict]:
         truth=truth,
         batch=min(n, 512),
         candidates=candidates,
+        seeds=seeds,
     )
     # The truth against itself: what two exact sample sets differ by.
     truth_b, _ = mixture.sample(n, torch.Generator().manual_seed(8))
@@ -205,11 +221,11 @@ def tier1(dim: int, n: int, out: Path, candidates) -> list[dict]:
     return rows
 
 
-def tier2(n: int, out: Path, candidates) -> list[dict]:
+def tier2(n: int, out: Path, candidates, seeds=SEEDS) -> list[dict]:
     from bench.samplers_tier2 import prepare
     from sit.checkpoint import load_sit
 
-    run = prepare(out)
+    run = prepare(out / "tier2")
     from coordtok.triplane import num_tokens
 
     model, _, configs = load_sit(run["sit"])
@@ -220,7 +236,17 @@ def tier2(n: int, out: Path, candidates) -> list[dict]:
         return model(x, t)
 
     with torch.no_grad():
-        return run_tier(f"sit{configs['step']}", velocity, shape, n, out / "sets", None, batch=n, candidates=candidates)
+        return run_tier(
+            f"sit{configs['step']}",
+            velocity,
+            shape,
+            n,
+            out / "tier2" / "sets",
+            None,
+            batch=n,
+            candidates=candidates,
+            seeds=seeds,
+        )
 
 
 def main() -> None:
@@ -231,6 +257,15 @@ def main() -> None:
     p.add_argument("--n2", type=int, default=512, help="samples per set (tier 2)")
     p.add_argument("--all", action="store_true", help="also " + ", ".join(f"{a} {b}" for a, b in MORE))
     p.add_argument("--out", default="runs/bench-samplers")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs=3,
+        default=list(SEEDS),
+        metavar=("A", "B", "REF"),
+        help="the seeds of each sampler's two sets and of the 250-step set they are compared with",
+    )
+    p.add_argument("--only", nargs="+", default=None, help="only these samplers (names), beside the reference")
     a = p.parse_args()
     from bench.common import machine
 
@@ -238,13 +273,14 @@ def main() -> None:
     out = Path(a.out)
     results = {}
     for tier in a.tiers:
-        candidates = CANDIDATES + (MORE if a.all else [])
-        rows = tier1(a.dim, a.n, out, candidates) if tier == 1 else tier2(a.n2, out, candidates)
+        candidates = [c for c in CANDIDATES + (MORE if a.all else []) if a.only is None or c[0] in a.only]
+        seeds = tuple(a.seeds)
+        rows = tier1(a.dim, a.n, out, candidates, seeds) if tier == 1 else tier2(a.n2, out, candidates, seeds)
         print(header(rows))
         for row in rows:
             print(format_row(row))
         results[f"tier{tier}"] = rows
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / f"results-{'-'.join(map(str, a.seeds))}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -209,8 +209,9 @@ def register(sub) -> None:
         "--sampler",
         choices=tuple(SAMPLERS),
         default="sde",
-        help="sde: the paper's Euler-Maruyama (default); ode: torchdiffeq dopri5; the others are the "
-        "registered fixed-step solvers of sit.samplers.SAMPLERS (see the README)",
+        help="sde: the paper's Euler-Maruyama (default, 250 steps); heun_sde with --steps 25: the paper's "
+        "distribution in 49 network calls (measured against it, see the README); ode: torchdiffeq dopri5; "
+        "the others are the registered fixed-step solvers of sit.samplers.SAMPLERS",
     )
     sa.add_argument(
         "--steps",

@@ -89,7 +89,8 @@ def _mean_step(velocity, x: torch.Tensor, t: float, step: float, path: AffinePat
     return x + drift * step
 
 
-# SiT's last-step choices after an SDE grid that ends at 1 - last_step_size.
+# SiT's last-step choices after an SDE grid that ends at 1 - last_step_size (the paper's: 0.04).
+PAPER_LAST_STEP = 0.04
 LAST_STEPS = ("mean", "tweedie", "euler", "none")
 
 
@@ -124,11 +125,21 @@ def last_step(
     return (x + path.sigma_t(tt) ** 2 * path.velocity_to_score(v, x, t_b)) / path.alpha_t(tt)
 
 
-def _sde_grid(num_steps: int, last_step_size: float) -> list[float]:
+def _sde_grid(num_steps: int, last_step_size: float, grid_power: float = 1.0) -> list[float]:
+    """``num_steps`` times from 0 to ``end = 1 - last_step_size``: ``end (1 - (1 - u)^p)`` at ``u``
+    evenly spaced in [0, 1]. ``p = 1`` is the paper's even grid; ``p > 1`` a graded grid, whose
+    steps are about ``p (1 - u)^(p - 1)`` times the even step: ``p`` times it at the noise end,
+    shrinking toward the data end (the last is ``(num_steps - 1)^(1 - p)`` of it)."""
     check_steps(num_steps, 2)
     if not 0.0 <= last_step_size < 1.0:
         raise ValueError(f"last_step_size must be in [0, 1), got {last_step_size}")
-    return torch.linspace(0.0, 1.0 - last_step_size, num_steps, dtype=torch.float64).tolist()
+    if not 1.0 <= grid_power <= 4.0:
+        raise SamplerOptionError(f"grid power {grid_power}: must be in [1, 4] (1: the paper's even grid)")
+    end = 1.0 - last_step_size
+    if grid_power == 1.0:
+        return torch.linspace(0.0, end, num_steps, dtype=torch.float64).tolist()
+    u = torch.linspace(0.0, 1.0, num_steps, dtype=torch.float64)
+    return (end * (1 - (1 - u) ** grid_power)).tolist()
 
 
 @torch.no_grad()
@@ -137,11 +148,12 @@ def euler_maruyama(
     noise: torch.Tensor,
     num_steps: int = 250,
     diffusion_norm: float = 1.0,
-    last_step_size: float = 0.04,
+    last_step_size: float = PAPER_LAST_STEP,
     generator: torch.Generator | None = None,
     path: AffinePath | None = None,
     progress: bool = False,
     last_step_kind: str = "mean",
+    grid_power: float = 1.0,
 ) -> torch.Tensor:
     """The paper's Euler-Maruyama SDE sampler.
 
@@ -157,7 +169,8 @@ def euler_maruyama(
     score. With ``last_step_size = 0`` the grid reaches 1, there is no mean step, and the count is
     ``num_steps - 1``. ``last_step_kind`` picks the last step (:func:`last_step`: ``mean``, the
     paper's, ``tweedie``, ``euler`` or ``none``, which stops at ``1 - last_step_size`` and
-    saves that call).
+    saves that call). ``grid_power > 1`` grades the grid toward the data end (:func:`_sde_grid`;
+    the ``sde_graded`` sampler): the same calls, spent where a learned field's SDE needs them.
 
     Args:
         velocity: ``velocity(x, t) -> v``; ``t`` is ``(B,)``.
@@ -170,7 +183,7 @@ def euler_maruyama(
     """
     path = path if path is not None else LinearPath()
     check_last_step(last_step_kind)
-    grid = _sde_grid(num_steps, last_step_size)
+    grid = _sde_grid(num_steps, last_step_size, grid_power)
     x = noise
     for t, t_next in tqdm(list(zip(grid[:-1], grid[1:])), disable=not progress, desc="euler-maruyama"):
         dt = t_next - t
@@ -187,7 +200,7 @@ def heun_sde(
     noise: torch.Tensor,
     num_steps: int = 250,
     diffusion_norm: float = 1.0,
-    last_step_size: float = 0.04,
+    last_step_size: float = PAPER_LAST_STEP,
     generator: torch.Generator | None = None,
     path: AffinePath | None = None,
     progress: bool = False,
@@ -262,30 +275,56 @@ def ode(
     return xs[-1]
 
 
-def _flow_grid(num_steps: int) -> list[float]:
-    """``num_steps`` equal steps over ``[0, 1]`` (float64 endpoints, so the last is exactly 1)."""
+def _flow_grid(num_steps: int, last_step_size: float = 0.0) -> list[float]:
+    """``num_steps`` equal steps over ``[0, 1 - last_step_size]`` (float64 endpoints, so the last
+    is exactly ``1 - last_step_size``)."""
     check_steps(num_steps, 1)
-    return torch.linspace(0.0, 1.0, num_steps + 1, dtype=torch.float64).tolist()
+    if not 0.0 <= last_step_size < 1.0:
+        raise ValueError(f"last_step_size must be in [0, 1), got {last_step_size}")
+    return torch.linspace(0.0, 1.0 - last_step_size, num_steps + 1, dtype=torch.float64).tolist()
+
+
+def _finish(velocity, x, t: float, last_step_size: float, last_step_kind: str, path, diffusion_norm: float):
+    """The paper's ending for a solver stopped at ``t = 1 - last_step_size`` (nothing when 0)."""
+    if last_step_size <= 0:
+        return x
+    path = path if path is not None else LinearPath()
+    return last_step(velocity, x, t, last_step_size, last_step_kind, path, diffusion_norm)
 
 
 @torch.no_grad()
-def heun_ode(velocity, noise: torch.Tensor, num_steps: int = 25, progress: bool = False) -> torch.Tensor:
+def heun_ode(
+    velocity,
+    noise: torch.Tensor,
+    num_steps: int = 25,
+    last_step_size: float = 0.0,
+    last_step_kind: str = "mean",
+    path: AffinePath | None = None,
+    diffusion_norm: float = 1.0,
+    progress: bool = False,
+) -> torch.Tensor:
     """Heun's method (explicit trapezoid, order 2) on the probability-flow ODE ``dx/dt = v(x, t)``,
-    ``num_steps`` equal steps over ``[0, 1]``:
+    ``num_steps`` equal steps over ``[0, 1 - last_step_size]``:
 
         K1 = v(x, t);  K2 = v(x + h K1, t + h);  x <- x + h (K1 + K2) / 2
 
     Velocity calls: ``2 num_steps`` (the last step evaluates at ``t = 1``, where the velocity of
     the linear path is finite). Deterministic: the same noise gives the same sample.
+
+    ``last_step_size > 0`` stops at ``1 - last_step_size`` and ends with :func:`last_step` (one
+    more call), like the paper's SDE sampler. The flow and the SDE have the same marginal ``p_t``
+    at every ``t``, so the ODE solution at ``0.96`` pushed through the paper's mean step has the
+    distribution of the paper's sampler (which that step makes about 2% narrower than the data,
+    see the README), not the flow's own endpoint.
     """
-    grid = _flow_grid(num_steps)
+    grid = _flow_grid(num_steps, last_step_size)
     x = noise
     for t, t_next in tqdm(list(zip(grid[:-1], grid[1:])), disable=not progress, desc="heun-ode"):
         h = t_next - t
         k1 = velocity(x, _batch_t(t, x))
         k2 = velocity(x + h * k1, _batch_t(t_next, x))
         x = x + 0.5 * h * (k1 + k2)
-    return x
+    return _finish(velocity, x, grid[-1], last_step_size, last_step_kind, path, diffusion_norm)
 
 
 # Adams-Bashforth weights of the newest ... oldest velocities, orders 1-4 (uniform steps).
@@ -311,9 +350,18 @@ def adams_bashforth_calls(num_steps: int, order: int) -> int:
 
 @torch.no_grad()
 def adams_bashforth(
-    velocity, noise: torch.Tensor, num_steps: int = 48, order: int = 3, progress: bool = False
+    velocity,
+    noise: torch.Tensor,
+    num_steps: int = 48,
+    order: int = 3,
+    last_step_size: float = 0.0,
+    last_step_kind: str = "mean",
+    path: AffinePath | None = None,
+    diffusion_norm: float = 1.0,
+    progress: bool = False,
 ) -> torch.Tensor:
-    """Adams-Bashforth multistep on the probability-flow ODE, ``num_steps`` equal steps over ``[0, 1]``.
+    """Adams-Bashforth multistep on the probability-flow ODE, ``num_steps`` equal steps over ``[0, 1]``
+    (over ``[0, 1 - last_step_size]`` then :func:`last_step`, one more call, as in :func:`heun_ode`).
 
     Step ``j`` reuses the velocities of the ``order`` newest grid points:
     ``x_{j+1} = x_j + h sum_i b_i v(x_{j-i}, t_{j-i})`` (:data:`ADAMS_BASHFORTH`), one new call a
@@ -325,7 +373,7 @@ def adams_bashforth(
     """
     if order not in ADAMS_BASHFORTH:
         raise SamplerOptionError(f"Adams-Bashforth order {order}: choose one of {', '.join(map(str, ADAMS_BASHFORTH))}")
-    grid = _flow_grid(num_steps)
+    grid = _flow_grid(num_steps, last_step_size)
     x = noise
     history: list[torch.Tensor] = []  # velocities at the grid points so far, newest last
     for j, (t, t_next) in enumerate(tqdm(list(zip(grid[:-1], grid[1:])), disable=not progress, desc=f"adams-{order}")):
@@ -340,7 +388,7 @@ def adams_bashforth(
             x = x + h * sum(b * k for b, k in zip(weights, stages))
         else:
             x = x + h * sum(b * k for b, k in zip(ADAMS_BASHFORTH[order], reversed(history)))
-    return x
+    return _finish(velocity, x, grid[-1], last_step_size, last_step_kind, path, diffusion_norm)
 
 
 def _coefficients(path: AffinePath, t: float) -> tuple[float, float]:
@@ -357,6 +405,9 @@ def dpm_solver_pp(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     path: AffinePath | None = None,
+    last_step_size: float = 0.0,
+    last_step_kind: str = "mean",
+    diffusion_norm: float = 1.0,
     progress: bool = False,
 ) -> torch.Tensor:
     """DPM-Solver++ (multistep, data prediction) driven by a velocity, ``num_steps`` equal steps in ``t``.
@@ -374,14 +425,15 @@ def dpm_solver_pp(
     whose order-1 step is the exact DDPM posterior ``q(x_s | x_t, x1 = D)``, a stochastic sampler
     that needs few steps. The first step (from ``t = 0``, where ``alpha = 0``: ``rho = 0``) and
     the last (to ``t = 1``, ``sigma = 0``: ``x_1 = D``, Tweedie's posterior mean) are order 1.
-    Velocity calls: ``num_steps`` (none at ``t = 1``).
+    Velocity calls: ``num_steps`` (none at ``t = 1``). ``last_step_size > 0`` stops at ``1 -
+    last_step_size`` and ends with :func:`last_step` (one more call), as in :func:`heun_ode`.
     """
     if order not in (1, 2):
         raise SamplerOptionError(f"DPM-Solver++ order {order}: choose 1 or 2")
     if not 0.0 <= eta <= 1.0:
         raise SamplerOptionError(f"DPM-Solver++ eta {eta}: must be in [0, 1] (0: ODE, 1: DDPM-like SDE)")
     path = path if path is not None else LinearPath()
-    grid = _flow_grid(num_steps)
+    grid = _flow_grid(num_steps, last_step_size)
     x = noise
     d_prev, h_prev = None, math.inf
     for t, s in tqdm(list(zip(grid[:-1], grid[1:])), disable=not progress, desc="dpm-solver++"):
@@ -400,7 +452,7 @@ def dpm_solver_pp(
         if eta > 0:
             x = x + sigma_s * math.sqrt(1 - rho ** (2 * eta)) * _noise_like(x, generator)
         d_prev, h_prev = d, h
-    return x
+    return _finish(velocity, x, grid[-1], last_step_size, last_step_kind, path, diffusion_norm)
 
 
 # ---------------------------------------------------------------------------- classifier-free guidance
@@ -448,8 +500,9 @@ class Sampler:
     ``sampler(velocity, noise, num_steps=..., generator=..., path=..., diffusion_norm=...,
     last_step_size=..., method=..., ...)``: keyword arguments ``fn`` does not take are dropped
     (a deterministic solver has no generator, an ODE solver no diffusion), so one call site
-    serves every sampler. ``calls(steps)`` is the number of velocity (network) calls for
-    ``steps`` (``None``: adaptive), with each sampler's default last step.
+    serves every sampler. ``options`` override the caller's arguments, ``defaults`` only stand in
+    for missing ones. ``calls(steps)`` is the number of velocity (network) calls for ``steps``
+    (``None``: adaptive), with each sampler's default last step.
     """
 
     name: str
@@ -459,11 +512,12 @@ class Sampler:
     calls: Callable[[int], int | None]
     options: dict = dataclasses.field(default_factory=dict)
     min_steps: int = 1
+    defaults: dict = dataclasses.field(default_factory=dict)
 
     def __call__(self, velocity, noise: torch.Tensor, **kwargs) -> torch.Tensor:
         accepted = inspect.signature(self.fn).parameters
         kwargs = {k: v for k, v in kwargs.items() if k in accepted}
-        return self.fn(velocity, noise, **{**kwargs, **self.options})
+        return self.fn(velocity, noise, **{**self.defaults, **kwargs, **self.options})
 
 
 def _registry(*samplers: Sampler) -> dict[str, Sampler]:
@@ -480,6 +534,15 @@ SAMPLERS = _registry(
         min_steps=2,
     ),
     Sampler(
+        "sde_graded",
+        euler_maruyama,
+        "the paper's Euler-Maruyama and mean step on a grid graded toward the data (power 2; steps = calls)",
+        True,
+        lambda n: n,
+        {"grid_power": 2.0},
+        min_steps=2,
+    ),
+    Sampler(
         "heun_sde",
         heun_sde,
         "the reference's stochastic Heun: noise, then a Heun step (2 calls a step)",
@@ -488,14 +551,21 @@ SAMPLERS = _registry(
         min_steps=2,
     ),
     Sampler("ode", ode, "probability-flow ODE with torchdiffeq (dopri5, adaptive, by default)", False, lambda n: None),
-    Sampler("heun_ode", heun_ode, "probability-flow ODE, Heun (order 2, 2 calls a step)", False, lambda n: 2 * n),
+    Sampler(
+        "heun_ode",
+        heun_ode,
+        "probability-flow ODE, Heun (order 2, 2 calls a step)",
+        False,
+        lambda n: 2 * n,
+        {"last_step_size": 0.0},
+    ),
     Sampler(
         "ab2",
         adams_bashforth,
         "probability-flow ODE, Adams-Bashforth order 2 (1 call a step)",
         False,
         lambda n: adams_bashforth_calls(n, 2),
-        {"order": 2},
+        {"order": 2, "last_step_size": 0.0},
     ),
     Sampler(
         "ab3",
@@ -503,7 +573,7 @@ SAMPLERS = _registry(
         "probability-flow ODE, Adams-Bashforth order 3 (steps + 2 calls)",
         False,
         lambda n: adams_bashforth_calls(n, 3),
-        {"order": 3},
+        {"order": 3, "last_step_size": 0.0},
     ),
     Sampler(
         "ab4",
@@ -511,7 +581,7 @@ SAMPLERS = _registry(
         "probability-flow ODE, Adams-Bashforth order 4 (steps + 6 calls)",
         False,
         lambda n: adams_bashforth_calls(n, 4),
-        {"order": 4},
+        {"order": 4, "last_step_size": 0.0},
     ),
     Sampler(
         "dpmpp_2m",
@@ -519,7 +589,44 @@ SAMPLERS = _registry(
         "probability-flow ODE, DPM-Solver++(2M) (1 call a step)",
         False,
         lambda n: n,
+        {"order": 2, "eta": 0.0, "last_step_size": 0.0},
+    ),
+    # The flow solvers above, stopped at 1 - last_step_size and ended by the paper's mean step: the
+    # distribution of the paper's sampler (its mean step included) at <= 50 calls (see the README).
+    Sampler(
+        "heun_ode_mean",
+        heun_ode,
+        "Heun ODE to 0.96, then the paper's mean step (2 calls a step + 1): the paper's distribution",
+        False,
+        lambda n: 2 * n + 1,
+        defaults={"last_step_size": PAPER_LAST_STEP},
+    ),
+    Sampler(
+        "ab2_mean",
+        adams_bashforth,
+        "Adams-Bashforth 2 to 0.96, then the paper's mean step (steps + 1 calls)",
+        False,
+        lambda n: adams_bashforth_calls(n, 2) + 1,
+        {"order": 2},
+        defaults={"last_step_size": PAPER_LAST_STEP},
+    ),
+    Sampler(
+        "ab3_mean",
+        adams_bashforth,
+        "Adams-Bashforth 3 to 0.96, then the paper's mean step (steps + 3 calls)",
+        False,
+        lambda n: adams_bashforth_calls(n, 3) + 1,
+        {"order": 3},
+        defaults={"last_step_size": PAPER_LAST_STEP},
+    ),
+    Sampler(
+        "dpmpp_2m_mean",
+        dpm_solver_pp,
+        "DPM-Solver++(2M) to 0.96, then the paper's mean step (steps + 1 calls)",
+        False,
+        lambda n: n + 1,
         {"order": 2, "eta": 0.0},
+        defaults={"last_step_size": PAPER_LAST_STEP},
     ),
     Sampler(
         "ddpm",
@@ -527,7 +634,7 @@ SAMPLERS = _registry(
         "stochastic, DDPM ancestral steps from the velocity (1 call a step)",
         True,
         lambda n: n,
-        {"order": 1, "eta": 1.0},
+        {"order": 1, "eta": 1.0, "last_step_size": 0.0},
     ),
     Sampler(
         "dpmpp_2m_sde",
@@ -535,6 +642,6 @@ SAMPLERS = _registry(
         "stochastic, SDE-DPM-Solver++(2M) (1 call a step)",
         True,
         lambda n: n,
-        {"order": 2, "eta": 1.0},
+        {"order": 2, "eta": 1.0, "last_step_size": 0.0},
     ),
 )
