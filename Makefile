@@ -32,9 +32,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# the whole suite (about 15 minutes on a 2-core CPU)
+# the whole suite, in JOBS parallel workers (pytest-xdist; each gets its share of the cores)
+JOBS ?= 2
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(JOBS)
 
 # the edit-test loop (under 2 minutes on a 2-core CPU): lint and every test not marked slow
 test-fast: lint

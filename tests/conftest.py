@@ -3,8 +3,32 @@ import os
 import pytest
 import torch
 
-# Keep tests deterministic and within the 2-core budget.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Keep tests deterministic and within the 2-core budget. Under pytest-xdist (`make test` runs two
+# workers) the cores are shared: each worker, and the processes its tests start, gets its share.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, os.cpu_count() or 1) // _WORKERS)
+torch.set_num_threads(_THREADS)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+
+
+# The longest tests (over a minute on the 2-core CPU; `pytest --durations`), started first so that
+# none of them is left running alone at the end of a parallel run.
+LONGEST = (
+    "test_tiny_model_overfits_a_real_128_frame_clip",
+    "test_quick_demo_writes_summary_and_video",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest tests, then the slow ones, then the rest (stable within each): with two workers,
+    a long learning test that starts last would run alone at the end. The order is the same on
+    every worker, as xdist requires."""
+
+    def key(item):
+        return getattr(item, "originalname", item.name) not in LONGEST, item.get_closest_marker("slow") is None
+
+    items.sort(key=key)
 
 
 @pytest.fixture(autouse=True)

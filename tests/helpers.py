@@ -3,6 +3,7 @@ float32 reduction order, parameter counts."""
 
 import os
 import shutil
+import socket
 import sys
 
 import pytest
@@ -77,7 +78,9 @@ def param_count(module: torch.nn.Module) -> int:
 def accelerate_launch(processes: int = 2) -> list[str]:
     """The command-line head that runs a script as ``processes`` CPU processes over gloo:
     ``accelerate launch --multi_gpu ...`` (with ``ACCELERATE_USE_CPU=1`` in the environment;
-    ``--multi_gpu`` picks torchrun, ``--cpu`` alone would start a single process)."""
+    ``--multi_gpu`` picks torchrun, ``--cpu`` alone would start a single process). Each launch
+    gets a free rendezvous port: with the default (29500) two launches at once (``make test``
+    runs tests in parallel) would meet on the same port."""
     exe = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
     if exe is None:
         pytest.fail("the accelerate launcher is not installed")
@@ -93,4 +96,14 @@ def accelerate_launch(processes: int = 2) -> list[str]:
         "no",
         "--dynamo_backend",
         "no",
+        "--main_process_port",
+        str(free_port()),
     ]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (the OS picks it; another process could take it before
+    the launch binds it, which the OS makes unlikely by cycling through its ephemeral range)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,6 +1,7 @@
 """Trust: nothing a user owns is deleted, runs never mix or prune each other's files, resume takes
 the config's settings, and every mistake is one line before any heavy work."""
 
+import importlib
 import os
 import stat
 import time
@@ -280,6 +281,11 @@ def test_bad_numbers_are_one_line(argv, capsys):
 
 
 def _forbid(monkeypatch, target: str):
+    # The commands' modules first: one imported while the target is patched would keep the fake under
+    # its own name (``from .tokenizers import load_reconstructor``) for the rest of the session.
+    for module in ("eval.recon", "eval.commands", "eval.demo", "eval.profile", "sit.sample"):
+        importlib.import_module(module)
+
     def fail(*a, **kw):
         raise AssertionError(f"{target} ran although the output cannot be written")
 
