@@ -32,10 +32,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# the whole suite, in JOBS parallel workers (pytest-xdist; each gets its share of the cores)
+# the whole suite, in JOBS parallel workers (pytest-xdist; each gets its share of the cores; an idle
+# worker takes tests still queued on the other, so neither is left alone with a long queue)
 JOBS ?= 2
 test: lint
-	$(PY) -m pytest -q -n $(JOBS)
+	$(PY) -m pytest -q -n $(JOBS) --dist worksteal
 
 # the edit-test loop (under 2 minutes on a 2-core CPU): lint and every test not marked slow
 test-fast: lint

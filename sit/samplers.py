@@ -524,6 +524,20 @@ def _registry(*samplers: Sampler) -> dict[str, Sampler]:
     return {s.name: s for s in samplers}
 
 
+def _ended_by_the_mean_step(s: Sampler) -> Sampler:
+    """Flow solver ``s`` stopped at ``1 - last_step_size`` (default the paper's 0.04) and ended by the
+    paper's mean step, one call more: the distribution of the paper's sampler, its mean step
+    included, at <= 50 calls (see the README)."""
+    return dataclasses.replace(
+        s,
+        name=f"{s.name}_mean",
+        summary=f"{s.summary}, stopped at 0.96 and ended by the paper's mean step (1 call more)",
+        calls=lambda n: s.calls(n) + 1,
+        options={k: v for k, v in s.options.items() if k != "last_step_size"},
+        defaults={"last_step_size": PAPER_LAST_STEP},
+    )
+
+
 SAMPLERS = _registry(
     Sampler(
         "sde",
@@ -591,43 +605,6 @@ SAMPLERS = _registry(
         lambda n: n,
         {"order": 2, "eta": 0.0, "last_step_size": 0.0},
     ),
-    # The flow solvers above, stopped at 1 - last_step_size and ended by the paper's mean step: the
-    # distribution of the paper's sampler (its mean step included) at <= 50 calls (see the README).
-    Sampler(
-        "heun_ode_mean",
-        heun_ode,
-        "Heun ODE to 0.96, then the paper's mean step (2 calls a step + 1): the paper's distribution",
-        False,
-        lambda n: 2 * n + 1,
-        defaults={"last_step_size": PAPER_LAST_STEP},
-    ),
-    Sampler(
-        "ab2_mean",
-        adams_bashforth,
-        "Adams-Bashforth 2 to 0.96, then the paper's mean step (steps + 1 calls)",
-        False,
-        lambda n: adams_bashforth_calls(n, 2) + 1,
-        {"order": 2},
-        defaults={"last_step_size": PAPER_LAST_STEP},
-    ),
-    Sampler(
-        "ab3_mean",
-        adams_bashforth,
-        "Adams-Bashforth 3 to 0.96, then the paper's mean step (steps + 3 calls)",
-        False,
-        lambda n: adams_bashforth_calls(n, 3) + 1,
-        {"order": 3},
-        defaults={"last_step_size": PAPER_LAST_STEP},
-    ),
-    Sampler(
-        "dpmpp_2m_mean",
-        dpm_solver_pp,
-        "DPM-Solver++(2M) to 0.96, then the paper's mean step (steps + 1 calls)",
-        False,
-        lambda n: n + 1,
-        {"order": 2, "eta": 0.0},
-        defaults={"last_step_size": PAPER_LAST_STEP},
-    ),
     Sampler(
         "ddpm",
         dpm_solver_pp,
@@ -644,4 +621,7 @@ SAMPLERS = _registry(
         lambda n: n,
         {"order": 2, "eta": 1.0, "last_step_size": 0.0},
     ),
+)
+SAMPLERS.update(
+    _registry(*(_ended_by_the_mean_step(SAMPLERS[name]) for name in ("heun_ode", "ab2", "ab3", "dpmpp_2m")))
 )
